@@ -1,0 +1,117 @@
+/* fs.h - what the FUSE operations share: the mount context, open-file handles, helpers. */
+#ifndef BINVFS_FS_H
+#define BINVFS_FS_H
+
+#define FUSE_USE_VERSION 34
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "node.h"
+#include "store.h"
+
+#define FMODE_EXEC 0x20 /* the kernel's __FMODE_EXEC in OPEN flags (kernel-notes §2) */
+
+/* Timeouts (kernel-notes §4): a name -> nodeid answer may change at any publish, so regular
+ * files are looked up every time; a nodeid's content never changes, so its attributes and
+ * page cache are kept. */
+#define TIMEOUT_LONG 86400.0
+
+struct binvfs {
+	struct store store;
+	struct fuse_session *se;
+	dev_t view_dev; /* the store's .versions/ directory, root of the view */
+	ino_t view_ino;
+};
+
+extern struct binvfs fs;
+
+enum handle_kind {
+	H_DIRECT, /* a file this open created: written in place, like natively */
+	H_STAGE,  /* a writer's private staging copy, published at close */
+};
+
+struct handle {
+	enum handle_kind kind;
+	struct node *node; /* the nodeid opened (holds an open count) */
+	int fd;            /* owned */
+	pthread_mutex_t lock; /* H_STAGE: protects everything below */
+	bool dirty;      /* changed since the last publish */
+	bool written;    /* changed through the fd (not just O_TRUNC at open): FLUSH publishes
+			  * only then, as a shell's close of a dup'd fd comes before any write */
+	bool published;  /* fd is now a published version: copy before writing again */
+	bool abandoned;  /* its writer was killed: never publish */
+	pid_t opener_tgid;
+	/* metadata set through this fd, applied in place if the content turns out unchanged */
+	bool set_mode, set_owner;
+	mode_t mode;
+	uid_t uid;
+	gid_t gid;
+};
+
+static inline struct node *inode_of(fuse_ino_t ino)
+{
+	return node_get(ino);
+}
+
+static inline struct handle *handle_of(struct fuse_file_info *fi)
+{
+	return fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
+}
+
+/* ops_entry.c */
+void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *st);
+int node_stat(struct node *n, struct stat *st);
+int meta_apply(struct node *n, int fd, const struct stat *attr, int valid);
+void bv_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
+void bv_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup);
+void bv_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets);
+void bv_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
+		struct fuse_file_info *fi);
+void bv_readlink(fuse_req_t req, fuse_ino_t ino);
+void bv_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev);
+void bv_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
+void bv_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name);
+void bv_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname);
+void bv_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
+void bv_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+void bv_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+	       const char *newname, unsigned int flags);
+void bv_statfs(fuse_req_t req, fuse_ino_t ino);
+
+/* ops_file.c */
+void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void bv_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+	       struct fuse_file_info *fi);
+void bv_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
+void bv_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
+		  struct fuse_file_info *fi);
+void bv_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void bv_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void bv_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+void bv_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+		  struct fuse_file_info *fi);
+void bv_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
+int handle_setattr(struct handle *h, struct stat *attr, int valid);
+int staging_truncate(fuse_req_t req, struct node *st, off_t size);
+
+/* ops_dir.c */
+void bv_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void bv_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		struct fuse_file_info *fi);
+void bv_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void bv_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+void bv_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
+void bv_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+void bv_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+		 size_t size, int flags);
+void bv_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
+
+/* versions.c: the read-only .versions/ view */
+bool versions_is_view_root(struct node *parent, const char *name);
+bool versions_hidden(struct node *dir, const char *name);
+bool versions_readonly(struct node *n);
+void versions_after_change(struct node *parent, const char *name, const struct store_change *ch);
+
+#endif

@@ -1,0 +1,171 @@
+/* main.c - binvfs: startup, mount, request loop, teardown. */
+#define _GNU_SOURCE
+#include "fs.h"
+#include "log.h"
+#include "options.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct binvfs fs;
+
+static void bv_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	/* a nodeid's content never changes: keep its page cache (kernel-notes §4) */
+	conn->want &= ~(unsigned)(FUSE_CAP_AUTO_INVAL_DATA | FUSE_CAP_WRITEBACK_CACHE);
+	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC; /* O_TRUNC reaches OPEN, before truncating */
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+	if (conn->capable & FUSE_CAP_SPLICE_READ)
+		conn->want |= FUSE_CAP_SPLICE_READ;
+}
+
+static const struct fuse_lowlevel_ops bv_ops = {
+	.init = bv_init,
+	.lookup = bv_lookup,
+	.forget = bv_forget,
+	.forget_multi = bv_forget_multi,
+	.getattr = bv_getattr,
+	.setattr = bv_setattr,
+	.readlink = bv_readlink,
+	.mknod = bv_mknod,
+	.mkdir = bv_mkdir,
+	.symlink = bv_symlink,
+	.link = bv_link,
+	.unlink = bv_unlink,
+	.rmdir = bv_rmdir,
+	.rename = bv_rename,
+	.statfs = bv_statfs,
+	.open = bv_open,
+	.create = bv_create,
+	.read = bv_read,
+	.write_buf = bv_write_buf,
+	.flush = bv_flush,
+	.release = bv_release,
+	.fsync = bv_fsync,
+	.fallocate = bv_fallocate,
+	.lseek = bv_lseek,
+	.opendir = bv_opendir,
+	.readdir = bv_readdir,
+	.releasedir = bv_releasedir,
+	.fsyncdir = bv_fsyncdir,
+	.getxattr = bv_getxattr,
+	.listxattr = bv_listxattr,
+	.setxattr = bv_setxattr,
+	.removexattr = bv_removexattr,
+};
+
+static void prune_deferred(const char *vrel, dev_t dev, ino_t ino)
+{
+	pthread_mutex_lock(&fs.store.lock);
+	store_remove_version(&fs.store, vrel, dev, ino);
+	pthread_mutex_unlock(&fs.store.lock);
+}
+
+/* Is dir already the mount point of a binvfs? Then serving it again would stack on it. */
+static bool served_by_binvfs(const char *dir)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "r");
+	char line[8192];
+	bool found = false;
+
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		char mnt[4096], fstype[256];
+		char *sep = strstr(line, " - ");
+		if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", mnt) != 1 ||
+		    sscanf(sep + 3, "%255s", fstype) != 1)
+			continue;
+		found = !strcmp(fstype, "fuse.binvfs") && !strcmp(mnt, dir);
+	}
+	fclose(f);
+	return found;
+}
+
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_loop_config *cfg;
+	struct options o;
+	char fsname[4200];
+	int r, ret = 1;
+
+	r = options_parse(argc, argv, &o);
+	if (r)
+		return r > 0 ? 0 : 1;
+	log_init(false, o.debug);
+	if (served_by_binvfs(o.source) || served_by_binvfs(o.mountpoint)) {
+		fprintf(stderr, "binvfs: %s is already served by binvfs\n",
+			served_by_binvfs(o.source) ? o.source : o.mountpoint);
+		return 1;
+	}
+	snprintf(fsname, sizeof(fsname), "subtype=binvfs,fsname=%s%s%s", o.source,
+		 o.fuse_opts[0] ? "," : "", o.fuse_opts);
+	if (fuse_opt_add_arg(&args, argv[0]) || fuse_opt_add_arg(&args, "-o") ||
+	    fuse_opt_add_arg(&args, fsname) || (o.debug && fuse_opt_add_arg(&args, "-d")))
+		fatalx("out of memory");
+
+	umask(0); /* the kernel applied the caller's umask already */
+	raise_nofile();
+	fs.se = fuse_session_new(&args, &bv_ops, sizeof(bv_ops), &fs);
+	if (!fs.se)
+		goto out_args; /* libfuse said which option it did not know */
+	if (store_open(&fs.store, o.source, o.keep, o.nosync) < 0)
+		goto out_session;
+	struct stat vst;
+	if (fstat(fs.store.vfd, &vst) == 0) {
+		fs.view_dev = vst.st_dev;
+		fs.view_ino = vst.st_ino;
+	}
+	node_table_init(fs.store.rootfd);
+	node_prune_hook = prune_deferred;
+	if (fuse_set_signal_handlers(fs.se) != 0)
+		goto out_store;
+	if (fuse_session_mount(fs.se, o.mountpoint) != 0)
+		goto out_signals;
+	if (!o.foreground)
+		log_init(true, o.debug);
+	fuse_daemonize(o.foreground);
+	log_info("serving %s at %s (keep=%u%s)", o.source, o.mountpoint, o.keep,
+		 o.nosync ? ", nosync" : "");
+	if (o.single_thread) {
+		ret = fuse_session_loop(fs.se);
+	} else {
+		cfg = fuse_loop_cfg_create();
+		fuse_loop_cfg_set_clone_fd(cfg, 0);
+		fuse_loop_cfg_set_idle_threads(cfg, 10);
+		ret = fuse_session_loop_mt(fs.se, cfg);
+		fuse_loop_cfg_destroy(cfg);
+	}
+	fuse_session_unmount(fs.se);
+	log_info("unmounted %s", o.mountpoint);
+out_signals:
+	fuse_remove_signal_handlers(fs.se);
+out_store:
+	store_close(&fs.store);
+out_session:
+	fuse_session_destroy(fs.se);
+out_args:
+	fuse_opt_free_args(&args);
+	free(o.source);
+	free(o.mountpoint);
+	return ret ? 1 : 0;
+}

@@ -1,0 +1,338 @@
+/* node.c - the node table.
+ *
+ * A nodeid is the address of its struct node (the root is FUSE_ROOT_ID). Nodes of backing
+ * objects are shared by every name that reaches the same inode (its tree name and its
+ * .versions/ name), so a version has one nodeid, one kernel inode and one page cache. A node
+ * lives while the kernel or we hold a reference, and is never reused before its FORGET. */
+#define _GNU_SOURCE
+#include "node.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ROOT_ID 1
+
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct node **buckets; /* protected by table_lock */
+static size_t nbuckets, ncount;
+static struct node root;
+
+void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
+
+static size_t hash(dev_t dev, ino_t ino)
+{
+	uint64_t h = (uint64_t)ino * 0x9E3779B97F4A7C15ull ^ (uint64_t)dev;
+	return (size_t)(h ^ (h >> 29)) & (nbuckets - 1);
+}
+
+static void hash_insert(struct node *n)
+{
+	if (ncount + 1 > nbuckets) {
+		size_t old = nbuckets;
+		struct node **ob = buckets;
+		struct node **nb = calloc(old * 2, sizeof(*nb));
+		if (nb) {
+			buckets = nb;
+			nbuckets = old * 2;
+			for (size_t i = 0; i < old; i++) {
+				for (struct node *c = ob[i], *next; c; c = next) {
+					next = c->hnext;
+					size_t h = hash(c->dev, c->ino);
+					c->hnext = buckets[h];
+					buckets[h] = c;
+				}
+			}
+			free(ob);
+		}
+	}
+	size_t h = hash(n->dev, n->ino);
+	n->hnext = buckets[h];
+	buckets[h] = n;
+	ncount++;
+}
+
+static void hash_remove(struct node *n)
+{
+	for (struct node **p = &buckets[hash(n->dev, n->ino)]; *p; p = &(*p)->hnext) {
+		if (*p == n) {
+			*p = n->hnext;
+			ncount--;
+			return;
+		}
+	}
+}
+
+static struct node *hash_find(dev_t dev, ino_t ino)
+{
+	for (struct node *n = buckets[hash(dev, ino)]; n; n = n->hnext)
+		if (n->ino == ino && n->dev == dev)
+			return n;
+	return NULL;
+}
+
+void node_table_init(int rootfd)
+{
+	struct stat st;
+
+	nbuckets = 1024;
+	buckets = calloc(nbuckets, sizeof(*buckets));
+	if (!buckets || fstat(rootfd, &st) < 0)
+		fatal("node table");
+	root.kind = NODE_DIR;
+	root.fd = rootfd;
+	root.rdfd = -1;
+	root.cur_fd = -1;
+	root.dev = st.st_dev;
+	root.ino = st.st_ino;
+	root.nlookup = 2;
+}
+
+struct node *node_root(void)
+{
+	return &root;
+}
+
+struct node *node_get(uint64_t nodeid)
+{
+	return nodeid == ROOT_ID ? &root : (struct node *)(uintptr_t)nodeid;
+}
+
+uint64_t node_id(const struct node *n)
+{
+	return n == &root ? ROOT_ID : (uint64_t)(uintptr_t)n;
+}
+
+static enum node_kind kind_of(mode_t mode)
+{
+	return S_ISDIR(mode) ? NODE_DIR : S_ISREG(mode) ? NODE_FILE : NODE_OTHER;
+}
+
+struct node *node_lookup(int dirfd, const char *name, const struct stat *st)
+{
+	struct node *n;
+	struct stat fst;
+	int fd;
+
+	pthread_mutex_lock(&table_lock);
+	n = hash_find(st->st_dev, st->st_ino);
+	if (n && n->kind == kind_of(st->st_mode)) {
+		n->nlookup++;
+		pthread_mutex_unlock(&table_lock);
+		return n;
+	}
+	pthread_mutex_unlock(&table_lock);
+
+	fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &fst) < 0 || fst.st_ino != st->st_ino || fst.st_dev != st->st_dev) {
+		close(fd); /* the name changed under us: let the kernel retry */
+		errno = ESTALE;
+		return NULL;
+	}
+	pthread_mutex_lock(&table_lock);
+	n = hash_find(st->st_dev, st->st_ino);
+	if (n && n->kind == kind_of(st->st_mode)) {
+		n->nlookup++;
+		pthread_mutex_unlock(&table_lock);
+		close(fd);
+		return n;
+	}
+	n = calloc(1, sizeof(*n));
+	if (!n) {
+		pthread_mutex_unlock(&table_lock);
+		close(fd);
+		errno = ENOMEM;
+		return NULL;
+	}
+	n->kind = kind_of(st->st_mode);
+	n->dev = st->st_dev;
+	n->ino = st->st_ino;
+	n->fd = fd;
+	n->rdfd = -1;
+	n->cur_fd = -1;
+	n->nlookup = 1;
+	hash_insert(n);
+	pthread_mutex_unlock(&table_lock);
+	return n;
+}
+
+struct node *node_new_staging(struct node *base, struct node *parent, const char *name)
+{
+	struct node *n = calloc(1, sizeof(*n));
+
+	if (!n || !(n->name = strdup(name))) {
+		free(n);
+		return NULL;
+	}
+	n->kind = NODE_STAGING;
+	n->fd = -1;
+	n->rdfd = -1;
+	n->cur_fd = -1;
+	n->dev = base->dev;
+	n->ino = base->ino;
+	n->base = base;
+	n->parent = parent;
+	node_ref(base);
+	node_ref(parent);
+	return n; /* no references yet: the caller adds its lookup or ref */
+}
+
+void node_add_lookup(struct node *n)
+{
+	pthread_mutex_lock(&table_lock);
+	n->nlookup++;
+	pthread_mutex_unlock(&table_lock);
+}
+
+/* Called with table_lock held; unlocks it. */
+static void release_locked(struct node *n)
+{
+	char *vrel = NULL;
+	struct node *base = NULL, *parent = NULL;
+	dev_t dev = n->dev;
+	ino_t ino = n->ino;
+
+	if (n == &root || n->nlookup || n->refs || n->opens) {
+		if (n != &root && n->prune_vrel && !n->opens && !n->nlookup) {
+			/* only internal references left: nobody uses the version any more */
+			vrel = n->prune_vrel;
+			n->prune_vrel = NULL;
+		}
+		pthread_mutex_unlock(&table_lock);
+		goto prune;
+	}
+	if (n->kind != NODE_STAGING)
+		hash_remove(n);
+	pthread_mutex_unlock(&table_lock);
+	vrel = n->prune_vrel;
+	base = n->base;
+	parent = n->parent;
+	if (n->fd >= 0)
+		close(n->fd);
+	if (n->rdfd >= 0)
+		close(n->rdfd);
+	free(n->name);
+	free(n);
+	if (base)
+		node_unref(base);
+	if (parent)
+		node_unref(parent);
+prune:
+	if (vrel) {
+		if (node_prune_hook)
+			node_prune_hook(vrel, dev, ino);
+		free(vrel);
+	}
+}
+
+void node_forget(struct node *n, uint64_t nlookup)
+{
+	pthread_mutex_lock(&table_lock);
+	n->nlookup = nlookup > n->nlookup ? 0 : n->nlookup - nlookup;
+	release_locked(n);
+}
+
+void node_ref(struct node *n)
+{
+	pthread_mutex_lock(&table_lock);
+	n->refs++;
+	pthread_mutex_unlock(&table_lock);
+}
+
+void node_unref(struct node *n)
+{
+	pthread_mutex_lock(&table_lock);
+	n->refs--;
+	release_locked(n);
+}
+
+void node_open(struct node *n)
+{
+	pthread_mutex_lock(&table_lock);
+	n->opens++;
+	pthread_mutex_unlock(&table_lock);
+}
+
+void node_close(struct node *n)
+{
+	pthread_mutex_lock(&table_lock);
+	n->opens--;
+	release_locked(n);
+}
+
+int node_proc_path(const struct node *n, char *buf, size_t len)
+{
+	return snprintf(buf, len, "/proc/self/fd/%d", n->fd) < (int)len ? 0 : -ENAMETOOLONG;
+}
+
+int node_rdfd(struct node *n)
+{
+	char proc[64];
+	int fd, expected = -1;
+
+	fd = __atomic_load_n(&n->rdfd, __ATOMIC_ACQUIRE);
+	if (fd >= 0)
+		return fd;
+	node_proc_path(n, proc, sizeof(proc));
+	fd = open(proc, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (!__atomic_compare_exchange_n(&n->rdfd, &expected, fd, false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE)) {
+		close(fd);
+		return expected;
+	}
+	return fd;
+}
+
+void node_mark_old(dev_t dev, ino_t ino, bool old)
+{
+	struct node *n;
+
+	pthread_mutex_lock(&table_lock);
+	n = hash_find(dev, ino);
+	if (n && n->kind == NODE_FILE)
+		n->old = old;
+	pthread_mutex_unlock(&table_lock);
+}
+
+bool node_defer_prune(void *arg, const struct stat *st, const char *vrel)
+{
+	struct node *n;
+	bool used = false;
+
+	(void)arg;
+	pthread_mutex_lock(&table_lock);
+	n = hash_find(st->st_dev, st->st_ino);
+	if (n && n->kind == NODE_FILE && (n->nlookup || n->opens)) {
+		free(n->prune_vrel);
+		n->prune_vrel = strdup(vrel);
+		used = n->prune_vrel != NULL;
+	}
+	pthread_mutex_unlock(&table_lock);
+	return used;
+}
+
+void node_set_cur_fd(struct node *n, int fd)
+{
+	pthread_mutex_lock(&table_lock);
+	n->cur_fd = fd;
+	pthread_mutex_unlock(&table_lock);
+}
+
+int node_cur_fd(struct node *n)
+{
+	int fd;
+
+	pthread_mutex_lock(&table_lock);
+	fd = n->cur_fd;
+	pthread_mutex_unlock(&table_lock);
+	return fd;
+}

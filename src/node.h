@@ -1,0 +1,70 @@
+/* node.h - the node table: nodeid <-> backing inode (a version, a directory, ...) or a
+ * writer's staging node; kernel lookup counts, internal references, forget. */
+#ifndef BINVFS_NODE_H
+#define BINVFS_NODE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+enum node_kind {
+	NODE_DIR,
+	NODE_FILE,    /* one immutable published version of a regular file */
+	NODE_OTHER,   /* symlink, fifo, device, socket */
+	NODE_STAGING, /* a writer's private nodeid; opens for writing get a staging copy */
+};
+
+struct node {
+	enum node_kind kind;
+	bool in_versions; /* directory inside the read-only .versions/ view */
+	bool old;         /* file: no longer current at any tree name; read-only */
+	dev_t dev;
+	ino_t ino;
+	int fd;   /* O_PATH to the backing object; -1 for staging nodes */
+	int rdfd; /* files: O_RDONLY, opened at the first open, kept until forget */
+	/* protected by the table lock: */
+	uint64_t nlookup;   /* the kernel's references (LOOKUP replies minus FORGET) */
+	unsigned refs;      /* ours: open handles, staging bases, routes */
+	unsigned opens;     /* open files on this nodeid (read, exec, write) */
+	char *prune_vrel;   /* version to remove from the store once unused */
+	int cur_fd;         /* staging: fd of the newest staging copy, -1 if none */
+	/* staging nodes, immutable after creation: */
+	struct node *base;   /* the version the writer copies (holds a ref) */
+	struct node *parent; /* the directory it publishes into (holds a ref) */
+	char *name;
+	struct node *hnext; /* hash chain, table lock */
+};
+
+void node_table_init(int rootfd);
+struct node *node_root(void);
+struct node *node_get(uint64_t nodeid);
+uint64_t node_id(const struct node *n);
+
+/* Find or create the node for an object just looked up (st from fstatat(dirfd, name)); adds
+ * one kernel lookup. Returns NULL with errno set. */
+struct node *node_lookup(int dirfd, const char *name, const struct stat *st);
+struct node *node_new_staging(struct node *base, struct node *parent, const char *name);
+void node_add_lookup(struct node *n);
+
+/* Drop references; frees the node (and removes a deferred version) when the last is gone. */
+void node_forget(struct node *n, uint64_t nlookup);
+void node_ref(struct node *n);
+void node_unref(struct node *n);
+void node_open(struct node *n);
+void node_close(struct node *n);
+
+int node_rdfd(struct node *n); /* the node's read fd, opening it on first use */
+int node_proc_path(const struct node *n, char *buf, size_t len);
+
+/* For the store: a replaced or removed inode becomes an old version. */
+void node_mark_old(dev_t dev, ino_t ino, bool old);
+/* For retention: true if a node of that inode is in use; it then removes vrel when unused. */
+bool node_defer_prune(void *arg, const struct stat *st, const char *vrel);
+void node_set_cur_fd(struct node *n, int fd);
+int node_cur_fd(struct node *n);
+
+/* Set by main: removes a deferred version (store lock taken inside). */
+extern void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
+
+#endif

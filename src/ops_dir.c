@@ -1,0 +1,184 @@
+/* ops_dir.c - directory listing (the root hides .versions/) and extended attributes. */
+#define _GNU_SOURCE
+#include "fs.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+struct dirh {
+	DIR *dp;
+	struct dirent *entry; /* read but not yet returned */
+	off_t offset;
+};
+
+void bv_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct node *n = inode_of(ino);
+	struct dirh *d = calloc(1, sizeof(*d));
+	int fd;
+
+	if (!d) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	fd = openat(n->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || !(d->dp = fdopendir(fd))) {
+		int err = errno;
+		if (fd >= 0)
+			close(fd);
+		free(d);
+		fuse_reply_err(req, err);
+		return;
+	}
+	fi->fh = (uintptr_t)d;
+	if (fuse_reply_open(req, fi) == -ENOENT) {
+		closedir(d->dp);
+		free(d);
+	}
+}
+
+void bv_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		struct fuse_file_info *fi)
+{
+	struct node *dir = inode_of(ino);
+	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
+	char *buf = calloc(1, size), *p = buf;
+	size_t rem = size;
+
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	if (off != d->offset) {
+		seekdir(d->dp, off);
+		d->entry = NULL;
+		d->offset = off;
+	}
+	for (;;) {
+		struct stat st = {0};
+		size_t len;
+
+		if (!d->entry) {
+			errno = 0;
+			d->entry = readdir(d->dp);
+			if (!d->entry)
+				break;
+		}
+		if (versions_hidden(dir, d->entry->d_name) ||
+		    (dir == node_root() && !strcmp(d->entry->d_name, STORE_DIR))) {
+			d->offset = d->entry->d_off;
+			d->entry = NULL;
+			continue;
+		}
+		st.st_ino = d->entry->d_ino;
+		st.st_mode = (mode_t)d->entry->d_type << 12;
+		len = fuse_add_direntry(req, p, rem, d->entry->d_name, &st, d->entry->d_off);
+		if (len > rem)
+			break;
+		p += len;
+		rem -= len;
+		d->offset = d->entry->d_off;
+		d->entry = NULL;
+	}
+	fuse_reply_buf(req, buf, size - rem);
+	free(buf);
+}
+
+void bv_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
+
+	(void)ino;
+	closedir(d->dp);
+	free(d);
+	fuse_reply_err(req, 0);
+}
+
+void bv_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
+	int fd = dirfd(d->dp);
+
+	(void)ino;
+	fuse_reply_err(req, (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? errno : 0);
+}
+
+/* xattrs go through /proc/self/fd of the node (an O_PATH fd cannot f*xattr); a staging node
+ * answers for its current copy, or its base version. */
+static int xattr_path(struct node *n, char *buf, size_t len, bool write)
+{
+	if (n->kind == NODE_OTHER)
+		return -ENOTSUP; /* would follow the symlink */
+	if (n->kind == NODE_STAGING) {
+		int fd = node_cur_fd(n);
+		if (fd >= 0) {
+			snprintf(buf, len, "/proc/self/fd/%d", fd);
+			return 0;
+		}
+		n = n->base;
+	}
+	if (write && versions_readonly(n))
+		return -EROFS;
+	return node_proc_path(n, buf, len);
+}
+
+static void reply_xattr(fuse_req_t req, ssize_t ret, char *value, size_t size)
+{
+	if (ret < 0)
+		fuse_reply_err(req, errno);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)ret);
+	else
+		fuse_reply_buf(req, value, (size_t)ret);
+}
+
+void bv_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	char path[64], *value = size ? malloc(size) : NULL;
+	int err = xattr_path(inode_of(ino), path, sizeof(path), false);
+
+	if (err)
+		fuse_reply_err(req, -err);
+	else
+		reply_xattr(req, getxattr(path, name, value, size), value, size);
+	free(value);
+}
+
+void bv_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	char path[64], *value = size ? malloc(size) : NULL;
+	int err = xattr_path(inode_of(ino), path, sizeof(path), false);
+
+	if (err)
+		fuse_reply_err(req, -err);
+	else
+		reply_xattr(req, listxattr(path, value, size), value, size);
+	free(value);
+}
+
+void bv_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+		 size_t size, int flags)
+{
+	char path[64];
+	int err = xattr_path(inode_of(ino), path, sizeof(path), true);
+
+	if (!err && setxattr(path, name, value, size, flags) < 0)
+		err = -errno;
+	fuse_reply_err(req, -err);
+}
+
+void bv_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	char path[64];
+	int err = xattr_path(inode_of(ino), path, sizeof(path), true);
+
+	if (!err && removexattr(path, name) < 0)
+		err = -errno;
+	fuse_reply_err(req, -err);
+}

@@ -1,0 +1,456 @@
+/* ops_entry.c - FUSE operations on names and attributes: lookup (where writers are routed),
+ * forget, getattr/setattr, and the namespace changes that keep replaced files as versions. */
+#define _GNU_SOURCE
+#include "fs.h"
+#include "log.h"
+#include "route.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+static double attr_timeout(const struct node *n)
+{
+	switch (n->kind) {
+	case NODE_STAGING:
+		return 0;
+	case NODE_DIR:
+		return 1.0;
+	default:
+		return TIMEOUT_LONG; /* a version's attributes change only through us */
+	}
+}
+
+void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *st)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = node_id(n);
+	e->attr = *st;
+	e->attr_timeout = attr_timeout(n);
+	/* A regular file's name may be answered another nodeid at any publish or for a writer:
+	 * look it up every time (kernel-notes §4). Directories and symlinks only change through
+	 * operations the kernel sees. */
+	e->entry_timeout = (n->kind == NODE_DIR || n->kind == NODE_OTHER) ? TIMEOUT_LONG : 0;
+}
+
+int node_stat(struct node *n, struct stat *st)
+{
+	if (n->kind == NODE_STAGING) {
+		int fd = node_cur_fd(n);
+		if (fd >= 0 && fstat(fd, st) == 0)
+			return 0;
+		n = n->base;
+	}
+	if (fstatat(n->fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	return 0;
+}
+
+static void reply_negative(fuse_req_t req, bool cache)
+{
+	struct fuse_entry_param e;
+
+	memset(&e, 0, sizeof(e));
+	e.entry_timeout = cache ? TIMEOUT_LONG : 0; /* names appear in .versions/ behind our back */
+	fuse_reply_entry(req, &e);
+}
+
+void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
+{
+	struct node *parent = inode_of(pino), *n;
+	struct fuse_entry_param e;
+	struct stat st;
+	int dirfd = parent->fd;
+
+	if (versions_is_view_root(parent, name)) {
+		dirfd = fs.store.rootfd;
+	} else if (versions_hidden(parent, name)) {
+		reply_negative(req, false);
+		return;
+	}
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		if (errno == ENOENT)
+			reply_negative(req, !parent->in_versions);
+		else
+			fuse_reply_err(req, errno);
+		return;
+	}
+	n = node_lookup(dirfd, name, &st);
+	if (!n) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	if (n->kind == NODE_DIR && (parent->in_versions || dirfd == fs.store.rootfd))
+		n->in_versions = true;
+	if (n->kind == NODE_FILE) {
+		if (parent->in_versions) {
+			if (st.st_nlink == 1)
+				n->old = true;
+		} else {
+			pid_t tid = fuse_req_ctx(req)->pid;
+			/* Only a name with an execute bit can be running (execve needs one, root
+			 * included), so only those need the syscall read (kernel-notes §9). */
+			bool writer = (st.st_mode & 0111) && route_thread_writes(tid);
+			struct node *stg = route_staging(tid, n, parent, name, writer);
+
+			if (n->old)
+				n->old = false; /* reachable by name again (a hard link) */
+			if (stg) {
+				log_debug("lookup %s: thread %d routed to staging", name, tid);
+				node_forget(n, 1);
+				n = stg;
+			}
+		}
+	}
+	fill_entry(&e, n, &st);
+	if (fuse_reply_entry(req, &e) == -ENOENT)
+		node_forget(n, 1); /* the requester was interrupted: the kernel took no ref */
+}
+
+void bv_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	node_forget(inode_of(ino), nlookup);
+	fuse_reply_none(req);
+}
+
+void bv_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	for (size_t i = 0; i < count; i++)
+		node_forget(inode_of(forgets[i].ino), forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+void bv_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct node *n = inode_of(ino);
+	struct handle *h = handle_of(fi);
+	struct stat st;
+	int err;
+
+	if (h) {
+		err = fstat(h->fd, &st) < 0 ? -errno : 0;
+	} else {
+		err = node_stat(n, &st);
+	}
+	if (err)
+		fuse_reply_err(req, -err);
+	else
+		fuse_reply_attr(req, &st, attr_timeout(n));
+}
+
+/* chmod/chown/utimens in place (through fd if >= 0, else through the node): metadata
+ * changes make no version. */
+int meta_apply(struct node *n, int fd, const struct stat *attr, int valid)
+{
+	char proc[64] = "";
+
+	if (n)
+		node_proc_path(n, proc, sizeof(proc));
+	if (valid & FUSE_SET_ATTR_MODE) {
+		if ((fd >= 0 ? fchmod(fd, attr->st_mode) : chmod(proc, attr->st_mode)) < 0)
+			return -errno;
+	}
+	if (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+		uid_t uid = (valid & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1;
+		gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1;
+		if ((fd >= 0 ? fchown(fd, uid, gid)
+			     : fchownat(n->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)) <
+		    0)
+			return -errno;
+	}
+	if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+		struct timespec tv[2] = {{0, UTIME_OMIT}, {0, UTIME_OMIT}};
+		if (valid & FUSE_SET_ATTR_ATIME_NOW)
+			tv[0].tv_nsec = UTIME_NOW;
+		else if (valid & FUSE_SET_ATTR_ATIME)
+			tv[0] = attr->st_atim;
+		if (valid & FUSE_SET_ATTR_MTIME_NOW)
+			tv[1].tv_nsec = UTIME_NOW;
+		else if (valid & FUSE_SET_ATTR_MTIME)
+			tv[1] = attr->st_mtim;
+		int r = fd >= 0 ? futimens(fd, tv)
+		    : n->kind == NODE_OTHER
+			? utimensat(n->fd, "", tv, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
+			: utimensat(AT_FDCWD, proc, tv, 0);
+		if (r < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
+		struct fuse_file_info *fi)
+{
+	struct node *n = inode_of(ino);
+	struct handle *h = handle_of(fi);
+	pid_t tid = fuse_req_ctx(req)->pid;
+	struct stat st;
+	int err = 0;
+
+	if (h) {
+		err = handle_setattr(h, attr, valid);
+		if (!err && fstat(h->fd, &st) < 0)
+			err = -errno;
+		goto reply;
+	}
+	if (n->kind == NODE_STAGING) {
+		/* truncate(2) by a routed thread: copy, truncate and publish at once */
+		if (valid & FUSE_SET_ATTR_SIZE) {
+			route_done(tid);
+			err = staging_truncate(req, n, attr->st_size);
+			valid &= ~FUSE_SET_ATTR_SIZE;
+		}
+		if (!err)
+			err = meta_apply(n->base, node_cur_fd(n), attr, valid);
+		if (!err)
+			err = node_stat(n, &st);
+		goto reply;
+	}
+	if (versions_readonly(n)) {
+		err = -EROFS;
+		goto reply;
+	}
+	if (valid & FUSE_SET_ATTR_SIZE) {
+		if (n->kind != NODE_FILE) {
+			err = n->kind == NODE_DIR ? -EISDIR : -EINVAL;
+			goto reply;
+		}
+		/* a truncate reached a published version: send the thread back to walk again */
+		err = route_arm(tid, n) ? -ESTALE : -EROFS;
+		goto reply;
+	}
+	err = meta_apply(n, -1, attr, valid);
+	if (!err)
+		err = node_stat(n, &st);
+reply:
+	if (err)
+		fuse_reply_err(req, -err);
+	else
+		fuse_reply_attr(req, &st, attr_timeout(n));
+}
+
+void bv_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct node *n = inode_of(ino);
+	char buf[PATH_MAX + 1];
+	ssize_t len = readlinkat(n->fd, "", buf, sizeof(buf));
+
+	if (len < 0)
+		fuse_reply_err(req, errno);
+	else if (len == sizeof(buf))
+		fuse_reply_err(req, ENAMETOOLONG);
+	else {
+		buf[len] = 0;
+		fuse_reply_readlink(req, buf);
+	}
+}
+
+/* Refuse to create in the view, or a directory whose name the store reserves. */
+static int check_new_name(struct node *parent, const char *name)
+{
+	if (parent->in_versions)
+		return -EROFS;
+	if (parent == node_root() && store_reserved_root_name(name))
+		return -EPERM;
+	return 0;
+}
+
+/* The daemon runs as root: give what it creates to the caller, as the kernel would. */
+static void own_new(fuse_req_t req, struct node *parent, const char *name, mode_t mode)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct stat pst;
+	gid_t gid = ctx->gid;
+
+	if (fstat(parent->fd, &pst) == 0 && (pst.st_mode & S_ISGID))
+		gid = pst.st_gid;
+	fchownat(parent->fd, name, ctx->uid, gid, AT_SYMLINK_NOFOLLOW);
+	if (!S_ISLNK(mode) && (mode & (S_ISUID | S_ISGID))) {
+		int fd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		char proc[64];
+		if (fd >= 0) {
+			snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+			chmod(proc, mode & 07777);
+			close(fd);
+		}
+	}
+}
+
+static void reply_new_entry(fuse_req_t req, struct node *parent, const char *name)
+{
+	struct fuse_entry_param e;
+	struct stat st;
+	struct node *n;
+
+	if (fstatat(parent->fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	n = node_lookup(parent->fd, name, &st);
+	if (!n) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	fill_entry(&e, n, &st);
+	if (fuse_reply_entry(req, &e) == -ENOENT)
+		node_forget(n, 1);
+}
+
+void bv_mknod(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode, dev_t rdev)
+{
+	struct node *parent = inode_of(pino);
+	int err = check_new_name(parent, name);
+
+	if (!err && mknodat(parent->fd, name, mode, rdev) < 0)
+		err = -errno;
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	own_new(req, parent, name, mode);
+	reply_new_entry(req, parent, name);
+}
+
+void bv_mkdir(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode)
+{
+	struct node *parent = inode_of(pino);
+	int err = check_new_name(parent, name);
+
+	if (!err && mkdirat(parent->fd, name, mode) < 0)
+		err = -errno;
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	own_new(req, parent, name, S_IFDIR | mode);
+	reply_new_entry(req, parent, name);
+}
+
+void bv_symlink(fuse_req_t req, const char *link, fuse_ino_t pino, const char *name)
+{
+	struct node *parent = inode_of(pino);
+	int err = check_new_name(parent, name);
+
+	if (!err && symlinkat(link, parent->fd, name) < 0)
+		err = -errno;
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	own_new(req, parent, name, S_IFLNK);
+	reply_new_entry(req, parent, name);
+}
+
+void bv_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t pino, const char *name)
+{
+	struct node *n = inode_of(ino), *parent = inode_of(pino);
+	int err = check_new_name(parent, name);
+
+	if (!err && (n->kind == NODE_STAGING || n->old || n->kind == NODE_DIR))
+		err = -EXDEV; /* old versions leave .versions/ by copy, not by link */
+	if (!err && linkat(n->fd, "", parent->fd, name, AT_EMPTY_PATH) < 0)
+		err = -errno;
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	reply_new_entry(req, parent, name);
+}
+
+void bv_unlink(fuse_req_t req, fuse_ino_t pino, const char *name)
+{
+	struct node *parent = inode_of(pino);
+	struct store_change ch;
+	int err = 0;
+
+	if (parent->in_versions) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	memset(&ch, 0, sizeof(ch));
+	pthread_mutex_lock(&fs.store.lock);
+	err = store_keep_version(&fs.store, parent->fd, name, &ch, node_defer_prune, NULL);
+	if (!err && unlinkat(parent->fd, name, 0) < 0) {
+		err = -errno;
+		if (ch.kept)
+			store_remove_version(&fs.store, ch.vrel, ch.old.st_dev, ch.old.st_ino);
+		ch.kept = false;
+	}
+	if (!err)
+		store_sync_dir(&fs.store, parent->fd);
+	pthread_mutex_unlock(&fs.store.lock);
+	if (err == -ENAMETOOLONG)
+		log_warnx("rm %s: name too long to keep a version; refused", name);
+	if (ch.kept) {
+		log_info("rm %s: kept as %s/%s", name, STORE_DIR, ch.vrel);
+		versions_after_change(parent, name, &ch);
+	}
+	fuse_reply_err(req, -err);
+}
+
+void bv_rmdir(fuse_req_t req, fuse_ino_t pino, const char *name)
+{
+	struct node *parent = inode_of(pino);
+	int err = check_new_name(parent, name);
+
+	if (!err && unlinkat(parent->fd, name, AT_REMOVEDIR) < 0)
+		err = -errno;
+	fuse_reply_err(req, -err);
+}
+
+void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npino,
+	       const char *newname, unsigned int flags)
+{
+	struct node *parent = inode_of(pino), *nparent = inode_of(npino);
+	struct store_change ch;
+	int err;
+
+	err = check_new_name(parent, name);
+	if (!err)
+		err = check_new_name(nparent, newname);
+	if (!err && (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)))
+		err = -EINVAL;
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	memset(&ch, 0, sizeof(ch));
+	pthread_mutex_lock(&fs.store.lock);
+	if (!flags)
+		err = store_keep_version(&fs.store, nparent->fd, newname, &ch, node_defer_prune,
+					 NULL);
+	if (err == -ENOENT)
+		err = 0;
+	if (!err && renameat2(parent->fd, name, nparent->fd, newname, flags) < 0) {
+		err = -errno;
+		if (ch.kept)
+			store_remove_version(&fs.store, ch.vrel, ch.old.st_dev, ch.old.st_ino);
+		ch.kept = false;
+	}
+	if (!err) {
+		store_sync_dir(&fs.store, nparent->fd);
+		if (nparent != parent)
+			store_sync_dir(&fs.store, parent->fd);
+	}
+	pthread_mutex_unlock(&fs.store.lock);
+	if (ch.kept) {
+		log_info("mv over %s: kept as %s/%s", newname, STORE_DIR, ch.vrel);
+		versions_after_change(nparent, newname, &ch);
+	}
+	fuse_reply_err(req, -err);
+}
+
+void bv_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs sv;
+
+	(void)ino;
+	if (fstatvfs(fs.store.rootfd, &sv) < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_statfs(req, &sv);
+}

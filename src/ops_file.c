@@ -1,0 +1,463 @@
+/* ops_file.c - FUSE operations on open files: copy-on-write for writers, publish at close.
+ *
+ * A write open lands on a staging nodeid (route.c) and gets a private O_TMPFILE copy. It is
+ * published at the FLUSH that the opener's close() waits for (kernel-notes §8), unless the
+ * closer is another process (a child that inherited the fd) or the opener dying of a signal
+ * (§8b); RELEASE publishes what is still dirty after that. Reads of a version are spliced
+ * from the version's own fd, with keep_cache: its content never changes. */
+#define _GNU_SOURCE
+#include "fs.h"
+#include "log.h"
+#include "route.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static bool wants_write(int flags)
+{
+	return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+}
+
+static struct handle *handle_new(enum handle_kind kind, struct node *n, int fd)
+{
+	struct handle *h = calloc(1, sizeof(*h));
+
+	if (!h)
+		return NULL;
+	h->kind = kind;
+	h->node = n;
+	h->fd = fd;
+	pthread_mutex_init(&h->lock, NULL);
+	node_open(n);
+	if (kind == H_STAGE)
+		node_set_cur_fd(n, fd);
+	return h;
+}
+
+static void handle_free(struct handle *h)
+{
+	if (h->kind == H_STAGE && node_cur_fd(h->node) == h->fd)
+		node_set_cur_fd(h->node, -1);
+	close(h->fd);
+	node_close(h->node);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+}
+
+/* A staging copy of the node's base version: empty, or its first len bytes. */
+static int stage_from_base(struct node *stg, bool empty, off_t *len, int *fd)
+{
+	struct stat bst;
+	int rdfd = node_rdfd(stg->base);
+
+	if (rdfd < 0)
+		return rdfd;
+	if (fstat(rdfd, &bst) < 0)
+		return -errno;
+	if (!empty && (*len < 0 || *len > bst.st_size))
+		*len = bst.st_size;
+	if (empty)
+		*len = 0;
+	return store_stage_create(&fs.store, rdfd, &bst, *len, fd);
+}
+
+/* Writes after a publish start a new copy-on-write from what was published. h->lock held. */
+static int handle_unpublish(struct handle *h)
+{
+	struct stat st;
+	int fd, err;
+
+	if (!h->published)
+		return 0;
+	if (fstat(h->fd, &st) < 0)
+		return -errno;
+	err = store_stage_create(&fs.store, h->fd, &st, st.st_size, &fd);
+	if (err)
+		return err;
+	close(h->fd);
+	h->fd = fd;
+	h->published = false;
+	node_set_cur_fd(h->node, fd);
+	return 0;
+}
+
+/* Publish the staging copy at the staging node's name; h->lock held. */
+static int handle_publish(struct handle *h)
+{
+	struct node *stg = h->node, *parent = stg->parent;
+	struct store_change ch;
+	struct stat sst, cst;
+	int err, cfd;
+
+	if (!fs.store.nosync && fdatasync(h->fd) < 0)
+		return -errno;
+	if (fstat(h->fd, &sst) < 0)
+		return -errno;
+	pthread_mutex_lock(&fs.store.lock);
+	cfd = openat(parent->fd, stg->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (cfd >= 0 && fstat(cfd, &cst) == 0 && S_ISREG(cst.st_mode) &&
+	    cst.st_size == sst.st_size && store_same_content(cfd, h->fd, sst.st_size)) {
+		/* nothing changed: no version, but metadata set through the fd applies */
+		struct stat attr = {.st_mode = h->mode, .st_uid = h->uid, .st_gid = h->gid};
+		int valid = (h->set_mode ? FUSE_SET_ATTR_MODE : 0) |
+			    (h->set_owner ? FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID : 0);
+		pthread_mutex_unlock(&fs.store.lock);
+		if (valid)
+			meta_apply(NULL, cfd, &attr, valid);
+		close(cfd);
+		h->dirty = false;
+		log_debug("close %s: content unchanged, nothing published", stg->name);
+		return 0;
+	}
+	if (cfd >= 0)
+		close(cfd);
+	err = store_publish(&fs.store, parent->fd, stg->name, h->fd, &ch, node_defer_prune, NULL);
+	pthread_mutex_unlock(&fs.store.lock);
+	if (err) {
+		errno = -err;
+		log_warn("publish %s failed, current version unchanged", stg->name);
+		return err;
+	}
+	h->published = true;
+	h->dirty = h->written = false;
+	if (ch.orphaned)
+		log_info("publish %s: the name was removed meanwhile; kept as %s/%s", stg->name,
+			 STORE_DIR, ch.vrel);
+	else if (ch.kept)
+		log_info("publish %s (%lld bytes): previous kept as %s/%s", stg->name,
+			 (long long)sst.st_size, STORE_DIR, ch.vrel);
+	else
+		log_info("publish %s (%lld bytes)", stg->name, (long long)sst.st_size);
+	versions_after_change(parent, stg->name, &ch);
+	return 0;
+}
+
+int staging_truncate(fuse_req_t req, struct node *stg, off_t size)
+{
+	struct handle h = {.kind = H_STAGE, .node = stg, .dirty = true};
+	off_t len = size;
+	int err;
+
+	(void)req;
+	err = stage_from_base(stg, false, &len, &h.fd);
+	if (err)
+		return err;
+	if (ftruncate(h.fd, size) < 0)
+		err = -errno;
+	if (!err)
+		err = handle_publish(&h);
+	close(h.fd);
+	return err;
+}
+
+static void open_staging(fuse_req_t req, struct node *stg, struct fuse_file_info *fi)
+{
+	bool trunc = fi->flags & O_TRUNC;
+	struct handle *h;
+	off_t len = -1;
+	int fd, err;
+
+	err = stage_from_base(stg, trunc, &len, &fd);
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	h = handle_new(H_STAGE, stg, fd);
+	if (!h) {
+		close(fd);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	struct stat bst;
+	h->dirty = trunc && fstat(node_rdfd(stg->base), &bst) == 0 && bst.st_size > 0;
+	h->opener_tgid = route_tgid(fuse_req_ctx(req)->pid);
+	fi->fh = (uintptr_t)h;
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		handle_free(h);
+}
+
+void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct node *n = inode_of(ino), *target = n;
+	pid_t tid = fuse_req_ctx(req)->pid;
+	int fd;
+
+	if (n->kind == NODE_STAGING) {
+		route_done(tid);
+		if (fi->flags & FMODE_EXEC) {
+			/* an exec must run a published version: walk again */
+			fuse_reply_err(req, ESTALE);
+			return;
+		}
+		if (wants_write(fi->flags)) {
+			open_staging(req, n, fi);
+			return;
+		}
+		target = n->base; /* a read by the writer's thread: the version it copies */
+	} else if (wants_write(fi->flags)) {
+		if (versions_readonly(n)) {
+			fuse_reply_err(req, EROFS);
+		} else if (route_arm(tid, n)) {
+			/* never write or truncate a published version: send the writer back to walk
+			 * the path again, its LOOKUP will answer a staging nodeid */
+			fuse_reply_err(req, ESTALE);
+		} else {
+			log_warnx("write open of a published version without a path walk (by "
+				  "/proc/PID/fd or a file handle) refused: open it by its name");
+			fuse_reply_err(req, EROFS);
+		}
+		return;
+	}
+	fd = node_rdfd(target);
+	if (fd < 0) {
+		fuse_reply_err(req, -fd);
+		return;
+	}
+	node_open(n);
+	fi->fh = 0;
+	fi->keep_cache = 1; /* a version's content never changes */
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		node_close(n);
+}
+
+void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
+	       struct fuse_file_info *fi)
+{
+	struct node *parent = inode_of(pino), *n;
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct fuse_entry_param e;
+	struct handle *h;
+	struct stat st, pst;
+	int fd, flags;
+
+	if (parent->in_versions) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	flags = (fi->flags & ~(O_ACCMODE | FMODE_EXEC)) | O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
+	fd = openat(parent->fd, name, flags, mode);
+	if (fd < 0) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	/* the daemon is root: the file belongs to the caller, as natively */
+	gid_t gid = fstat(parent->fd, &pst) == 0 && (pst.st_mode & S_ISGID) ? pst.st_gid : ctx->gid;
+	if (fchown(fd, ctx->uid, gid) == 0 && (mode & (S_ISUID | S_ISGID)))
+		fchmod(fd, mode & 07777);
+	if (fstat(fd, &st) < 0 || !(n = node_lookup(parent->fd, name, &st))) {
+		int err = errno;
+		close(fd);
+		fuse_reply_err(req, err);
+		return;
+	}
+	h = handle_new(H_DIRECT, n, fd);
+	if (!h) {
+		close(fd);
+		node_forget(n, 1);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	fill_entry(&e, n, &st);
+	fi->fh = (uintptr_t)h;
+	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
+		handle_free(h);
+		node_forget(n, 1);
+	}
+}
+
+/* The fd to read: the handle's own, else the version's. */
+static int read_fd(struct node *n, struct handle *h)
+{
+	if (h)
+		return h->fd;
+	return node_rdfd(n->kind == NODE_STAGING ? n->base : n);
+}
+
+void bv_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+
+	if (h)
+		pthread_mutex_lock(&h->lock);
+	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	buf.buf[0].fd = read_fd(inode_of(ino), h);
+	buf.buf[0].pos = off;
+	if (buf.buf[0].fd < 0)
+		fuse_reply_err(req, -buf.buf[0].fd);
+	else
+		fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+	if (h)
+		pthread_mutex_unlock(&h->lock);
+}
+
+void bv_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
+		  struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+	struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+	ssize_t res;
+	int err;
+
+	(void)ino;
+	if (!h) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	pthread_mutex_lock(&h->lock);
+	err = handle_unpublish(h);
+	if (err) {
+		pthread_mutex_unlock(&h->lock);
+		fuse_reply_err(req, -err);
+		return;
+	}
+	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	out.buf[0].fd = h->fd;
+	out.buf[0].pos = off;
+	res = fuse_buf_copy(&out, in, 0);
+	if (res > 0)
+		h->dirty = h->written = true;
+	pthread_mutex_unlock(&h->lock);
+	if (res < 0)
+		fuse_reply_err(req, (int)-res);
+	else
+		fuse_reply_write(req, (size_t)res);
+}
+
+int handle_setattr(struct handle *h, struct stat *attr, int valid)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&h->lock);
+	if (valid & FUSE_SET_ATTR_SIZE) {
+		err = handle_unpublish(h);
+		if (!err && ftruncate(h->fd, attr->st_size) < 0)
+			err = -errno;
+		if (!err)
+			h->dirty = h->written = true;
+	}
+	if (!err)
+		err = meta_apply(NULL, h->fd, attr, valid & ~FUSE_SET_ATTR_SIZE);
+	if (!err && (valid & FUSE_SET_ATTR_MODE)) {
+		h->set_mode = true;
+		h->mode = attr->st_mode;
+	}
+	if (!err && (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
+		struct stat st;
+		if (fstat(h->fd, &st) == 0) {
+			h->set_owner = true;
+			h->uid = st.st_uid;
+			h->gid = st.st_gid;
+		}
+	}
+	pthread_mutex_unlock(&h->lock);
+	return err;
+}
+
+void bv_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+	pid_t pid = fuse_req_ctx(req)->pid;
+	int err = 0;
+
+	(void)ino;
+	if (!h || h->kind != H_STAGE) {
+		fuse_reply_err(req, 0);
+		return;
+	}
+	pthread_mutex_lock(&h->lock);
+	if (h->dirty && h->written && !h->abandoned) {
+		switch (route_closer(pid, h->opener_tgid)) {
+		case CLOSER_OTHER:
+			break; /* a child that inherited the fd: the opener is not done */
+		case CLOSER_KILLED:
+			h->abandoned = true;
+			if (ftruncate(h->fd, 0) < 0) /* free the staging space now */
+				log_warn("truncate staging of %s", h->node->name);
+			log_info("writer of %s killed by a signal: nothing published",
+				 h->node->name);
+			break;
+		case CLOSER_OPENER:
+			err = handle_publish(h);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&h->lock);
+	fuse_reply_err(req, -err);
+}
+
+void bv_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+
+	if (!h) {
+		node_close(inode_of(ino));
+		fuse_reply_err(req, 0);
+		return;
+	}
+	if (h->kind == H_STAGE) {
+		pthread_mutex_lock(&h->lock);
+		/* writes through a shared mmap, or a child that outlived the opener */
+		if (h->dirty && !h->abandoned)
+			handle_publish(h);
+		pthread_mutex_unlock(&h->lock);
+	}
+	handle_free(h);
+	fuse_reply_err(req, 0);
+}
+
+void bv_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+	int err = 0;
+
+	(void)ino;
+	if (h) {
+		pthread_mutex_lock(&h->lock);
+		if ((datasync ? fdatasync(h->fd) : fsync(h->fd)) < 0)
+			err = errno;
+		pthread_mutex_unlock(&h->lock);
+	}
+	fuse_reply_err(req, err);
+}
+
+void bv_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+		  struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+	int err;
+
+	(void)ino;
+	if (!h) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	pthread_mutex_lock(&h->lock);
+	err = -handle_unpublish(h);
+	if (!err && fallocate(h->fd, mode, offset, length) < 0)
+		err = errno;
+	if (!err)
+		h->dirty = h->written = true;
+	pthread_mutex_unlock(&h->lock);
+	fuse_reply_err(req, err);
+}
+
+void bv_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+	off_t res;
+
+	if (h)
+		pthread_mutex_lock(&h->lock);
+	res = lseek(read_fd(inode_of(ino), h), off, whence);
+	if (h)
+		pthread_mutex_unlock(&h->lock);
+	if (res < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_lseek(req, res);
+}

@@ -1,0 +1,23 @@
+/* options.h - the command line: binvfs [-f] [-d] [-o OPT[,OPT...]] SOURCE [MOUNTPOINT] */
+#ifndef BINVFS_OPTIONS_H
+#define BINVFS_OPTIONS_H
+
+#include <stdbool.h>
+
+struct options {
+	char *source;     /* realpath of SOURCE */
+	char *mountpoint; /* realpath of MOUNTPOINT (SOURCE when omitted) */
+	unsigned keep;    /* keep=N, default 10, 0 = no limit */
+	bool nosync;
+	bool foreground;
+	bool debug;
+	bool single_thread;
+	char fuse_opts[4096]; /* what goes on to libfuse as -o */
+};
+
+extern const char *binvfs_usage;
+
+/* Returns 0 to go on, 1 after printing help or version (exit 0), -1 on bad usage (exit 1). */
+int options_parse(int argc, char **argv, struct options *o);
+
+#endif

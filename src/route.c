@@ -1,0 +1,335 @@
+/* route.c - writer routing (kernel-notes §1-3, §8-9).
+ *
+ * The VFS refuses a write open of an executed inode before asking us (ETXTBSY), and an O_TRUNC
+ * open truncates the page cache of whatever inode it lands on. So writers must land on their
+ * own nodeid. Two ways get them there:
+ *  - at LOOKUP of a name with an execute bit, the requesting thread's pending syscall tells a
+ *    writer (openat/open/creat/truncate with write flags);
+ *  - elsewhere, a write open or truncate that reaches a version nodeid is answered ESTALE, and
+ *    the kernel walks the path again: its LOOKUP(s) then find the route armed here.
+ * Routes are keyed by thread id, hold their staging node until the open arrives (a retry can
+ * send two LOOKUPs with a FORGET between), and expire after ROUTE_TTL_NS. */
+#define _GNU_SOURCE
+#include "route.h"
+#include "log.h"
+#include "node.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ROUTE_MAX     64
+#define ROUTE_TTL_NS  2000000000ull
+#define STAT_WAIT_NS  100000000l /* bound on reading /proc/<pid>/stat at FLUSH */
+
+struct route {
+	pid_t tid;            /* 0: free slot */
+	unsigned long long expires;
+	struct node *stale;   /* the version nodeid the thread was sent back from (ref) */
+	struct node *staging; /* the staging node it was given (ref) */
+};
+
+static pthread_mutex_t route_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct route routes[ROUTE_MAX]; /* protected by route_lock */
+
+static unsigned long long now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
+
+static void clear(struct route *r)
+{
+	if (r->stale)
+		node_unref(r->stale);
+	if (r->staging)
+		node_unref(r->staging);
+	memset(r, 0, sizeof(*r));
+}
+
+/* Find the route of tid (expiring old ones); with `make`, a free slot for it. route_lock held. */
+static struct route *find(pid_t tid, bool make)
+{
+	unsigned long long now = now_ns();
+	struct route *fr = NULL, *oldest = NULL;
+
+	for (int i = 0; i < ROUTE_MAX; i++) {
+		struct route *r = &routes[i];
+		if (r->tid && r->expires < now)
+			clear(r);
+		if (r->tid == tid && tid)
+			return r;
+		if (!r->tid && !fr)
+			fr = r;
+		if (r->tid && (!oldest || r->expires < oldest->expires))
+			oldest = r;
+	}
+	if (!make)
+		return NULL;
+	if (!fr) {
+		clear(oldest);
+		fr = oldest;
+	}
+	fr->tid = tid;
+	fr->expires = now + ROUTE_TTL_NS;
+	return fr;
+}
+
+static bool is_write_flags(unsigned long flags)
+{
+	if (flags & O_PATH)
+		return false;
+	return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+}
+
+bool route_thread_writes(pid_t tid)
+{
+	char path[64], buf[256];
+	unsigned long nr, a[6];
+	int fd;
+	ssize_t n;
+
+	if (tid <= 0)
+		return false;
+	snprintf(path, sizeof(path), "/proc/%d/syscall", tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return false;
+	buf[n] = 0;
+	if (sscanf(buf, "%lu %lx %lx %lx %lx %lx %lx", &nr, &a[0], &a[1], &a[2], &a[3], &a[4],
+		   &a[5]) != 7)
+		return false;
+#if defined(__x86_64__)
+	switch (nr) {
+	case 2: /* open(path, flags) */
+		return is_write_flags(a[1]);
+	case 257: /* openat(dfd, path, flags) */
+		return is_write_flags(a[2]);
+	case 85: /* creat */
+	case 76: /* truncate */
+		return true;
+	case 437: { /* openat2(dfd, path, how, size): flags live in the caller's memory */
+		unsigned long long flags = 0;
+		struct iovec local = {&flags, sizeof(flags)}, remote = {(void *)a[2], sizeof(flags)};
+		if (process_vm_readv(tid, &local, 1, &remote, 1, 0) != sizeof(flags))
+			return false;
+		return is_write_flags((unsigned long)flags);
+	}
+	}
+#endif
+	return false;
+}
+
+bool route_arm(pid_t tid, struct node *stale)
+{
+	struct route *r;
+	bool fresh = true;
+
+	pthread_mutex_lock(&route_lock);
+	r = find(tid, true);
+	if (r->stale == stale && !r->staging) {
+		fresh = false; /* sent back already, and no LOOKUP came: no name walk */
+		clear(r);
+	} else {
+		if (r->stale)
+			node_unref(r->stale);
+		r->stale = stale;
+		node_ref(stale);
+		r->expires = now_ns() + ROUTE_TTL_NS;
+	}
+	pthread_mutex_unlock(&route_lock);
+	return fresh;
+}
+
+struct node *route_staging(pid_t tid, struct node *base, struct node *parent, const char *name,
+			   bool detected)
+{
+	struct route *r;
+	struct node *st = NULL;
+
+	pthread_mutex_lock(&route_lock);
+	r = find(tid, detected);
+	if (!r)
+		goto out;
+	if (r->staging && r->staging->base == base && r->staging->parent == parent &&
+	    !strcmp(r->staging->name, name)) {
+		st = r->staging; /* the second LOOKUP of a retry: same answer */
+	} else {
+		st = node_new_staging(base, parent, name);
+		if (!st)
+			goto out;
+		node_ref(st);
+		if (r->staging)
+			node_unref(r->staging);
+		r->staging = st;
+	}
+	node_add_lookup(st);
+out:
+	pthread_mutex_unlock(&route_lock);
+	return st;
+}
+
+void route_done(pid_t tid)
+{
+	struct route *r;
+
+	pthread_mutex_lock(&route_lock);
+	r = find(tid, false);
+	if (r)
+		clear(r);
+	pthread_mutex_unlock(&route_lock);
+}
+
+pid_t route_tgid(pid_t tid)
+{
+	char path[64], buf[512], *p;
+	int fd;
+	ssize_t n;
+
+	if (tid <= 0)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%d/status", tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	p = strstr(buf, "\nTgid:");
+	return p ? (pid_t)atoi(p + 6) : 0;
+}
+
+/* Reading /proc/<pid>/stat of a task inside execve blocks until we answer its FLUSH
+ * (kernel-notes §8b), so the read runs on its own thread and we wait a bounded time. */
+struct statread {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int refs; /* 2 while both sides hold it; protected by lock */
+	bool done;
+	pid_t tid;
+	ssize_t len;
+	char buf[1024];
+};
+
+static void statread_put(struct statread *s)
+{
+	pthread_mutex_lock(&s->lock);
+	int left = --s->refs;
+	pthread_mutex_unlock(&s->lock);
+	if (!left) {
+		pthread_cond_destroy(&s->cond);
+		pthread_mutex_destroy(&s->lock);
+		free(s);
+	}
+}
+
+static void *statread_main(void *arg)
+{
+	struct statread *s = arg;
+	char path[64];
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", s->tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, s->buf, sizeof(s->buf) - 1);
+	if (fd >= 0)
+		close(fd);
+	pthread_mutex_lock(&s->lock);
+	s->len = n;
+	s->done = true;
+	pthread_cond_signal(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	statread_put(s);
+	return NULL;
+}
+
+/* Returns the stat line of tid, or false if it could not be read in time. */
+static bool read_stat_bounded(pid_t tid, char *out, size_t len)
+{
+	struct statread *s = calloc(1, sizeof(*s));
+	pthread_condattr_t ca;
+	pthread_attr_t ta;
+	pthread_t th;
+	struct timespec dl;
+	bool ok = false;
+
+	if (!s)
+		return false;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	s->refs = 2;
+	s->tid = tid;
+	pthread_attr_init(&ta);
+	pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&ta, 64 * 1024);
+	if (pthread_create(&th, &ta, statread_main, s) != 0) {
+		pthread_attr_destroy(&ta);
+		s->refs = 1;
+		statread_put(s);
+		return false;
+	}
+	pthread_attr_destroy(&ta);
+	clock_gettime(CLOCK_MONOTONIC, &dl);
+	dl.tv_nsec += STAT_WAIT_NS;
+	if (dl.tv_nsec >= 1000000000l) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000l;
+	}
+	pthread_mutex_lock(&s->lock);
+	while (!s->done)
+		if (pthread_cond_timedwait(&s->cond, &s->lock, &dl) != 0)
+			break;
+	if (s->done && s->len > 0) {
+		size_t n = (size_t)s->len < len - 1 ? (size_t)s->len : len - 1;
+		memcpy(out, s->buf, n);
+		out[n] = 0;
+		ok = true;
+	}
+	pthread_mutex_unlock(&s->lock);
+	statread_put(s);
+	if (!ok)
+		log_debug("stat of %d not readable in time: taken as a normal close", tid);
+	return ok;
+}
+
+enum closer route_closer(pid_t tid, pid_t opener_tgid)
+{
+	char buf[1024], *p, *save = NULL;
+	unsigned long flags = 0, exit_code = 0;
+	int field = 3;
+
+	if (tid <= 0)
+		return CLOSER_OPENER; /* in a pid namespace we cannot see: trust the close */
+	if (opener_tgid && route_tgid(tid) != opener_tgid)
+		return CLOSER_OTHER;
+	if (!read_stat_bounded(tid, buf, sizeof(buf)))
+		return CLOSER_OPENER;
+	p = strrchr(buf, ')');
+	if (!p)
+		return CLOSER_OPENER;
+	for (char *t = strtok_r(p + 1, " ", &save); t; t = strtok_r(NULL, " ", &save), field++) {
+		if (field == 9)
+			flags = strtoul(t, NULL, 10);
+		else if (field == 52)
+			exit_code = strtoul(t, NULL, 10);
+	}
+	if ((flags & 0x4) && (exit_code & 0x7f))
+		return CLOSER_KILLED; /* PF_EXITING, dying of a signal */
+	return CLOSER_OPENER;
+}

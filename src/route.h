@@ -1,0 +1,36 @@
+/* route.h - who gets which nodeid at LOOKUP: writers go to a staging nodeid, everyone else to
+ * the published version. Also tells, at FLUSH, who is closing a writer's file. */
+#ifndef BINVFS_ROUTE_H
+#define BINVFS_ROUTE_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct node;
+
+/* LOOKUP of a name whose version could be running: is the requesting thread in the middle of
+ * a syscall that opens for writing or truncates? Reads /proc/<tid>/syscall. */
+bool route_thread_writes(pid_t tid);
+
+/* A write open or truncate reached a version nodeid: remember that this thread's next
+ * LOOKUP(s) of a regular file must answer a staging nodeid. Returns false if the thread had
+ * already been sent back for this very node (no name walk happened in between). */
+bool route_arm(pid_t tid, struct node *stale);
+
+/* At LOOKUP: the staging node for this thread if it is routed (or `detected`, a writer seen
+ * at LOOKUP), with one kernel lookup added; NULL if the thread is not routed. */
+struct node *route_staging(pid_t tid, struct node *base, struct node *parent, const char *name,
+			   bool detected);
+
+/* The routed open or truncate arrived (or an exec was sent back): forget the route. */
+void route_done(pid_t tid);
+
+enum closer {
+	CLOSER_OPENER,  /* the process that opened it: a normal close or exit */
+	CLOSER_OTHER,   /* another process (a child that inherited the fd) */
+	CLOSER_KILLED,  /* the opener, dying of a signal */
+};
+pid_t route_tgid(pid_t tid);
+enum closer route_closer(pid_t tid, pid_t opener_tgid);
+
+#endif

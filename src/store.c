@@ -1,0 +1,614 @@
+/* store.c - the version store on disk.
+ *
+ * SOURCE/<path>                    the current version of every file, a plain file
+ * SOURCE/.versions/<dir>/<name>.~N~ old versions: hard links to the replaced inodes
+ * SOURCE/.versions/.binvfs-format   the format marker
+ * SOURCE/.versions/.binvfs-staging/ publish links in flight (removed at every mount)
+ *
+ * Every access is relative to a directory fd and never follows a symlink. */
+#define _GNU_SOURCE
+#include "store.h"
+#include "log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+static int open_dir_nofollow(int dirfd, const char *name, int flags)
+{
+	return openat(dirfd, name, flags | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
+/* Remove every entry of a directory (staging leftovers); not recursive. */
+static void empty_dir(int dirfd)
+{
+	int fd = open_dir_nofollow(dirfd, ".", O_RDONLY);
+	DIR *d;
+	struct dirent *e;
+
+	if (fd < 0)
+		return;
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return;
+	}
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (unlinkat(dirfd, e->d_name, 0) == 0)
+			log_info("removed staging leftover %s", e->d_name);
+		else
+			log_warn("cannot remove staging leftover %s", e->d_name);
+	}
+	closedir(d);
+}
+
+static int check_marker(int vfd)
+{
+	char buf[64] = {0};
+	int fd = openat(vfd, STORE_MARKER, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n < 0 || strcmp(buf, STORE_FORMAT) != 0)
+		return -1;
+	return 0;
+}
+
+static int write_marker(int vfd)
+{
+	int fd = openat(vfd, STORE_MARKER, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+			0644);
+	size_t len = strlen(STORE_FORMAT);
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, STORE_FORMAT, len) != (ssize_t)len) {
+		int err = errno ? errno : EIO;
+		close(fd);
+		return -err;
+	}
+	fsync(fd);
+	close(fd);
+	return 0;
+}
+
+int store_open(struct store *s, const char *source, unsigned keep, bool nosync)
+{
+	struct stat st;
+	bool fresh = false;
+	int err;
+
+	memset(s, 0, sizeof(*s));
+	s->keep = keep;
+	s->nosync = nosync;
+	pthread_mutex_init(&s->lock, NULL);
+	s->rootfd = open(source, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (s->rootfd < 0) {
+		log_warn("%s", source);
+		return -1;
+	}
+	if (fstatat(s->rootfd, STORE_DIR, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		if (!S_ISDIR(st.st_mode)) {
+			log_warnx("%s/%s exists and is not a binvfs store (not a directory); "
+				  "rename it first",
+				  source, STORE_DIR);
+			return -1;
+		}
+	} else if (errno == ENOENT) {
+		if (mkdirat(s->rootfd, STORE_DIR, 0755) < 0) {
+			log_warn("cannot create %s/%s", source, STORE_DIR);
+			return -1;
+		}
+		fresh = true;
+	} else {
+		log_warn("%s/%s", source, STORE_DIR);
+		return -1;
+	}
+	s->vfd = open_dir_nofollow(s->rootfd, STORE_DIR, O_PATH);
+	if (s->vfd < 0) {
+		log_warn("%s/%s", source, STORE_DIR);
+		return -1;
+	}
+	if (fresh) {
+		err = write_marker(s->vfd);
+		if (err) {
+			errno = -err;
+			log_warn("cannot write %s/%s/%s", source, STORE_DIR, STORE_MARKER);
+			return -1;
+		}
+	} else if (check_marker(s->vfd) < 0) {
+		log_warnx("%s/%s exists but is not a binvfs store (no %s marker); rename it first",
+			  source, STORE_DIR, STORE_MARKER);
+		return -1;
+	}
+	if (mkdirat(s->vfd, STORE_STAGING, 0700) < 0 && errno != EEXIST) {
+		log_warn("cannot create staging directory");
+		return -1;
+	}
+	s->stagefd = open_dir_nofollow(s->vfd, STORE_STAGING, O_PATH);
+	if (s->stagefd < 0) {
+		log_warn("cannot open staging directory");
+		return -1;
+	}
+	empty_dir(s->stagefd);
+	return 0;
+}
+
+void store_close(struct store *s)
+{
+	if (s->stagefd >= 0) {
+		empty_dir(s->stagefd);
+		close(s->stagefd);
+		unlinkat(s->vfd, STORE_STAGING, AT_REMOVEDIR);
+	}
+	if (s->vfd >= 0)
+		close(s->vfd);
+	if (s->rootfd >= 0)
+		close(s->rootfd);
+}
+
+/* Root names a directory must not take: they would collide with the store's own entries. */
+bool store_reserved_root_name(const char *name)
+{
+	return !strcmp(name, STORE_DIR) || !strcmp(name, STORE_MARKER) ||
+	       !strcmp(name, STORE_STAGING);
+}
+
+static ssize_t fd_path(int fd, char *buf, size_t len)
+{
+	char proc[64];
+	ssize_t n;
+
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	n = readlink(proc, buf, len - 1);
+	if (n < 0)
+		return -errno;
+	if ((size_t)n >= len - 1)
+		return -ENAMETOOLONG;
+	buf[n] = 0;
+	return n;
+}
+
+int store_relpath(struct store *s, int dirfd, char *out, size_t len)
+{
+	char root[STORE_RELMAX], dir[STORE_RELMAX];
+	ssize_t rl, dl;
+
+	if (dirfd == s->rootfd) {
+		out[0] = 0;
+		return 0;
+	}
+	rl = fd_path(s->rootfd, root, sizeof(root));
+	if (rl < 0)
+		return (int)rl;
+	dl = fd_path(dirfd, dir, sizeof(dir));
+	if (dl < 0)
+		return (int)dl;
+	if (rl == 1) /* SOURCE is "/" */
+		rl = 0;
+	if (strncmp(dir, root, rl) != 0 || (dir[rl] != '/' && dir[rl] != 0))
+		return -ENOENT; /* removed, or not below SOURCE */
+	if (strlen(dir + rl) >= len)
+		return -ENAMETOOLONG;
+	strcpy(out, dir[rl] == '/' ? dir + rl + 1 : dir + rl);
+	if (strstr(out, " (deleted)"))
+		return -ENOENT;
+	return 0;
+}
+
+/* Open (creating if asked) .versions/<rel> for the tree directory dirfd, one component at a
+ * time, copying each tree directory's mode and owner onto its mirror. */
+int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, char *rel, size_t len)
+{
+	char *save = NULL, *comp, path[STORE_RELMAX];
+	int vcur, tcur, err;
+
+	err = store_relpath(s, dirfd, rel, len);
+	if (err)
+		return err;
+	vcur = dup(s->vfd);
+	tcur = dup(s->rootfd);
+	if (vcur < 0 || tcur < 0) {
+		err = -errno;
+		goto out;
+	}
+	strcpy(path, rel);
+	for (comp = strtok_r(path, "/", &save); comp; comp = strtok_r(NULL, "/", &save)) {
+		struct stat tst;
+		int vnext, tnext = open_dir_nofollow(tcur, comp, O_PATH);
+
+		if (tnext < 0 || fstat(tnext, &tst) < 0) {
+			err = -errno;
+			if (tnext >= 0)
+				close(tnext);
+			goto out;
+		}
+		close(tcur);
+		tcur = tnext;
+		vnext = open_dir_nofollow(vcur, comp, O_PATH);
+		if (vnext < 0 && errno == ENOENT && create) {
+			if (mkdirat(vcur, comp, tst.st_mode & 07777) < 0 && errno != EEXIST) {
+				err = -errno;
+				goto out;
+			}
+			vnext = open_dir_nofollow(vcur, comp, O_PATH);
+			if (vnext >= 0) {
+				fchownat(vnext, "", tst.st_uid, tst.st_gid, AT_EMPTY_PATH);
+				char proc[64];
+				snprintf(proc, sizeof(proc), "/proc/self/fd/%d", vnext);
+				chmod(proc, tst.st_mode & 07777);
+			}
+		}
+		if (vnext < 0) {
+			err = -errno;
+			goto out;
+		}
+		close(vcur);
+		vcur = vnext;
+	}
+	*vdirfd = vcur;
+	vcur = -1;
+	err = 0;
+out:
+	if (vcur >= 0)
+		close(vcur);
+	if (tcur >= 0)
+		close(tcur);
+	return err;
+}
+
+/* Parse "<name>.~N~"; returns N or 0 if the entry is not a version of name. */
+static uint32_t version_number(const char *entry, const char *name, size_t nlen)
+{
+	const char *p;
+	char *end;
+	unsigned long n;
+
+	if (strncmp(entry, name, nlen) != 0 || entry[nlen] != '.' || entry[nlen + 1] != '~')
+		return 0;
+	p = entry + nlen + 2;
+	if (*p < '1' || *p > '9')
+		return 0;
+	errno = 0;
+	n = strtoul(p, &end, 10);
+	if (errno || end[0] != '~' || end[1] != 0 || n > UINT32_MAX)
+		return 0;
+	return (uint32_t)n;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+int store_list_versions(int vdirfd, const char *name, uint32_t **ns, size_t *count)
+{
+	int fd = open_dir_nofollow(vdirfd, ".", O_RDONLY);
+	size_t nlen = strlen(name), cap = 0, cnt = 0;
+	uint32_t *v = NULL;
+	struct dirent *e;
+	DIR *d;
+
+	if (fd < 0)
+		return -errno;
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return -errno;
+	}
+	while ((e = readdir(d))) {
+		uint32_t n = version_number(e->d_name, name, nlen);
+		if (!n)
+			continue;
+		if (cnt == cap) {
+			uint32_t *nv = realloc(v, (cap = cap ? cap * 2 : 16) * sizeof(*v));
+			if (!nv) {
+				free(v);
+				closedir(d);
+				return -ENOMEM;
+			}
+			v = nv;
+		}
+		v[cnt++] = n;
+	}
+	closedir(d);
+	qsort(v, cnt, sizeof(*v), cmp_u32);
+	*ns = v;
+	*count = cnt;
+	return 0;
+}
+
+static void copy_xattrs(int src, int dst)
+{
+	char names[4096], val[4096];
+	ssize_t len = flistxattr(src, names, sizeof(names));
+
+	for (char *n = names; len > 0 && n < names + len; n += strlen(n) + 1) {
+		ssize_t vl;
+		if (!strcmp(n, "security.capability"))
+			continue; /* a write drops file capabilities natively too */
+		vl = fgetxattr(src, n, val, sizeof(val));
+		if (vl >= 0)
+			fsetxattr(dst, n, val, (size_t)vl, 0);
+	}
+}
+
+int store_copy(int srcfd, int dstfd, off_t len)
+{
+	loff_t in = 0, out = 0;
+	char buf[1 << 16];
+
+	while (in < len) {
+		ssize_t n = copy_file_range(srcfd, &in, dstfd, &out, (size_t)(len - in), 0);
+		if (n > 0)
+			continue;
+		if (n == 0)
+			break; /* source shorter than expected */
+		if (errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP)
+			return -errno;
+		/* fall back to read/write */
+		while (in < len) {
+			ssize_t r = pread(srcfd, buf, sizeof(buf), in);
+			if (r < 0)
+				return -errno;
+			if (r == 0)
+				return 0;
+			for (ssize_t done = 0; done < r;) {
+				ssize_t w = pwrite(dstfd, buf + done, (size_t)(r - done), out);
+				if (w < 0)
+					return -errno;
+				done += w;
+				out += w;
+			}
+			in += r;
+		}
+	}
+	return 0;
+}
+
+int store_same_content(int a, int b, off_t size)
+{
+	static const size_t bs = 1 << 18;
+	char *x = malloc(bs), *y = malloc(bs);
+	int same = 1;
+
+	if (!x || !y) {
+		same = 0;
+		goto out;
+	}
+	for (off_t off = 0; off < size && same;) {
+		ssize_t ra = pread(a, x, bs, off), rb = pread(b, y, bs, off);
+		if (ra <= 0 || ra != rb || memcmp(x, y, (size_t)ra) != 0)
+			same = 0;
+		else
+			off += ra;
+	}
+out:
+	free(x);
+	free(y);
+	return same;
+}
+
+int store_stage_create(struct store *s, int srcfd, const struct stat *base, off_t len, int *out)
+{
+	int fd, err;
+
+	fd = openat(s->stagefd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, base->st_mode & 0777);
+	if (fd < 0)
+		return -errno;
+	if (fchown(fd, base->st_uid, base->st_gid) < 0 || fchmod(fd, base->st_mode & 07777) < 0) {
+		err = -errno;
+		goto fail;
+	}
+	if (srcfd >= 0) {
+		copy_xattrs(srcfd, fd);
+		if (len > 0) {
+			err = store_copy(srcfd, fd, len);
+			if (err)
+				goto fail;
+		}
+	}
+	*out = fd;
+	return 0;
+fail:
+	close(fd);
+	return err;
+}
+
+int store_sync_dir(struct store *s, int dirfd)
+{
+	int fd;
+
+	if (s->nosync)
+		return 0;
+	fd = open_dir_nofollow(dirfd, ".", O_RDONLY);
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	close(fd);
+	return 0;
+}
+
+static void prune(struct store *s, int vdirfd, const char *rel, const char *name, uint32_t *ns,
+		  size_t cnt, store_in_use_fn in_use, void *arg)
+{
+	char vname[300], vrel[STORE_RELMAX + 300];
+
+	for (size_t i = 0; s->keep && cnt > s->keep && i < cnt - s->keep; i++) {
+		struct stat st;
+		snprintf(vname, sizeof(vname), "%s.~%u~", name, ns[i]);
+		if (fstatat(vdirfd, vname, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		snprintf(vrel, sizeof(vrel), "%s%s%s", rel, *rel ? "/" : "", vname);
+		if (in_use && in_use(arg, &st, vrel)) {
+			log_info("keep %s/%s: in use, removed when its last user is gone", STORE_DIR,
+				 vrel);
+			continue;
+		}
+		if (unlinkat(vdirfd, vname, 0) == 0)
+			log_info("prune %s/%s", STORE_DIR, vrel);
+		else
+			log_warn("prune %s/%s", STORE_DIR, vrel);
+	}
+}
+
+/* Link the regular file at dirfd/name as its next version; the caller holds s->lock. */
+int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
+		       store_in_use_fn in_use, void *arg)
+{
+	char rel[STORE_RELMAX];
+	uint32_t *ns = NULL, next;
+	size_t cnt = 0;
+	int vdirfd, err;
+	struct stat last;
+
+	if (fstatat(dirfd, name, &ch->old, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	if (!S_ISREG(ch->old.st_mode))
+		return 0;
+	if (strlen(name) + 14 > 255)
+		return -ENAMETOOLONG; /* "<name>.~N~" would not fit */
+	err = store_versions_dir(s, dirfd, true, &vdirfd, rel, sizeof(rel));
+	if (err)
+		return err;
+	err = store_list_versions(vdirfd, name, &ns, &cnt);
+	if (err)
+		goto out;
+	next = cnt ? ns[cnt - 1] + 1 : 1;
+	snprintf(ch->vname, sizeof(ch->vname), "%s.~%u~", name, next - 1);
+	if (cnt && fstatat(vdirfd, ch->vname, &last, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    last.st_ino == ch->old.st_ino && last.st_dev == ch->old.st_dev) {
+		/* a crash between link and rename left it linked already */
+		ch->kept = true;
+		snprintf(ch->vrel, sizeof(ch->vrel), "%s%s%s", rel, *rel ? "/" : "", ch->vname);
+		goto out;
+	}
+	for (;; next++) {
+		snprintf(ch->vname, sizeof(ch->vname), "%s.~%u~", name, next);
+		if (linkat(dirfd, name, vdirfd, ch->vname, 0) == 0)
+			break;
+		if (errno != EEXIST) {
+			err = -errno;
+			goto out;
+		}
+	}
+	ch->kept = true;
+	snprintf(ch->vrel, sizeof(ch->vrel), "%s%s%s", rel, *rel ? "/" : "", ch->vname);
+	uint32_t *nn = realloc(ns, (cnt + 1) * sizeof(*ns));
+	if (nn) {
+		ns = nn;
+		ns[cnt++] = next;
+		prune(s, vdirfd, rel, name, ns, cnt, in_use, arg);
+	}
+	err = store_sync_dir(s, vdirfd);
+out:
+	free(ns);
+	close(vdirfd);
+	return err;
+}
+
+/* Publish the staging file stfd at dirfd/name with one rename; the replaced file becomes the
+ * next version. The caller has synced stfd and holds s->lock. */
+int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
+		  store_in_use_fn in_use, void *arg)
+{
+	char tmp[64], proc[64];
+	int err;
+
+	memset(ch, 0, sizeof(*ch));
+	snprintf(tmp, sizeof(tmp), "p%d.%llu", getpid(), (unsigned long long)s->seq++);
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", stfd);
+	if (linkat(AT_FDCWD, proc, s->stagefd, tmp, AT_SYMLINK_FOLLOW) < 0)
+		return -errno;
+	err = store_keep_version(s, dirfd, name, ch, in_use, arg);
+	if (err == -ENOENT) {
+		/* The name is gone (removed while being written): keep the new content as a
+		 * version rather than resurrect the name. */
+		int vdirfd;
+		char rel[STORE_RELMAX];
+		uint32_t *ns = NULL;
+		size_t cnt = 0;
+
+		err = store_versions_dir(s, dirfd, true, &vdirfd, rel, sizeof(rel));
+		if (!err)
+			err = store_list_versions(vdirfd, name, &ns, &cnt);
+		if (!err) {
+			snprintf(ch->vname, sizeof(ch->vname), "%s.~%u~", name,
+				 cnt ? ns[cnt - 1] + 1 : 1);
+			snprintf(ch->vrel, sizeof(ch->vrel), "%s%s%s", rel, *rel ? "/" : "",
+				 ch->vname);
+			if (renameat(s->stagefd, tmp, vdirfd, ch->vname) < 0)
+				err = -errno;
+			else
+				ch->orphaned = true;
+			free(ns);
+			close(vdirfd);
+		}
+		if (err)
+			unlinkat(s->stagefd, tmp, 0);
+		return err;
+	}
+	if (err) {
+		unlinkat(s->stagefd, tmp, 0);
+		return err;
+	}
+	if (renameat(s->stagefd, tmp, dirfd, name) < 0) {
+		err = -errno;
+		unlinkat(s->stagefd, tmp, 0);
+		return err;
+	}
+	return store_sync_dir(s, dirfd);
+}
+
+/* Remove a deferred version once unused, if it still is the same inode; never follows links. */
+int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino)
+{
+	char path[STORE_RELMAX + 300], *slash, *base;
+	int dirfd;
+	struct stat st;
+	int err = 0;
+
+	snprintf(path, sizeof(path), "%s", vrel);
+	slash = strrchr(path, '/');
+	dirfd = dup(s->vfd);
+	if (dirfd < 0)
+		return -errno;
+	if (slash) {
+		char *save = NULL;
+		*slash = 0;
+		for (char *c = strtok_r(path, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+			int next = open_dir_nofollow(dirfd, c, O_PATH);
+			close(dirfd);
+			if (next < 0)
+				return -errno;
+			dirfd = next;
+		}
+		base = slash + 1;
+	} else {
+		base = path;
+	}
+	if (fstatat(dirfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_dev == dev &&
+	    st.st_ino == ino) {
+		if (unlinkat(dirfd, base, 0) < 0)
+			err = -errno;
+		else
+			log_info("prune %s/%s (its last user is gone)", STORE_DIR, vrel);
+	}
+	close(dirfd);
+	return err;
+}

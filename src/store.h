@@ -1,0 +1,58 @@
+/* store.h - the on-disk store: current files at their names, old versions as hard links
+ * under .versions/<dir>/<name>.~N~, staging as O_TMPFILE files. No FUSE types here. */
+#ifndef BINVFS_STORE_H
+#define BINVFS_STORE_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#define STORE_DIR      ".versions"
+#define STORE_MARKER   ".binvfs-format"
+#define STORE_STAGING  ".binvfs-staging"
+#define STORE_FORMAT   "binvfs store format 1\n"
+#define STORE_RELMAX   4096
+
+struct store {
+	int rootfd;  /* SOURCE, O_PATH, opened before the mount */
+	int vfd;     /* SOURCE/.versions, O_PATH */
+	int stagefd; /* SOURCE/.versions/.binvfs-staging, O_PATH */
+	unsigned keep; /* old versions kept per path, 0 = no limit */
+	bool nosync;
+	pthread_mutex_t lock; /* serialises every change to names that keeps a version */
+	uint64_t seq;         /* staging link names; protected by lock */
+};
+
+/* Asked by store_prune for each version beyond `keep`: return true if the version is in use;
+ * the caller then owns removing it later (store_remove_version). */
+typedef bool (*store_in_use_fn)(void *arg, const struct stat *st, const char *vrel);
+
+struct store_change {
+	bool kept;           /* a version was added */
+	struct stat old;     /* the replaced file (when kept) */
+	char vname[256];     /* its name in the versions dir */
+	char vrel[STORE_RELMAX + 256]; /* its path below .versions/ */
+	bool orphaned;       /* publish found the name gone: the new content became a version */
+};
+
+int store_open(struct store *s, const char *source, unsigned keep, bool nosync);
+void store_close(struct store *s);
+bool store_reserved_root_name(const char *name);
+int store_relpath(struct store *s, int dirfd, char *out, size_t len);
+int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, char *rel, size_t len);
+int store_list_versions(int vdirfd, const char *name, uint32_t **ns, size_t *count);
+int store_stage_create(struct store *s, int srcfd, const struct stat *base, off_t len, int *out);
+int store_copy(int srcfd, int dstfd, off_t len);
+int store_same_content(int a, int b, off_t size);
+
+/* The callers below hold s->lock. */
+int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
+		       store_in_use_fn in_use, void *arg);
+int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
+		  store_in_use_fn in_use, void *arg);
+int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino);
+int store_sync_dir(struct store *s, int dirfd);
+
+#endif

@@ -1,0 +1,34 @@
+/* versions.c - the .versions/ view: reachable by name at the mount root, hidden from its
+ * listing, read-only, and backed directly by the store's .versions/ directory. */
+#define _GNU_SOURCE
+#include "fs.h"
+
+#include <string.h>
+
+bool versions_is_view_root(struct node *parent, const char *name)
+{
+	return parent == node_root() && !strcmp(name, STORE_DIR);
+}
+
+/* The store's own entries never show in the view. */
+bool versions_hidden(struct node *dir, const char *name)
+{
+	return dir->in_versions && dir->ino == fs.view_ino && dir->dev == fs.view_dev &&
+	       (!strcmp(name, STORE_MARKER) || !strcmp(name, STORE_STAGING));
+}
+
+/* Nothing in the view can change, and an old version is read-only wherever it is reached. */
+bool versions_readonly(struct node *n)
+{
+	return n->in_versions || (n->kind == NODE_FILE && n->old);
+}
+
+/* A file was replaced or removed and kept as a version: its node turns read-only unless it
+ * is still linked at another tree name. */
+void versions_after_change(struct node *parent, const char *name, const struct store_change *ch)
+{
+	(void)parent;
+	(void)name;
+	if (ch->kept && ch->old.st_nlink == 1)
+		node_mark_old(ch->old.st_dev, ch->old.st_ino, true);
+}
