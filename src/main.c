@@ -3,6 +3,7 @@
 #include "fs.h"
 #include "log.h"
 #include "options.h"
+#include "route.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -157,6 +158,8 @@ int main(int argc, char **argv)
 	}
 	fuse_session_unmount(fs.se);
 	log_info("unmounted %s", o.mountpoint);
+	route_clear_all();
+	node_table_destroy();
 out_signals:
 	fuse_remove_signal_handlers(fs.se);
 out_store:

@@ -22,6 +22,21 @@ static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct node **buckets; /* protected by table_lock */
 static size_t nbuckets, ncount;
 static struct node root;
+static struct node all = {.prev = &all, .next = &all}; /* list head, table_lock */
+
+static void list_add(struct node *n)
+{
+	n->next = all.next;
+	n->prev = &all;
+	all.next->prev = n;
+	all.next = n;
+}
+
+static void list_del(struct node *n)
+{
+	n->prev->next = n->next;
+	n->next->prev = n->prev;
+}
 
 void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
 
@@ -93,6 +108,24 @@ void node_table_init(int rootfd)
 	root.nlookup = 2;
 }
 
+/* At exit: the kernel does not FORGET what it still knows at unmount. */
+void node_table_destroy(void)
+{
+	while (all.next != &all) {
+		struct node *n = all.next;
+		list_del(n);
+		if (n->fd >= 0)
+			close(n->fd);
+		if (n->rdfd >= 0)
+			close(n->rdfd);
+		free(n->prune_vrel);
+		free(n->name);
+		free(n);
+	}
+	free(buckets);
+	buckets = NULL;
+}
+
 struct node *node_root(void)
 {
 	return &root;
@@ -159,6 +192,7 @@ struct node *node_lookup(int dirfd, const char *name, const struct stat *st)
 	n->cur_fd = -1;
 	n->nlookup = 1;
 	hash_insert(n);
+	list_add(n);
 	pthread_mutex_unlock(&table_lock);
 	return n;
 }
@@ -181,6 +215,9 @@ struct node *node_new_staging(struct node *base, struct node *parent, const char
 	n->parent = parent;
 	node_ref(base);
 	node_ref(parent);
+	pthread_mutex_lock(&table_lock);
+	list_add(n);
+	pthread_mutex_unlock(&table_lock);
 	return n; /* no references yet: the caller adds its lookup or ref */
 }
 
@@ -210,6 +247,7 @@ static void release_locked(struct node *n)
 	}
 	if (n->kind != NODE_STAGING)
 		hash_remove(n);
+	list_del(n);
 	pthread_mutex_unlock(&table_lock);
 	vrel = n->prune_vrel;
 	base = n->base;

@@ -34,9 +34,11 @@ struct node {
 	struct node *parent; /* the directory it publishes into (holds a ref) */
 	char *name;
 	struct node *hnext; /* hash chain, table lock */
+	struct node *prev, *next; /* every node but the root, table lock */
 };
 
 void node_table_init(int rootfd);
+void node_table_destroy(void);
 struct node *node_root(void);
 struct node *node_get(uint64_t nodeid);
 uint64_t node_id(const struct node *n);

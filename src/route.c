@@ -191,6 +191,15 @@ void route_done(pid_t tid)
 	pthread_mutex_unlock(&route_lock);
 }
 
+void route_clear_all(void)
+{
+	pthread_mutex_lock(&route_lock);
+	for (int i = 0; i < ROUTE_MAX; i++)
+		if (routes[i].tid)
+			clear(&routes[i]);
+	pthread_mutex_unlock(&route_lock);
+}
+
 pid_t route_tgid(pid_t tid)
 {
 	char path[64], buf[512], *p;

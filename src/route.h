@@ -25,6 +25,8 @@ struct node *route_staging(pid_t tid, struct node *base, struct node *parent, co
 /* The routed open or truncate arrived (or an exec was sent back): forget the route. */
 void route_done(pid_t tid);
 
+void route_clear_all(void);
+
 enum closer {
 	CLOSER_OPENER,  /* the process that opened it: a normal close or exit */
 	CLOSER_OTHER,   /* another process (a child that inherited the fd) */

@@ -323,7 +323,8 @@ int store_list_versions(int vdirfd, const char *name, uint32_t **ns, size_t *cou
 		v[cnt++] = n;
 	}
 	closedir(d);
-	qsort(v, cnt, sizeof(*v), cmp_u32);
+	if (cnt)
+		qsort(v, cnt, sizeof(*v), cmp_u32);
 	*ns = v;
 	*count = cnt;
 	return 0;

@@ -1,0 +1,215 @@
+"""Test harness: mount binvfs for real over a fresh temporary directory, always unmount.
+
+Like libfuse's test/util.py: the daemon must exit 0 within 30 s of the unmount (a daemon that
+hangs or crashes at unmount is a bug the test reports), and its log is scanned for sanitizer
+reports. Processes a test starts go through `procs` and are killed by pid at teardown.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINS = os.environ.get("BINVFS_BINS", os.path.join(ROOT, "build", "binvfs")).split()
+
+
+def is_mounted(path):
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == path and " - fuse.binvfs " in line:
+                return True
+    return False
+
+
+def wait_for(cond, timeout=10.0, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Mount:
+    """A running binvfs over `src` (mounted at `path`, which is `src` unless given)."""
+
+    def __init__(self, binary, src, opts=("nosync",), path=None):
+        self.binary = binary
+        self.src = str(src)
+        self.path = str(path or src)
+        self.opts = list(opts)
+        self.log_path = tempfile.mktemp(prefix="binvfs-log-")
+        self.proc = None
+
+    def start(self):
+        cmd = [self.binary, "-f"]
+        if self.opts:
+            cmd += ["-o", ",".join(self.opts)]
+        cmd += [self.src] + ([self.path] if self.path != self.src else [])
+        self.log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: is_mounted(self.path) or self.proc.poll() is not None,
+                     what="mount")
+        except AssertionError:
+            self.stop(check=False)
+            raise
+        if self.proc.poll() is not None:
+            raise AssertionError("binvfs exited at startup:\n" + self.logtext())
+        return self
+
+    def logtext(self):
+        self.log.flush()
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def stop(self, check=True):
+        """Unmount (lazily if busy) and require the daemon to exit 0 within 30 s."""
+        if self.proc is None:
+            return
+        if is_mounted(self.path):
+            r = subprocess.run(["fusermount3", "-u", self.path], capture_output=True)
+            if r.returncode != 0:
+                subprocess.run(["fusermount3", "-uz", self.path], capture_output=True)
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            rc = "hung"
+        proc, self.proc = self.proc, None
+        text = self.logtext()
+        self.log.close()
+        os.unlink(self.log_path)
+        if check:
+            for word in ("AddressSanitizer", "runtime error", "LeakSanitizer"):
+                assert word not in text, text
+            assert rc == 0, f"binvfs exited with {rc}:\n{text}"
+        return text
+
+    def kill(self):
+        """SIGKILL the daemon (crash), then clean the dead mount up."""
+        self.proc.kill()
+        self.proc.wait()
+        subprocess.run(["fusermount3", "-uz", self.path], capture_output=True)
+        self.proc = None
+        self.log.close()
+        os.unlink(self.log_path)
+
+    def p(self, *parts):
+        return os.path.join(self.path, *parts)
+
+    def s(self, *parts):
+        return os.path.join(self.src, *parts)
+
+
+class Procs:
+    """Processes started by a test; killed by pid at teardown."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, *args, **kw):
+        p = subprocess.Popen(*args, **kw)
+        self.procs.append(p)
+        return p
+
+    def cleanup(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+@pytest.fixture(params=BINS, ids=[("asan" if "asan" in b else "plain") for b in BINS])
+def binary(request):
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    if os.geteuid() != 0:
+        pytest.skip("binvfs tests run as root")
+    return request.param
+
+
+@pytest.fixture
+def workdir():
+    d = tempfile.mkdtemp(prefix="binvfs-test-")
+    yield d
+    for line in open("/proc/self/mountinfo"):
+        mp = line.split()[4]
+        if mp.startswith(d):
+            subprocess.run(["umount", "-l", mp], capture_output=True)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def procs():
+    p = Procs()
+    yield p
+    p.cleanup()
+
+
+@pytest.fixture
+def mounter(binary, workdir):
+    """mounter(setup=None, opts=...) -> Mount over a fresh SOURCE directory `workdir/bin`,
+    after setup(src) has put files there."""
+    mounts = []
+
+    def make(setup=None, opts=("nosync",), name="bin", path=None):
+        src = os.path.join(workdir, name)
+        os.makedirs(src, exist_ok=True)
+        if setup:
+            setup(src)
+        m = Mount(binary, src, opts, path=path)
+        mounts.append(m)
+        return m.start()
+
+    yield make
+    errors = []
+    for m in mounts:
+        try:
+            m.stop()
+        except AssertionError as e:
+            errors.append(str(e))
+    assert not errors, "\n".join(errors)
+
+
+@pytest.fixture
+def mnt(mounter):
+    """binvfs over an empty directory."""
+    return mounter()
+
+
+# Small programs the tests build once per session.
+@pytest.fixture(scope="session")
+def cbuild(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cprogs")
+
+    def build(name, source, *flags):
+        out = d / name
+        if not out.exists():
+            src = d / (name + ".c")
+            src.write_text(source)
+            subprocess.run(["cc", "-O1", "-o", str(out), str(src), *flags], check=True)
+        return str(out)
+
+    return build
+
+
+def program(cbuild, version):
+    """A tiny executable that prints its version, then sleeps argv[1] seconds."""
+    return cbuild(f"prog{version}", f"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(int c, char **v) {{ printf("version {version}\\n"); fflush(stdout);
+  if (c > 1) sleep(atoi(v[1])); return 0; }}
+""")
