@@ -65,10 +65,9 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 	struct fuse_entry_param e;
 	struct stat st;
 	int dirfd = parent->fd;
+	bool view_root = versions_is_view_root(parent, name);
 
-	if (versions_is_view_root(parent, name)) {
-		dirfd = fs.store.rootfd;
-	} else if (versions_hidden(parent, name)) {
+	if (!view_root && versions_hidden(parent, name)) {
 		reply_negative(req, false);
 		return;
 	}
@@ -84,7 +83,7 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 		fuse_reply_err(req, errno);
 		return;
 	}
-	if (n->kind == NODE_DIR && (parent->in_versions || dirfd == fs.store.rootfd))
+	if (n->kind == NODE_DIR && (parent->in_versions || view_root))
 		n->in_versions = true;
 	if (n->kind == NODE_FILE) {
 		if (parent->in_versions) {

@@ -37,6 +37,7 @@ struct route {
 
 static pthread_mutex_t route_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct route routes[ROUTE_MAX]; /* protected by route_lock */
+static int nroutes; /* slots in use: written under route_lock, read without it as a hint */
 
 static unsigned long long now_ns(void)
 {
@@ -47,6 +48,8 @@ static unsigned long long now_ns(void)
 
 static void clear(struct route *r)
 {
+	if (r->tid)
+		__atomic_sub_fetch(&nroutes, 1, __ATOMIC_RELEASE);
 	if (r->stale)
 		node_unref(r->stale);
 	if (r->staging)
@@ -79,6 +82,7 @@ static struct route *find(pid_t tid, bool make)
 	}
 	fr->tid = tid;
 	fr->expires = now + ROUTE_TTL_NS;
+	__atomic_add_fetch(&nroutes, 1, __ATOMIC_RELEASE);
 	return fr;
 }
 
@@ -158,6 +162,9 @@ struct node *route_staging(pid_t tid, struct node *base, struct node *parent, co
 	struct route *r;
 	struct node *st = NULL;
 
+	/* the LOOKUP hot path: no routed thread, no writer seen */
+	if (!detected && !__atomic_load_n(&nroutes, __ATOMIC_ACQUIRE))
+		return NULL;
 	pthread_mutex_lock(&route_lock);
 	r = find(tid, detected);
 	if (!r)
