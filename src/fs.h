@@ -41,6 +41,8 @@ struct handle {
 			  * only then, as a shell's close of a dup'd fd comes before any write */
 	bool published;  /* fd is now a published version: copy before writing again */
 	bool abandoned;  /* its writer was killed: never publish */
+	int failed;      /* a write into the staging copy failed (ENOSPC, EIO): never publish,
+			  * report it at every FLUSH */
 	pid_t opener_tgid;
 	/* metadata set through this fd, applied in place if the content turns out unchanged */
 	bool set_mode, set_owner;

@@ -85,6 +85,19 @@ static int handle_unpublish(struct handle *h)
 	return 0;
 }
 
+/* The staging copy can no longer become a complete version: drop its space now, publish
+ * nothing, and tell the writer at close. h->lock held. */
+static void handle_fail(struct handle *h, int err)
+{
+	if (h->kind != H_STAGE || h->failed)
+		return;
+	h->failed = err;
+	if (ftruncate(h->fd, 0) < 0)
+		log_warn("truncate staging of %s", h->node->name);
+	errno = err;
+	log_warn("write to %s failed: nothing will be published", h->node->name);
+}
+
 /* Publish the staging copy at the staging node's name; h->lock held. */
 static int handle_publish(struct handle *h)
 {
@@ -321,6 +334,8 @@ void bv_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t 
 	res = fuse_buf_copy(&out, in, 0);
 	if (res > 0)
 		h->dirty = h->written = true;
+	else if (res < 0)
+		handle_fail(h, (int)-res);
 	pthread_mutex_unlock(&h->lock);
 	if (res < 0)
 		fuse_reply_err(req, (int)-res);
@@ -335,8 +350,10 @@ int handle_setattr(struct handle *h, struct stat *attr, int valid)
 	pthread_mutex_lock(&h->lock);
 	if (valid & FUSE_SET_ATTR_SIZE) {
 		err = handle_unpublish(h);
-		if (!err && ftruncate(h->fd, attr->st_size) < 0)
+		if (!err && ftruncate(h->fd, attr->st_size) < 0) {
 			err = -errno;
+			handle_fail(h, -err);
+		}
 		if (!err)
 			h->dirty = h->written = true;
 	}
@@ -370,7 +387,9 @@ void bv_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	pthread_mutex_lock(&h->lock);
-	if (h->dirty && h->written && !h->abandoned) {
+	if (h->failed) {
+		err = -h->failed;
+	} else if (h->dirty && h->written && !h->abandoned) {
 		switch (route_closer(pid, h->opener_tgid)) {
 		case CLOSER_OTHER:
 			break; /* a child that inherited the fd: the opener is not done */
@@ -383,6 +402,8 @@ void bv_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			break;
 		case CLOSER_OPENER:
 			err = handle_publish(h);
+			if (err)
+				handle_fail(h, -err);
 			break;
 		}
 	}
@@ -402,7 +423,7 @@ void bv_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (h->kind == H_STAGE) {
 		pthread_mutex_lock(&h->lock);
 		/* writes through a shared mmap, or a child that outlived the opener */
-		if (h->dirty && !h->abandoned)
+		if (h->dirty && !h->abandoned && !h->failed)
 			handle_publish(h);
 		pthread_mutex_unlock(&h->lock);
 	}
@@ -438,8 +459,11 @@ void bv_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t 
 	}
 	pthread_mutex_lock(&h->lock);
 	err = -handle_unpublish(h);
-	if (!err && fallocate(h->fd, mode, offset, length) < 0)
+	if (!err && fallocate(h->fd, mode, offset, length) < 0) {
 		err = errno;
+		if (err == ENOSPC || err == EDQUOT || err == EIO)
+			handle_fail(h, err);
+	}
 	if (!err)
 		h->dirty = h->written = true;
 	pthread_mutex_unlock(&h->lock);
