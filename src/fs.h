@@ -10,6 +10,7 @@
 #include "node.h"
 #include "store.h"
 
+#define PRUNE_XATTR "user.binvfs.prune" /* binvfsctl prune's request, see ops_dir.c */
 #define FMODE_EXEC 0x20 /* the kernel's __FMODE_EXEC in OPEN flags (kernel-notes §2) */
 
 /* Timeouts (kernel-notes §4): a name -> nodeid answer may change at any publish, so regular

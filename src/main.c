@@ -9,7 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -91,6 +94,27 @@ static bool served_by_binvfs(const char *dir)
 	return found;
 }
 
+/* systemd Type=notify: tell the service manager the mount is up (sd_notify's protocol). */
+static void notify_ready(void)
+{
+	const char *sock = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd;
+
+	if (!sock || (sock[0] != '/' && sock[0] != '@') || strlen(sock) >= sizeof(sa.sun_path))
+		return;
+	memcpy(sa.sun_path, sock, strlen(sock));
+	if (sa.sun_path[0] == '@')
+		sa.sun_path[0] = 0;
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (sendto(fd, "READY=1", 7, 0, (struct sockaddr *)&sa,
+		   (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(sock))) < 0)
+		log_warn("sd_notify");
+	close(fd);
+}
+
 static void raise_nofile(void)
 {
 	struct rlimit rl;
@@ -147,6 +171,7 @@ int main(int argc, char **argv)
 	fuse_daemonize(o.foreground);
 	log_info("serving %s at %s (keep=%u%s)", o.source, o.mountpoint, o.keep,
 		 o.nosync ? ", nosync" : "");
+	notify_ready();
 	if (o.single_thread) {
 		ret = fuse_session_loop(fs.se);
 	} else {

@@ -1,6 +1,7 @@
 /* ops_dir.c - directory listing (the root hides .versions/) and extended attributes. */
 #define _GNU_SOURCE
 #include "fs.h"
+#include "log.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -162,11 +163,48 @@ void bv_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	free(value);
 }
 
+/* binvfsctl prune: setxattr(DIR, "user.binvfs.prune", "KEEP" or "KEEP/NAME") applies
+ * retention now to every name in DIR, or to NAME; versions in use stay. Nothing is stored. */
+static int prune_request(struct node *dir, const char *value, size_t size)
+{
+	char buf[300], *end;
+	unsigned long keep;
+	int n;
+
+	if (dir->kind != NODE_DIR)
+		return -ENOTDIR;
+	if (dir->in_versions)
+		return -EROFS;
+	if (size == 0 || size >= sizeof(buf))
+		return -EINVAL;
+	memcpy(buf, value, size);
+	buf[size] = 0;
+	errno = 0;
+	keep = strtoul(buf, &end, 10);
+	if (errno || end == buf || (*end && *end != '/') || (*end == '/' && !end[1]) ||
+	    keep > 1000000)
+		return -EINVAL;
+	pthread_mutex_lock(&fs.store.lock);
+	n = store_prune(&fs.store, dir->fd, *end ? end + 1 : NULL, (unsigned)keep, node_defer_prune,
+			NULL);
+	pthread_mutex_unlock(&fs.store.lock);
+	if (n >= 0)
+		log_info("prune request (keep %lu%s%s): %d versions removed", keep, *end ? ", " : "",
+			 *end ? end + 1 : "", n);
+	return n < 0 ? n : 0;
+}
+
 void bv_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
 		 size_t size, int flags)
 {
 	char path[64];
-	int err = xattr_path(inode_of(ino), path, sizeof(path), true);
+	int err;
+
+	if (!strcmp(name, PRUNE_XATTR)) {
+		fuse_reply_err(req, -prune_request(inode_of(ino), value, size));
+		return;
+	}
+	err = xattr_path(inode_of(ino), path, sizeof(path), true);
 
 	if (!err && setxattr(path, name, value, size, flags) < 0)
 		err = -errno;

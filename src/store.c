@@ -445,12 +445,13 @@ int store_sync_dir(struct store *s, int dirfd)
 	return 0;
 }
 
-static void prune(struct store *s, int vdirfd, const char *rel, const char *name, uint32_t *ns,
-		  size_t cnt, store_in_use_fn in_use, void *arg)
+static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, size_t cnt,
+		 unsigned keep, store_in_use_fn in_use, void *arg)
 {
 	char vname[300], vrel[STORE_RELMAX + 300];
+	int removed = 0;
 
-	for (size_t i = 0; s->keep && cnt > s->keep && i < cnt - s->keep; i++) {
+	for (size_t i = 0; cnt > keep && i < cnt - keep; i++) {
 		struct stat st;
 		snprintf(vname, sizeof(vname), "%s.~%u~", name, ns[i]);
 		if (fstatat(vdirfd, vname, &st, AT_SYMLINK_NOFOLLOW) < 0)
@@ -461,11 +462,70 @@ static void prune(struct store *s, int vdirfd, const char *rel, const char *name
 				 vrel);
 			continue;
 		}
-		if (unlinkat(vdirfd, vname, 0) == 0)
+		if (unlinkat(vdirfd, vname, 0) == 0) {
 			log_info("prune %s/%s", STORE_DIR, vrel);
-		else
+			removed++;
+		} else {
 			log_warn("prune %s/%s", STORE_DIR, vrel);
+		}
 	}
+	return removed;
+}
+
+/* Apply retention now: keep the newest `keep` versions of dirfd/name, or of every name with
+ * versions in that directory when name is NULL. Returns the number removed or -errno. */
+int store_prune(struct store *s, int dirfd, const char *name, unsigned keep,
+		store_in_use_fn in_use, void *arg)
+{
+	char rel[STORE_RELMAX];
+	int vdirfd, err, removed = 0;
+	char **names = NULL;
+	size_t nnames = 0;
+
+	err = store_versions_dir(s, dirfd, false, &vdirfd, rel, sizeof(rel));
+	if (err)
+		return err == -ENOENT ? 0 : err;
+	if (name) {
+		names = malloc(sizeof(*names));
+		if (names && (names[0] = strdup(name)))
+			nnames = 1;
+	} else {
+		int fd = open_dir_nofollow(vdirfd, ".", O_RDONLY);
+		DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+		struct dirent *e;
+		while (d && (e = readdir(d))) {
+			char *t = strrchr(e->d_name, '.');
+			if (!t || t == e->d_name || t[1] != '~' ||
+			    !version_number(e->d_name, e->d_name, (size_t)(t - e->d_name)))
+				continue;
+			char **nn = realloc(names, (nnames + 1) * sizeof(*names));
+			if (!nn)
+				break;
+			names = nn;
+			names[nnames] = strndup(e->d_name, (size_t)(t - e->d_name));
+			if (names[nnames])
+				nnames++;
+		}
+		if (d)
+			closedir(d);
+		else if (fd >= 0)
+			close(fd);
+	}
+	for (size_t i = 0; i < nnames; i++) {
+		uint32_t *ns = NULL;
+		size_t cnt = 0;
+		bool seen = false;
+		for (size_t j = 0; j < i && !seen; j++)
+			seen = !strcmp(names[j], names[i]);
+		if (!seen && store_list_versions(vdirfd, names[i], &ns, &cnt) == 0)
+			removed += prune(vdirfd, rel, names[i], ns, cnt, keep, in_use, arg);
+		free(ns);
+	}
+	for (size_t i = 0; i < nnames; i++)
+		free(names[i]);
+	free(names);
+	close(vdirfd);
+	return removed;
 }
 
 /* Link the regular file at dirfd/name as its next version; the caller holds s->lock. */
@@ -514,7 +574,8 @@ int store_keep_version(struct store *s, int dirfd, const char *name, struct stor
 	if (nn) {
 		ns = nn;
 		ns[cnt++] = next;
-		prune(s, vdirfd, rel, name, ns, cnt, in_use, arg);
+		if (s->keep)
+			prune(vdirfd, rel, name, ns, cnt, s->keep, in_use, arg);
 	}
 	err = store_sync_dir(s, vdirfd);
 out:

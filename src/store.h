@@ -52,6 +52,8 @@ int store_keep_version(struct store *s, int dirfd, const char *name, struct stor
 		       store_in_use_fn in_use, void *arg);
 int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
 		  store_in_use_fn in_use, void *arg);
+int store_prune(struct store *s, int dirfd, const char *name, unsigned keep,
+		store_in_use_fn in_use, void *arg);
 int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino);
 int store_sync_dir(struct store *s, int dirfd);
 
