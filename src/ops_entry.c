@@ -89,6 +89,12 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 		if (parent->in_versions) {
 			if (st.st_nlink == 1)
 				n->old = true;
+			if (route_armed(fuse_req_ctx(req)->pid)) {
+				/* a writer sent back to walk again, and it walked into the view */
+				node_forget(n, 1);
+				fuse_reply_err(req, EROFS);
+				return;
+			}
 		} else {
 			pid_t tid = fuse_req_ctx(req)->pid;
 			/* Only a name with an execute bit can be running (execve needs one, root
@@ -209,17 +215,18 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 			err = node_stat(n, &st);
 		goto reply;
 	}
-	if (versions_readonly(n)) {
+	if (n->in_versions) {
 		err = -EROFS;
 		goto reply;
 	}
-	if (valid & FUSE_SET_ATTR_SIZE) {
-		if (n->kind != NODE_FILE) {
-			err = n->kind == NODE_DIR ? -EISDIR : -EINVAL;
-			goto reply;
-		}
-		/* a truncate reached a published version: send the thread back to walk again */
+	if (n->kind == NODE_FILE && ((valid & FUSE_SET_ATTR_SIZE) || n->old)) {
+		/* A truncate reached a published version, or a change reached a version that was
+		 * replaced since its LOOKUP: send the thread back to walk again (bv_open). */
 		err = route_arm(tid, n) ? -ESTALE : -EROFS;
+		goto reply;
+	}
+	if (valid & FUSE_SET_ATTR_SIZE) {
+		err = n->kind == NODE_DIR ? -EISDIR : -EINVAL;
 		goto reply;
 	}
 	err = meta_apply(n, -1, attr, valid);

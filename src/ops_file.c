@@ -212,12 +212,14 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		target = n->base; /* a read by the writer's thread: the version it copies */
 	} else if (wants_write(fi->flags)) {
-		if (versions_readonly(n)) {
-			fuse_reply_err(req, EROFS);
-		} else if (route_arm(tid, n)) {
+		if (route_arm(tid, n)) {
 			/* never write or truncate a published version: send the writer back to walk
-			 * the path again, its LOOKUP will answer a staging nodeid */
+			 * the path again; its LOOKUP answers a staging nodeid for a current name, and
+			 * EROFS inside .versions/ (the version may have been replaced meanwhile, so
+			 * "old" alone cannot tell which) */
 			fuse_reply_err(req, ESTALE);
+		} else if (versions_readonly(n)) {
+			fuse_reply_err(req, EROFS);
 		} else {
 			log_warnx("write open of a published version without a path walk (by "
 				  "/proc/PID/fd or a file handle) refused: open it by its name");

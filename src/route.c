@@ -187,6 +187,23 @@ out:
 	return st;
 }
 
+bool route_armed(pid_t tid)
+{
+	struct route *r;
+	bool armed = false;
+
+	if (!__atomic_load_n(&nroutes, __ATOMIC_ACQUIRE))
+		return false;
+	pthread_mutex_lock(&route_lock);
+	r = find(tid, false);
+	if (r && r->stale && !r->staging) {
+		armed = true;
+		clear(r);
+	}
+	pthread_mutex_unlock(&route_lock);
+	return armed;
+}
+
 void route_done(pid_t tid)
 {
 	struct route *r;

@@ -22,6 +22,9 @@ bool route_arm(pid_t tid, struct node *stale);
 struct node *route_staging(pid_t tid, struct node *base, struct node *parent, const char *name,
 			   bool detected);
 
+/* At LOOKUP inside .versions/: was this thread sent back to walk again? Forgets the route. */
+bool route_armed(pid_t tid);
+
 /* The routed open or truncate arrived (or an exec was sent back): forget the route. */
 void route_done(pid_t tid);
 

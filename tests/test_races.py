@@ -93,3 +93,159 @@ def test_exec_write_race(mounter, cbuild, workdir):
             break
         time.sleep(0.1)
     assert len(versions) == min(5, publishes), (versions, publishes)
+
+
+def known_contents(n, size=256 * 1024):
+    return [bytes([65 + i]) * size + os.urandom(64) for i in range(n)]
+
+
+def run_threads(fns, seconds):
+    stop = time.monotonic() + seconds
+    errors = []
+
+    def wrap(fn):
+        try:
+            while time.monotonic() < stop:
+                fn()
+        except Exception as e:  # reported, not swallowed
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=wrap, args=(f,)) for f in fns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_two_writers_same_file(mounter):
+    m = mounter(opts=("nosync", "keep=0"))
+    path = m.p("f")
+    contents = known_contents(2)
+    open(path, "wb").write(contents[0])
+
+    def writer(c):
+        def fn():
+            with open(path, "wb") as f:
+                f.write(c[: len(c) // 2])
+                f.write(c[len(c) // 2:])
+        return fn
+
+    assert run_threads([writer(contents[0]), writer(contents[1])], 4) == []
+    assert open(path, "rb").read() in contents
+    versions = os.listdir(m.p(".versions"))
+    assert versions
+    for v in versions:
+        assert open(m.p(".versions", v), "rb").read() in contents, v
+
+
+def test_mmap_readers_across_publishes(mnt, procs):
+    path = mnt.p("lib.so")
+    contents = known_contents(21)
+    open(path, "wb").write(contents[0])
+    reader = procs.start(["/usr/bin/python3", "-c", f"""
+import mmap, sys
+f = open({path!r}, 'rb')
+m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+first = bytes(m[:])
+print('ready', flush=True)
+for line in sys.stdin:
+    print('same' if bytes(m[:]) == first else 'changed', flush=True)
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline() == "ready\n"
+    for c in contents[1:]:
+        with open(path, "wb") as f:
+            f.write(c)
+        reader.stdin.write("check\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline() == "same\n"
+    assert open(path, "rb").read() == contents[-1]
+
+
+def test_dlopen_loop_while_library_replaced(mnt, cbuild, workdir, procs):
+    libs = []
+    for v in range(2):
+        src = os.path.join(workdir, f"v{v}.c")
+        open(src, "w").write(f"int value(void) {{ return {v + 1}; }}\nchar pad[200000] = {{1}};\n")
+        out = os.path.join(workdir, f"v{v}.so")
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", out, src], check=True)
+        libs.append(out)
+    loop = cbuild("dlloop", r"""
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(int c, char **v) { int n = atoi(v[2]), bad = 0;
+  for (int i = 0; i < n; i++) { void *h = dlopen(v[1], RTLD_NOW | RTLD_LOCAL);
+    if (!h) { fprintf(stderr, "%s\n", dlerror()); bad++; continue; }
+    int (*f)(void) = (int (*)(void))dlsym(h, "value"); int r = f ? f() : -1;
+    if (r != 1 && r != 2) bad++; dlclose(h); }
+  printf("%d\n", bad); return 0; }""", "-ldl")
+    so = mnt.p("libv.so")
+    subprocess.run(["cp", libs[0], so], check=True)
+    p = procs.start([loop, so, "3000"], stdout=subprocess.PIPE, text=True)
+    i = 0
+    while p.poll() is None:
+        i += 1
+        subprocess.run(["cp", libs[i % 2], so], check=True)
+    assert p.stdout.read() == "0\n"
+    assert i > 5
+
+
+def test_writers_and_rm_mv_on_same_name(mnt):
+    path = mnt.p("app")
+    contents = known_contents(3)
+    tmp = [mnt.p(f"tmp{i}") for i in range(2)]
+
+    def cp():
+        with open(path, "wb") as f:
+            f.write(contents[0])
+
+    def rm():
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def mv():
+        open(tmp[0], "wb").write(contents[1])
+        os.rename(tmp[0], path)
+
+    def inplace():
+        try:
+            with open(path, "r+b") as f:
+                f.write(contents[2])
+        except FileNotFoundError:
+            pass
+
+    assert run_threads([cp, rm, mv, inplace], 4) == []
+    if os.path.exists(path):
+        assert open(path, "rb").read() in contents
+    for v in os.listdir(mnt.p(".versions")):
+        assert open(mnt.p(".versions", v), "rb").read() in contents, v
+
+
+def test_directory_renamed_while_files_written(mnt):
+    os.makedirs(mnt.p("lib"))
+    contents = known_contents(2)
+    names = ["lib", "lib2"]
+
+    def writer():
+        for d in names:
+            try:
+                with open(mnt.p(d, "x"), "wb") as f:
+                    f.write(contents[0])
+                    f.write(contents[1])
+            except FileNotFoundError:
+                pass
+
+    def renamer():
+        for a, b in (names, names[::-1]):
+            try:
+                os.rename(mnt.p(a), mnt.p(b))
+            except FileNotFoundError:
+                pass
+
+    assert run_threads([writer, renamer], 4) == []
+    d = [n for n in names if os.path.isdir(mnt.p(n))]
+    assert len(d) == 1
+    assert open(mnt.p(d[0], "x"), "rb").read() == contents[0] + contents[1]
