@@ -146,7 +146,7 @@ static enum node_kind kind_of(mode_t mode)
 	return S_ISDIR(mode) ? NODE_DIR : S_ISREG(mode) ? NODE_FILE : NODE_OTHER;
 }
 
-struct node *node_lookup(int dirfd, const char *name, const struct stat *st)
+struct node *node_lookup(int dirfd, const char *name, const struct stat *st, bool in_versions)
 {
 	struct node *n;
 	struct stat fst;
@@ -185,6 +185,7 @@ struct node *node_lookup(int dirfd, const char *name, const struct stat *st)
 		return NULL;
 	}
 	n->kind = kind_of(st->st_mode);
+	n->in_versions = in_versions && n->kind == NODE_DIR;
 	n->dev = st->st_dev;
 	n->ino = st->st_ino;
 	n->fd = fd;
@@ -337,7 +338,7 @@ void node_mark_old(dev_t dev, ino_t ino, bool old)
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(dev, ino);
 	if (n && n->kind == NODE_FILE)
-		n->old = old;
+		node_set_old(n, old);
 	pthread_mutex_unlock(&table_lock);
 }
 

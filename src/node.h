@@ -17,8 +17,8 @@ enum node_kind {
 
 struct node {
 	enum node_kind kind;
-	bool in_versions; /* directory inside the read-only .versions/ view */
-	bool old;         /* file: no longer current at any tree name; read-only */
+	bool in_versions; /* directory inside the read-only .versions/ view; set at creation */
+	bool old;         /* file: no longer current at any tree name; node_old() */
 	dev_t dev;
 	ino_t ino;
 	int fd;   /* O_PATH to the backing object; -1 for staging nodes */
@@ -45,7 +45,7 @@ uint64_t node_id(const struct node *n);
 
 /* Find or create the node for an object just looked up (st from fstatat(dirfd, name)); adds
  * one kernel lookup. Returns NULL with errno set. */
-struct node *node_lookup(int dirfd, const char *name, const struct stat *st);
+struct node *node_lookup(int dirfd, const char *name, const struct stat *st, bool in_versions);
 struct node *node_new_staging(struct node *base, struct node *parent, const char *name);
 void node_add_lookup(struct node *n);
 
@@ -68,5 +68,15 @@ int node_cur_fd(struct node *n);
 
 /* Set by main: removes a deferred version (store lock taken inside). */
 extern void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
+
+static inline bool node_old(const struct node *n)
+{
+	return __atomic_load_n(&n->old, __ATOMIC_RELAXED);
+}
+
+static inline void node_set_old(struct node *n, bool old)
+{
+	__atomic_store_n(&n->old, old, __ATOMIC_RELAXED);
+}
 
 #endif

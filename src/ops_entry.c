@@ -78,17 +78,15 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 			fuse_reply_err(req, errno);
 		return;
 	}
-	n = node_lookup(dirfd, name, &st);
+	n = node_lookup(dirfd, name, &st, parent->in_versions || view_root);
 	if (!n) {
 		fuse_reply_err(req, errno);
 		return;
 	}
-	if (n->kind == NODE_DIR && (parent->in_versions || view_root))
-		n->in_versions = true;
 	if (n->kind == NODE_FILE) {
 		if (parent->in_versions) {
 			if (st.st_nlink == 1)
-				n->old = true;
+				node_set_old(n, true);
 			if (route_armed(fuse_req_ctx(req)->pid)) {
 				/* a writer sent back to walk again, and it walked into the view */
 				node_forget(n, 1);
@@ -102,8 +100,8 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 			bool writer = (st.st_mode & 0111) && route_thread_writes(tid);
 			struct node *stg = route_staging(tid, n, parent, name, writer);
 
-			if (n->old)
-				n->old = false; /* reachable by name again (a hard link) */
+			if (node_old(n))
+				node_set_old(n, false); /* reachable by name again (a hard link) */
 			if (stg) {
 				log_debug("lookup %s: thread %d routed to staging", name, tid);
 				node_forget(n, 1);
@@ -219,7 +217,7 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		err = -EROFS;
 		goto reply;
 	}
-	if (n->kind == NODE_FILE && ((valid & FUSE_SET_ATTR_SIZE) || n->old)) {
+	if (n->kind == NODE_FILE && ((valid & FUSE_SET_ATTR_SIZE) || node_old(n))) {
 		/* A truncate reached a published version, or a change reached a version that was
 		 * replaced since its LOOKUP: send the thread back to walk again (bv_open). */
 		err = route_arm(tid, n) ? -ESTALE : -EROFS;
@@ -296,7 +294,7 @@ static void reply_new_entry(fuse_req_t req, struct node *parent, const char *nam
 		fuse_reply_err(req, errno);
 		return;
 	}
-	n = node_lookup(parent->fd, name, &st);
+	n = node_lookup(parent->fd, name, &st, false);
 	if (!n) {
 		fuse_reply_err(req, errno);
 		return;
@@ -356,7 +354,7 @@ void bv_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t pino, const char *name)
 	struct node *n = inode_of(ino), *parent = inode_of(pino);
 	int err = check_new_name(parent, name);
 
-	if (!err && (n->kind == NODE_STAGING || n->old || n->kind == NODE_DIR))
+	if (!err && (n->kind == NODE_STAGING || node_old(n) || n->kind == NODE_DIR))
 		err = -EXDEV; /* old versions leave .versions/ by copy, not by link */
 	if (!err && linkat(n->fd, "", parent->fd, name, AT_EMPTY_PATH) < 0)
 		err = -errno;

@@ -263,7 +263,7 @@ void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
 	gid_t gid = fstat(parent->fd, &pst) == 0 && (pst.st_mode & S_ISGID) ? pst.st_gid : ctx->gid;
 	if (fchown(fd, ctx->uid, gid) == 0 && (mode & (S_ISUID | S_ISGID)))
 		fchmod(fd, mode & 07777);
-	if (fstat(fd, &st) < 0 || !(n = node_lookup(parent->fd, name, &st))) {
+	if (fstat(fd, &st) < 0 || !(n = node_lookup(parent->fd, name, &st, false))) {
 		int err = errno;
 		close(fd);
 		fuse_reply_err(req, err);

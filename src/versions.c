@@ -20,7 +20,7 @@ bool versions_hidden(struct node *dir, const char *name)
 /* Nothing in the view can change, and an old version is read-only wherever it is reached. */
 bool versions_readonly(struct node *n)
 {
-	return n->in_versions || (n->kind == NODE_FILE && n->old);
+	return n->in_versions || (n->kind == NODE_FILE && node_old(n));
 }
 
 /* A file was replaced or removed and kept as a version: its node turns read-only unless it

@@ -88,7 +88,7 @@ class Mount:
         self.log.close()
         os.unlink(self.log_path)
         if check:
-            for word in ("AddressSanitizer", "runtime error", "LeakSanitizer"):
+            for word in ("AddressSanitizer", "runtime error", "LeakSanitizer", "ThreadSanitizer"):
                 assert word not in text, text
             assert rc == 0, f"binvfs exited with {rc}:\n{text}"
         return text
@@ -130,7 +130,27 @@ class Procs:
                 pass
 
 
-@pytest.fixture(params=BINS, ids=[("asan" if "asan" in b else "plain") for b in BINS])
+# The ThreadSanitizer build runs the tests that race threads of the daemon against each other.
+TSAN_BINS = os.environ.get("BINVFS_TSAN_BINS", "").split()
+TSAN_MODULES = ("test_races", "test_writers")
+
+
+def build_id(path):
+    for kind in ("asan", "tsan"):
+        if kind in os.path.basename(os.path.dirname(path)):
+            return kind
+    return "plain"
+
+
+def pytest_generate_tests(metafunc):
+    if "binary" in metafunc.fixturenames:
+        bins = list(BINS)
+        if metafunc.module.__name__ in TSAN_MODULES:
+            bins += TSAN_BINS
+        metafunc.parametrize("binary", bins, ids=[build_id(b) for b in bins], indirect=True)
+
+
+@pytest.fixture
 def binary(request):
     if not os.path.exists("/dev/fuse"):
         pytest.skip("no /dev/fuse")
