@@ -115,6 +115,7 @@ void bv_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
 bool versions_is_view_root(struct node *parent, const char *name);
 bool versions_hidden(struct node *dir, const char *name);
 bool versions_readonly(struct node *n);
+int versions_refuse(const char *op, const char *name);
 void versions_after_change(struct node *parent, const char *name, const struct store_change *ch);
 
 #endif

@@ -125,7 +125,7 @@ static int xattr_path(struct node *n, char *buf, size_t len, bool write)
 		n = n->base;
 	}
 	if (write && versions_readonly(n))
-		return -EROFS;
+		return versions_refuse("changing xattrs of", "a version");
 	return node_proc_path(n, buf, len);
 }
 
@@ -174,7 +174,7 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 	if (dir->kind != NODE_DIR)
 		return -ENOTDIR;
 	if (dir->in_versions)
-		return -EROFS;
+		return versions_refuse("pruning in", "a .versions/ directory");
 	if (size == 0 || size >= sizeof(buf))
 		return -EINVAL;
 	memcpy(buf, value, size);

@@ -90,7 +90,7 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 			if (route_armed(fuse_req_ctx(req)->pid)) {
 				/* a writer sent back to walk again, and it walked into the view */
 				node_forget(n, 1);
-				fuse_reply_err(req, EROFS);
+				fuse_reply_err(req, -versions_refuse("write to", name));
 				return;
 			}
 		} else {
@@ -214,7 +214,7 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		goto reply;
 	}
 	if (n->in_versions) {
-		err = -EROFS;
+		err = versions_refuse("setattr of", "a directory");
 		goto reply;
 	}
 	if (n->kind == NODE_FILE && ((valid & FUSE_SET_ATTR_SIZE) || node_old(n))) {
@@ -257,7 +257,7 @@ void bv_readlink(fuse_req_t req, fuse_ino_t ino)
 static int check_new_name(struct node *parent, const char *name)
 {
 	if (parent->in_versions)
-		return -EROFS;
+		return versions_refuse("creating", name);
 	if (parent == node_root() && store_reserved_root_name(name))
 		return -EPERM;
 	return 0;
@@ -372,7 +372,7 @@ void bv_unlink(fuse_req_t req, fuse_ino_t pino, const char *name)
 	int err = 0;
 
 	if (parent->in_versions) {
-		fuse_reply_err(req, EROFS);
+		fuse_reply_err(req, -versions_refuse("unlink of", name));
 		return;
 	}
 	memset(&ch, 0, sizeof(ch));

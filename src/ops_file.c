@@ -219,7 +219,7 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			 * "old" alone cannot tell which) */
 			fuse_reply_err(req, ESTALE);
 		} else if (versions_readonly(n)) {
-			fuse_reply_err(req, EROFS);
+			fuse_reply_err(req, -versions_refuse("write open of", "an old version"));
 		} else {
 			log_warnx("write open of a published version without a path walk (by "
 				  "/proc/PID/fd or a file handle) refused: open it by its name");
@@ -250,7 +250,7 @@ void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
 	int fd, flags;
 
 	if (parent->in_versions) {
-		fuse_reply_err(req, EROFS);
+		fuse_reply_err(req, -versions_refuse("creating", name));
 		return;
 	}
 	flags = (fi->flags & ~(O_ACCMODE | FMODE_EXEC)) | O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC;

@@ -3,7 +3,17 @@
 #define _GNU_SOURCE
 #include "fs.h"
 
+#include "log.h"
+
+#include <errno.h>
 #include <string.h>
+
+/* Every refused change gets one log line. Returns -EROFS. */
+int versions_refuse(const char *op, const char *name)
+{
+	log_info("refused %s %s: .versions/ is read-only", op, name ? name : "(by handle)");
+	return -EROFS;
+}
 
 bool versions_is_view_root(struct node *parent, const char *name)
 {

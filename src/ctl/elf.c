@@ -70,12 +70,13 @@ bool elf_is(int fd)
 	return read_ident(fd, id) == 0;
 }
 
-/* Walk the notes in [off, off+size); 1 when the build-id was found. */
-static int scan_notes(const struct ef *e, uint64_t off, uint64_t size, char out[BUILD_ID_HEX])
+/* Walk the notes in [off, off+size), aligned to 4 or 8; 1 when the build-id was found. */
+static int scan_notes(const struct ef *e, uint64_t off, uint64_t size, uint64_t align,
+		      char out[BUILD_ID_HEX])
 {
 	static const char hex[] = "0123456789abcdef";
 	unsigned char *buf;
-	uint64_t p = 0;
+	uint64_t p = 0, a = align == 8 ? 7 : 3;
 	int found = 0;
 
 	if (size < 12 || size > (1u << 20))
@@ -88,8 +89,8 @@ static int scan_notes(const struct ef *e, uint64_t off, uint64_t size, char out[
 	while (!found && p + 12 <= size) {
 		uint32_t namesz = u32(e, buf + p), descsz = u32(e, buf + p + 4);
 		uint32_t type = u32(e, buf + p + 8);
-		uint64_t name = p + 12, desc = name + ((namesz + 3ull) & ~3ull);
-		uint64_t next = desc + ((descsz + 3ull) & ~3ull);
+		uint64_t name = p + 12, desc = name + ((namesz + a) & ~a);
+		uint64_t next = desc + ((descsz + a) & ~a);
 
 		if (next > size || desc + descsz > size)
 			break;
@@ -124,7 +125,8 @@ static int from_phdrs(const struct ef *e, const unsigned char *eh, char out[BUIL
 			continue;
 		uint64_t off = e->is64 ? u64(e, ph + 8) : u32(e, ph + 4);
 		uint64_t sz = e->is64 ? u64(e, ph + 32) : u32(e, ph + 16);
-		if (scan_notes(e, off, sz, out))
+		uint64_t align = e->is64 ? u64(e, ph + 48) : u32(e, ph + 28);
+		if (scan_notes(e, off, sz, align, out))
 			return 1;
 	}
 	return 0;
@@ -146,7 +148,8 @@ static int from_shdrs(const struct ef *e, const unsigned char *eh, char out[BUIL
 			continue;
 		uint64_t off = e->is64 ? u64(e, sh + 24) : u32(e, sh + 16);
 		uint64_t sz = e->is64 ? u64(e, sh + 32) : u32(e, sh + 20);
-		if (scan_notes(e, off, sz, out))
+		uint64_t align = e->is64 ? u64(e, sh + 48) : u32(e, sh + 32);
+		if (scan_notes(e, off, sz, align, out))
 			return 1;
 	}
 	return 0;

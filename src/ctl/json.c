@@ -1,0 +1,167 @@
+/* json.c - the --json writer: one document per command, ends with a newline. */
+#include "json.h"
+
+#include <stdio.h>
+
+#define MAXDEPTH 32
+
+static int depth;
+static bool need_comma[MAXDEPTH];
+static bool after_key;
+
+/* Before every value or key: a comma if a sibling came before it. */
+static void sep(void)
+{
+	if (after_key) {
+		after_key = false;
+		return;
+	}
+	if (depth > 0 && need_comma[depth - 1])
+		putchar(',');
+	if (depth > 0)
+		need_comma[depth - 1] = true;
+}
+
+static void open_(int c)
+{
+	sep();
+	putchar(c);
+	if (depth < MAXDEPTH)
+		need_comma[depth] = false;
+	depth++;
+}
+
+static void close_(int c)
+{
+	putchar(c);
+	depth--;
+	if (depth == 0)
+		putchar('\n');
+}
+
+void json_obj(void)
+{
+	open_('{');
+}
+
+void json_obj_end(void)
+{
+	close_('}');
+}
+
+void json_arr(void)
+{
+	open_('[');
+}
+
+void json_arr_end(void)
+{
+	close_(']');
+}
+
+/* Length of the valid UTF-8 sequence at p, 0 if it is not one. */
+static int utf8_len(const unsigned char *p)
+{
+	int n = p[0] >= 0xf0 && p[0] <= 0xf4 ? 4 : p[0] >= 0xe0 ? 3 : p[0] >= 0xc2 ? 2 : 0;
+
+	if (p[0] >= 0xf8)
+		return 0;
+	for (int i = 1; i < n; i++)
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	return n;
+}
+
+static void put_string(const char *s)
+{
+	putchar('"');
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p >= 0x80) {
+			int n = utf8_len(p);
+			if (n) {
+				fwrite(p, 1, (size_t)n, stdout);
+				p += n - 1;
+			} else {
+				printf("\\\\x%02x", *p); /* not UTF-8: shown as \xNN */
+			}
+			continue;
+		}
+		switch (*p) {
+		case '"':
+			fputs("\\\"", stdout);
+			break;
+		case '\\':
+			fputs("\\\\", stdout);
+			break;
+		case '\n':
+			fputs("\\n", stdout);
+			break;
+		case '\t':
+			fputs("\\t", stdout);
+			break;
+		case '\r':
+			fputs("\\r", stdout);
+			break;
+		default:
+			if (*p < 0x20 || *p == 0x7f)
+				printf("\\u%04x", *p);
+			else
+				putchar(*p);
+		}
+	}
+	putchar('"');
+}
+
+void json_key(const char *k)
+{
+	sep();
+	put_string(k);
+	putchar(':');
+	after_key = true;
+}
+
+void json_str(const char *s)
+{
+	if (!s) {
+		json_null();
+		return;
+	}
+	sep();
+	put_string(s);
+}
+
+void json_int(long long v)
+{
+	sep();
+	printf("%lld", v);
+}
+
+void json_bool(bool v)
+{
+	sep();
+	fputs(v ? "true" : "false", stdout);
+}
+
+void json_null(void)
+{
+	sep();
+	fputs("null", stdout);
+}
+
+void json_kstr(const char *k, const char *s)
+{
+	json_key(k);
+	json_str(s);
+}
+
+void json_kint(const char *k, long long v)
+{
+	json_key(k);
+	json_int(v);
+}
+
+void json_kbool(const char *k, bool v)
+{
+	json_key(k);
+	json_bool(v);
+}
