@@ -38,8 +38,6 @@ struct handle {
 	int fd;            /* owned */
 	pthread_mutex_t lock; /* H_STAGE: protects everything below */
 	bool dirty;      /* changed since the last publish */
-	bool written;    /* changed through the fd (not just O_TRUNC at open): FLUSH publishes
-			  * only then, as a shell's close of a dup'd fd comes before any write */
 	bool published;  /* fd is now a published version: copy before writing again */
 	bool abandoned;  /* its writer was killed: never publish */
 	int failed;      /* a write into the staging copy failed (ENOSPC, EIO): never publish,

@@ -136,7 +136,7 @@ static int handle_publish(struct handle *h)
 		return err;
 	}
 	h->published = true;
-	h->dirty = h->written = false;
+	h->dirty = false;
 	if (ch.orphaned)
 		log_info("publish %s: the name was removed meanwhile; kept as %s/%s", stg->name,
 			 STORE_DIR, ch.vrel);
@@ -335,7 +335,7 @@ void bv_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t 
 	out.buf[0].pos = off;
 	res = fuse_buf_copy(&out, in, 0);
 	if (res > 0)
-		h->dirty = h->written = true;
+		h->dirty = true;
 	else if (res < 0)
 		handle_fail(h, (int)-res);
 	pthread_mutex_unlock(&h->lock);
@@ -357,7 +357,7 @@ int handle_setattr(struct handle *h, struct stat *attr, int valid)
 			handle_fail(h, -err);
 		}
 		if (!err)
-			h->dirty = h->written = true;
+			h->dirty = true;
 	}
 	if (!err)
 		err = meta_apply(NULL, h->fd, attr, valid & ~FUSE_SET_ATTR_SIZE);
@@ -377,6 +377,18 @@ int handle_setattr(struct handle *h, struct stat *attr, int valid)
 	return err;
 }
 
+/* A FLUSH is not the end of the writer when the closing process still holds another write
+ * fd on the file: a shell's `cmd > f` closes its first fd after dup2, before any write. The
+ * kernel inode of the staging node shows its base's inode number, or the copy's after a
+ * GETATTR. */
+static bool still_writing(struct handle *h, pid_t pid)
+{
+	struct stat st;
+	ino_t cur = fstat(h->fd, &st) == 0 ? st.st_ino : 0;
+
+	return route_still_writing(pid, h->node->base->ino, cur);
+}
+
 void bv_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
@@ -391,7 +403,7 @@ void bv_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	pthread_mutex_lock(&h->lock);
 	if (h->failed) {
 		err = -h->failed;
-	} else if (h->dirty && h->written && !h->abandoned) {
+	} else if (h->dirty && !h->abandoned && !still_writing(h, pid)) {
 		switch (route_closer(pid, h->opener_tgid)) {
 		case CLOSER_OTHER:
 			break; /* a child that inherited the fd: the opener is not done */
@@ -467,7 +479,7 @@ void bv_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t 
 			handle_fail(h, err);
 	}
 	if (!err)
-		h->dirty = h->written = true;
+		h->dirty = true;
 	pthread_mutex_unlock(&h->lock);
 	fuse_reply_err(req, err);
 }

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "node.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -187,23 +188,6 @@ out:
 	return st;
 }
 
-bool route_armed(pid_t tid)
-{
-	struct route *r;
-	bool armed = false;
-
-	if (!__atomic_load_n(&nroutes, __ATOMIC_ACQUIRE))
-		return false;
-	pthread_mutex_lock(&route_lock);
-	r = find(tid, false);
-	if (r && r->stale && !r->staging) {
-		armed = true;
-		clear(r);
-	}
-	pthread_mutex_unlock(&route_lock);
-	return armed;
-}
-
 void route_done(pid_t tid)
 {
 	struct route *r;
@@ -243,6 +227,47 @@ pid_t route_tgid(pid_t tid)
 	buf[n] = 0;
 	p = strstr(buf, "\nTgid:");
 	return p ? (pid_t)atoi(p + 6) : 0;
+}
+
+bool route_still_writing(pid_t tid, ino_t a, ino_t b)
+{
+	char path[64], buf[256];
+	struct dirent *e;
+	bool found = false;
+	int n = 0;
+	DIR *d;
+
+	if (tid <= 0)
+		return false;
+	snprintf(path, sizeof(path), "/proc/%d/fdinfo", tid);
+	d = opendir(path);
+	if (!d)
+		return false;
+	while (!found && (e = readdir(d)) && n++ < 4096) {
+		unsigned long flags = 0;
+		unsigned long long ino = 0;
+		char *p;
+		ssize_t len;
+		int fd;
+
+		if (e->d_name[0] == '.')
+			continue;
+		fd = openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		len = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		if (len <= 0)
+			continue;
+		buf[len] = 0;
+		if ((p = strstr(buf, "flags:")))
+			flags = strtoul(p + 6, NULL, 8);
+		if ((p = strstr(buf, "\nino:")))
+			ino = strtoull(p + 5, NULL, 10);
+		found = (flags & O_ACCMODE) != O_RDONLY && ino && (ino == a || ino == b);
+	}
+	closedir(d);
+	return found;
 }
 
 /* Reading /proc/<pid>/stat of a task inside execve blocks until we answer its FLUSH

@@ -22,9 +22,6 @@ bool route_arm(pid_t tid, struct node *stale);
 struct node *route_staging(pid_t tid, struct node *base, struct node *parent, const char *name,
 			   bool detected);
 
-/* At LOOKUP inside .versions/: was this thread sent back to walk again? Forgets the route. */
-bool route_armed(pid_t tid);
-
 /* The routed open or truncate arrived (or an exec was sent back): forget the route. */
 void route_done(pid_t tid);
 
@@ -36,6 +33,9 @@ enum closer {
 	CLOSER_KILLED,  /* the opener, dying of a signal */
 };
 pid_t route_tgid(pid_t tid);
+/* Does the process of tid still hold a write fd on inode number a or b (a dup, or an fd
+ * shared by a shell's redirection)? Reads /proc/<tid>/fdinfo, which never blocks. */
+bool route_still_writing(pid_t tid, ino_t a, ino_t b);
 enum closer route_closer(pid_t tid, pid_t opener_tgid);
 
 #endif

@@ -111,6 +111,11 @@ def test_fsx(mounter, binary):
                 for n in NAMES:
                     if n not in md.handles or md.handles[n][2]:
                         check_read(n)
+        for name, h in list(md.handles.items()):  # the last closes publish too
+            os.close(h[0])
+            del md.handles[name]
+            if h[2]:
+                md.publish(name, h[1])
     finally:
         for h in md.handles.values():
             os.close(h[0])

@@ -21,6 +21,10 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xasprintf(const char *fmt, ...) CTL_PRINTF(1, 2);
 
+/* A command's positional arguments (options end at "--"): min..max of them into pos[];
+ * otherwise prints "binvfsctl: usage: binvfsctl <synopsis>" and returns 1. */
+int cmd_args(int argc, char **argv, int min, int max, const char *synopsis, char **pos);
+
 /* "N" -> N >= 1 (a version number); false if not a number */
 bool parse_version(const char *s, unsigned *out);
 /* "YYYY-MM-DD HH:MM:SS" in local time, and ISO 8601 with the UTC offset */

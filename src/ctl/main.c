@@ -1,7 +1,84 @@
-/* binvfsctl - placeholder until the commands land. */
+/* binvfsctl - the operator's tool for binvfs: what changed, who still runs old code, roll
+ * back, apply retention. It works through the mount's own files and /proc, never behind the
+ * daemon's back. */
+#include "ctl.h"
+
 #include <stdio.h>
-int main(void)
+#include <string.h>
+
+#ifndef BINVFS_VERSION
+#define BINVFS_VERSION "0"
+#endif
+
+static const char usage[] =
+	"usage: binvfsctl [--json] COMMAND [ARG...]\n"
+	"Inspect and operate binvfs mounts, through the mount and /proc.\n"
+	"Versions of a file are numbered from 1; the current one has the highest N.\n"
+	"\n"
+	"  status [DIR]               mounts: source, options, files, versions, bytes in\n"
+	"                             .versions/, staging in progress\n"
+	"  log PATH                   the versions of PATH, newest first: N, when replaced, size,\n"
+	"                             sha256, ELF build-id, pids that run or map it\n"
+	"  diff PATH [N [M]]          version N (default: the newest old one) against M\n"
+	"                             (default: the current one); text as a unified diff\n"
+	"  rollback PATH [N]          make version N (default: the newest old one) current\n"
+	"                             again, atomically, as a new version\n"
+	"  prune [--keep N] PATH|DIR  keep only the newest N old versions (default: the mount's\n"
+	"                             keep=); never removes a version in use\n"
+	"  outdated [DIR]             processes that run or map a replaced version of a file\n"
+	"\n"
+	"  --json                     machine-readable output (JSON) on stdout\n"
+	"  -h, --help                 this help\n"
+	"  -V, --version              the version\n"
+	"\n"
+	"Errors are one line on stderr, \"binvfsctl: ...\", with exit status 1.\n";
+
+static const struct {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+} commands[] = {
+	{"status", cmd_status},     {"log", cmd_log},     {"diff", cmd_diff},
+	{"rollback", cmd_rollback}, {"prune", cmd_prune}, {"outdated", cmd_outdated},
+};
+
+int main(int argc, char **argv)
 {
-	fprintf(stderr, "binvfsctl: not built yet\n");
-	return 1;
+	const char *cmd = NULL;
+	int nargs = 0;
+	bool dashdash = false;
+
+	/* --json, -h and -V anywhere (before a "--"); the rest, in order, for the command */
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (!dashdash && !strcmp(a, "--json")) {
+			ctl_json = true;
+		} else if (!dashdash && (!strcmp(a, "-h") || !strcmp(a, "--help"))) {
+			fputs(usage, stdout);
+			return 0;
+		} else if (!dashdash && (!strcmp(a, "-V") || !strcmp(a, "--version"))) {
+			printf("binvfsctl %s\n", BINVFS_VERSION);
+			return 0;
+		} else if (!cmd && !dashdash && a[0] == '-') {
+			if (!strcmp(a, "--"))
+				dashdash = true;
+			else
+				return ctl_err("unknown option %s (see binvfsctl --help)", a);
+		} else if (!cmd) {
+			cmd = a;
+		} else {
+			if (!strcmp(a, "--"))
+				dashdash = true;
+			argv[++nargs] = argv[i]; /* argv[1..nargs]: the command's arguments */
+		}
+	}
+	if (!cmd)
+		return ctl_err("missing command (see binvfsctl --help)");
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (!strcmp(cmd, commands[i].name)) {
+			argv[0] = (char *)cmd;
+			argv[nargs + 1] = NULL;
+			return commands[i].fn(nargs, argv + 1);
+		}
+	}
+	return ctl_err("unknown command %s (see binvfsctl --help)", cmd);
 }

@@ -28,6 +28,7 @@ void mtab_free(struct mtab *t);
 
 /* A path given on the command line, inside a binvfs mount. */
 struct target {
+	const char *arg; /* as given, for messages */
 	struct bmount mnt;
 	char *abs;  /* absolute; the last component is not followed */
 	char *rel;  /* below the mount point, "" for the mount point itself */

@@ -67,6 +67,29 @@ char *xasprintf(const char *fmt, ...)
 	return s;
 }
 
+int cmd_args(int argc, char **argv, int min, int max, const char *synopsis, char **pos)
+{
+	bool dashdash = false;
+	int n = 0;
+
+	for (int i = 0; i < argc; i++) {
+		if (!dashdash && !strcmp(argv[i], "--")) {
+			dashdash = true;
+		} else if (!dashdash && argv[i][0] == '-' && argv[i][1]) {
+			return ctl_err("unknown option %s; usage: binvfsctl %s", argv[i], synopsis);
+		} else {
+			if (n == max)
+				return ctl_err("too many arguments; usage: binvfsctl %s", synopsis);
+			pos[n++] = argv[i];
+		}
+	}
+	if (n < min)
+		return ctl_err("missing argument; usage: binvfsctl %s", synopsis);
+	for (int i = n; i < max; i++)
+		pos[i] = NULL;
+	return 0;
+}
+
 bool parse_version(const char *s, unsigned *out)
 {
 	char *end;

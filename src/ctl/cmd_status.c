@@ -1,0 +1,150 @@
+/* cmd_status.c - binvfsctl status [DIR]: every binvfs mount (or DIR's), its source, options,
+ * daemon, files, versions, bytes kept in .versions/ and staging copies in progress. */
+#define _GNU_SOURCE
+#include "ctl.h"
+#include "json.h"
+#include "mounts.h"
+#include "store.h"
+#include "vlist.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct stats {
+	unsigned long long files, versions, bytes;
+};
+
+/* Regular files in the tree (readdir only; the root's .versions/ is not listed). */
+static void count_files(const char *path, unsigned long long *files)
+{
+	DIR *d = opendir(path);
+
+	if (!d)
+		return;
+	for (struct dirent *e; (e = readdir(d));) {
+		unsigned char type = e->d_type;
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (type == DT_UNKNOWN) {
+			struct stat st;
+			if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+				continue;
+			type = S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : 0;
+		}
+		if (type == DT_REG) {
+			(*files)++;
+		} else if (type == DT_DIR) {
+			char *sub = xasprintf("%s/%s", path, e->d_name);
+			count_files(sub, files);
+			free(sub);
+		}
+	}
+	closedir(d);
+}
+
+static void gather(const struct bmount *m, struct stats *s)
+{
+	const char *sep = strcmp(m->point, "/") ? "/" : "";
+	struct vindex ix;
+
+	memset(s, 0, sizeof(*s));
+	count_files(m->point, &s->files);
+	vindex_build(m->point, NULL, &ix);
+	s->versions = ix.n;
+	for (size_t i = 0; i < ix.n; i++) {
+		char *p = xasprintf("%s%s%s/%s.~%u~", m->point, sep, STORE_DIR, ix.e[i].rel,
+				    ix.e[i].n);
+		struct stat st;
+		/* sorted by inode: a hard-linked inode counts once */
+		if ((i == 0 || ix.e[i].ino != ix.e[i - 1].ino) && lstat(p, &st) == 0)
+			s->bytes += (unsigned long long)st.st_size;
+		free(p);
+	}
+	vindex_free(&ix);
+}
+
+static void show(const struct bmount *m)
+{
+	struct daemon d;
+	struct stats s;
+
+	daemon_find(m, &d);
+	gather(m, &s);
+	if (ctl_json) {
+		json_obj();
+		json_kstr("mountpoint", m->point);
+		json_kstr("source", m->source);
+		json_key("daemon_pid");
+		d.pid ? json_int(d.pid) : json_null();
+		json_key("keep");
+		d.pid ? json_int(d.keep) : json_null();
+		json_kstr("options", d.opts);
+		json_kstr("mount_options", m->mntopts);
+		json_kstr("fuse_options", m->superopts);
+		json_kint("files", (long long)s.files);
+		json_kint("versions", (long long)s.versions);
+		json_kint("version_bytes", (long long)s.bytes);
+		json_key("staging");
+		d.pid ? json_int(d.staging) : json_null();
+		json_obj_end();
+	} else {
+		printf("mount     %s\n", m->point);
+		printf("source    %s\n", m->source);
+		if (d.pid)
+			printf("daemon    pid %d, keep=%u%s%s\n", (int)d.pid, d.keep,
+			       d.nosync ? ", nosync" : "", d.debug ? ", debug" : "");
+		else
+			printf("daemon    not found in /proc (another pid namespace?)\n");
+		printf("options   %s (mount: %s; fuse: %s)\n", d.opts ? d.opts : "-", m->mntopts,
+		       m->superopts);
+		printf("files     %llu\n", s.files);
+		printf("versions  %llu, %llu bytes in .versions/\n", s.versions, s.bytes);
+		if (d.pid)
+			printf("staging   %d in progress\n", d.staging);
+		else
+			printf("staging   unknown\n");
+	}
+	daemon_free(&d);
+}
+
+int cmd_status(int argc, char **argv)
+{
+	char *pos[1];
+	struct mtab t = {0};
+
+	if (cmd_args(argc, argv, 0, 1, "status [DIR]", pos))
+		return 1;
+	if (pos[0]) {
+		struct target tg;
+		if (target_resolve(pos[0], &tg)) {
+			target_free(&tg);
+			return 1;
+		}
+		if (!tg.exists) {
+			target_free(&tg);
+			return ctl_err("%s: no such file or directory", pos[0]);
+		}
+		t.m = xmalloc(sizeof(*t.m));
+		bmount_copy(&t.m[0], &tg.mnt);
+		t.n = 1;
+		target_free(&tg);
+	} else if (mtab_read(&t)) {
+		return 1;
+	}
+	if (ctl_json)
+		json_arr();
+	else if (!t.n)
+		printf("no binvfs mounts\n");
+	for (size_t i = 0; i < t.n; i++) {
+		if (i && !ctl_json)
+			putchar('\n');
+		show(&t.m[i]);
+	}
+	if (ctl_json)
+		json_arr_end();
+	mtab_free(&t);
+	return 0;
+}

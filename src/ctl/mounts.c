@@ -1,0 +1,361 @@
+/* mounts.c - mount discovery: /proc/self/mountinfo, and the daemon behind a mount. */
+#define _GNU_SOURCE
+#include "mounts.h"
+#include "ctl.h"
+#include "procscan.h"
+#include "store.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+/* mountinfo escapes space, tab, newline and backslash as \ooo */
+static char *unescape(const char *s)
+{
+	char *out = xmalloc(strlen(s) + 1), *o = out;
+
+	while (*s) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+		    s[3] >= '0' && s[3] <= '7') {
+			*o++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+			s += 4;
+		} else {
+			*o++ = *s++;
+		}
+	}
+	*o = 0;
+	return out;
+}
+
+/* One mountinfo line: "ID PARENT MAJ:MIN ROOT POINT OPTS [OPTIONAL...] - TYPE SOURCE SUPER".
+ * Fills m and *fstype (both owned by the caller); false if the line is malformed. */
+static bool parse_line(char *line, struct bmount *m, char **fstype)
+{
+	char *f[6], *save = NULL, *sep, *type, *src, *super;
+	unsigned maj, min;
+
+	sep = strstr(line, " - ");
+	if (!sep)
+		return false;
+	*sep = 0;
+	for (int i = 0; i < 6; i++)
+		if (!(f[i] = strtok_r(i ? NULL : line, " ", &save)))
+			return false;
+	type = strtok_r(sep + 3, " \n", &save);
+	src = strtok_r(NULL, " \n", &save);
+	super = strtok_r(NULL, " \n", &save);
+	if (!type || !src || sscanf(f[2], "%u:%u", &maj, &min) != 2)
+		return false;
+	m->point = unescape(f[4]);
+	m->source = unescape(src);
+	m->mntopts = xstrdup(f[5]);
+	m->superopts = xstrdup(super ? super : "");
+	m->dev = makedev(maj, min);
+	*fstype = unescape(type);
+	return true;
+}
+
+void bmount_free(struct bmount *m)
+{
+	free(m->point);
+	free(m->source);
+	free(m->mntopts);
+	free(m->superopts);
+	memset(m, 0, sizeof(*m));
+}
+
+void bmount_copy(struct bmount *dst, const struct bmount *src)
+{
+	dst->point = xstrdup(src->point);
+	dst->source = xstrdup(src->source);
+	dst->mntopts = xstrdup(src->mntopts);
+	dst->superopts = xstrdup(src->superopts);
+	dst->dev = src->dev;
+}
+
+/* Every mount, in mountinfo order (later lines are mounted on top of earlier ones). */
+static int read_all(struct mtab *t, char ***types)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+
+	t->m = NULL;
+	t->n = 0;
+	*types = NULL;
+	if (!f)
+		return ctl_err("/proc/self/mountinfo: %s", strerror(errno));
+	while (getline(&line, &cap, f) > 0) {
+		struct bmount m;
+		char *type;
+		if (!parse_line(line, &m, &type))
+			continue;
+		t->m = xrealloc(t->m, (t->n + 1) * sizeof(*t->m));
+		*types = xrealloc(*types, (t->n + 1) * sizeof(char *));
+		t->m[t->n] = m;
+		(*types)[t->n++] = type;
+	}
+	free(line);
+	fclose(f);
+	return 0;
+}
+
+static void free_types(char **types, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(types[i]);
+	free(types);
+}
+
+int mtab_read(struct mtab *t)
+{
+	struct mtab all;
+	char **types;
+	size_t keep = 0;
+
+	if (read_all(&all, &types))
+		return 1;
+	for (size_t i = 0; i < all.n; i++) {
+		if (!strcmp(types[i], BINVFS_FSTYPE))
+			all.m[keep++] = all.m[i];
+		else
+			bmount_free(&all.m[i]);
+	}
+	free_types(types, all.n);
+	t->m = all.m;
+	t->n = keep;
+	return 0;
+}
+
+void mtab_free(struct mtab *t)
+{
+	for (size_t i = 0; i < t->n; i++)
+		bmount_free(&t->m[i]);
+	free(t->m);
+	t->m = NULL;
+	t->n = 0;
+}
+
+/* Is path at or below dir (component-wise)? Returns the length of dir's prefix, or -1. */
+static long below(const char *path, const char *dir)
+{
+	size_t l = strlen(dir);
+
+	if (!strcmp(dir, "/"))
+		return 1;
+	if (strncmp(path, dir, l) != 0 || (path[l] != '/' && path[l] != 0))
+		return -1;
+	return (long)l;
+}
+
+/* The absolute path of arg without following its last component. */
+static char *absolute(const char *arg)
+{
+	char *copy = xstrdup(arg), *d, *b, *dir, *out;
+	size_t l = strlen(copy);
+
+	while (l > 1 && copy[l - 1] == '/')
+		copy[--l] = 0;
+	b = basename(copy);
+	if (!strcmp(b, ".") || !strcmp(b, "..") || !strcmp(b, "/")) {
+		out = realpath(copy, NULL);
+		free(copy);
+		return out;
+	}
+	b = xstrdup(b);
+	d = xstrdup(copy);
+	dir = realpath(dirname(d), NULL);
+	out = dir ? xasprintf("%s%s%s", dir, strcmp(dir, "/") ? "/" : "", b) : NULL;
+	free(dir);
+	free(d);
+	free(b);
+	free(copy);
+	return out;
+}
+
+int target_resolve(const char *arg, struct target *t)
+{
+	struct mtab all;
+	char **types;
+	long best = -1;
+	size_t bi = 0;
+
+	memset(t, 0, sizeof(*t));
+	t->arg = arg;
+	if (!*arg)
+		return ctl_err("empty path");
+	t->abs = absolute(arg);
+	if (!t->abs)
+		return ctl_err("%s: %s", arg, strerror(errno));
+	if (lstat(t->abs, &t->st) == 0)
+		t->exists = true;
+	else if (errno != ENOENT)
+		return ctl_err("%s: %s", arg, strerror(errno));
+	if (read_all(&all, &types))
+		return 1;
+	for (size_t i = 0; i < all.n; i++) {
+		long l = below(t->abs, all.m[i].point);
+		if (l >= 0 && l >= best) {
+			best = l;
+			bi = i;
+		}
+	}
+	if (best < 0 || strcmp(types[bi], BINVFS_FSTYPE) != 0) {
+		int r = ctl_err("%s: not in a binvfs mount", arg);
+		free_types(types, all.n);
+		mtab_free(&all);
+		return r;
+	}
+	bmount_copy(&t->mnt, &all.m[bi]);
+	free_types(types, all.n);
+	mtab_free(&all);
+	t->rel = xstrdup(t->abs + best + (t->abs[best] == '/'));
+	if (!strcmp(t->mnt.point, "/"))
+		memmove(t->rel, t->rel[0] == '/' ? t->rel + 1 : t->rel, strlen(t->rel) + 1);
+	return 0;
+}
+
+void target_free(struct target *t)
+{
+	bmount_free(&t->mnt);
+	free(t->abs);
+	free(t->rel);
+	memset(t, 0, sizeof(*t));
+}
+
+static char *join(const char *dir, const char *name)
+{
+	return xasprintf("%s%s%s", dir, strcmp(dir, "/") ? "/" : "", name);
+}
+
+/* Does arg, given to process pid, name the directory source? */
+static bool names_source(pid_t pid, const char *arg, const char *source)
+{
+	char *p = arg[0] == '/' ? xstrdup(arg) : xasprintf("/proc/%d/cwd/%s", pid, arg);
+	char *r = realpath(p, NULL);
+	bool same = r && !strcmp(r, source);
+
+	free(r);
+	free(p);
+	return same || !strcmp(arg, source);
+}
+
+/* The daemon's options from its command line: -o LIST (or -oLIST), -d. */
+static void parse_cmdline(struct daemon *d, const char *source, pid_t pid, bool *names_binvfs,
+			  bool *names_src)
+{
+	size_t len;
+	char *buf = proc_cmdline(pid, &len), *prev = NULL;
+
+	*names_binvfs = *names_src = false;
+	for (char *a = buf; buf && a < buf + len; prev = a, a += strlen(a) + 1) {
+		char *list = NULL;
+		if (a == buf) {
+			*names_binvfs = strstr(a, "binvfs") != NULL;
+			continue;
+		}
+		if (prev && !strcmp(prev, "-o"))
+			list = a;
+		else if (!strncmp(a, "-o", 2) && a[2])
+			list = a + 2;
+		else if (!strcmp(a, "-d"))
+			d->debug = true;
+		else if (a[0] != '-' && names_source(pid, a, source))
+			*names_src = true;
+		if (!list)
+			continue;
+		char *o = d->opts ? xasprintf("%s,%s", d->opts, list) : xstrdup(list);
+		free(d->opts);
+		d->opts = o;
+		char *copy = xstrdup(list), *save = NULL;
+		for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+			if (!strncmp(t, "keep=", 5))
+				d->keep = (unsigned)strtoul(t + 5, NULL, 10);
+			else if (!strcmp(t, "nosync"))
+				d->nosync = true;
+			else if (!strcmp(t, "debug"))
+				d->debug = true;
+		}
+		free(copy);
+	}
+	free(buf);
+}
+
+struct dsearch {
+	const struct bmount *m;
+	char *stagedir; /* SOURCE/.versions/.binvfs-staging */
+	struct daemon *d;
+};
+
+static bool daemon_check(pid_t pid, void *arg)
+{
+	struct dsearch *s = arg;
+	char path[64], link[PATH_MAX + 32];
+	bool fuse = false, stage = false, names_binvfs, names_src;
+	size_t sl = strlen(s->stagedir);
+	int staging = 0;
+	struct dirent *e;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", pid);
+	dir = opendir(path);
+	if (!dir)
+		return false;
+	while ((e = readdir(dir))) {
+		char fdp[320];
+		ssize_t n;
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(fdp, sizeof(fdp), "/proc/%d/fd/%s", pid, e->d_name);
+		n = readlink(fdp, link, sizeof(link) - 1);
+		if (n < 0)
+			continue;
+		link[n] = 0;
+		if (!strcmp(link, "/dev/fuse"))
+			fuse = true;
+		else if (!strcmp(link, s->stagedir))
+			stage = true;
+		else if (!strncmp(link, s->stagedir, sl) && !strncmp(link + sl, "/#", 2) &&
+			 n > 10 && !strcmp(link + n - 10, " (deleted)"))
+			staging++;
+	}
+	closedir(dir);
+	if (!fuse)
+		return false;
+	struct daemon d = {.keep = 10};
+	parse_cmdline(&d, s->m->source, pid, &names_binvfs, &names_src);
+	if (!stage && !(names_binvfs && names_src)) {
+		daemon_free(&d);
+		return false;
+	}
+	d.pid = pid;
+	d.staging = staging;
+	*s->d = d;
+	return true;
+}
+
+void daemon_find(const struct bmount *m, struct daemon *d)
+{
+	char *vdir = join(m->source, STORE_DIR);
+	struct dsearch s = {.m = m, .stagedir = join(vdir, STORE_STAGING), .d = d};
+
+	memset(d, 0, sizeof(*d));
+	d->keep = 10;
+	proc_each(daemon_check, &s);
+	free(s.stagedir);
+	free(vdir);
+}
+
+void daemon_free(struct daemon *d)
+{
+	free(d->opts);
+	d->opts = NULL;
+}

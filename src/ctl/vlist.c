@@ -1,0 +1,309 @@
+/* vlist.c - version listing through the mount: one file's versions, counts per directory,
+ * and the mount-wide inode index. */
+#define _GNU_SOURCE
+#include "vlist.h"
+#include "ctl.h"
+#include "store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+unsigned version_split(const char *entry, size_t *nlen)
+{
+	size_t l = strlen(entry);
+	const char *p;
+	unsigned n;
+
+	if (l < 5 || entry[l - 1] != '~')
+		return 0;
+	p = entry + l - 2;
+	while (p > entry && *p >= '0' && *p <= '9')
+		p--;
+	/* p at the '~' before the digits; it must follow a '.', after a non-empty name */
+	if (p < entry + 2 || *p != '~' || p[-1] != '.' || p[1] < '1' || p[1] > '9')
+		return 0;
+	char digits[16];
+	size_t dl = (size_t)(entry + l - 1 - (p + 1));
+	if (dl >= sizeof(digits))
+		return 0;
+	memcpy(digits, p + 1, dl);
+	digits[dl] = 0;
+	if (!parse_version(digits, &n))
+		return 0;
+	*nlen = (size_t)(p - 1 - entry);
+	return n;
+}
+
+unsigned version_of(const char *entry, const char *name)
+{
+	size_t nlen;
+	unsigned n = version_split(entry, &nlen);
+
+	return n && nlen == strlen(name) && !strncmp(entry, name, nlen) ? n : 0;
+}
+
+static int cmp_version(const void *a, const void *b)
+{
+	const struct version *x = a, *y = b;
+	return x->n < y->n ? -1 : x->n > y->n;
+}
+
+/* The tree path a command means: a path inside .versions/ names the file it is a version of. */
+static char *tree_rel(const char *rel)
+{
+	const char *p = rel;
+	char *out, *base;
+	size_t nlen;
+
+	if (strncmp(rel, STORE_DIR "/", sizeof(STORE_DIR)) != 0)
+		return xstrdup(rel);
+	p += sizeof(STORE_DIR);
+	out = xstrdup(p);
+	base = strrchr(out, '/');
+	base = base ? base + 1 : out;
+	if (version_split(base, &nlen))
+		base[nlen] = 0;
+	return out;
+}
+
+int vlist_load(const struct target *t, struct vlist *l)
+{
+	char *rel = tree_rel(t->rel), *slash, *dir;
+	struct stat cur;
+	bool exists;
+	DIR *d;
+
+	memset(l, 0, sizeof(*l));
+	if (!*rel || !strcmp(t->rel, STORE_DIR)) {
+		free(rel);
+		return ctl_err("%s: is a directory, not a file", t->arg);
+	}
+	slash = strrchr(rel, '/');
+	dir = slash ? xasprintf("/%.*s", (int)(slash - rel), rel) : xstrdup("");
+	l->name = xstrdup(slash ? slash + 1 : rel);
+	l->file = xasprintf("%s%s%s", t->mnt.point, strcmp(t->mnt.point, "/") ? "/" : "", rel);
+	l->vdir = xasprintf("%s%s%s%s", t->mnt.point, strcmp(t->mnt.point, "/") ? "/" : "",
+			    STORE_DIR, dir);
+	free(dir);
+	free(rel);
+	exists = lstat(l->file, &cur) == 0;
+	if (!exists && errno != ENOENT)
+		return ctl_err("%s: %s", t->arg, strerror(errno));
+	if (exists && S_ISDIR(cur.st_mode))
+		return ctl_err("%s: is a directory, not a file", t->arg);
+	if (exists && !S_ISREG(cur.st_mode))
+		return ctl_err("%s: not a regular file", t->arg);
+	d = opendir(l->vdir);
+	if (!d && errno != ENOENT && errno != ENOTDIR)
+		return ctl_err("%s: %s", l->vdir, strerror(errno));
+	for (struct dirent *e; d && (e = readdir(d));) {
+		unsigned n = version_of(e->d_name, l->name);
+		struct stat st;
+		if (!n || fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !S_ISREG(st.st_mode))
+			continue;
+		l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
+		l->v[l->n++] = (struct version){
+			.n = n, .path = xasprintf("%s/%s", l->vdir, e->d_name), .st = st};
+	}
+	if (d)
+		closedir(d);
+	if (l->n)
+		qsort(l->v, l->n, sizeof(*l->v), cmp_version);
+	l->newest_old = l->n ? l->v[l->n - 1].n : 0;
+	if (exists) {
+		l->current = l->newest_old + 1;
+		l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
+		l->v[l->n++] = (struct version){
+			.n = l->current, .current = true, .path = xstrdup(l->file), .st = cur};
+	}
+	if (!l->n)
+		return ctl_err("%s: no such file", t->arg);
+	return 0;
+}
+
+void vlist_free(struct vlist *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i].path);
+	free(l->v);
+	free(l->file);
+	free(l->vdir);
+	free(l->name);
+	memset(l, 0, sizeof(*l));
+}
+
+struct version *vlist_get(struct vlist *l, unsigned n)
+{
+	for (size_t i = 0; i < l->n; i++)
+		if (l->v[i].n == n)
+			return &l->v[i];
+	return NULL;
+}
+
+struct version *vlist_need(struct vlist *l, unsigned n, const char *arg)
+{
+	struct version *v = vlist_get(l, n);
+
+	if (!v)
+		ctl_err("%s: no such version %u (versions: %u..%u)", arg, n, l->v[0].n,
+			l->v[l->n - 1].n);
+	return v;
+}
+
+int versions_tally(const char *vdir, const char *name, unsigned keep, struct vcount *c)
+{
+	struct {
+		char *name;
+		size_t count;
+	} *names = NULL;
+	size_t nn = 0;
+	DIR *d = opendir(vdir);
+
+	c->total = c->kept = 0;
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	for (struct dirent *e; (e = readdir(d));) {
+		size_t nlen, i;
+		if (!version_split(e->d_name, &nlen) || e->d_type == DT_DIR)
+			continue;
+		if (name && (nlen != strlen(name) || strncmp(e->d_name, name, nlen)))
+			continue;
+		for (i = 0; i < nn; i++)
+			if (strlen(names[i].name) == nlen && !strncmp(names[i].name, e->d_name, nlen))
+				break;
+		if (i == nn) {
+			names = xrealloc(names, (nn + 1) * sizeof(*names));
+			names[nn].name = strndup(e->d_name, nlen);
+			names[nn++].count = 0;
+		}
+		names[i].count++;
+		c->total++;
+	}
+	closedir(d);
+	for (size_t i = 0; i < nn; i++) {
+		c->kept += names[i].count < keep ? names[i].count : keep;
+		free(names[i].name);
+	}
+	free(names);
+	return 0;
+}
+
+/* Is the tree path rel on the way to, or below, under? */
+static bool related(const char *rel, const char *under)
+{
+	size_t r = strlen(rel), u = strlen(under);
+
+	if (!u || !r)
+		return true;
+	if (r <= u)
+		return !strncmp(under, rel, r) && (under[r] == '/' || !under[r]);
+	return !strncmp(rel, under, u) && rel[u] == '/';
+}
+
+static void walk(const char *path, const char *rel, const char *under, struct vindex *ix)
+{
+	DIR *d = opendir(path);
+
+	if (!d)
+		return;
+	for (struct dirent *e; (e = readdir(d));) {
+		unsigned char type = e->d_type;
+		char *sub;
+		size_t nlen;
+		unsigned n;
+
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (type == DT_UNKNOWN) {
+			struct stat st;
+			if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+				continue;
+			type = S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : 0;
+		}
+		if (type == DT_DIR) {
+			sub = xasprintf("%s%s%s", rel, *rel ? "/" : "", e->d_name);
+			if (related(sub, under)) {
+				char *p = xasprintf("%s/%s", path, e->d_name);
+				walk(p, sub, under, ix);
+				free(p);
+			}
+			free(sub);
+			continue;
+		}
+		if (type != DT_REG || !(n = version_split(e->d_name, &nlen)))
+			continue;
+		sub = xasprintf("%s%s%.*s", rel, *rel ? "/" : "", (int)nlen, e->d_name);
+		if (!related(sub, under) || strlen(sub) < strlen(under)) {
+			free(sub);
+			continue;
+		}
+		ix->e = xrealloc(ix->e, (ix->n + 1) * sizeof(*ix->e));
+		ix->e[ix->n++] = (struct ventry){.ino = e->d_ino, .rel = sub, .n = n};
+	}
+	closedir(d);
+}
+
+static int cmp_ventry(const void *a, const void *b)
+{
+	const struct ventry *x = a, *y = b;
+	return x->ino < y->ino ? -1 : x->ino > y->ino;
+}
+
+void vindex_build(const char *point, const char *under, struct vindex *ix)
+{
+	char *root = xasprintf("%s%s%s", point, strcmp(point, "/") ? "/" : "", STORE_DIR);
+
+	ix->e = NULL;
+	ix->n = 0;
+	walk(root, "", under ? under : "", ix);
+	free(root);
+	if (ix->n)
+		qsort(ix->e, ix->n, sizeof(*ix->e), cmp_ventry);
+}
+
+const struct ventry *vindex_find(const struct vindex *ix, unsigned long long ino)
+{
+	struct ventry key = {.ino = ino};
+
+	return ix->n ? bsearch(&key, ix->e, ix->n, sizeof(*ix->e), cmp_ventry) : NULL;
+}
+
+unsigned vindex_newest(const struct vindex *ix, const char *rel)
+{
+	unsigned n = 0;
+
+	for (size_t i = 0; i < ix->n; i++)
+		if (ix->e[i].n > n && !strcmp(ix->e[i].rel, rel))
+			n = ix->e[i].n;
+	return n;
+}
+
+void vindex_free(struct vindex *ix)
+{
+	for (size_t i = 0; i < ix->n; i++)
+		free(ix->e[i].rel);
+	free(ix->e);
+	ix->e = NULL;
+	ix->n = 0;
+}
+
+int vinfo_get(const char *path, struct vinfo *i)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), err;
+
+	memset(i, 0, sizeof(*i));
+	if (fd < 0)
+		return -errno;
+	i->elf = elf_is(fd);
+	if (i->elf)
+		elf_build_id(fd, i->build_id);
+	err = sha256_fd(fd, i->sha256);
+	close(fd);
+	return err;
+}

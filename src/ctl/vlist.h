@@ -1,0 +1,75 @@
+/* vlist.h - the versions of a file, as the mount shows them: MOUNT/.versions/<dir>/<name>.~N~
+ * (old, N from 1) and MOUNT/<dir>/<name> (current, numbered one past the newest old one). */
+#ifndef BINVFSCTL_VLIST_H
+#define BINVFSCTL_VLIST_H
+
+#include <stdbool.h>
+#include <sys/stat.h>
+
+#include "elf.h"
+#include "mounts.h"
+#include "sha256.h"
+
+struct version {
+	unsigned n;
+	bool current;
+	char *path; /* through the mount */
+	struct stat st;
+};
+
+struct vlist {
+	char *file;   /* MOUNT/<dir>/<name> */
+	char *vdir;   /* MOUNT/.versions/<dir> */
+	char *name;
+	struct version *v; /* ascending N; the current one (if the name exists) last */
+	size_t n;
+	unsigned current; /* N of the current file, 0 if the name was removed */
+	unsigned newest_old; /* 0 if there is no old version */
+};
+
+/* The versions of the regular file t names (or named, if removed and kept); 0, or 1 after
+ * printing the error. Stats every version (a LOOKUP each, forgotten right after). */
+int vlist_load(const struct target *t, struct vlist *l);
+void vlist_free(struct vlist *l);
+struct version *vlist_get(struct vlist *l, unsigned n);
+/* Get version n, or print "no such version" and return NULL. */
+struct version *vlist_need(struct vlist *l, unsigned n, const char *arg);
+
+/* N of "<name>.~N~", 0 if entry is no version of name */
+unsigned version_of(const char *entry, const char *name);
+/* Split "<name>.~N~": N (0 if not a version name); the name's length in *nlen */
+unsigned version_split(const char *entry, size_t *nlen);
+
+/* The versions in a .versions directory (readdir only: no LOOKUP, nothing held): total, and
+ * how many stay if each name keeps its newest `keep`; only of `name` unless NULL. */
+struct vcount {
+	size_t total, kept;
+};
+int versions_tally(const char *vdir, const char *name, unsigned keep, struct vcount *c);
+
+/* Every old version in a mount, by inode number (readdir's d_ino is the backing inode, as
+ * st_ino and /proc/PID/maps are): for `outdated`. Only below `under` (a tree path) if set. */
+struct ventry {
+	unsigned long long ino;
+	char *rel; /* the file's path below the mount point */
+	unsigned n;
+};
+struct vindex {
+	struct ventry *e; /* sorted by ino */
+	size_t n;
+};
+void vindex_build(const char *point, const char *under, struct vindex *ix);
+const struct ventry *vindex_find(const struct vindex *ix, unsigned long long ino);
+/* the newest old version of rel */
+unsigned vindex_newest(const struct vindex *ix, const char *rel);
+void vindex_free(struct vindex *ix);
+
+/* Content facts of one version, read through the mount. */
+struct vinfo {
+	char sha256[SHA256_HEX];
+	char build_id[BUILD_ID_HEX]; /* "" if none */
+	bool elf;
+};
+int vinfo_get(const char *path, struct vinfo *i); /* 0 or -errno */
+
+#endif
