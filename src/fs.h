@@ -43,11 +43,6 @@ struct handle {
 	int failed;      /* a write into the staging copy failed (ENOSPC, EIO): never publish,
 			  * report it at every FLUSH */
 	pid_t opener_tgid;
-	/* metadata set through this fd, applied in place if the content turns out unchanged */
-	bool set_mode, set_owner;
-	mode_t mode;
-	uid_t uid;
-	gid_t gid;
 };
 
 static inline struct node *inode_of(fuse_ino_t ino)
@@ -64,6 +59,7 @@ static inline struct handle *handle_of(struct fuse_file_info *fi)
 void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *st);
 int node_stat(struct node *n, struct stat *st);
 int meta_apply(struct node *n, int fd, const struct stat *attr, int valid);
+int staging_setattr(struct node *stg, int fd, const struct stat *attr, int valid);
 void bv_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
 void bv_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup);
 void bv_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets);
@@ -115,5 +111,10 @@ bool versions_hidden(struct node *dir, const char *name);
 bool versions_readonly(struct node *n);
 int versions_refuse(const char *op, const char *name);
 void versions_after_change(struct node *parent, const char *name, const struct store_change *ch);
+
+/* notify.c: kernel cache invalidations, sent from a thread of their own */
+int notify_start(struct fuse_session *se);
+void notify_stop(void);
+void notify_inval_entry(struct node *dir, const char *name);
 
 #endif

@@ -140,6 +140,7 @@ int main(int argc, char **argv)
 	if (served_by_binvfs(o.source) || served_by_binvfs(o.mountpoint)) {
 		fprintf(stderr, "binvfs: %s is already served by binvfs\n",
 			served_by_binvfs(o.source) ? o.source : o.mountpoint);
+		options_free(&o);
 		return 1;
 	}
 	snprintf(fsname, sizeof(fsname), "subtype=binvfs,fsname=%s%s%s", o.source,
@@ -162,6 +163,7 @@ int main(int argc, char **argv)
 	}
 	node_table_init(fs.store.rootfd);
 	node_prune_hook = prune_deferred;
+	node_inval_hook = notify_inval_entry;
 	if (fuse_set_signal_handlers(fs.se) != 0)
 		goto out_store;
 	if (fuse_session_mount(fs.se, o.mountpoint) != 0)
@@ -169,6 +171,8 @@ int main(int argc, char **argv)
 	if (!o.foreground)
 		log_init(true, o.debug);
 	fuse_daemonize(o.foreground);
+	if (notify_start(fs.se) < 0)
+		log_warnx("cannot start the notifier thread: deferred prunes wait for FORGET");
 	log_info("serving %s at %s (keep=%u%s)", o.source, o.mountpoint, o.keep,
 		 o.nosync ? ", nosync" : "");
 	notify_ready();
@@ -181,6 +185,7 @@ int main(int argc, char **argv)
 		ret = fuse_session_loop_mt(fs.se, cfg);
 		fuse_loop_cfg_destroy(cfg);
 	}
+	notify_stop();
 	fuse_session_unmount(fs.se);
 	log_info("unmounted %s", o.mountpoint);
 	route_clear_all();
@@ -193,7 +198,6 @@ out_session:
 	fuse_session_destroy(fs.se);
 out_args:
 	fuse_opt_free_args(&args);
-	free(o.source);
-	free(o.mountpoint);
+	options_free(&o);
 	return ret ? 1 : 0;
 }

@@ -39,6 +39,7 @@ static void list_del(struct node *n)
 }
 
 void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
+void (*node_inval_hook)(struct node *dir, const char *name);
 
 static size_t hash(dev_t dev, ino_t ino)
 {
@@ -89,6 +90,31 @@ static struct node *hash_find(dev_t dev, ino_t ino)
 		if (n->ino == ino && n->dev == dev)
 			return n;
 	return NULL;
+}
+
+/* The directory node of a pending prune's .versions/ entry, with a ref; table_lock held. */
+static struct node *view_entry_locked(struct node *n)
+{
+	struct node *dir = hash_find(n->prune_vdev, n->prune_vino);
+
+	if (dir && dir->kind == NODE_DIR) {
+		dir->refs++;
+		return dir;
+	}
+	return NULL;
+}
+
+/* Its .versions/ entry in the kernel's cache may be all that still holds a version whose
+ * prune waits: ask the kernel to drop it (notify.c), then FORGET comes if nobody uses it. */
+static void inval_view_entry(struct node *dir, const char *vrel)
+{
+	const char *vname = strrchr(vrel, '/');
+
+	if (!dir)
+		return;
+	if (node_inval_hook)
+		node_inval_hook(dir, vname ? vname + 1 : vrel);
+	node_unref(dir);
 }
 
 void node_table_init(int rootfd)
@@ -301,9 +327,22 @@ void node_open(struct node *n)
 
 void node_close(struct node *n)
 {
+	struct node *dir = NULL;
+	char *vrel = NULL;
+
 	pthread_mutex_lock(&table_lock);
 	n->opens--;
+	if (!n->opens && n->nlookup && n->prune_vrel) {
+		/* the last open is gone; a cached .versions/ entry may still hold it */
+		dir = view_entry_locked(n);
+		vrel = dir ? strdup(n->prune_vrel) : NULL;
+	}
 	release_locked(n);
+	if (vrel)
+		inval_view_entry(dir, vrel);
+	else if (dir)
+		node_unref(dir);
+	free(vrel);
 }
 
 int node_proc_path(const struct node *n, char *buf, size_t len)
@@ -342,9 +381,11 @@ void node_mark_old(dev_t dev, ino_t ino, bool old)
 	pthread_mutex_unlock(&table_lock);
 }
 
-bool node_defer_prune(void *arg, const struct stat *st, const char *vrel)
+bool node_defer_prune(void *arg, const struct stat *st, const char *vrel, int vdirfd,
+		      const char *vname)
 {
-	struct node *n;
+	struct node *n, *dir = NULL;
+	struct stat dst;
 	bool used = false;
 
 	(void)arg;
@@ -354,8 +395,14 @@ bool node_defer_prune(void *arg, const struct stat *st, const char *vrel)
 		free(n->prune_vrel);
 		n->prune_vrel = strdup(vrel);
 		used = n->prune_vrel != NULL;
+		if (used && fstat(vdirfd, &dst) == 0) {
+			n->prune_vdev = dst.st_dev;
+			n->prune_vino = dst.st_ino;
+			dir = view_entry_locked(n);
+		}
 	}
 	pthread_mutex_unlock(&table_lock);
+	inval_view_entry(dir, vname);
 	return used;
 }
 
@@ -364,6 +411,26 @@ void node_set_cur_fd(struct node *n, int fd)
 	pthread_mutex_lock(&table_lock);
 	n->cur_fd = fd;
 	pthread_mutex_unlock(&table_lock);
+}
+
+void node_meta_add(struct node *n, int valid, const struct stat *resolved)
+{
+	pthread_mutex_lock(&table_lock);
+	n->meta_valid |= valid;
+	n->meta = *resolved;
+	pthread_mutex_unlock(&table_lock);
+}
+
+int node_meta_take(struct node *n, struct stat *meta)
+{
+	int valid;
+
+	pthread_mutex_lock(&table_lock);
+	valid = n->meta_valid;
+	*meta = n->meta;
+	n->meta_valid = 0;
+	pthread_mutex_unlock(&table_lock);
+	return valid;
 }
 
 int node_cur_fd(struct node *n)

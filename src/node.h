@@ -28,7 +28,11 @@ struct node {
 	unsigned refs;      /* ours: open handles, staging bases, routes */
 	unsigned opens;     /* open files on this nodeid (read, exec, write) */
 	char *prune_vrel;   /* version to remove from the store once unused */
+	dev_t prune_vdev;   /* the .versions/ directory holding it */
+	ino_t prune_vino;
 	int cur_fd;         /* staging: fd of the newest staging copy, -1 if none */
+	int meta_valid;     /* staging: FUSE_SET_ATTR_* set by the writer, kept in meta */
+	struct stat meta;   /* applied in place if the content turns out unchanged */
 	/* staging nodes, immutable after creation: */
 	struct node *base;   /* the version the writer copies (holds a ref) */
 	struct node *parent; /* the directory it publishes into (holds a ref) */
@@ -62,8 +66,13 @@ int node_proc_path(const struct node *n, char *buf, size_t len);
 /* For the store: a replaced or removed inode becomes an old version. */
 void node_mark_old(dev_t dev, ino_t ino, bool old);
 /* For retention: true if a node of that inode is in use; it then removes vrel when unused. */
-bool node_defer_prune(void *arg, const struct stat *st, const char *vrel);
+bool node_defer_prune(void *arg, const struct stat *st, const char *vrel, int vdirfd,
+		      const char *vname);
+/* Set by main: asks the kernel to drop a cached entry (notify.c). */
+extern void (*node_inval_hook)(struct node *dir, const char *name);
 void node_set_cur_fd(struct node *n, int fd);
+void node_meta_add(struct node *n, int valid, const struct stat *resolved);
+int node_meta_take(struct node *n, struct stat *meta);
 int node_cur_fd(struct node *n);
 
 /* Set by main: removes a deferred version (store lock taken inside). */

@@ -194,29 +194,37 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 	return n < 0 ? n : 0;
 }
 
+/* A writer's xattr change (on its staging nodeid) applies in place to the current version, as
+ * metadata makes no version, and to its staging copy, which may still be published. */
+static int xattr_change(struct node *n, const char *name, const char *value, size_t size,
+			int flags, bool remove)
+{
+	char path[64];
+	int err, fd = n->kind == NODE_STAGING ? node_cur_fd(n) : -1;
+
+	err = xattr_path(n->kind == NODE_STAGING ? n->base : n, path, sizeof(path), true);
+	if (!err && (remove ? removexattr(path, name) : setxattr(path, name, value, size, flags)) < 0)
+		err = -errno;
+	if (!err && fd >= 0) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		if (remove)
+			removexattr(path, name);
+		else
+			setxattr(path, name, value, size, 0);
+	}
+	return err;
+}
+
 void bv_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
 		 size_t size, int flags)
 {
-	char path[64];
-	int err;
-
-	if (!strcmp(name, PRUNE_XATTR)) {
+	if (!strcmp(name, PRUNE_XATTR))
 		fuse_reply_err(req, -prune_request(inode_of(ino), value, size));
-		return;
-	}
-	err = xattr_path(inode_of(ino), path, sizeof(path), true);
-
-	if (!err && setxattr(path, name, value, size, flags) < 0)
-		err = -errno;
-	fuse_reply_err(req, -err);
+	else
+		fuse_reply_err(req, -xattr_change(inode_of(ino), name, value, size, flags, false));
 }
 
 void bv_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-	char path[64];
-	int err = xattr_path(inode_of(ino), path, sizeof(path), true);
-
-	if (!err && removexattr(path, name) < 0)
-		err = -errno;
-	fuse_reply_err(req, -err);
+	fuse_reply_err(req, -xattr_change(inode_of(ino), name, NULL, 0, 0, true));
 }

@@ -205,7 +205,7 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 			valid &= ~FUSE_SET_ATTR_SIZE;
 		}
 		if (!err)
-			err = meta_apply(n->base, node_cur_fd(n), attr, valid);
+			err = staging_setattr(n, node_cur_fd(n), attr, valid);
 		if (!err)
 			err = node_stat(n, &st);
 		goto reply;

@@ -114,13 +114,12 @@ static int handle_publish(struct handle *h)
 	cfd = openat(parent->fd, stg->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (cfd >= 0 && fstat(cfd, &cst) == 0 && S_ISREG(cst.st_mode) &&
 	    cst.st_size == sst.st_size && store_same_content(cfd, h->fd, sst.st_size)) {
-		/* nothing changed: no version, but metadata set through the fd applies */
-		struct stat attr = {.st_mode = h->mode, .st_uid = h->uid, .st_gid = h->gid};
-		int valid = (h->set_mode ? FUSE_SET_ATTR_MODE : 0) |
-			    (h->set_owner ? FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID : 0);
+		/* nothing changed: no version, but metadata the writer set applies in place */
+		struct stat meta;
+		int valid = node_meta_take(stg, &meta);
 		pthread_mutex_unlock(&fs.store.lock);
-		if (valid)
-			meta_apply(NULL, cfd, &attr, valid);
+		if (valid && meta_apply(NULL, cfd, &meta, valid) < 0)
+			log_warn("apply metadata to %s", stg->name);
 		close(cfd);
 		h->dirty = false;
 		log_debug("close %s: content unchanged, nothing published", stg->name);
@@ -135,6 +134,8 @@ static int handle_publish(struct handle *h)
 		log_warn("publish %s failed, current version unchanged", stg->name);
 		return err;
 	}
+	struct stat meta;
+	node_meta_take(stg, &meta); /* it is in the published copy */
 	h->published = true;
 	h->dirty = false;
 	if (ch.orphaned)
@@ -147,6 +148,23 @@ static int handle_publish(struct handle *h)
 		log_info("publish %s (%lld bytes)", stg->name, (long long)sst.st_size);
 	versions_after_change(parent, stg->name, &ch);
 	return 0;
+}
+
+/* The writer changed only metadata (touch, chmod through its fd): apply it in place to the
+ * current version, which makes no version. */
+static void handle_apply_meta(struct handle *h)
+{
+	struct node *stg = h->node;
+	struct stat meta;
+	int valid = node_meta_take(stg, &meta), fd;
+
+	if (!valid)
+		return;
+	fd = openat(stg->parent->fd, stg->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0 || meta_apply(NULL, fd, &meta, valid) < 0)
+		log_warn("apply metadata to %s", stg->name);
+	if (fd >= 0)
+		close(fd);
 }
 
 int staging_truncate(fuse_req_t req, struct node *stg, off_t size)
@@ -345,6 +363,32 @@ void bv_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t 
 		fuse_reply_write(req, (size_t)res);
 }
 
+/* chmod/chown/utimes by a writer (through its fd, or its staging nodeid): apply them to the
+ * staging copy fd, and remember them for the case the content turns out unchanged. */
+int staging_setattr(struct node *stg, int fd, const struct stat *attr, int valid)
+{
+	const int meta = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
+			 FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
+			 FUSE_SET_ATTR_MTIME_NOW;
+	struct stat st;
+	int err;
+
+	if (fd < 0) /* no copy open: the change applies in place to the current version */
+		return meta_apply(stg->base, -1, attr, valid);
+	err = meta_apply(NULL, fd, attr, valid);
+	if (err || !(valid & meta))
+		return err;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	valid &= meta;
+	if (valid & FUSE_SET_ATTR_ATIME_NOW)
+		valid = (valid & ~FUSE_SET_ATTR_ATIME_NOW) | FUSE_SET_ATTR_ATIME;
+	if (valid & FUSE_SET_ATTR_MTIME_NOW)
+		valid = (valid & ~FUSE_SET_ATTR_MTIME_NOW) | FUSE_SET_ATTR_MTIME;
+	node_meta_add(stg, valid, &st); /* the resolved values */
+	return 0;
+}
+
 int handle_setattr(struct handle *h, struct stat *attr, int valid)
 {
 	int err = 0;
@@ -359,20 +403,10 @@ int handle_setattr(struct handle *h, struct stat *attr, int valid)
 		if (!err)
 			h->dirty = true;
 	}
-	if (!err)
+	if (!err && h->kind == H_STAGE)
+		err = staging_setattr(h->node, h->fd, attr, valid & ~FUSE_SET_ATTR_SIZE);
+	else if (!err)
 		err = meta_apply(NULL, h->fd, attr, valid & ~FUSE_SET_ATTR_SIZE);
-	if (!err && (valid & FUSE_SET_ATTR_MODE)) {
-		h->set_mode = true;
-		h->mode = attr->st_mode;
-	}
-	if (!err && (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
-		struct stat st;
-		if (fstat(h->fd, &st) == 0) {
-			h->set_owner = true;
-			h->uid = st.st_uid;
-			h->gid = st.st_gid;
-		}
-	}
 	pthread_mutex_unlock(&h->lock);
 	return err;
 }
@@ -403,6 +437,8 @@ void bv_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	pthread_mutex_lock(&h->lock);
 	if (h->failed) {
 		err = -h->failed;
+	} else if (!h->dirty && !h->abandoned) {
+		handle_apply_meta(h);
 	} else if (h->dirty && !h->abandoned && !still_writing(h, pid)) {
 		switch (route_closer(pid, h->opener_tgid)) {
 		case CLOSER_OTHER:
@@ -439,6 +475,8 @@ void bv_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		/* writes through a shared mmap, or a child that outlived the opener */
 		if (h->dirty && !h->abandoned && !h->failed)
 			handle_publish(h);
+		else if (!h->abandoned && !h->failed)
+			handle_apply_meta(h);
 		pthread_mutex_unlock(&h->lock);
 	}
 	handle_free(h);

@@ -101,6 +101,13 @@ static char *real_dir(const char *what, const char *path)
 	return r;
 }
 
+void options_free(struct options *o)
+{
+	free(o->source);
+	free(o->mountpoint);
+	o->source = o->mountpoint = NULL;
+}
+
 int options_parse(int argc, char **argv, struct options *o)
 {
 	const char *args[2];
@@ -125,7 +132,7 @@ int options_parse(int argc, char **argv, struct options *o)
 		} else if (!strncmp(a, "-o", 2)) {
 			char *list = a[2] ? strdup(a + 2) : (i + 1 < argc ? strdup(argv[++i]) : NULL);
 			if (!list) {
-				fprintf(stderr, "binvfs: -o needs an argument\n%s", binvfs_usage);
+				fprintf(stderr, "binvfs: -o needs an argument (see binvfs --help)\n");
 				return -1;
 			}
 			int r = parse_opts(o, list);
@@ -133,28 +140,31 @@ int options_parse(int argc, char **argv, struct options *o)
 			if (r < 0)
 				return -1;
 		} else if (a[0] == '-' && a[1]) {
-			fprintf(stderr, "binvfs: unknown flag %s\n%s", a, binvfs_usage);
+			fprintf(stderr, "binvfs: unknown flag %s (see binvfs --help)\n", a);
 			return -1;
 		} else if (nargs < 2) {
 			args[nargs++] = a;
 		} else {
-			fprintf(stderr, "binvfs: too many arguments\n%s", binvfs_usage);
+			fprintf(stderr, "binvfs: too many arguments (see binvfs --help)\n");
 			return -1;
 		}
 	}
 	if (nargs == 0) {
-		fprintf(stderr, "binvfs: missing SOURCE\n%s", binvfs_usage);
+		fprintf(stderr, "binvfs: missing SOURCE (see binvfs --help)\n");
 		return -1;
 	}
 	o->source = real_dir("SOURCE", args[0]);
 	if (!o->source)
 		return -1;
 	o->mountpoint = nargs == 2 ? real_dir("MOUNTPOINT", args[1]) : strdup(o->source);
-	if (!o->mountpoint)
+	if (!o->mountpoint) {
+		free(o->source);
 		return -1;
-	if (geteuid() == 0) {
-		if (add_fuse_opt(o, "allow_other") < 0 || add_fuse_opt(o, "default_permissions") < 0)
-			return -1;
+	}
+	if (geteuid() == 0 &&
+	    (add_fuse_opt(o, "allow_other") < 0 || add_fuse_opt(o, "default_permissions") < 0)) {
+		options_free(o);
+		return -1;
 	}
 	return 0;
 }

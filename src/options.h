@@ -19,5 +19,6 @@ extern const char *binvfs_usage;
 
 /* Returns 0 to go on, 1 after printing help or version (exit 0), -1 on bad usage (exit 1). */
 int options_parse(int argc, char **argv, struct options *o);
+void options_free(struct options *o);
 
 #endif

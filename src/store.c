@@ -457,7 +457,7 @@ static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, si
 		if (fstatat(vdirfd, vname, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			continue;
 		snprintf(vrel, sizeof(vrel), "%s%s%s", rel, *rel ? "/" : "", vname);
-		if (in_use && in_use(arg, &st, vrel)) {
+		if (in_use && in_use(arg, &st, vrel, vdirfd, vname)) {
 			log_info("keep %s/%s: in use, removed when its last user is gone", STORE_DIR,
 				 vrel);
 			continue;

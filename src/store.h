@@ -25,9 +25,11 @@ struct store {
 	uint64_t seq;         /* staging link names; protected by lock */
 };
 
-/* Asked by store_prune for each version beyond `keep`: return true if the version is in use;
- * the caller then owns removing it later (store_remove_version). */
-typedef bool (*store_in_use_fn)(void *arg, const struct stat *st, const char *vrel);
+/* Asked by store_prune for each version beyond `keep` (st: the version; vdirfd/vname: where
+ * it is): return true if it is in use; the caller then removes it later
+ * (store_remove_version). */
+typedef bool (*store_in_use_fn)(void *arg, const struct stat *st, const char *vrel, int vdirfd,
+				const char *vname);
 
 struct store_change {
 	bool kept;           /* a version was added */
