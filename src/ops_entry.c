@@ -202,12 +202,13 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		if (valid & FUSE_SET_ATTR_SIZE) {
 			route_done(tid);
 			err = staging_truncate(req, n, attr->st_size);
-			valid &= ~FUSE_SET_ATTR_SIZE;
 		}
 		if (!err)
-			err = staging_setattr(n, node_cur_fd(n), attr, valid);
+			err = staging_setattr(n, node_cur_fd(n), attr, valid & ~FUSE_SET_ATTR_SIZE);
 		if (!err)
 			err = node_stat(n, &st);
+		if (!err && (valid & FUSE_SET_ATTR_SIZE))
+			st.st_size = attr->st_size; /* what was published */
 		goto reply;
 	}
 	if (n->in_versions) {

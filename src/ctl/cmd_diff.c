@@ -14,9 +14,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define GAP 16          /* changed bytes closer than this make one range */
-#define MAX_RANGES 1000 /* kept for --json; all are counted */
-#define SHOW_RANGES 20  /* listed in text */
+#define GAP	    16	 /* changed bytes closer than this make one range */
+#define MAX_RANGES  1000 /* kept for --json; all are counted */
+#define SHOW_RANGES 20	 /* listed in text */
 
 struct range {
 	unsigned long long off, len;
@@ -26,7 +26,7 @@ struct bdiff {
 	unsigned long long changed; /* bytes that differ, the size difference included */
 	unsigned long long count;   /* ranges */
 	struct range r[MAX_RANGES]; /* the first ones */
-	struct range open;          /* the range being extended */
+	struct range open;	    /* the range being extended */
 	bool is_open;
 };
 
@@ -114,9 +114,8 @@ static int compare(const char *pa, const char *pb, struct bdiff *d)
 				err = -errno;
 				break;
 			}
-			unsigned long long end = (unsigned long long)(sa.st_size > sb.st_size
-									  ? sa.st_size
-									  : sb.st_size);
+			unsigned long long end =
+			    (unsigned long long)(sa.st_size > sb.st_size ? sa.st_size : sb.st_size);
 			if (end > off)
 				add_range(d, off, end - off);
 			break;
@@ -186,8 +185,7 @@ static int run_diff(const struct vlist *l, const struct version *a, const struct
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 	if (!WIFEXITED(status) || WEXITSTATUS(status) > 1)
-		return WIFEXITED(status) && WEXITSTATUS(status) == 127 ? 1
-								      : ctl_err("diff failed");
+		return WIFEXITED(status) && WEXITSTATUS(status) == 127 ? 1 : ctl_err("diff failed");
 	return 0;
 }
 
@@ -222,8 +220,8 @@ static void text_binary(const struct vlist *l, const struct version *a, const st
 	printf("changed:   %llu bytes in %llu range%s\n", d->changed, d->count,
 	       d->count == 1 ? "" : "s");
 	for (unsigned long long i = 0; i < d->count && i < SHOW_RANGES; i++)
-		printf("  0x%08llx-0x%08llx (%llu bytes)\n", d->r[i].off,
-		       d->r[i].off + d->r[i].len - 1, d->r[i].len);
+		printf("  0x%08llx-0x%08llx (%llu byte%s)\n", d->r[i].off,
+		       d->r[i].off + d->r[i].len - 1, d->r[i].len, d->r[i].len == 1 ? "" : "s");
 	if (d->count > SHOW_RANGES)
 		printf("  ... and %llu more\n", d->count - SHOW_RANGES);
 }

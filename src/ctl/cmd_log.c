@@ -136,7 +136,8 @@ int cmd_log(int argc, char **argv)
 			json_version(v, &in, &u);
 			continue;
 		}
-		char n[16], when[64], size[32], sha[16], bid[16], *pids = pids_text(&u, v->st.st_ino);
+		char n[16], when[64], size[32], sha[16], bid[16],
+		    *pids = pids_text(&u, v->st.st_ino);
 		snprintf(n, sizeof(n), "%u", v->n);
 		if (v->current)
 			snprintf(when, sizeof(when), "current");

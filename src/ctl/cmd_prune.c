@@ -6,6 +6,7 @@
 #include "ctl.h"
 #include "json.h"
 #include "mounts.h"
+#include "procscan.h"
 #include "store.h"
 #include "vlist.h"
 
@@ -21,9 +22,9 @@
 
 /* One directory of the tree (rel below the mount point), or one name in it. */
 struct req {
-	char *dir;   /* MOUNT/rel */
-	char *vdir;  /* MOUNT/.versions/rel */
-	char *name;  /* NULL: every name in dir */
+	char *dir;  /* MOUNT/rel */
+	char *vdir; /* MOUNT/.versions/rel */
+	char *name; /* NULL: every name in dir */
 };
 
 struct plan {
@@ -38,9 +39,9 @@ static void plan_add(struct plan *p, const char *point, const char *rel, const c
 
 	p->r = xrealloc(p->r, (p->n + 1) * sizeof(*p->r));
 	p->r[p->n++] = (struct req){
-		.dir = xasprintf("%s%s%s", point, *rel ? sep : "", rel),
-		.vdir = xasprintf("%s%s%s%s%s", point, sep, STORE_DIR, *rel ? "/" : "", rel),
-		.name = name ? xstrdup(name) : NULL,
+	    .dir = xasprintf("%s%s%s", point, *rel ? sep : "", rel),
+	    .vdir = xasprintf("%s%s%s%s%s", point, sep, STORE_DIR, *rel ? "/" : "", rel),
+	    .name = name ? xstrdup(name) : NULL,
 	};
 }
 
@@ -83,21 +84,17 @@ static void plan_free(struct plan *p)
 
 static void tally(const struct plan *p, struct vcount *c)
 {
-	c->total = c->kept = 0;
-	for (size_t i = 0; i < p->n; i++) {
-		struct vcount one;
-		if (versions_tally(p->r[i].vdir, p->r[i].name, p->keep, &one) == 0) {
-			c->total += one.total;
-			c->kept += one.kept;
-		}
-	}
+	memset(c, 0, sizeof(*c));
+	for (size_t i = 0; i < p->n; i++)
+		versions_tally(p->r[i].vdir, p->r[i].name, p->keep, c);
 }
 
 static int request(const struct plan *p, const char *arg)
 {
 	for (size_t i = 0; i < p->n; i++) {
 		const struct req *r = &p->r[i];
-		char *val = r->name ? xasprintf("%u/%s", p->keep, r->name) : xasprintf("%u", p->keep);
+		char *val =
+		    r->name ? xasprintf("%u/%s", p->keep, r->name) : xasprintf("%u", p->keep);
 		int rc = setxattr(r->dir, PRUNE_XATTR, val, strlen(val), 0);
 		int err = errno;
 		free(val);
@@ -139,14 +136,46 @@ static int parse_keep(int *argc, char **argv, unsigned *keep, bool *given)
 	return 0;
 }
 
-/* Wait briefly for versions the kernel had just looked up (binvfsctl's own stats included):
- * the daemon removes them once the kernel's FORGET arrives. */
-static void settle(const struct plan *p, struct vcount *c)
+/* Versions beyond keep that a process uses (maps, runs, holds open); their pids in *pids. */
+static size_t used_by_processes(const struct vcount *c, const struct uses *u, char **pids)
+{
+	size_t used = 0;
+
+	*pids = xstrdup("");
+	for (size_t i = 0; i < c->nexcess; i++) {
+		bool hit = false;
+		for (size_t j = 0; j < u->n; j++) {
+			if (u->u[j].ino != c->excess[i])
+				continue;
+			char *next =
+			    xasprintf("%s%s%d", *pids, **pids ? " " : "", (int)u->u[j].pid);
+			free(*pids);
+			*pids = next;
+			hit = true;
+		}
+		used += hit;
+	}
+	return used;
+}
+
+/* The daemon defers versions the kernel still references; a reference of a LOOKUP that just
+ * ended goes with the kernel's FORGET, moments later: wait for those, not for versions a
+ * process uses. */
+static void settle(const struct plan *p, const struct target *t, struct vcount *c)
 {
 	struct timespec ts = {0, 20 * 1000 * 1000};
 
 	for (int i = 0; i < 25 && c->total > c->kept; i++) {
+		struct uses u;
+		char *pids;
+		uses_scan(t->mnt.dev, t->mnt.point, &u);
+		size_t used = used_by_processes(c, &u, &pids);
+		uses_free(&u);
+		free(pids);
+		if (used == c->nexcess)
+			return;
 		nanosleep(&ts, NULL);
+		vcount_free(c);
 		tally(p, c);
 	}
 }
@@ -156,7 +185,7 @@ int cmd_prune(int argc, char **argv)
 	char *pos[1];
 	struct target t = {0};
 	struct plan p = {0};
-	struct vcount before, after;
+	struct vcount before = {0}, after = {0};
 	bool given = false;
 	int ret = 1;
 
@@ -182,29 +211,42 @@ int cmd_prune(int argc, char **argv)
 	if (t.exists && S_ISDIR(t.st.st_mode)) {
 		plan_tree(&p, t.mnt.point, t.rel);
 	} else {
-		struct vlist l;
-		int bad = vlist_load(&t, &l); /* a file, current or removed, with versions */
-		vlist_free(&l);
-		if (bad)
+		/* a file, current or removed: no stat of its versions, as a LOOKUP makes the
+		 * kernel reference a version for a while, and the daemon then keeps it */
+		if (t.exists && !S_ISREG(t.st.st_mode)) {
+			ctl_err("%s: not a regular file or directory", pos[0]);
 			goto out;
+		}
 		char *slash = strrchr(t.rel, '/');
 		char *dir = slash ? strndup(t.rel, (size_t)(slash - t.rel)) : xstrdup("");
 		plan_add(&p, t.mnt.point, dir, slash ? slash + 1 : t.rel);
 		free(dir);
+		tally(&p, &before);
+		if (!t.exists && !before.total) {
+			ctl_err("%s: no such file", pos[0]);
+			goto out;
+		}
+		vcount_free(&before);
 	}
-	if (!given && p.keep == 0) {
-		/* keep=0 mounts keep everything; 0 in a request would mean "keep none" */
-		tally(&p, &before);
-		after = before;
-	} else {
-		tally(&p, &before);
+	tally(&p, &before);
+	if (given || p.keep) {
 		if (request(&p, pos[0]))
 			goto out;
 		tally(&p, &after);
-		settle(&p, &after);
+		settle(&p, &t, &after);
+	} else {
+		/* a keep=0 mount keeps every version; 0 in a request would mean "keep none" */
+		after = before;
+		before.excess = NULL;
+		after.nexcess = 0;
 	}
-	size_t removed = before.total - after.total;
-	size_t in_use = after.total > after.kept ? after.total - after.kept : 0;
+	struct uses u;
+	char *pids;
+	uses_scan(t.mnt.dev, t.mnt.point, &u);
+	size_t removed = before.total > after.total ? before.total - after.total : 0;
+	size_t in_use = used_by_processes(&after, &u, &pids);
+	size_t held = after.nexcess - in_use;
+	uses_free(&u);
 	if (ctl_json) {
 		json_obj();
 		json_kstr("path", t.abs);
@@ -214,20 +256,29 @@ int cmd_prune(int argc, char **argv)
 		json_kint("after", (long long)after.total);
 		json_kint("removed", (long long)removed);
 		json_kint("in_use", (long long)in_use);
+		json_kint("held_by_kernel", (long long)held);
 		json_obj_end();
 	} else if (!given && p.keep == 0) {
 		printf("%s: the mount keeps every version (keep=0); %zu old version%s, nothing "
 		       "removed (give --keep N)\n",
 		       t.abs, before.total, before.total == 1 ? "" : "s");
 	} else {
-		printf("%s: keep %u: %zu old version%s removed, %zu left", t.abs, p.keep, removed,
+		printf("%s: keep %u: %zu old version%s removed, %zu left\n", t.abs, p.keep, removed,
 		       removed == 1 ? "" : "s", after.total);
 		if (in_use)
-			printf(" (%zu in use, removed when their last user is gone)", in_use);
-		printf("\n");
+			printf("  %zu in use (pid %s): removed when the last user is gone\n",
+			       in_use, pids);
+		if (held)
+			printf(
+			    "  %zu no process uses, still referenced by the kernel: removed when "
+			    "the kernel forgets %s\n",
+			    held, held == 1 ? "it" : "them");
 	}
+	free(pids);
 	ret = 0;
 out:
+	vcount_free(&before);
+	vcount_free(&after);
 	plan_free(&p);
 	target_free(&t);
 	return ret;

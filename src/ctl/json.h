@@ -5,9 +5,9 @@
 
 #include <stdbool.h>
 
-void json_obj(void);     /* { */
+void json_obj(void);	 /* { */
 void json_obj_end(void); /* } */
-void json_arr(void);     /* [ */
+void json_arr(void);	 /* [ */
 void json_arr_end(void); /* ] */
 void json_key(const char *k);
 void json_str(const char *s); /* null when s is NULL */

@@ -11,34 +11,42 @@
 #endif
 
 static const char usage[] =
-	"usage: binvfsctl [--json] COMMAND [ARG...]\n"
-	"Inspect and operate binvfs mounts, through the mount and /proc.\n"
-	"Versions of a file are numbered from 1; the current one has the highest N.\n"
-	"\n"
-	"  status [DIR]               mounts: source, options, files, versions, bytes in\n"
-	"                             .versions/, staging in progress\n"
-	"  log PATH                   the versions of PATH, newest first: N, when replaced, size,\n"
-	"                             sha256, ELF build-id, pids that run or map it\n"
-	"  diff PATH [N [M]]          version N (default: the newest old one) against M\n"
-	"                             (default: the current one); text as a unified diff\n"
-	"  rollback PATH [N]          make version N (default: the newest old one) current\n"
-	"                             again, atomically, as a new version\n"
-	"  prune [--keep N] PATH|DIR  keep only the newest N old versions (default: the mount's\n"
-	"                             keep=); never removes a version in use\n"
-	"  outdated [DIR]             processes that run or map a replaced version of a file\n"
-	"\n"
-	"  --json                     machine-readable output (JSON) on stdout\n"
-	"  -h, --help                 this help\n"
-	"  -V, --version              the version\n"
-	"\n"
-	"Errors are one line on stderr, \"binvfsctl: ...\", with exit status 1.\n";
+    "usage: binvfsctl [--json] COMMAND [ARG...]\n"
+    "Inspect and operate binvfs mounts, through the mount's own files and /proc.\n"
+    "The versions of a file are numbered from 1; the current one has the highest N.\n"
+    "\n"
+    "  status [DIR]               the mounts (or DIR's): source, options,\n"
+    "                             daemon, files, versions, bytes in\n"
+    "                             .versions/, staging in progress\n"
+    "  log PATH                   the versions of PATH, newest first: N, when\n"
+    "                             replaced, size, sha256, ELF build-id, the\n"
+    "                             pids that run or map it\n"
+    "  diff PATH [N [M]]          version N (default: the newest old one)\n"
+    "                             against M (default: the current one): a\n"
+    "                             unified diff for text; sizes, sha256,\n"
+    "                             build-ids and changed byte ranges otherwise\n"
+    "  rollback PATH [N]          make version N (default: the newest old one)\n"
+    "                             current again, atomically, as a new version\n"
+    "  prune [--keep N] PATH|DIR  remove all but the newest N old versions of\n"
+    "                             PATH, or of every file in DIR and below\n"
+    "                             (default N: the mount's keep=); never a\n"
+    "                             version in use\n"
+    "  outdated [DIR]             the processes that run or map a replaced\n"
+    "                             version of a file: pid, user, command,\n"
+    "                             file, version vs current\n"
+    "\n"
+    "  --json                     machine-readable output (JSON) on stdout\n"
+    "  -h, --help                 this help\n"
+    "  -V, --version              the version\n"
+    "\n"
+    "Errors are one line on stderr, \"binvfsctl: ...\", and exit status 1.\n";
 
 static const struct {
 	const char *name;
 	int (*fn)(int argc, char **argv);
 } commands[] = {
-	{"status", cmd_status},     {"log", cmd_log},     {"diff", cmd_diff},
-	{"rollback", cmd_rollback}, {"prune", cmd_prune}, {"outdated", cmd_outdated},
+    {"status", cmd_status},	{"log", cmd_log},     {"diff", cmd_diff},
+    {"rollback", cmd_rollback}, {"prune", cmd_prune}, {"outdated", cmd_outdated},
 };
 
 int main(int argc, char **argv)

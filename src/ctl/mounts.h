@@ -10,11 +10,11 @@
 #define BINVFS_FSTYPE "fuse.binvfs"
 
 struct bmount {
-	char *point;     /* mount point */
-	char *source;    /* SOURCE, as the daemon named the mount */
-	char *mntopts;   /* per-mount options (rw,nosuid,...) */
+	char *point;	 /* mount point */
+	char *source;	 /* SOURCE, as the daemon named the mount */
+	char *mntopts;	 /* per-mount options (rw,nosuid,...) */
 	char *superopts; /* the FUSE connection's options */
-	dev_t dev;       /* st_dev of every file in the mount */
+	dev_t dev;	 /* st_dev of every file in the mount */
 };
 
 struct mtab {
@@ -30,8 +30,8 @@ void mtab_free(struct mtab *t);
 struct target {
 	const char *arg; /* as given, for messages */
 	struct bmount mnt;
-	char *abs;  /* absolute; the last component is not followed */
-	char *rel;  /* below the mount point, "" for the mount point itself */
+	char *abs; /* absolute; the last component is not followed */
+	char *rel; /* below the mount point, "" for the mount point itself */
 	bool exists;
 	struct stat st; /* lstat, when it exists */
 };
@@ -46,11 +46,11 @@ void bmount_free(struct bmount *m);
 /* The daemon serving a mount, from /proc: a process with /dev/fuse open that holds the
  * store's staging directory open (or whose command line names binvfs and SOURCE). */
 struct daemon {
-	pid_t pid;      /* 0 if not found (e.g. another pid namespace) */
-	unsigned keep;  /* keep=N from its command line, default 10 */
+	pid_t pid;     /* 0 if not found (e.g. another pid namespace) */
+	unsigned keep; /* keep=N from its command line, default 10 */
 	bool nosync, debug;
-	char *opts;     /* its -o options, as given; NULL if none */
-	int staging;    /* staging copies in progress (its O_TMPFILE fds) */
+	char *opts;  /* its -o options, as given; NULL if none */
+	int staging; /* staging copies in progress (its O_TMPFILE fds) */
 };
 void daemon_find(const struct bmount *m, struct daemon *d);
 void daemon_free(struct daemon *d);

@@ -73,8 +73,8 @@ struct scan {
 static void add(struct scan *s, pid_t pid, ino_t ino, unsigned how)
 {
 	if (s->out->n == s->cap)
-		s->out->u = xrealloc(s->out->u, (s->cap = s->cap ? 2 * s->cap : 64) *
-							 sizeof(*s->out->u));
+		s->out->u =
+		    xrealloc(s->out->u, (s->cap = s->cap ? 2 * s->cap : 64) * sizeof(*s->out->u));
 	s->out->u[s->out->n++] = (struct use){.pid = pid, .ino = ino, .how = how};
 }
 

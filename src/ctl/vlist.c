@@ -109,7 +109,7 @@ int vlist_load(const struct target *t, struct vlist *l)
 			continue;
 		l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
 		l->v[l->n++] = (struct version){
-			.n = n, .path = xasprintf("%s/%s", l->vdir, e->d_name), .st = st};
+		    .n = n, .path = xasprintf("%s/%s", l->vdir, e->d_name), .st = st};
 	}
 	if (d)
 		closedir(d);
@@ -120,7 +120,7 @@ int vlist_load(const struct target *t, struct vlist *l)
 		l->current = l->newest_old + 1;
 		l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
 		l->v[l->n++] = (struct version){
-			.n = l->current, .current = true, .path = xstrdup(l->file), .st = cur};
+		    .n = l->current, .current = true, .path = xstrdup(l->file), .st = cur};
 	}
 	if (!l->n)
 		return ctl_err("%s: no such file", t->arg);
@@ -156,42 +156,64 @@ struct version *vlist_need(struct vlist *l, unsigned n, const char *arg)
 	return v;
 }
 
+struct tally_ent {
+	char *name;
+	unsigned n;
+	unsigned long long ino;
+};
+
+static int cmp_tally(const void *a, const void *b)
+{
+	const struct tally_ent *x = a, *y = b;
+	int c = strcmp(x->name, y->name);
+	return c ? c : x->n < y->n ? -1 : x->n > y->n;
+}
+
 int versions_tally(const char *vdir, const char *name, unsigned keep, struct vcount *c)
 {
-	struct {
-		char *name;
-		size_t count;
-	} *names = NULL;
-	size_t nn = 0;
+	struct tally_ent *v = NULL;
+	size_t nv = 0;
 	DIR *d = opendir(vdir);
 
-	c->total = c->kept = 0;
 	if (!d)
 		return errno == ENOENT ? 0 : -errno;
 	for (struct dirent *e; (e = readdir(d));) {
-		size_t nlen, i;
-		if (!version_split(e->d_name, &nlen) || e->d_type == DT_DIR)
+		size_t nlen;
+		unsigned n = version_split(e->d_name, &nlen);
+		if (!n || e->d_type == DT_DIR)
 			continue;
 		if (name && (nlen != strlen(name) || strncmp(e->d_name, name, nlen)))
 			continue;
-		for (i = 0; i < nn; i++)
-			if (strlen(names[i].name) == nlen && !strncmp(names[i].name, e->d_name, nlen))
-				break;
-		if (i == nn) {
-			names = xrealloc(names, (nn + 1) * sizeof(*names));
-			names[nn].name = strndup(e->d_name, nlen);
-			names[nn++].count = 0;
-		}
-		names[i].count++;
-		c->total++;
+		v = xrealloc(v, (nv + 1) * sizeof(*v));
+		char *nm = xmalloc(nlen + 1);
+		memcpy(nm, e->d_name, nlen);
+		nm[nlen] = 0;
+		v[nv++] = (struct tally_ent){nm, n, e->d_ino};
 	}
 	closedir(d);
-	for (size_t i = 0; i < nn; i++) {
-		c->kept += names[i].count < keep ? names[i].count : keep;
-		free(names[i].name);
+	if (nv)
+		qsort(v, nv, sizeof(*v), cmp_tally);
+	for (size_t i = 0, j; i < nv; i = j) {
+		for (j = i; j < nv && !strcmp(v[j].name, v[i].name); j++)
+			;
+		size_t cnt = j - i, drop = cnt > keep ? cnt - keep : 0;
+		c->total += cnt;
+		c->kept += cnt - drop;
+		for (size_t k = i; k < i + drop; k++) {
+			c->excess = xrealloc(c->excess, (c->nexcess + 1) * sizeof(*c->excess));
+			c->excess[c->nexcess++] = v[k].ino;
+		}
 	}
-	free(names);
+	for (size_t i = 0; i < nv; i++)
+		free(v[i].name);
+	free(v);
 	return 0;
+}
+
+void vcount_free(struct vcount *c)
+{
+	free(c->excess);
+	memset(c, 0, sizeof(*c));
 }
 
 /* Is the tree path rel on the way to, or below, under? */

@@ -6,7 +6,7 @@
 #include <stdbool.h>
 #include <sys/stat.h>
 
-#include "elf.h"
+#include "buildid.h"
 #include "mounts.h"
 #include "sha256.h"
 
@@ -18,12 +18,12 @@ struct version {
 };
 
 struct vlist {
-	char *file;   /* MOUNT/<dir>/<name> */
-	char *vdir;   /* MOUNT/.versions/<dir> */
+	char *file; /* MOUNT/<dir>/<name> */
+	char *vdir; /* MOUNT/.versions/<dir> */
 	char *name;
 	struct version *v; /* ascending N; the current one (if the name exists) last */
 	size_t n;
-	unsigned current; /* N of the current file, 0 if the name was removed */
+	unsigned current;    /* N of the current file, 0 if the name was removed */
 	unsigned newest_old; /* 0 if there is no old version */
 };
 
@@ -40,12 +40,16 @@ unsigned version_of(const char *entry, const char *name);
 /* Split "<name>.~N~": N (0 if not a version name); the name's length in *nlen */
 unsigned version_split(const char *entry, size_t *nlen);
 
-/* The versions in a .versions directory (readdir only: no LOOKUP, nothing held): total, and
- * how many stay if each name keeps its newest `keep`; only of `name` unless NULL. */
+/* The versions in a .versions directory (readdir only: no LOOKUP, nothing pinned): total,
+ * how many stay if each name keeps its newest `keep`, and the inode numbers of the others;
+ * only of `name` unless NULL. Adds to c. */
 struct vcount {
 	size_t total, kept;
+	unsigned long long *excess; /* inodes of the versions beyond keep (owned) */
+	size_t nexcess;
 };
 int versions_tally(const char *vdir, const char *name, unsigned keep, struct vcount *c);
+void vcount_free(struct vcount *c);
 
 /* Every old version in a mount, by inode number (readdir's d_ino is the backing inode, as
  * st_ino and /proc/PID/maps are): for `outdated`. Only below `under` (a tree path) if set. */

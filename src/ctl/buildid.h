@@ -1,6 +1,6 @@
-/* elf.h - the GNU build-id of an ELF file (NT_GNU_BUILD_ID note), for binvfsctl log/diff. */
-#ifndef BINVFSCTL_ELF_H
-#define BINVFSCTL_ELF_H
+/* buildid.h - the GNU build-id of an ELF file (NT_GNU_BUILD_ID note), for binvfsctl log/diff. */
+#ifndef BINVFSCTL_BUILDID_H
+#define BINVFSCTL_BUILDID_H
 
 #include <stdbool.h>
 #include <stddef.h>

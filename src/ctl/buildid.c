@@ -1,6 +1,6 @@
-/* elf.c - find NT_GNU_BUILD_ID in an ELF file's PT_NOTE segments (or SHT_NOTE sections when
- * there are no program headers). 32/64-bit, either byte order; reads with pread only. */
-#include "elf.h"
+/* buildid.c - find NT_GNU_BUILD_ID in an ELF file: its PT_NOTE segments, then its SHT_NOTE
+ * sections. 32/64-bit, either byte order; reads with pread only. */
+#include "buildid.h"
 
 #include <elf.h>
 #include <stdint.h>
