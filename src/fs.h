@@ -40,6 +40,7 @@ struct handle {
 	bool dirty;      /* changed since the last publish */
 	bool published;  /* fd is now a published version: copy before writing again */
 	bool abandoned;  /* its writer was killed: never publish */
+	struct handle *prev, *next; /* every open handle, for the end of the session */
 	int failed;      /* a write into the staging copy failed (ENOSPC, EIO): never publish,
 			  * report it at every FLUSH */
 	pid_t opener_tgid;
@@ -91,9 +92,11 @@ void bv_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t 
 		  struct fuse_file_info *fi);
 void bv_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
 int handle_setattr(struct handle *h, struct stat *attr, int valid);
+void handles_shutdown(void);
 int staging_truncate(fuse_req_t req, struct node *st, off_t size);
 
 /* ops_dir.c */
+void dirs_shutdown(void);
 void bv_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void bv_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		struct fuse_file_info *fi);

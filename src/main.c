@@ -187,6 +187,8 @@ int main(int argc, char **argv)
 	}
 	notify_stop();
 	fuse_session_unmount(fs.se);
+	handles_shutdown();
+	dirs_shutdown();
 	log_info("unmounted %s", o.mountpoint);
 	route_clear_all();
 	node_table_destroy();

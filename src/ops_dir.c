@@ -16,7 +16,38 @@ struct dirh {
 	DIR *dp;
 	struct dirent *entry; /* read but not yet returned */
 	off_t offset;
+	struct dirh *prev, *next; /* dirs_lock */
 };
+
+/* Open directories, freed at the end of the session if the unmount dropped their RELEASEDIR. */
+static pthread_mutex_t dirs_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct dirh dirs = {.prev = &dirs, .next = &dirs};
+
+static void dirh_link(struct dirh *d)
+{
+	pthread_mutex_lock(&dirs_lock);
+	d->next = dirs.next;
+	d->prev = &dirs;
+	dirs.next->prev = d;
+	dirs.next = d;
+	pthread_mutex_unlock(&dirs_lock);
+}
+
+static void dirh_free(struct dirh *d)
+{
+	pthread_mutex_lock(&dirs_lock);
+	d->prev->next = d->next;
+	d->next->prev = d->prev;
+	pthread_mutex_unlock(&dirs_lock);
+	closedir(d->dp);
+	free(d);
+}
+
+void dirs_shutdown(void)
+{
+	while (dirs.next != &dirs)
+		dirh_free(dirs.next);
+}
 
 void bv_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -38,10 +69,9 @@ void bv_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	fi->fh = (uintptr_t)d;
-	if (fuse_reply_open(req, fi) == -ENOENT) {
-		closedir(d->dp);
-		free(d);
-	}
+	dirh_link(d);
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		dirh_free(d);
 }
 
 void bv_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -96,8 +126,7 @@ void bv_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
 
 	(void)ino;
-	closedir(d->dp);
-	free(d);
+	dirh_free(d);
 	fuse_reply_err(req, 0);
 }
 

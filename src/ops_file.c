@@ -22,6 +22,11 @@ static bool wants_write(int flags)
 	return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
 }
 
+/* Open handles. On unmount the kernel drops RELEASEs it has not sent yet, so the end of the
+ * session publishes and frees what is left (handles_shutdown). */
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct handle handles = {.prev = &handles, .next = &handles}; /* handles_lock */
+
 static struct handle *handle_new(enum handle_kind kind, struct node *n, int fd)
 {
 	struct handle *h = calloc(1, sizeof(*h));
@@ -35,11 +40,21 @@ static struct handle *handle_new(enum handle_kind kind, struct node *n, int fd)
 	node_open(n);
 	if (kind == H_STAGE)
 		node_set_cur_fd(n, fd);
+	pthread_mutex_lock(&handles_lock);
+	h->next = handles.next;
+	h->prev = &handles;
+	handles.next->prev = h;
+	handles.next = h;
+	pthread_mutex_unlock(&handles_lock);
 	return h;
 }
 
 static void handle_free(struct handle *h)
 {
+	pthread_mutex_lock(&handles_lock);
+	h->prev->next = h->next;
+	h->next->prev = h->prev;
+	pthread_mutex_unlock(&handles_lock);
 	if (h->kind == H_STAGE && node_cur_fd(h->node) == h->fd)
 		node_set_cur_fd(h->node, -1);
 	close(h->fd);
@@ -191,6 +206,14 @@ static void open_staging(fuse_req_t req, struct node *stg, struct fuse_file_info
 	struct handle *h;
 	off_t len = -1;
 	int fd, err;
+
+	if (strlen(stg->name) + 14 > 255) {
+		/* "<name>.~N~" would not fit: the replaced content could not be kept, so say it
+		 * now rather than at close, which shells do not check */
+		log_info("refused write open of %s: name too long to keep a version", stg->name);
+		fuse_reply_err(req, ENAMETOOLONG);
+		return;
+	}
 
 	err = stage_from_base(stg, trunc, &len, &fd);
 	if (err) {
@@ -461,6 +484,34 @@ void bv_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_err(req, -err);
 }
 
+/* The end of a handle: publish what is still dirty (writes through a shared mmap, a child
+ * that outlived the opener), else apply metadata the writer set. */
+static void handle_close(struct handle *h)
+{
+	if (h->kind == H_STAGE) {
+		pthread_mutex_lock(&h->lock);
+		if (h->dirty && !h->abandoned && !h->failed)
+			handle_publish(h);
+		else if (!h->abandoned && !h->failed)
+			handle_apply_meta(h);
+		pthread_mutex_unlock(&h->lock);
+	}
+	handle_free(h);
+}
+
+/* After the request loop: the handles whose RELEASE the unmount dropped. */
+void handles_shutdown(void)
+{
+	for (;;) {
+		pthread_mutex_lock(&handles_lock);
+		struct handle *h = handles.next != &handles ? handles.next : NULL;
+		pthread_mutex_unlock(&handles_lock);
+		if (!h)
+			break;
+		handle_close(h);
+	}
+}
+
 void bv_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
@@ -470,16 +521,7 @@ void bv_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, 0);
 		return;
 	}
-	if (h->kind == H_STAGE) {
-		pthread_mutex_lock(&h->lock);
-		/* writes through a shared mmap, or a child that outlived the opener */
-		if (h->dirty && !h->abandoned && !h->failed)
-			handle_publish(h);
-		else if (!h->abandoned && !h->failed)
-			handle_apply_meta(h);
-		pthread_mutex_unlock(&h->lock);
-	}
-	handle_free(h);
+	handle_close(h);
 	fuse_reply_err(req, 0);
 }
 

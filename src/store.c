@@ -8,6 +8,7 @@
  * Every access is relative to a directory fd and never follows a symlink. */
 #define _GNU_SOURCE
 #include "store.h"
+#include "history.h"
 #include "log.h"
 
 #include <dirent.h>
@@ -52,11 +53,16 @@ static void empty_dir(int dirfd)
 static int check_marker(int vfd)
 {
 	char buf[64] = {0};
-	int fd = openat(vfd, STORE_MARKER, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	int fd = openat(vfd, STORE_MARKER, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	struct stat st;
 	ssize_t n;
 
 	if (fd < 0)
 		return -1;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return -1;
+	}
 	n = read(fd, buf, sizeof(buf) - 1);
 	close(fd);
 	if (n < 0 || strcmp(buf, STORE_FORMAT) != 0)
@@ -155,13 +161,13 @@ void store_close(struct store *s)
 		close(s->vfd);
 	if (s->rootfd >= 0)
 		close(s->rootfd);
+	history_free();
 }
 
-/* Root names a directory must not take: they would collide with the store's own entries. */
+/* The one root name the tree cannot have: the store itself. */
 bool store_reserved_root_name(const char *name)
 {
-	return !strcmp(name, STORE_DIR) || !strcmp(name, STORE_MARKER) ||
-	       !strcmp(name, STORE_STAGING);
+	return !strcmp(name, STORE_DIR);
 }
 
 static ssize_t fd_path(int fd, char *buf, size_t len)
@@ -208,23 +214,44 @@ int store_relpath(struct store *s, int dirfd, char *out, size_t len)
 
 /* Open (creating if asked) .versions/<rel> for the tree directory dirfd, one component at a
  * time, copying each tree directory's mode and owner onto its mirror. */
+/* The name of a tree directory's mirror in .versions/: the name itself, unless it could be
+ * taken for a version ("x.~3~"), for the store's own entries, or for an escaped name (ending
+ * in ".~~"): those get ".~~" appended. Injective, and never a version name. */
+static const char *mirror_name(const char *name, char *buf, size_t len)
+{
+	size_t nl = strlen(name), dummy;
+
+	if (!history_parse(name, &dummy) && strcmp(name, STORE_MARKER) != 0 &&
+	    strcmp(name, STORE_STAGING) != 0 && (nl < 3 || strcmp(name + nl - 3, ".~~") != 0))
+		return name;
+	if (nl + 4 > len || nl + 3 > 255)
+		return NULL;
+	snprintf(buf, len, "%s.~~", name);
+	return buf;
+}
+
+/* Open (creating if asked) the mirror of the tree directory dirfd in .versions/, one
+ * component at a time, copying each tree directory's mode and owner onto its mirror. rel gets
+ * the mirror's path below .versions/. */
 int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, char *rel, size_t len)
 {
-	char *save = NULL, *comp, path[STORE_RELMAX];
+	char *save = NULL, *comp, path[STORE_RELMAX], mbuf[260];
+	size_t rl = 0;
 	int vcur, tcur, err;
 
-	err = store_relpath(s, dirfd, rel, len);
+	err = store_relpath(s, dirfd, path, sizeof(path));
 	if (err)
 		return err;
+	rel[0] = 0;
 	vcur = dup(s->vfd);
 	tcur = dup(s->rootfd);
 	if (vcur < 0 || tcur < 0) {
 		err = -errno;
 		goto out;
 	}
-	strcpy(path, rel);
 	for (comp = strtok_r(path, "/", &save); comp; comp = strtok_r(NULL, "/", &save)) {
 		struct stat tst;
+		const char *mirror = mirror_name(comp, mbuf, sizeof(mbuf));
 		int vnext, tnext = open_dir_nofollow(tcur, comp, O_PATH);
 
 		if (tnext < 0 || fstat(tnext, &tst) < 0) {
@@ -235,18 +262,24 @@ int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, cha
 		}
 		close(tcur);
 		tcur = tnext;
-		vnext = open_dir_nofollow(vcur, comp, O_PATH);
+		if (!mirror || rl + strlen(mirror) + 2 > len) {
+			err = -ENAMETOOLONG;
+			goto out;
+		}
+		rl += (size_t)snprintf(rel + rl, len - rl, "%s%s", rl ? "/" : "", mirror);
+		vnext = open_dir_nofollow(vcur, mirror, O_PATH);
 		if (vnext < 0 && errno == ENOENT && create) {
-			if (mkdirat(vcur, comp, tst.st_mode & 07777) < 0 && errno != EEXIST) {
+			if (mkdirat(vcur, mirror, tst.st_mode & 07777) < 0 && errno != EEXIST) {
 				err = -errno;
 				goto out;
 			}
-			vnext = open_dir_nofollow(vcur, comp, O_PATH);
+			vnext = open_dir_nofollow(vcur, mirror, O_PATH);
 			if (vnext >= 0) {
-				fchownat(vnext, "", tst.st_uid, tst.st_gid, AT_EMPTY_PATH);
 				char proc[64];
+				fchownat(vnext, "", tst.st_uid, tst.st_gid, AT_EMPTY_PATH);
 				snprintf(proc, sizeof(proc), "/proc/self/fd/%d", vnext);
 				chmod(proc, tst.st_mode & 07777);
+				store_sync_dir(s, vcur);
 			}
 		}
 		if (vnext < 0) {
@@ -267,65 +300,20 @@ out:
 	return err;
 }
 
-/* Parse "<name>.~N~"; returns N or 0 if the entry is not a version of name. */
-static uint32_t version_number(const char *entry, const char *name, size_t nlen)
-{
-	const char *p;
-	char *end;
-	unsigned long n;
-
-	if (strncmp(entry, name, nlen) != 0 || entry[nlen] != '.' || entry[nlen + 1] != '~')
-		return 0;
-	p = entry + nlen + 2;
-	if (*p < '1' || *p > '9')
-		return 0;
-	errno = 0;
-	n = strtoul(p, &end, 10);
-	if (errno || end[0] != '~' || end[1] != 0 || n > UINT32_MAX)
-		return 0;
-	return (uint32_t)n;
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-	return x < y ? -1 : x > y;
-}
-
+/* The sorted version numbers of name (a copy the caller frees), from the history index. */
 int store_list_versions(int vdirfd, const char *name, uint32_t **ns, size_t *count)
 {
-	int fd = open_dir_nofollow(vdirfd, ".", O_RDONLY);
-	size_t nlen = strlen(name), cap = 0, cnt = 0;
-	uint32_t *v = NULL;
-	struct dirent *e;
-	DIR *d;
+	const uint32_t *h;
+	size_t cnt;
+	int err = history_get(vdirfd, name, &h, &cnt);
 
-	if (fd < 0)
-		return -errno;
-	d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return -errno;
-	}
-	while ((e = readdir(d))) {
-		uint32_t n = version_number(e->d_name, name, nlen);
-		if (!n)
-			continue;
-		if (cnt == cap) {
-			uint32_t *nv = realloc(v, (cap = cap ? cap * 2 : 16) * sizeof(*v));
-			if (!nv) {
-				free(v);
-				closedir(d);
-				return -ENOMEM;
-			}
-			v = nv;
-		}
-		v[cnt++] = n;
-	}
-	closedir(d);
+	if (err)
+		return err;
+	*ns = malloc((cnt ? cnt : 1) * sizeof(**ns));
+	if (!*ns)
+		return -ENOMEM;
 	if (cnt)
-		qsort(v, cnt, sizeof(*v), cmp_u32);
-	*ns = v;
+		memcpy(*ns, h, cnt * sizeof(**ns));
 	*count = cnt;
 	return 0;
 }
@@ -463,6 +451,7 @@ static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, si
 			continue;
 		}
 		if (unlinkat(vdirfd, vname, 0) == 0) {
+			history_del(vdirfd, name, ns[i]);
 			log_info("prune %s/%s", STORE_DIR, vrel);
 			removed++;
 		} else {
@@ -494,15 +483,14 @@ int store_prune(struct store *s, int dirfd, const char *name, unsigned keep,
 		DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 		struct dirent *e;
 		while (d && (e = readdir(d))) {
-			char *t = strrchr(e->d_name, '.');
-			if (!t || t == e->d_name || t[1] != '~' ||
-			    !version_number(e->d_name, e->d_name, (size_t)(t - e->d_name)))
+			size_t len;
+			if (!history_parse(e->d_name, &len))
 				continue;
 			char **nn = realloc(names, (nnames + 1) * sizeof(*names));
 			if (!nn)
 				break;
 			names = nn;
-			names[nnames] = strndup(e->d_name, (size_t)(t - e->d_name));
+			names[nnames] = strndup(e->d_name, len);
 			if (names[nnames])
 				nnames++;
 		}
@@ -550,6 +538,10 @@ int store_keep_version(struct store *s, int dirfd, const char *name, struct stor
 	err = store_list_versions(vdirfd, name, &ns, &cnt);
 	if (err)
 		goto out;
+	if (cnt && ns[cnt - 1] == UINT32_MAX) {
+		err = -EOVERFLOW; /* no number left for this path */
+		goto out;
+	}
 	next = cnt ? ns[cnt - 1] + 1 : 1;
 	snprintf(ch->vname, sizeof(ch->vname), "%s.~%u~", name, next - 1);
 	if (cnt && fstatat(vdirfd, ch->vname, &last, AT_SYMLINK_NOFOLLOW) == 0 &&
@@ -561,8 +553,10 @@ int store_keep_version(struct store *s, int dirfd, const char *name, struct stor
 	}
 	for (;; next++) {
 		snprintf(ch->vname, sizeof(ch->vname), "%s.~%u~", name, next);
-		if (linkat(dirfd, name, vdirfd, ch->vname, 0) == 0)
+		if (linkat(dirfd, name, vdirfd, ch->vname, 0) == 0) {
+			history_add(vdirfd, name, next);
 			break;
+		}
 		if (errno != EEXIST) {
 			err = -errno;
 			goto out;
@@ -610,14 +604,18 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 		if (!err)
 			err = store_list_versions(vdirfd, name, &ns, &cnt);
 		if (!err) {
+			if (cnt && ns[cnt - 1] == UINT32_MAX)
+				err = -EOVERFLOW;
 			snprintf(ch->vname, sizeof(ch->vname), "%s.~%u~", name,
 				 cnt ? ns[cnt - 1] + 1 : 1);
 			snprintf(ch->vrel, sizeof(ch->vrel), "%s%s%s", rel, *rel ? "/" : "",
 				 ch->vname);
-			if (renameat(s->stagefd, tmp, vdirfd, ch->vname) < 0)
-				err = -errno;
-			else
+			if (err || renameat(s->stagefd, tmp, vdirfd, ch->vname) < 0) {
+				err = err ? err : -errno;
+			} else {
+				history_add(vdirfd, name, cnt ? ns[cnt - 1] + 1 : 1);
 				ch->orphaned = true;
+			}
 			free(ns);
 			close(vdirfd);
 		}
@@ -666,9 +664,16 @@ int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino
 	}
 	if (fstatat(dirfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_dev == dev &&
 	    st.st_ino == ino) {
-		if (unlinkat(dirfd, base, 0) < 0)
+		size_t len;
+		uint32_t n = history_parse(base, &len);
+		if (unlinkat(dirfd, base, 0) < 0) {
 			err = -errno;
-		else
+		} else if (n) {
+			base[len] = 0;
+			history_del(dirfd, base, n);
+			base[len] = '.';
+		}
+		if (!err)
 			log_info("prune %s/%s (its last user is gone)", STORE_DIR, vrel);
 	}
 	close(dirfd);

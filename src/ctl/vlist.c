@@ -53,17 +53,47 @@ static int cmp_version(const void *a, const void *b)
 	return x->n < y->n ? -1 : x->n > y->n;
 }
 
-/* The tree path a command means: a path inside .versions/ names the file it is a version of. */
+static bool ends_escaped(const char *c, size_t len)
+{
+	return len >= 3 && !strncmp(c + len - 3, ".~~", 3);
+}
+
+/* The daemon's mirror name of a tree directory (store.c mirror_name): ".~~" appended to names
+ * that look like a version, the store's own entries, and names already ending in ".~~". */
+static char *mirror_path(const char *dir)
+{
+	char *out = xstrdup(""), *copy = xstrdup(dir), *save = NULL;
+
+	for (char *c = strtok_r(copy, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+		size_t nlen, len = strlen(c);
+		bool esc = version_split(c, &nlen) || !strcmp(c, ".binvfs-format") ||
+			   !strcmp(c, ".binvfs-staging") || ends_escaped(c, len);
+		char *next = xasprintf("%s/%s%s", out, c, esc ? ".~~" : "");
+		free(out);
+		out = next;
+	}
+	free(copy);
+	return out;
+}
+
+/* The tree path a command means: a path inside .versions/ names the file it is a version of
+ * (mirror directory names unescaped). */
 static char *tree_rel(const char *rel)
 {
-	const char *p = rel;
-	char *out, *base;
+	char *out, *base, *slash;
 	size_t nlen;
 
 	if (strncmp(rel, STORE_DIR "/", sizeof(STORE_DIR)) != 0)
 		return xstrdup(rel);
-	p += sizeof(STORE_DIR);
-	out = xstrdup(p);
+	out = xstrdup(rel + sizeof(STORE_DIR));
+	/* unescape the directory components in place */
+	for (char *c = out; (slash = strchr(c, '/')); c = slash + 1) {
+		size_t len = (size_t)(slash - c);
+		if (ends_escaped(c, len)) {
+			memmove(c + len - 3, slash, strlen(slash) + 1);
+			slash = c + len - 3;
+		}
+	}
 	base = strrchr(out, '/');
 	base = base ? base + 1 : out;
 	if (version_split(base, &nlen))
@@ -84,7 +114,13 @@ int vlist_load(const struct target *t, struct vlist *l)
 		return ctl_err("%s: is a directory, not a file", t->arg);
 	}
 	slash = strrchr(rel, '/');
-	dir = slash ? xasprintf("/%.*s", (int)(slash - rel), rel) : xstrdup("");
+	if (slash) {
+		char *tdir = xasprintf("%.*s", (int)(slash - rel), rel);
+		dir = mirror_path(tdir);
+		free(tdir);
+	} else {
+		dir = xstrdup("");
+	}
 	l->name = xstrdup(slash ? slash + 1 : rel);
 	l->file = xasprintf("%s%s%s", t->mnt.point, strcmp(t->mnt.point, "/") ? "/" : "", rel);
 	l->vdir = xasprintf("%s%s%s%s", t->mnt.point, strcmp(t->mnt.point, "/") ? "/" : "",
