@@ -1,6 +1,8 @@
 /* history.c - per-directory index of version numbers (see history.h). */
 #define _GNU_SOURCE
 #include "history.h"
+#include "log.h"
+#include "store.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -145,6 +147,10 @@ static struct dir_history *load(int vdirfd)
 		struct path_history *p = n ? slot(d, e->d_name, len, true) : NULL;
 		if (p)
 			insert(p, n);
+		else if (!n && e->d_type != DT_DIR && strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+			 strcmp(e->d_name, STORE_MARKER) != 0)
+			log_info("ignoring %s in a .versions/ directory: not a version name",
+				 e->d_name);
 	}
 	closedir(dp);
 	d->next = dirs;

@@ -95,7 +95,8 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 			/* Only a name with an execute bit can be running (execve needs one, root
 			 * included), so only those need the syscall read (kernel-notes §9). */
 			bool writer = (st.st_mode & 0111) && route_thread_writes(tid);
-			struct node *stg = route_staging(tid, n, parent, name, writer);
+			struct node *stg =
+			    route_staging(tid, fuse_req_ctx(req)->uid, n, parent, name, writer);
 
 			if (node_old(n))
 				node_set_old(n, false); /* reachable by name again (a hard link) */
@@ -218,7 +219,7 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 	if (n->kind == NODE_FILE && ((valid & FUSE_SET_ATTR_SIZE) || node_old(n))) {
 		/* A truncate reached a published version, or a change reached a version that was
 		 * replaced since its LOOKUP: send the thread back to walk again (bv_open). */
-		err = route_arm(tid, n) ? -ESTALE : -EROFS;
+		err = route_arm(tid, fuse_req_ctx(req)->uid, n) ? -ESTALE : -EROFS;
 		goto reply;
 	}
 	if (valid & FUSE_SET_ATTR_SIZE) {
@@ -226,6 +227,16 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		goto reply;
 	}
 	err = meta_apply(n, -1, attr, valid);
+	if (!err && n->kind == NODE_DIR &&
+	    (valid & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
+		/* its mirror in .versions/ follows, so old versions stay as closed as the tree */
+		char rel[STORE_RELMAX];
+		int vdirfd;
+		pthread_mutex_lock(&fs.store.lock);
+		if (store_versions_dir(&fs.store, n->fd, false, &vdirfd, rel, sizeof(rel)) == 0)
+			close(vdirfd);
+		pthread_mutex_unlock(&fs.store.lock);
+	}
 	if (!err)
 		err = node_stat(n, &st);
 reply:

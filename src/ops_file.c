@@ -253,7 +253,7 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		target = n->base; /* a read by the writer's thread: the version it copies */
 	} else if (wants_write(fi->flags)) {
-		if (route_arm(tid, n)) {
+		if (route_arm(tid, fuse_req_ctx(req)->uid, n)) {
 			/* never write or truncate a published version: send the writer back to walk
 			 * the path again; its LOOKUP answers a staging nodeid for a current name, and
 			 * EROFS inside .versions/ (the version may have been replaced meanwhile, so

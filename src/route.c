@@ -25,20 +25,21 @@
 #include <time.h>
 #include <unistd.h>
 
-#define ROUTE_MAX     64
+#define ROUTE_MAX     1024
 #define ROUTE_TTL_NS  2000000000ull
 #define STAT_WAIT_NS  100000000l /* bound on reading /proc/<pid>/stat at FLUSH */
 
 struct route {
-	pid_t tid;            /* 0: free slot */
+	pid_t tid;
+	uid_t uid;            /* who asked: a full table evicts its own routes first */
 	unsigned long long expires;
 	struct node *stale;   /* the version nodeid the thread was sent back from (ref) */
 	struct node *staging; /* the staging node it was given (ref) */
 };
 
 static pthread_mutex_t route_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct route routes[ROUTE_MAX]; /* protected by route_lock */
-static int nroutes; /* slots in use: written under route_lock, read without it as a hint */
+static struct route routes[ROUTE_MAX]; /* [0, nroutes) in use; protected by route_lock */
+static int nroutes; /* written under route_lock, read without it as a hint */
 
 static unsigned long long now_ns(void)
 {
@@ -47,44 +48,52 @@ static unsigned long long now_ns(void)
 	return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
 }
 
-static void clear(struct route *r)
+/* Drop routes[i], moving the last one into its place. route_lock held. */
+static void clear(int i)
 {
-	if (r->tid)
-		__atomic_sub_fetch(&nroutes, 1, __ATOMIC_RELEASE);
+	struct route *r = &routes[i];
+
 	if (r->stale)
 		node_unref(r->stale);
 	if (r->staging)
 		node_unref(r->staging);
-	memset(r, 0, sizeof(*r));
+	*r = routes[nroutes - 1];
+	memset(&routes[nroutes - 1], 0, sizeof(*r));
+	__atomic_sub_fetch(&nroutes, 1, __ATOMIC_RELEASE);
 }
 
-/* Find the route of tid (expiring old ones); with `make`, a free slot for it. route_lock held. */
-static struct route *find(pid_t tid, bool make)
+/* Find the route of tid (expiring old ones); with `make`, a new one for it. A full table
+ * evicts the oldest route of the same user, or if it has none, the oldest of all: a user
+ * flooding the table with writers only pushes out its own. route_lock held. */
+static struct route *find(pid_t tid, uid_t uid, bool make)
 {
 	unsigned long long now = now_ns();
-	struct route *fr = NULL, *oldest = NULL;
+	int own = -1, oldest = -1;
 
-	for (int i = 0; i < ROUTE_MAX; i++) {
+	for (int i = 0; i < nroutes;) {
 		struct route *r = &routes[i];
-		if (r->tid && r->expires < now)
-			clear(r);
-		if (r->tid == tid && tid)
+		if (r->expires < now) {
+			clear(i);
+			continue;
+		}
+		if (r->tid == tid)
 			return r;
-		if (!r->tid && !fr)
-			fr = r;
-		if (r->tid && (!oldest || r->expires < oldest->expires))
-			oldest = r;
+		if (r->uid == uid && (own < 0 || r->expires < routes[own].expires))
+			own = i;
+		if (oldest < 0 || r->expires < routes[oldest].expires)
+			oldest = i;
+		i++;
 	}
 	if (!make)
 		return NULL;
-	if (!fr) {
-		clear(oldest);
-		fr = oldest;
-	}
-	fr->tid = tid;
-	fr->expires = now + ROUTE_TTL_NS;
+	if (nroutes == ROUTE_MAX)
+		clear(own >= 0 ? own : oldest);
+	struct route *r = &routes[nroutes];
+	r->tid = tid;
+	r->uid = uid;
+	r->expires = now + ROUTE_TTL_NS;
 	__atomic_add_fetch(&nroutes, 1, __ATOMIC_RELEASE);
-	return fr;
+	return r;
 }
 
 static bool is_write_flags(unsigned long flags)
@@ -136,16 +145,16 @@ bool route_thread_writes(pid_t tid)
 	return false;
 }
 
-bool route_arm(pid_t tid, struct node *stale)
+bool route_arm(pid_t tid, uid_t uid, struct node *stale)
 {
 	struct route *r;
 	bool fresh = true;
 
 	pthread_mutex_lock(&route_lock);
-	r = find(tid, true);
+	r = find(tid, uid, true);
 	if (r->stale == stale && !r->staging) {
 		fresh = false; /* sent back already, and no LOOKUP came: no name walk */
-		clear(r);
+		clear((int)(r - routes));
 	} else {
 		if (r->stale)
 			node_unref(r->stale);
@@ -157,8 +166,8 @@ bool route_arm(pid_t tid, struct node *stale)
 	return fresh;
 }
 
-struct node *route_staging(pid_t tid, struct node *base, struct node *parent, const char *name,
-			   bool detected)
+struct node *route_staging(pid_t tid, uid_t uid, struct node *base, struct node *parent,
+			   const char *name, bool detected)
 {
 	struct route *r;
 	struct node *st = NULL;
@@ -167,7 +176,7 @@ struct node *route_staging(pid_t tid, struct node *base, struct node *parent, co
 	if (!detected && !__atomic_load_n(&nroutes, __ATOMIC_ACQUIRE))
 		return NULL;
 	pthread_mutex_lock(&route_lock);
-	r = find(tid, detected);
+	r = find(tid, uid, detected);
 	if (!r)
 		goto out;
 	if (r->staging && r->staging->base == base && r->staging->parent == parent &&
@@ -193,18 +202,17 @@ void route_done(pid_t tid)
 	struct route *r;
 
 	pthread_mutex_lock(&route_lock);
-	r = find(tid, false);
+	r = find(tid, 0, false);
 	if (r)
-		clear(r);
+		clear((int)(r - routes));
 	pthread_mutex_unlock(&route_lock);
 }
 
 void route_clear_all(void)
 {
 	pthread_mutex_lock(&route_lock);
-	for (int i = 0; i < ROUTE_MAX; i++)
-		if (routes[i].tid)
-			clear(&routes[i]);
+	while (nroutes)
+		clear(nroutes - 1);
 	pthread_mutex_unlock(&route_lock);
 }
 

@@ -15,12 +15,12 @@ bool route_thread_writes(pid_t tid);
 /* A write open or truncate reached a version nodeid: remember that this thread's next
  * LOOKUP(s) of a regular file must answer a staging nodeid. Returns false if the thread had
  * already been sent back for this very node (no name walk happened in between). */
-bool route_arm(pid_t tid, struct node *stale);
+bool route_arm(pid_t tid, uid_t uid, struct node *stale);
 
 /* At LOOKUP: the staging node for this thread if it is routed (or `detected`, a writer seen
  * at LOOKUP), with one kernel lookup added; NULL if the thread is not routed. */
-struct node *route_staging(pid_t tid, struct node *base, struct node *parent, const char *name,
-			   bool detected);
+struct node *route_staging(pid_t tid, uid_t uid, struct node *base, struct node *parent,
+			   const char *name, bool detected);
 
 /* The routed open or truncate arrived (or an exec was sent back): forget the route. */
 void route_done(pid_t tid);

@@ -230,6 +230,23 @@ static const char *mirror_name(const char *name, char *buf, size_t len)
 	return buf;
 }
 
+/* A mirror directory has its tree directory's mode and owner, so .versions/ never lets
+ * anyone reach a version they could not reach as the file (also after a later chmod). */
+static void sync_mirror_meta(int vfd, const struct stat *tst)
+{
+	struct stat vst;
+	char proc[64];
+
+	if (fstat(vfd, &vst) < 0)
+		return;
+	if (vst.st_uid != tst->st_uid || vst.st_gid != tst->st_gid)
+		fchownat(vfd, "", tst->st_uid, tst->st_gid, AT_EMPTY_PATH);
+	if ((vst.st_mode & 07777) != (tst->st_mode & 07777) || vst.st_uid != tst->st_uid) {
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", vfd);
+		chmod(proc, tst->st_mode & 07777);
+	}
+}
+
 /* Open (creating if asked) the mirror of the tree directory dirfd in .versions/, one
  * component at a time, copying each tree directory's mode and owner onto its mirror. rel gets
  * the mirror's path below .versions/. */
@@ -274,18 +291,14 @@ int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, cha
 				goto out;
 			}
 			vnext = open_dir_nofollow(vcur, mirror, O_PATH);
-			if (vnext >= 0) {
-				char proc[64];
-				fchownat(vnext, "", tst.st_uid, tst.st_gid, AT_EMPTY_PATH);
-				snprintf(proc, sizeof(proc), "/proc/self/fd/%d", vnext);
-				chmod(proc, tst.st_mode & 07777);
+			if (vnext >= 0)
 				store_sync_dir(s, vcur);
-			}
 		}
 		if (vnext < 0) {
 			err = -errno;
 			goto out;
 		}
+		sync_mirror_meta(vnext, &tst);
 		close(vcur);
 		vcur = vnext;
 	}
