@@ -11,7 +11,7 @@
 #include "store.h"
 
 #define PRUNE_XATTR "user.binvfs.prune" /* binvfsctl prune's request, see ops_dir.c */
-#define FMODE_EXEC 0x20 /* the kernel's __FMODE_EXEC in OPEN flags (kernel-notes §2) */
+#define FMODE_EXEC  0x20 /* the kernel's __FMODE_EXEC in OPEN flags (kernel-notes §2) */
 
 /* Timeouts (kernel-notes §4): a name -> nodeid answer may change at any publish, so regular
  * files are looked up every time; a nodeid's content never changes, so its attributes and
@@ -34,15 +34,15 @@ enum handle_kind {
 
 struct handle {
 	enum handle_kind kind;
-	struct node *node; /* the nodeid opened (holds an open count) */
-	int fd;            /* owned */
-	pthread_mutex_t lock; /* H_STAGE: protects everything below */
-	bool dirty;      /* changed since the last publish */
-	bool published;  /* fd is now a published version: copy before writing again */
-	bool abandoned;  /* its writer was killed: never publish */
+	struct node *node;	    /* the nodeid opened (holds an open count) */
+	int fd;			    /* owned */
+	pthread_mutex_t lock;	    /* H_STAGE: protects everything below */
+	bool dirty;		    /* changed since the last publish */
+	bool published;		    /* fd is now a published version: copy before writing again */
+	bool abandoned;		    /* its writer was killed: never publish */
 	struct handle *prev, *next; /* every open handle, for the end of the session */
-	int failed;      /* a write into the staging copy failed (ENOSPC, EIO): never publish,
-			  * report it at every FLUSH */
+	int failed; /* a write into the staging copy failed (ENOSPC, EIO): never publish,
+		     * report it at every FLUSH */
 	pid_t opener_tgid;
 };
 
@@ -98,14 +98,13 @@ int staging_truncate(fuse_req_t req, struct node *st, off_t size);
 /* ops_dir.c */
 void dirs_shutdown(void);
 void bv_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
-void bv_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-		struct fuse_file_info *fi);
+void bv_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
 void bv_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void bv_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
 void bv_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
 void bv_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
-void bv_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
-		 size_t size, int flags);
+void bv_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
+		 int flags);
 void bv_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
 
 /* versions.c: the read-only .versions/ view */

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 struct path_history {
-	char *name; /* NULL: empty slot */
+	char *name;   /* NULL: empty slot */
 	uint32_t *ns; /* sorted */
 	uint32_t count, cap;
 };
@@ -147,8 +147,8 @@ static struct dir_history *load(int vdirfd)
 		struct path_history *p = n ? slot(d, e->d_name, len, true) : NULL;
 		if (p)
 			insert(p, n);
-		else if (!n && e->d_type != DT_DIR && strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
-			 strcmp(e->d_name, STORE_MARKER) != 0)
+		else if (!n && e->d_type != DT_DIR && strcmp(e->d_name, ".") &&
+			 strcmp(e->d_name, "..") && strcmp(e->d_name, STORE_MARKER) != 0)
 			log_info("ignoring %s in a .versions/ directory: not a version name",
 				 e->d_name);
 	}

@@ -18,26 +18,26 @@ enum node_kind {
 struct node {
 	enum node_kind kind;
 	bool in_versions; /* directory inside the read-only .versions/ view; set at creation */
-	bool old;         /* file: no longer current at any tree name; node_old() */
+	bool old;	  /* file: no longer current at any tree name; node_old() */
 	dev_t dev;
 	ino_t ino;
-	int fd;   /* O_PATH to the backing object; -1 for staging nodes */
+	int fd;	  /* O_PATH to the backing object; -1 for staging nodes */
 	int rdfd; /* files: O_RDONLY, opened at the first open, kept until forget */
 	/* protected by the table lock: */
-	uint64_t nlookup;   /* the kernel's references (LOOKUP replies minus FORGET) */
-	unsigned refs;      /* ours: open handles, staging bases, routes */
-	unsigned opens;     /* open files on this nodeid (read, exec, write) */
-	char *prune_vrel;   /* version to remove from the store once unused */
-	dev_t prune_vdev;   /* the .versions/ directory holding it */
+	uint64_t nlookup; /* the kernel's references (LOOKUP replies minus FORGET) */
+	unsigned refs;	  /* ours: open handles, staging bases, routes */
+	unsigned opens;	  /* open files on this nodeid (read, exec, write) */
+	char *prune_vrel; /* version to remove from the store once unused */
+	dev_t prune_vdev; /* the .versions/ directory holding it */
 	ino_t prune_vino;
-	int cur_fd;         /* staging: fd of the newest staging copy, -1 if none */
-	int meta_valid;     /* staging: FUSE_SET_ATTR_* set by the writer, kept in meta */
-	struct stat meta;   /* applied in place if the content turns out unchanged */
+	int cur_fd;	  /* staging: fd of the newest staging copy, -1 if none */
+	int meta_valid;	  /* staging: FUSE_SET_ATTR_* set by the writer, kept in meta */
+	struct stat meta; /* applied in place if the content turns out unchanged */
 	/* staging nodes, immutable after creation: */
 	struct node *base;   /* the version the writer copies (holds a ref) */
 	struct node *parent; /* the directory it publishes into (holds a ref) */
 	char *name;
-	struct node *hnext; /* hash chain, table lock */
+	struct node *hnext;	  /* hash chain, table lock */
 	struct node *prev, *next; /* every node but the root, table lock */
 };
 

@@ -21,7 +21,7 @@ struct inval {
 static pthread_mutex_t notify_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t notify_cond = PTHREAD_COND_INITIALIZER;
 static struct inval *queue; /* protected by notify_lock */
-static bool stopping;       /* protected by notify_lock */
+static bool stopping;	    /* protected by notify_lock */
 static bool running;
 static pthread_t notifier;
 static struct fuse_session *session;

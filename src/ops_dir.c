@@ -74,8 +74,7 @@ void bv_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		dirh_free(d);
 }
 
-void bv_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-		struct fuse_file_info *fi)
+void bv_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct node *dir = inode_of(ino);
 	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
@@ -218,21 +217,22 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 			NULL);
 	pthread_mutex_unlock(&fs.store.lock);
 	if (n >= 0)
-		log_info("prune request (keep %lu%s%s): %d versions removed", keep, *end ? ", " : "",
-			 *end ? end + 1 : "", n);
+		log_info("prune request (keep %lu%s%s): %d versions removed", keep,
+			 *end ? ", " : "", *end ? end + 1 : "", n);
 	return n < 0 ? n : 0;
 }
 
 /* A writer's xattr change (on its staging nodeid) applies in place to the current version, as
  * metadata makes no version, and to its staging copy, which may still be published. */
-static int xattr_change(struct node *n, const char *name, const char *value, size_t size,
-			int flags, bool remove)
+static int xattr_change(struct node *n, const char *name, const char *value, size_t size, int flags,
+			bool remove)
 {
 	char path[64];
 	int err, fd = n->kind == NODE_STAGING ? node_cur_fd(n) : -1;
 
 	err = xattr_path(n->kind == NODE_STAGING ? n->base : n, path, sizeof(path), true);
-	if (!err && (remove ? removexattr(path, name) : setxattr(path, name, value, size, flags)) < 0)
+	if (!err &&
+	    (remove ? removexattr(path, name) : setxattr(path, name, value, size, flags)) < 0)
 		err = -errno;
 	if (!err && fd >= 0) {
 		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
@@ -244,8 +244,8 @@ static int xattr_change(struct node *n, const char *name, const char *value, siz
 	return err;
 }
 
-void bv_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
-		 size_t size, int flags)
+void bv_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
+		 int flags)
 {
 	if (!strcmp(name, PRUNE_XATTR))
 		fuse_reply_err(req, -prune_request(inode_of(ino), value, size));

@@ -158,9 +158,9 @@ int meta_apply(struct node *n, int fd, const struct stat *attr, int valid)
 	if (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
 		uid_t uid = (valid & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1;
 		gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1;
-		if ((fd >= 0 ? fchown(fd, uid, gid)
-			     : fchownat(n->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)) <
-		    0)
+		if ((fd >= 0
+			 ? fchown(fd, uid, gid)
+			 : fchownat(n->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)) < 0)
 			return -errno;
 	}
 	if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
@@ -174,9 +174,9 @@ int meta_apply(struct node *n, int fd, const struct stat *attr, int valid)
 		else if (valid & FUSE_SET_ATTR_MTIME)
 			tv[1] = attr->st_mtim;
 		int r = fd >= 0 ? futimens(fd, tv)
-		    : n->kind == NODE_OTHER
-			? utimensat(n->fd, "", tv, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
-			: utimensat(AT_FDCWD, proc, tv, 0);
+			: n->kind == NODE_OTHER
+			    ? utimensat(n->fd, "", tv, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
+			    : utimensat(AT_FDCWD, proc, tv, 0);
 		if (r < 0)
 			return -errno;
 	}

@@ -255,9 +255,9 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	} else if (wants_write(fi->flags)) {
 		if (route_arm(tid, fuse_req_ctx(req)->uid, n)) {
 			/* never write or truncate a published version: send the writer back to walk
-			 * the path again; its LOOKUP answers a staging nodeid for a current name, and
-			 * EROFS inside .versions/ (the version may have been replaced meanwhile, so
-			 * "old" alone cannot tell which) */
+			 * the path again; its LOOKUP answers a staging nodeid for a current name,
+			 * and EROFS inside .versions/ (the version may have been replaced
+			 * meanwhile, so "old" alone cannot tell which) */
 			fuse_reply_err(req, ESTALE);
 		} else if (versions_readonly(n)) {
 			fuse_reply_err(req, -versions_refuse("write open of", "an old version"));

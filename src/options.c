@@ -16,26 +16,26 @@
 #endif
 
 const char *binvfs_usage =
-	"usage: binvfs [-f] [-d] [-s] [-o OPT[,OPT...]] SOURCE [MOUNTPOINT]\n"
-	"Mount SOURCE (over itself, or at MOUNTPOINT) so that every write becomes an atomic\n"
-	"new version and earlier versions stay under MOUNTPOINT/.versions/.\n"
-	"\n"
-	"  -f            stay in the foreground, log to stderr\n"
-	"  -d            debug: trace every request (implies -f)\n"
-	"  -s            single-threaded request loop\n"
-	"  -h, --help    this help\n"
-	"  -V, --version the version\n"
-	"  -o keep=N     old versions kept per path (default 10, 0 = no limit)\n"
-	"  -o nosync     skip the fsyncs of a publish (tests, benchmarks)\n"
-	"  -o debug      same as -d\n"
-	"  -o OPT        FUSE and mount options (allow_other, default_permissions, suid, ro, ...);\n"
-	"                as root, allow_other and default_permissions are on by default\n";
+    "usage: binvfs [-f] [-d] [-s] [-o OPT[,OPT...]] SOURCE [MOUNTPOINT]\n"
+    "Mount SOURCE (over itself, or at MOUNTPOINT) so that every write becomes an atomic\n"
+    "new version and earlier versions stay under MOUNTPOINT/.versions/.\n"
+    "\n"
+    "  -f            stay in the foreground, log to stderr\n"
+    "  -d            debug: trace every request (implies -f)\n"
+    "  -s            single-threaded request loop\n"
+    "  -h, --help    this help\n"
+    "  -V, --version the version\n"
+    "  -o keep=N     old versions kept per path (default 10, 0 = no limit)\n"
+    "  -o nosync     skip the fsyncs of a publish (tests, benchmarks)\n"
+    "  -o debug      same as -d\n"
+    "  -o OPT        FUSE and mount options (allow_other, default_permissions, suid, ro, ...);\n"
+    "                as root, allow_other and default_permissions are on by default\n";
 
 /* fstab and mount(8) options that mean nothing to a FUSE daemon */
 static bool ignored(const char *o)
 {
-	static const char *const list[] = {"defaults", "auto", "noauto", "user", "nouser",
-					   "users", "nofail", "_netdev", "rw", NULL};
+	static const char *const list[] = {"defaults", "auto",	 "noauto",  "user", "nouser",
+					   "users",    "nofail", "_netdev", "rw",   NULL};
 	if (!strncmp(o, "x-", 2) || !strncmp(o, "comment=", 8))
 		return true;
 	for (int i = 0; list[i]; i++)
@@ -130,9 +130,11 @@ int options_parse(int argc, char **argv, struct options *o)
 		} else if (!strcmp(a, "-s")) {
 			o->single_thread = true;
 		} else if (!strncmp(a, "-o", 2)) {
-			char *list = a[2] ? strdup(a + 2) : (i + 1 < argc ? strdup(argv[++i]) : NULL);
+			char *list =
+			    a[2] ? strdup(a + 2) : (i + 1 < argc ? strdup(argv[++i]) : NULL);
 			if (!list) {
-				fprintf(stderr, "binvfs: -o needs an argument (see binvfs --help)\n");
+				fprintf(stderr,
+					"binvfs: -o needs an argument (see binvfs --help)\n");
 				return -1;
 			}
 			int r = parse_opts(o, list);

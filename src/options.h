@@ -5,9 +5,9 @@
 #include <stdbool.h>
 
 struct options {
-	char *source;     /* realpath of SOURCE */
+	char *source;	  /* realpath of SOURCE */
 	char *mountpoint; /* realpath of MOUNTPOINT (SOURCE when omitted) */
-	unsigned keep;    /* keep=N, default 10, 0 = no limit */
+	unsigned keep;	  /* keep=N, default 10, 0 = no limit */
 	bool nosync;
 	bool foreground;
 	bool debug;

@@ -25,13 +25,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define ROUTE_MAX     1024
-#define ROUTE_TTL_NS  2000000000ull
-#define STAT_WAIT_NS  100000000l /* bound on reading /proc/<pid>/stat at FLUSH */
+#define ROUTE_MAX    1024
+#define ROUTE_TTL_NS 2000000000ull
+#define STAT_WAIT_NS 100000000l /* bound on reading /proc/<pid>/stat at FLUSH */
 
 struct route {
 	pid_t tid;
-	uid_t uid;            /* who asked: a full table evicts its own routes first */
+	uid_t uid; /* who asked: a full table evicts its own routes first */
 	unsigned long long expires;
 	struct node *stale;   /* the version nodeid the thread was sent back from (ref) */
 	struct node *staging; /* the staging node it was given (ref) */
@@ -39,7 +39,7 @@ struct route {
 
 static pthread_mutex_t route_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct route routes[ROUTE_MAX]; /* [0, nroutes) in use; protected by route_lock */
-static int nroutes; /* written under route_lock, read without it as a hint */
+static int nroutes;		       /* written under route_lock, read without it as a hint */
 
 static unsigned long long now_ns(void)
 {
@@ -135,7 +135,8 @@ bool route_thread_writes(pid_t tid)
 		return true;
 	case 437: { /* openat2(dfd, path, how, size): flags live in the caller's memory */
 		unsigned long long flags = 0;
-		struct iovec local = {&flags, sizeof(flags)}, remote = {(void *)a[2], sizeof(flags)};
+		struct iovec local = {&flags, sizeof(flags)},
+			     remote = {(void *)a[2], sizeof(flags)};
 		if (process_vm_readv(tid, &local, 1, &remote, 1, 0) != sizeof(flags))
 			return false;
 		return is_write_flags((unsigned long)flags);

@@ -28,9 +28,9 @@ void route_done(pid_t tid);
 void route_clear_all(void);
 
 enum closer {
-	CLOSER_OPENER,  /* the process that opened it: a normal close or exit */
-	CLOSER_OTHER,   /* another process (a child that inherited the fd) */
-	CLOSER_KILLED,  /* the opener, dying of a signal */
+	CLOSER_OPENER, /* the process that opened it: a normal close or exit */
+	CLOSER_OTHER,  /* another process (a child that inherited the fd) */
+	CLOSER_KILLED, /* the opener, dying of a signal */
 };
 pid_t route_tgid(pid_t tid);
 /* Does the process of tid still hold a write fd on inode number a or b (a dup, or an fd

@@ -72,8 +72,8 @@ static int check_marker(int vfd)
 
 static int write_marker(int vfd)
 {
-	int fd = openat(vfd, STORE_MARKER, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-			0644);
+	int fd =
+	    openat(vfd, STORE_MARKER, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 	size_t len = strlen(STORE_FORMAT);
 
 	if (fd < 0)
@@ -459,8 +459,8 @@ static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, si
 			continue;
 		snprintf(vrel, sizeof(vrel), "%s%s%s", rel, *rel ? "/" : "", vname);
 		if (in_use && in_use(arg, &st, vrel, vdirfd, vname)) {
-			log_info("keep %s/%s: in use, removed when its last user is gone", STORE_DIR,
-				 vrel);
+			log_info("keep %s/%s: in use, removed when its last user is gone",
+				 STORE_DIR, vrel);
 			continue;
 		}
 		if (unlinkat(vdirfd, vname, 0) == 0) {
@@ -476,8 +476,8 @@ static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, si
 
 /* Apply retention now: keep the newest `keep` versions of dirfd/name, or of every name with
  * versions in that directory when name is NULL. Returns the number removed or -errno. */
-int store_prune(struct store *s, int dirfd, const char *name, unsigned keep,
-		store_in_use_fn in_use, void *arg)
+int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, store_in_use_fn in_use,
+		void *arg)
 {
 	char rel[STORE_RELMAX];
 	int vdirfd, err, removed = 0;

@@ -9,20 +9,20 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-#define STORE_DIR      ".versions"
-#define STORE_MARKER   ".binvfs-format"
-#define STORE_STAGING  ".binvfs-staging"
-#define STORE_FORMAT   "binvfs store format 1\n"
-#define STORE_RELMAX   4096
+#define STORE_DIR     ".versions"
+#define STORE_MARKER  ".binvfs-format"
+#define STORE_STAGING ".binvfs-staging"
+#define STORE_FORMAT  "binvfs store format 1\n"
+#define STORE_RELMAX  4096
 
 struct store {
-	int rootfd;  /* SOURCE, O_PATH, opened before the mount */
-	int vfd;     /* SOURCE/.versions, O_PATH */
-	int stagefd; /* SOURCE/.versions/.binvfs-staging, O_PATH */
+	int rootfd;    /* SOURCE, O_PATH, opened before the mount */
+	int vfd;       /* SOURCE/.versions, O_PATH */
+	int stagefd;   /* SOURCE/.versions/.binvfs-staging, O_PATH */
 	unsigned keep; /* old versions kept per path, 0 = no limit */
 	bool nosync;
 	pthread_mutex_t lock; /* serialises every change to names that keeps a version */
-	uint64_t seq;         /* staging link names; protected by lock */
+	uint64_t seq;	      /* staging link names; protected by lock */
 };
 
 /* Asked by store_prune for each version beyond `keep` (st: the version; vdirfd/vname: where
@@ -32,11 +32,11 @@ typedef bool (*store_in_use_fn)(void *arg, const struct stat *st, const char *vr
 				const char *vname);
 
 struct store_change {
-	bool kept;           /* a version was added */
-	struct stat old;     /* the replaced file (when kept) */
-	char vname[256];     /* its name in the versions dir */
+	bool kept;		       /* a version was added */
+	struct stat old;	       /* the replaced file (when kept) */
+	char vname[256];	       /* its name in the versions dir */
 	char vrel[STORE_RELMAX + 256]; /* its path below .versions/ */
-	bool orphaned;       /* publish found the name gone: the new content became a version */
+	bool orphaned; /* publish found the name gone: the new content became a version */
 };
 
 int store_open(struct store *s, const char *source, unsigned keep, bool nosync);
@@ -54,8 +54,8 @@ int store_keep_version(struct store *s, int dirfd, const char *name, struct stor
 		       store_in_use_fn in_use, void *arg);
 int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
 		  store_in_use_fn in_use, void *arg);
-int store_prune(struct store *s, int dirfd, const char *name, unsigned keep,
-		store_in_use_fn in_use, void *arg);
+int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, store_in_use_fn in_use,
+		void *arg);
 int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino);
 int store_sync_dir(struct store *s, int dirfd);
 

@@ -6,9 +6,7 @@ reports. Processes a test starts go through `procs` and are killed by pid at tea
 """
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -83,7 +81,7 @@ class Mount:
             self.proc.kill()
             self.proc.wait()
             rc = "hung"
-        proc, self.proc = self.proc, None
+        self.proc = None
         text = self.logtext()
         self.log.close()
         os.unlink(self.log_path)

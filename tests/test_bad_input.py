@@ -19,6 +19,7 @@ import subprocess
 import pytest
 
 from conftest import Mount, is_mounted, program
+from util import read, write
 
 MARKER = b"binvfs store format 1\n"
 
@@ -27,18 +28,6 @@ def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, timeout=60, **kw)
 
 
-def write(path, data, mode=None):
-    if isinstance(data, str):
-        data = data.encode()
-    with open(path, "wb") as f:
-        f.write(data)
-    if mode is not None:
-        os.chmod(path, mode)
-
-
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def cp_data(workdir, data, dst):

@@ -3,7 +3,6 @@ Promise 2: the running program keeps its inode and keeps running."""
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
 
