@@ -172,7 +172,7 @@ static enum node_kind kind_of(mode_t mode)
 	return S_ISDIR(mode) ? NODE_DIR : S_ISREG(mode) ? NODE_FILE : NODE_OTHER;
 }
 
-struct node *node_lookup(int dirfd, const char *name, const struct stat *st, bool in_versions)
+struct node *node_lookup(int dirfd, const char *name, struct stat *st, bool in_versions)
 {
 	struct node *n;
 	struct stat fst;
@@ -190,11 +190,13 @@ struct node *node_lookup(int dirfd, const char *name, const struct stat *st, boo
 	fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return NULL;
-	if (fstat(fd, &fst) < 0 || fst.st_ino != st->st_ino || fst.st_dev != st->st_dev) {
-		close(fd); /* the name changed under us: let the kernel retry */
-		errno = ESTALE;
+	if (fstat(fd, &fst) < 0) {
+		close(fd);
 		return NULL;
 	}
+	/* The object opened is what the name holds now (it may have been replaced since the
+	 * caller's fstatat): answer for it. */
+	*st = fst;
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(st->st_dev, st->st_ino);
 	if (n && n->kind == kind_of(st->st_mode)) {

@@ -47,9 +47,9 @@ struct node *node_root(void);
 struct node *node_get(uint64_t nodeid);
 uint64_t node_id(const struct node *n);
 
-/* Find or create the node for an object just looked up (st from fstatat(dirfd, name)); adds
- * one kernel lookup. Returns NULL with errno set. */
-struct node *node_lookup(int dirfd, const char *name, const struct stat *st, bool in_versions);
+/* Find or create the node for an object just looked up (st from fstatat(dirfd, name), updated
+ * if the name changed meanwhile); adds one kernel lookup. Returns NULL with errno set. */
+struct node *node_lookup(int dirfd, const char *name, struct stat *st, bool in_versions);
 struct node *node_new_staging(struct node *base, struct node *parent, const char *name);
 void node_add_lookup(struct node *n);
 
