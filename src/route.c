@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 #define ROUTE_MAX    1024
-#define ROUTE_TTL_NS 2000000000ull
+#define ROUTE_TTL_NS 10000000000ull /* a retry under heavy load can take seconds */
 #define STAT_WAIT_NS 100000000l /* bound on reading /proc/<pid>/stat at FLUSH */
 
 struct route {
