@@ -182,6 +182,8 @@ int main(int argc, char **argv)
 		cfg = fuse_loop_cfg_create();
 		fuse_loop_cfg_set_clone_fd(cfg, 0);
 		fuse_loop_cfg_set_idle_threads(cfg, 10);
+		/* libfuse's default of 10 workers lets ten slow /proc reads stall every request */
+		fuse_loop_cfg_set_max_threads(cfg, 128);
 		ret = fuse_session_loop_mt(fs.se, cfg);
 		fuse_loop_cfg_destroy(cfg);
 	}

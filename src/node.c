@@ -140,6 +140,9 @@ void node_table_destroy(void)
 	while (all.next != &all) {
 		struct node *n = all.next;
 		list_del(n);
+		/* the session is over: every user of a version whose prune waited is gone */
+		if (n->prune_vrel && node_prune_hook)
+			node_prune_hook(n->prune_vrel, n->dev, n->ino);
 		if (n->fd >= 0)
 			close(n->fd);
 		if (n->rdfd >= 0)

@@ -248,7 +248,10 @@ void bv_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *v
 		 int flags)
 {
 	if (!strcmp(name, PRUNE_XATTR))
-		fuse_reply_err(req, -prune_request(inode_of(ino), value, size));
+		/* removing history is the administrator's: root only */
+		fuse_reply_err(req, fuse_req_ctx(req)->uid != 0
+					? EPERM
+					: -prune_request(inode_of(ino), value, size));
 	else
 		fuse_reply_err(req, -xattr_change(inode_of(ino), name, value, size, flags, false));
 }

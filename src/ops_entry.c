@@ -219,7 +219,9 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 	if (n->kind == NODE_FILE && ((valid & FUSE_SET_ATTR_SIZE) || node_old(n))) {
 		/* A truncate reached a published version, or a change reached a version that was
 		 * replaced since its LOOKUP: send the thread back to walk again (bv_open). */
-		err = route_arm(tid, fuse_req_ctx(req)->uid, n) ? -ESTALE : -EROFS;
+		err = route_arm(tid, fuse_req_ctx(req)->uid, n)
+			  ? -ESTALE
+			  : versions_refuse("change of", "an old version");
 		goto reply;
 	}
 	if (valid & FUSE_SET_ATTR_SIZE) {
@@ -263,10 +265,10 @@ void bv_readlink(fuse_req_t req, fuse_ino_t ino)
 }
 
 /* Refuse to create in the view, or a directory whose name the store reserves. */
-static int check_new_name(struct node *parent, const char *name)
+static int check_new_name(struct node *parent, const char *name, const char *op)
 {
 	if (parent->in_versions)
-		return versions_refuse("creating", name);
+		return versions_refuse(op, name);
 	if (parent == node_root() && store_reserved_root_name(name))
 		return -EPERM;
 	return 0;
@@ -316,7 +318,7 @@ static void reply_new_entry(fuse_req_t req, struct node *parent, const char *nam
 void bv_mknod(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode, dev_t rdev)
 {
 	struct node *parent = inode_of(pino);
-	int err = check_new_name(parent, name);
+	int err = check_new_name(parent, name, "mknod of");
 
 	if (!err && mknodat(parent->fd, name, mode, rdev) < 0)
 		err = -errno;
@@ -331,7 +333,7 @@ void bv_mknod(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode, de
 void bv_mkdir(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode)
 {
 	struct node *parent = inode_of(pino);
-	int err = check_new_name(parent, name);
+	int err = check_new_name(parent, name, "mkdir of");
 
 	if (!err && mkdirat(parent->fd, name, mode) < 0)
 		err = -errno;
@@ -346,7 +348,7 @@ void bv_mkdir(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode)
 void bv_symlink(fuse_req_t req, const char *link, fuse_ino_t pino, const char *name)
 {
 	struct node *parent = inode_of(pino);
-	int err = check_new_name(parent, name);
+	int err = check_new_name(parent, name, "symlink");
 
 	if (!err && symlinkat(link, parent->fd, name) < 0)
 		err = -errno;
@@ -361,7 +363,7 @@ void bv_symlink(fuse_req_t req, const char *link, fuse_ino_t pino, const char *n
 void bv_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t pino, const char *name)
 {
 	struct node *n = inode_of(ino), *parent = inode_of(pino);
-	int err = check_new_name(parent, name);
+	int err = check_new_name(parent, name, "link to");
 
 	if (!err && (n->kind == NODE_STAGING || node_old(n) || n->kind == NODE_DIR))
 		err = -EXDEV; /* old versions leave .versions/ by copy, not by link */
@@ -408,7 +410,7 @@ void bv_unlink(fuse_req_t req, fuse_ino_t pino, const char *name)
 void bv_rmdir(fuse_req_t req, fuse_ino_t pino, const char *name)
 {
 	struct node *parent = inode_of(pino);
-	int err = check_new_name(parent, name);
+	int err = check_new_name(parent, name, "rmdir of");
 
 	if (!err && unlinkat(parent->fd, name, AT_REMOVEDIR) < 0)
 		err = -errno;
@@ -422,9 +424,9 @@ void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npi
 	struct store_change ch;
 	int err;
 
-	err = check_new_name(parent, name);
+	err = check_new_name(parent, name, "rename of");
 	if (!err)
-		err = check_new_name(nparent, newname);
+		err = check_new_name(nparent, newname, "rename to");
 	if (!err && (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)))
 		err = -EINVAL;
 	if (err) {

@@ -27,7 +27,7 @@
 
 #define ROUTE_MAX    1024
 #define ROUTE_TTL_NS 10000000000ull /* a retry under heavy load can take seconds */
-#define STAT_WAIT_NS 100000000l /* bound on reading /proc/<pid>/stat at FLUSH */
+#define STAT_WAIT_NS 100000000l	    /* bound on reading /proc/<pid>/stat at FLUSH */
 
 struct route {
 	pid_t tid;

@@ -455,8 +455,11 @@ static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, si
 	for (size_t i = 0; cnt > keep && i < cnt - keep; i++) {
 		struct stat st;
 		snprintf(vname, sizeof(vname), "%s.~%u~", name, ns[i]);
-		if (fstatat(vdirfd, vname, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		if (fstatat(vdirfd, vname, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			if (errno == ENOENT)
+				history_del(vdirfd, name, ns[i]); /* gone already */
 			continue;
+		}
 		snprintf(vrel, sizeof(vrel), "%s%s%s", rel, *rel ? "/" : "", vname);
 		if (in_use && in_use(arg, &st, vrel, vdirfd, vname)) {
 			log_info("keep %s/%s: in use, removed when its last user is gone",

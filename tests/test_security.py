@@ -829,3 +829,20 @@ def test_hostile_comm_cannot_fake_the_closer(mnt, workdir, people):
         lambda: hostile_comm_writer(mnt.p("rootfile"), b"evil\n")))
     assert res == "EACCES"
     assert read_all(mnt.p("rootfile")) == b"root\n"
+
+
+def test_only_root_can_prune_history(mnt, workdir):
+    """Removing history through the prune request is the administrator's, even for a user
+    who may write the directory."""
+    from util import as_user
+    os.chmod(workdir, 0o755)
+    os.chmod(mnt.p(), 0o777)
+    path = mnt.p("f")
+    for i in range(3):
+        with open(path, "w") as f:
+            f.write(str(i))
+    before = sorted(os.listdir(mnt.p(".versions")))
+    assert as_user(lambda: os.setxattr(mnt.p(), "user.binvfs.prune", b"0")) == errno.EPERM
+    assert sorted(os.listdir(mnt.p(".versions"))) == before == ["f.~1~", "f.~2~"]
+    os.setxattr(mnt.p(), "user.binvfs.prune", b"0/f")
+    assert os.listdir(mnt.p(".versions")) == []
