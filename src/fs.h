@@ -2,7 +2,9 @@
 #ifndef BINVFS_FS_H
 #define BINVFS_FS_H
 
-#define FUSE_USE_VERSION 34
+/* 312: fuse_session_loop_mt() takes the fuse_loop_cfg_*() object; with an older API level it
+ * reads that object as the old struct and runs one new thread per request. */
+#define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <stdbool.h>

@@ -276,6 +276,7 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	node_open(n);
 	fi->fh = 0;
 	fi->keep_cache = 1; /* a version's content never changes */
+	fi->noflush = 1;    /* nothing to publish at a reader's close: spare it the FLUSH */
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		node_close(n);
 }
