@@ -23,7 +23,10 @@
 struct binvfs {
 	struct store store;
 	struct fuse_session *se;
-	dev_t view_dev; /* the store's .versions/ directory, root of the view */
+	unsigned long gen; /* bumped by every publish (atomic): a LOOKUP that overlapped one is
+			    * not cached */
+	int mnt_id;	   /* our mount as /proc/PID/fdinfo shows it, -1 if unknown */
+	dev_t view_dev;	   /* the store's .versions/ directory, root of the view */
 	ino_t view_ino;
 };
 
@@ -59,7 +62,7 @@ static inline struct handle *handle_of(struct fuse_file_info *fi)
 }
 
 /* ops_entry.c */
-void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *st);
+void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *st, bool cache);
 int node_stat(struct node *n, struct stat *st);
 int meta_apply(struct node *n, int fd, const struct stat *attr, int valid);
 int staging_setattr(struct node *stg, int fd, const struct stat *attr, int valid);

@@ -73,25 +73,33 @@ static void prune_deferred(const char *vrel, dev_t dev, ino_t ino)
 	pthread_mutex_unlock(&fs.store.lock);
 }
 
-/* Is dir already the mount point of a binvfs? Then serving it again would stack on it. */
-static bool served_by_binvfs(const char *dir)
+/* The id of the newest binvfs mount at dir (-1 if none): the last one listed is on top. */
+static int binvfs_mount_id(const char *dir)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "r");
 	char line[8192];
-	bool found = false;
+	int id = -1;
 
 	if (!f)
-		return false;
-	while (!found && fgets(line, sizeof(line), f)) {
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
 		char mnt[4096], fstype[256];
+		int mid;
 		char *sep = strstr(line, " - ");
-		if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", mnt) != 1 ||
+		if (!sep || sscanf(line, "%d %*s %*s %*s %4095s", &mid, mnt) != 2 ||
 		    sscanf(sep + 3, "%255s", fstype) != 1)
 			continue;
-		found = !strcmp(fstype, "fuse.binvfs") && !strcmp(mnt, dir);
+		if (!strcmp(fstype, "fuse.binvfs") && !strcmp(mnt, dir))
+			id = mid;
 	}
 	fclose(f);
-	return found;
+	return id;
+}
+
+/* Is dir already the mount point of a binvfs? Then serving it again would stack on it. */
+static bool served_by_binvfs(const char *dir)
+{
+	return binvfs_mount_id(dir) >= 0;
 }
 
 /* systemd Type=notify: tell the service manager the mount is up (sd_notify's protocol). */
@@ -182,6 +190,7 @@ int main(int argc, char **argv)
 		goto out_store;
 	if (fuse_session_mount(fs.se, o.mountpoint) != 0)
 		goto out_signals;
+	fs.mnt_id = binvfs_mount_id(o.mountpoint);
 	if (!o.foreground)
 		log_init(true, o.debug);
 	fuse_daemonize(o.foreground);

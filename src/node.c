@@ -149,6 +149,7 @@ void node_table_destroy(void)
 			close(n->rdfd);
 		free(n->prune_vrel);
 		free(n->name);
+		free(n->cached_name);
 		free(n);
 	}
 	free(buckets);
@@ -289,6 +290,7 @@ static void release_locked(struct node *n)
 	if (n->rdfd >= 0)
 		close(n->rdfd);
 	free(n->name);
+	free(n->cached_name);
 	free(n);
 	if (base)
 		node_unref(base);
@@ -416,6 +418,31 @@ void node_set_cur_fd(struct node *n, int fd)
 	pthread_mutex_lock(&table_lock);
 	n->cur_fd = fd;
 	pthread_mutex_unlock(&table_lock);
+}
+
+void node_set_cached_name(struct node *n, uint64_t dir, const char *name)
+{
+	char *copy = strdup(name);
+
+	pthread_mutex_lock(&table_lock);
+	if (copy) {
+		free(n->cached_name);
+		n->cached_name = copy;
+		n->cached_dir = dir;
+	}
+	pthread_mutex_unlock(&table_lock);
+}
+
+char *node_take_cached_name(struct node *n, uint64_t *dir)
+{
+	char *name;
+
+	pthread_mutex_lock(&table_lock);
+	name = n->cached_name;
+	*dir = n->cached_dir;
+	n->cached_name = NULL;
+	pthread_mutex_unlock(&table_lock);
+	return name;
 }
 
 void node_meta_add(struct node *n, int valid, const struct stat *resolved)

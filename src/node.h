@@ -24,10 +24,12 @@ struct node {
 	int fd;	  /* O_PATH to the backing object; -1 for staging nodes */
 	int rdfd; /* files: O_RDONLY, opened at the first open, kept until forget */
 	/* protected by the table lock: */
-	uint64_t nlookup; /* the kernel's references (LOOKUP replies minus FORGET) */
-	unsigned refs;	  /* ours: open handles, staging bases, routes */
-	unsigned opens;	  /* open files on this nodeid (read, exec, write) */
-	char *prune_vrel; /* version to remove from the store once unused */
+	uint64_t nlookup;    /* the kernel's references (LOOKUP replies minus FORGET) */
+	unsigned refs;	     /* ours: open handles, staging bases, routes */
+	unsigned opens;	     /* open files on this nodeid (read, exec, write) */
+	char *prune_vrel;    /* version to remove from the store once unused */
+	uint64_t cached_dir; /* the name the kernel may cache for it (tree LOOKUP), table lock */
+	char *cached_name;
 	dev_t prune_vdev; /* the .versions/ directory holding it */
 	ino_t prune_vino;
 	int cur_fd;	  /* staging: fd of the newest staging copy, -1 if none */
@@ -71,6 +73,8 @@ bool node_defer_prune(void *arg, const struct stat *st, const char *vrel, int vd
 /* Set by main: asks the kernel to drop a cached entry (notify.c). */
 extern void (*node_inval_hook)(struct node *dir, const char *name);
 void node_set_cur_fd(struct node *n, int fd);
+void node_set_cached_name(struct node *n, uint64_t dir, const char *name);
+char *node_take_cached_name(struct node *n, uint64_t *dir);
 void node_meta_add(struct node *n, int valid, const struct stat *resolved);
 int node_meta_take(struct node *n, struct stat *meta);
 int node_cur_fd(struct node *n);

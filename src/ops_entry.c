@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -25,16 +26,29 @@ static double attr_timeout(const struct node *n)
 	}
 }
 
-void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *st)
+void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *st, bool cache)
 {
 	memset(e, 0, sizeof(*e));
 	e->ino = node_id(n);
 	e->attr = *st;
 	e->attr_timeout = attr_timeout(n);
-	/* A regular file's name may be answered another nodeid at any publish or for a writer:
-	 * look it up every time (kernel-notes §4). Directories and symlinks only change through
-	 * operations the kernel sees. */
-	e->entry_timeout = (n->kind == NODE_DIR || n->kind == NODE_OTHER) ? TIMEOUT_LONG : 0;
+	/* Directories and symlinks change only through operations the kernel sees. A regular
+	 * file's name is answered another nodeid at a publish or for a writer: it is cached only
+	 * when `cache` says so (see cacheable()), else looked up every time (kernel-notes §4). */
+	e->entry_timeout =
+	    (n->kind == NODE_DIR || n->kind == NODE_OTHER || cache) ? TIMEOUT_LONG : 0;
+}
+
+/* May the kernel cache this name -> version answer? Only for a name without any execute bit
+ * (it cannot be running, so a writer that lands on its cached entry reaches OPEN, and is
+ * routed by ESTALE and a re-walk, kernel-notes §3, §9), in the tree, and only if no publish
+ * overlapped this LOOKUP: every publish invalidates its name (ops_file.c), and a LOOKUP that
+ * raced one answers uncached. A name with an x bit must be looked up every time: a writer
+ * landing on a running inode fails with ETXTBSY before we are asked (§1). */
+static bool cacheable(struct node *parent, struct node *n, const struct stat *st, unsigned long gen)
+{
+	return n->kind == NODE_FILE && !parent->in_versions && !(st->st_mode & 0111) &&
+	       __atomic_load_n(&fs.gen, __ATOMIC_ACQUIRE) == gen;
 }
 
 int node_stat(struct node *n, struct stat *st)
@@ -66,6 +80,10 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 	struct stat st;
 	int dirfd = parent->fd;
 	bool view_root = versions_is_view_root(parent, name);
+	unsigned long gen = __atomic_load_n(&fs.gen, __ATOMIC_ACQUIRE);
+
+	if (!parent->in_versions && !view_root)
+		route_saw_lookup(fuse_req_ctx(req)->pid); /* (a walk into .versions/ is not) */
 
 	if (!view_root && versions_hidden(parent, name)) {
 		reply_negative(req, false);
@@ -107,7 +125,10 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 			}
 		}
 	}
-	fill_entry(&e, n, &st);
+	bool cache = cacheable(parent, n, &st, gen);
+	if (cache)
+		node_set_cached_name(n, node_id(parent), name);
+	fill_entry(&e, n, &st, cache);
 	if (fuse_reply_entry(req, &e) == -ENOENT)
 		node_forget(n, 1); /* the requester was interrupted: the kernel took no ref */
 }
@@ -310,7 +331,7 @@ static void reply_new_entry(fuse_req_t req, struct node *parent, const char *nam
 		fuse_reply_err(req, errno);
 		return;
 	}
-	fill_entry(&e, n, &st);
+	fill_entry(&e, n, &st, false);
 	if (fuse_reply_entry(req, &e) == -ENOENT)
 		node_forget(n, 1);
 }

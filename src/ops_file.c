@@ -151,6 +151,14 @@ static int handle_publish(struct handle *h)
 	}
 	struct stat meta;
 	node_meta_take(stg, &meta); /* it is in the published copy */
+	if (!ch.orphaned) {
+		/* The name now answers another version: drop what the kernel caches for it before
+		 * close() returns (cacheable() in ops_entry.c). The closer holds no directory lock,
+		 * and any request that does is served by another worker. */
+		__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
+		fuse_lowlevel_notify_inval_entry(fs.se, node_id(parent), stg->name,
+						 strlen(stg->name));
+	}
 	h->published = true;
 	h->dirty = false;
 	if (ch.orphaned)
@@ -268,6 +276,19 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		return;
 	}
+	if ((fi->flags & FMODE_EXEC) && n->kind == NODE_FILE) {
+		uint64_t dir;
+		char *cached = node_take_cached_name(n, &dir);
+		if (cached) {
+			/* It was looked up without an x bit, so the kernel may hold its name for
+			 * long; running, it must be looked up every time (cacheable()). Send the
+			 * exec back once: its re-walk renews the entry, same nodeid, now uncached.
+			 */
+			free(cached);
+			fuse_reply_err(req, ESTALE);
+			return;
+		}
+	}
 	fd = node_rdfd(target);
 	if (fd < 0) {
 		fuse_reply_err(req, -fd);
@@ -318,7 +339,7 @@ void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	fill_entry(&e, n, &st);
+	fill_entry(&e, n, &st, false);
 	fi->fh = (uintptr_t)h;
 	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
 		handle_free(h);
@@ -444,7 +465,7 @@ static bool still_writing(struct handle *h, pid_t pid)
 	struct stat st;
 	ino_t cur = fstat(h->fd, &st) == 0 ? st.st_ino : 0;
 
-	return route_still_writing(pid, h->node->base->ino, cur);
+	return route_still_writing(pid, fs.mnt_id, h->node->base->ino, cur);
 }
 
 void bv_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

@@ -35,6 +35,7 @@ struct route {
 	unsigned long long expires;
 	struct node *stale;   /* the version nodeid the thread was sent back from (ref) */
 	struct node *staging; /* the staging node it was given (ref) */
+	bool walked;	      /* a LOOKUP came from the thread since it was sent back */
 };
 
 static pthread_mutex_t route_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -153,10 +154,11 @@ bool route_arm(pid_t tid, uid_t uid, struct node *stale)
 
 	pthread_mutex_lock(&route_lock);
 	r = find(tid, uid, true);
-	if (r->stale == stale && !r->staging) {
+	if (r->stale == stale && !r->staging && !r->walked) {
 		fresh = false; /* sent back already, and no LOOKUP came: no name walk */
 		clear((int)(r - routes));
 	} else {
+		r->walked = false;
 		if (r->stale)
 			node_unref(r->stale);
 		r->stale = stale;
@@ -196,6 +198,19 @@ struct node *route_staging(pid_t tid, uid_t uid, struct node *base, struct node 
 out:
 	pthread_mutex_unlock(&route_lock);
 	return st;
+}
+
+void route_saw_lookup(pid_t tid)
+{
+	struct route *r;
+
+	if (!__atomic_load_n(&nroutes, __ATOMIC_ACQUIRE))
+		return;
+	pthread_mutex_lock(&route_lock);
+	r = find(tid, 0, false);
+	if (r)
+		r->walked = true;
+	pthread_mutex_unlock(&route_lock);
 }
 
 void route_done(pid_t tid)
@@ -238,7 +253,7 @@ pid_t route_tgid(pid_t tid)
 	return p ? (pid_t)atoi(p + 6) : 0;
 }
 
-bool route_still_writing(pid_t tid, ino_t a, ino_t b)
+bool route_still_writing(pid_t tid, int mnt_id, ino_t a, ino_t b)
 {
 	char path[64], buf[256];
 	struct dirent *e;
@@ -255,6 +270,7 @@ bool route_still_writing(pid_t tid, ino_t a, ino_t b)
 	while (!found && (e = readdir(d)) && n++ < 4096) {
 		unsigned long flags = 0;
 		unsigned long long ino = 0;
+		int mnt = -1;
 		char *p;
 		ssize_t len;
 		int fd;
@@ -273,7 +289,11 @@ bool route_still_writing(pid_t tid, ino_t a, ino_t b)
 			flags = strtoul(p + 6, NULL, 8);
 		if ((p = strstr(buf, "\nino:")))
 			ino = strtoull(p + 5, NULL, 10);
-		found = (flags & O_ACCMODE) != O_RDONLY && ino && (ino == a || ino == b);
+		if ((p = strstr(buf, "\nmnt_id:")))
+			mnt = atoi(p + 8);
+		/* an inode number means something only on our mount */
+		found = (flags & O_ACCMODE) != O_RDONLY && ino && (ino == a || ino == b) &&
+			(mnt_id < 0 || mnt == mnt_id);
 	}
 	closedir(d);
 	return found;

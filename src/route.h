@@ -22,6 +22,10 @@ bool route_arm(pid_t tid, uid_t uid, struct node *stale);
 struct node *route_staging(pid_t tid, uid_t uid, struct node *base, struct node *parent,
 			   const char *name, bool detected);
 
+/* Any LOOKUP of the thread: it walks a path, so its next open of the same version is a new
+ * attempt, not the retry of one that had no name walk. */
+void route_saw_lookup(pid_t tid);
+
 /* The routed open or truncate arrived (or an exec was sent back): forget the route. */
 void route_done(pid_t tid);
 
@@ -33,9 +37,10 @@ enum closer {
 	CLOSER_KILLED, /* the opener, dying of a signal */
 };
 pid_t route_tgid(pid_t tid);
-/* Does the process of tid still hold a write fd on inode number a or b (a dup, or an fd
- * shared by a shell's redirection)? Reads /proc/<tid>/fdinfo, which never blocks. */
-bool route_still_writing(pid_t tid, ino_t a, ino_t b);
+/* Does the process of tid still hold a write fd on inode number a or b of the mount mnt_id
+ * (-1: unknown) (a dup, or an fd shared by a shell's redirection)? Reads
+ * /proc/<tid>/fdinfo, which never blocks. */
+bool route_still_writing(pid_t tid, int mnt_id, ino_t a, ino_t b);
 enum closer route_closer(pid_t tid, pid_t opener_tgid);
 
 #endif

@@ -123,3 +123,36 @@ def test_no_etxtbsy_for_write_open_while_running(mnt, procs, cbuild):
         fd = os.open(app, flags)
         os.close(fd)
     assert runner.poll() is None
+
+
+def test_writer_over_binary_that_got_its_x_bit_late(mnt, procs, cbuild):
+    """A name without an x bit may be cached by the kernel; once chmod +x'ed and running, a
+    writer must still be routed away from it (no ETXTBSY)."""
+    v1, v2 = program(cbuild, 1), program(cbuild, 2)
+    app = mnt.p("app")
+    shutil.copy(v1, app)
+    os.chmod(app, 0o644)
+    for _ in range(3):
+        os.stat(app)  # cached while it has no x bit
+    os.chmod(app, 0o755)
+    runner = procs.start([app, "30"], stdout=subprocess.PIPE, text=True)
+    assert runner.stdout.readline() == "version 1\n"
+    r = run(["cp", v2, app])
+    assert r.returncode == 0, r.stderr
+    assert run([app]).stdout == "version 2\n"
+    assert runner.poll() is None
+
+
+def test_cached_name_sees_a_publish_at_once(mnt):
+    """A data file's name is cached by the kernel; every publish must drop that answer before
+    the writer's close() returns."""
+    path = mnt.p("data")
+    with open(path, "w") as f:
+        f.write("content -1\n")
+    for i in range(50):
+        with open(path, "w") as f:
+            f.write(f"content {i}\n")
+            with open(path) as g:  # looked up meanwhile: the old version, cached
+                assert g.read() == f"content {i - 1}\n"
+        with open(path) as f:
+            assert f.read() == f"content {i}\n"
