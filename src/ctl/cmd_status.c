@@ -25,15 +25,7 @@ static void count_files(const char *path, unsigned long long *files)
 	if (!d)
 		return;
 	for (struct dirent *e; (e = readdir(d));) {
-		unsigned char type = e->d_type;
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-			continue;
-		if (type == DT_UNKNOWN) {
-			struct stat st;
-			if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-				continue;
-			type = S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : 0;
-		}
+		unsigned char type = entry_type(d, e);
 		if (type == DT_REG) {
 			(*files)++;
 		} else if (type == DT_DIR) {

@@ -2,6 +2,7 @@
 #ifndef BINVFSCTL_CTL_H
 #define BINVFSCTL_CTL_H
 
+#include <dirent.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <time.h>
@@ -29,6 +30,8 @@ int cmd_args(int argc, char **argv, int min, int max, const char *synopsis, char
 bool parse_version(const char *s, unsigned *out);
 /* "YYYY-MM-DD HH:MM:SS" in local time, and ISO 8601 with the UTC offset */
 void fmt_time(time_t t, char *buf, size_t len);
+/* DT_REG, DT_DIR or 0 (anything else, "." and ".."), asking lstat when readdir did not say. */
+unsigned char entry_type(DIR *d, const struct dirent *e);
 void fmt_iso(time_t t, char *buf, size_t len);
 
 /* A text table: rows of cells, printed with aligned columns. */

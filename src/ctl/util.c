@@ -2,6 +2,12 @@
 #define _GNU_SOURCE
 #include "ctl.h"
 
+#include <sys/stat.h>
+
+#include <fcntl.h>
+
+#include <dirent.h>
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -172,4 +178,17 @@ void table_free(struct table *t)
 	free(t->cells);
 	t->cells = NULL;
 	t->rows = 0;
+}
+
+unsigned char entry_type(DIR *d, const struct dirent *e)
+{
+	struct stat st;
+
+	if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+		return 0;
+	if (e->d_type == DT_REG || e->d_type == DT_DIR)
+		return e->d_type;
+	if (e->d_type != DT_UNKNOWN || fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return 0;
+	return S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : 0;
 }

@@ -276,14 +276,7 @@ static void walk(const char *path, const char *rel, const char *under, struct vi
 		size_t nlen;
 		unsigned n;
 
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-			continue;
-		if (type == DT_UNKNOWN) {
-			struct stat st;
-			if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-				continue;
-			type = S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : 0;
-		}
+		type = entry_type(d, e);
 		if (type == DT_DIR) {
 			sub = xasprintf("%s%s%s", rel, *rel ? "/" : "", e->d_name);
 			if (related(sub, under)) {
