@@ -125,3 +125,41 @@ int main(int c, char **v) { int n = atoi(v[1]);
     assert fds <= base_fds + 8
     if "asan" not in mnt.binary:  # ASan's quarantine holds freed memory on purpose
         assert rss <= base_rss + 8 * 1024
+
+
+def test_exec_storm_and_killed_lookups_never_hang(mnt, cbuild):
+    """64 threads exec the same binary at once while other processes are SIGKILLed in the
+    middle of their path walks: every exec completes and the mount keeps answering."""
+    import random
+    import threading
+    app = mnt.p("app")
+    shutil.copy(program(cbuild, 1), app)
+    os.makedirs(mnt.p("a", "b", "c"))
+    for i in range(50):
+        shutil.copy(program(cbuild, 1), mnt.p("a", "b", "c", f"x{i}"))
+    bad = []
+
+    def storm():
+        for _ in range(10):
+            r = subprocess.run([app], capture_output=True, text=True, timeout=60)
+            if r.stdout != "version 1\n":
+                bad.append(r.returncode)
+
+    threads = [threading.Thread(target=storm) for _ in range(64)]
+    for t in threads:
+        t.start()
+    killed = 0
+    for i in range(200):  # walkers killed at random moments, some inside a LOOKUP
+        p = subprocess.Popen(["sh", "-c", f"for f in {mnt.p('a', 'b', 'c')}/x*; do "
+                              f"test -x $f; cat $f > /dev/null; done"])
+        time.sleep(random.uniform(0, 0.01))
+        p.kill()
+        p.wait(timeout=30)
+        killed += 1
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert bad == []
+    assert killed == 200
+    r = subprocess.run(["ls", mnt.p("a", "b", "c")], capture_output=True, timeout=10)
+    assert r.returncode == 0 and len(r.stdout.split()) == 50
