@@ -39,15 +39,15 @@ enum handle_kind {
 
 struct handle {
 	enum handle_kind kind;
-	struct node *node;	    /* the nodeid opened (holds an open count) */
-	int fd;			    /* owned */
-	pthread_mutex_t lock;	    /* H_STAGE: protects everything below */
-	bool dirty;		    /* changed since the last publish */
-	bool published;		    /* fd is now a published version: copy before writing again */
-	bool abandoned;		    /* its writer was killed: never publish */
-	struct handle *prev, *next; /* every open handle, for the end of the session */
-	int failed; /* a write into the staging copy failed (ENOSPC, EIO): never publish,
-		     * report it at every FLUSH */
+	struct node *node;    /* the nodeid opened (holds an open count) */
+	int fd;		      /* owned */
+	pthread_mutex_t lock; /* H_STAGE: protects everything below */
+	bool dirty;	      /* changed since the last publish */
+	bool published;	      /* fd is now a published version: copy before writing again */
+	bool abandoned;	      /* its writer was killed: never publish */
+	struct list open;     /* every open handle, for the end of the session */
+	int failed;	      /* a write into the staging copy failed (ENOSPC, EIO): never publish,
+			       * report it at every FLUSH */
 	pid_t opener_tgid;
 };
 
@@ -98,7 +98,7 @@ void bv_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t 
 void bv_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
 int handle_setattr(struct handle *h, struct stat *attr, int valid);
 void handles_shutdown(void);
-int staging_truncate(fuse_req_t req, struct node *st, off_t size);
+int staging_truncate(struct node *st, off_t size);
 
 /* ops_dir.c */
 void dirs_shutdown(void);
@@ -117,7 +117,7 @@ bool versions_is_view_root(struct node *parent, const char *name);
 bool versions_hidden(struct node *dir, const char *name);
 bool versions_readonly(struct node *n);
 int versions_refuse(const char *op, const char *name);
-void versions_after_change(struct node *parent, const char *name, const struct store_change *ch);
+void versions_after_change(const struct store_change *ch);
 
 /* notify.c: kernel cache invalidations, sent from a thread of their own */
 int notify_start(struct fuse_session *se);

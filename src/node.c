@@ -22,21 +22,7 @@ static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct node **buckets; /* protected by table_lock */
 static size_t nbuckets, ncount;
 static struct node root;
-static struct node all = {.prev = &all, .next = &all}; /* list head, table_lock */
-
-static void list_add(struct node *n)
-{
-	n->next = all.next;
-	n->prev = &all;
-	all.next->prev = n;
-	all.next = n;
-}
-
-static void list_del(struct node *n)
-{
-	n->prev->next = n->next;
-	n->next->prev = n->prev;
-}
+static struct list all = LIST_HEAD_INIT(all); /* every node but the root, table_lock */
 
 void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
 void (*node_inval_hook)(struct node *dir, const char *name);
@@ -137,9 +123,9 @@ void node_table_init(int rootfd)
 /* At exit: the kernel does not FORGET what it still knows at unmount. */
 void node_table_destroy(void)
 {
-	while (all.next != &all) {
-		struct node *n = all.next;
-		list_del(n);
+	for (struct list *l; (l = list_first(&all));) {
+		struct node *n = list_entry(l, struct node, all);
+		list_remove(l);
 		/* the session is over: every user of a version whose prune waited is gone */
 		if (n->prune_vrel && node_prune_hook)
 			node_prune_hook(n->prune_vrel, n->dev, n->ino);
@@ -225,7 +211,7 @@ struct node *node_lookup(int dirfd, const char *name, struct stat *st, bool in_v
 	n->cur_fd = -1;
 	n->nlookup = 1;
 	hash_insert(n);
-	list_add(n);
+	list_insert(&all, &n->all);
 	pthread_mutex_unlock(&table_lock);
 	return n;
 }
@@ -249,7 +235,7 @@ struct node *node_new_staging(struct node *base, struct node *parent, const char
 	node_ref(base);
 	node_ref(parent);
 	pthread_mutex_lock(&table_lock);
-	list_add(n);
+	list_insert(&all, &n->all);
 	pthread_mutex_unlock(&table_lock);
 	return n; /* no references yet: the caller adds its lookup or ref */
 }
@@ -280,7 +266,7 @@ static void release_locked(struct node *n)
 	}
 	if (n->kind != NODE_STAGING)
 		hash_remove(n);
-	list_del(n);
+	list_remove(&n->all);
 	pthread_mutex_unlock(&table_lock);
 	vrel = n->prune_vrel;
 	base = n->base;
@@ -422,14 +408,21 @@ void node_set_cur_fd(struct node *n, int fd)
 
 void node_set_cached_name(struct node *n, uint64_t dir, const char *name)
 {
-	char *copy = strdup(name);
+	char *copy = NULL;
 
 	pthread_mutex_lock(&table_lock);
-	if (copy) {
-		free(n->cached_name);
-		n->cached_name = copy;
-		n->cached_dir = dir;
+	if (n->cached_name && n->cached_dir == dir && !strcmp(n->cached_name, name)) {
+		pthread_mutex_unlock(&table_lock); /* the usual case: nothing to copy */
+		return;
 	}
+	pthread_mutex_unlock(&table_lock);
+	copy = strdup(name);
+	if (!copy)
+		return;
+	pthread_mutex_lock(&table_lock);
+	free(n->cached_name);
+	n->cached_name = copy;
+	n->cached_dir = dir;
 	pthread_mutex_unlock(&table_lock);
 }
 

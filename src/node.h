@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include "list.h"
+
 enum node_kind {
 	NODE_DIR,
 	NODE_FILE,    /* one immutable published version of a regular file */
@@ -39,8 +41,8 @@ struct node {
 	struct node *base;   /* the version the writer copies (holds a ref) */
 	struct node *parent; /* the directory it publishes into (holds a ref) */
 	char *name;
-	struct node *hnext;	  /* hash chain, table lock */
-	struct node *prev, *next; /* every node but the root, table lock */
+	struct node *hnext; /* hash chain, table lock */
+	struct list all;    /* every node but the root, table lock */
 };
 
 void node_table_init(int rootfd);

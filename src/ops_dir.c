@@ -16,28 +16,24 @@ struct dirh {
 	DIR *dp;
 	struct dirent *entry; /* read but not yet returned */
 	off_t offset;
-	struct dirh *prev, *next; /* dirs_lock */
+	struct list open; /* dirs_lock */
 };
 
 /* Open directories, freed at the end of the session if the unmount dropped their RELEASEDIR. */
 static pthread_mutex_t dirs_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct dirh dirs = {.prev = &dirs, .next = &dirs};
+static struct list dirs = LIST_HEAD_INIT(dirs);
 
 static void dirh_link(struct dirh *d)
 {
 	pthread_mutex_lock(&dirs_lock);
-	d->next = dirs.next;
-	d->prev = &dirs;
-	dirs.next->prev = d;
-	dirs.next = d;
+	list_insert(&dirs, &d->open);
 	pthread_mutex_unlock(&dirs_lock);
 }
 
 static void dirh_free(struct dirh *d)
 {
 	pthread_mutex_lock(&dirs_lock);
-	d->prev->next = d->next;
-	d->next->prev = d->prev;
+	list_remove(&d->open);
 	pthread_mutex_unlock(&dirs_lock);
 	closedir(d->dp);
 	free(d);
@@ -45,8 +41,8 @@ static void dirh_free(struct dirh *d)
 
 void dirs_shutdown(void)
 {
-	while (dirs.next != &dirs)
-		dirh_free(dirs.next);
+	for (struct list *l; (l = list_first(&dirs));)
+		dirh_free(list_entry(l, struct dirh, open));
 }
 
 void bv_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

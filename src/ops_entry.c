@@ -223,7 +223,7 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		/* truncate(2) by a routed thread: copy, truncate and publish at once */
 		if (valid & FUSE_SET_ATTR_SIZE) {
 			route_done(tid);
-			err = staging_truncate(req, n, attr->st_size);
+			err = staging_truncate(n, attr->st_size);
 		}
 		if (!err)
 			err = staging_setattr(n, node_cur_fd(n), attr, valid & ~FUSE_SET_ATTR_SIZE);
@@ -423,7 +423,7 @@ void bv_unlink(fuse_req_t req, fuse_ino_t pino, const char *name)
 		log_warnx("rm %s: name too long to keep a version; refused", name);
 	if (ch.kept) {
 		log_info("rm %s: kept as %s/%s", name, STORE_DIR, ch.vrel);
-		versions_after_change(parent, name, &ch);
+		versions_after_change(&ch);
 	}
 	fuse_reply_err(req, -err);
 }
@@ -475,7 +475,7 @@ void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npi
 	pthread_mutex_unlock(&fs.store.lock);
 	if (ch.kept) {
 		log_info("mv over %s: kept as %s/%s", newname, STORE_DIR, ch.vrel);
-		versions_after_change(nparent, newname, &ch);
+		versions_after_change(&ch);
 	}
 	fuse_reply_err(req, -err);
 }

@@ -25,7 +25,7 @@ static bool wants_write(int flags)
 /* Open handles. On unmount the kernel drops RELEASEs it has not sent yet, so the end of the
  * session publishes and frees what is left (handles_shutdown). */
 static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct handle handles = {.prev = &handles, .next = &handles}; /* handles_lock */
+static struct list handles = LIST_HEAD_INIT(handles); /* handles_lock */
 
 static struct handle *handle_new(enum handle_kind kind, struct node *n, int fd)
 {
@@ -41,10 +41,7 @@ static struct handle *handle_new(enum handle_kind kind, struct node *n, int fd)
 	if (kind == H_STAGE)
 		node_set_cur_fd(n, fd);
 	pthread_mutex_lock(&handles_lock);
-	h->next = handles.next;
-	h->prev = &handles;
-	handles.next->prev = h;
-	handles.next = h;
+	list_insert(&handles, &h->open);
 	pthread_mutex_unlock(&handles_lock);
 	return h;
 }
@@ -52,8 +49,7 @@ static struct handle *handle_new(enum handle_kind kind, struct node *n, int fd)
 static void handle_free(struct handle *h)
 {
 	pthread_mutex_lock(&handles_lock);
-	h->prev->next = h->next;
-	h->next->prev = h->prev;
+	list_remove(&h->open);
 	pthread_mutex_unlock(&handles_lock);
 	if (h->kind == H_STAGE && node_cur_fd(h->node) == h->fd)
 		node_set_cur_fd(h->node, -1);
@@ -169,7 +165,7 @@ static int handle_publish(struct handle *h)
 			 (long long)sst.st_size, STORE_DIR, ch.vrel);
 	else
 		log_info("publish %s (%lld bytes)", stg->name, (long long)sst.st_size);
-	versions_after_change(parent, stg->name, &ch);
+	versions_after_change(&ch);
 	return 0;
 }
 
@@ -190,13 +186,12 @@ static void handle_apply_meta(struct handle *h)
 		close(fd);
 }
 
-int staging_truncate(fuse_req_t req, struct node *stg, off_t size)
+int staging_truncate(struct node *stg, off_t size)
 {
 	struct handle h = {.kind = H_STAGE, .node = stg, .dirty = true};
 	off_t len = size;
 	int err;
 
-	(void)req;
 	err = stage_from_base(stg, false, &len, &h.fd);
 	if (err)
 		return err;
@@ -526,11 +521,11 @@ void handles_shutdown(void)
 {
 	for (;;) {
 		pthread_mutex_lock(&handles_lock);
-		struct handle *h = handles.next != &handles ? handles.next : NULL;
+		struct list *l = list_first(&handles);
 		pthread_mutex_unlock(&handles_lock);
-		if (!h)
+		if (!l)
 			break;
-		handle_close(h);
+		handle_close(list_entry(l, struct handle, open));
 	}
 }
 

@@ -35,10 +35,8 @@ bool versions_readonly(struct node *n)
 
 /* A file was replaced or removed and kept as a version: its node turns read-only unless it
  * is still linked at another tree name. */
-void versions_after_change(struct node *parent, const char *name, const struct store_change *ch)
+void versions_after_change(const struct store_change *ch)
 {
-	(void)parent;
-	(void)name;
 	if (ch->kept && ch->old.st_nlink == 1)
 		node_mark_old(ch->old.st_dev, ch->old.st_ino, true);
 }
