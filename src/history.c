@@ -7,10 +7,13 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 struct path_history {
@@ -71,16 +74,25 @@ static struct path_history *slot(struct dir_history *d, const char *name, size_t
 	}
 }
 
+static bool grow(struct path_history *p)
+{
+	uint32_t cap = p->cap ? p->cap * 2 : 4, *nn;
+
+	if (p->count < p->cap)
+		return true;
+	if (!(nn = realloc(p->ns, cap * sizeof(*nn))))
+		return false;
+	p->ns = nn;
+	p->cap = cap;
+	return true;
+}
+
 static int insert(struct path_history *p, uint32_t n)
 {
 	uint32_t i;
 
-	if (p->count == p->cap) {
-		uint32_t *nn = realloc(p->ns, (p->cap = p->cap ? p->cap * 2 : 4) * sizeof(*nn));
-		if (!nn)
-			return -ENOMEM;
-		p->ns = nn;
-	}
+	if (!grow(p))
+		return -ENOMEM;
 	for (i = p->count; i > 0 && p->ns[i - 1] > n; i--)
 		p->ns[i] = p->ns[i - 1];
 	if (i > 0 && p->ns[i - 1] == n) { /* already there: undo the shift */
@@ -90,6 +102,27 @@ static int insert(struct path_history *p, uint32_t n)
 	p->ns[i] = n;
 	p->count++;
 	return 0;
+}
+
+static int cmp_n(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* A dir is read in hash order: its numbers are appended, then sorted once (insert() per
+ * entry would be quadratic for a path with 100k versions). Names in a dir are unique. */
+static void append(struct path_history *p, uint32_t n)
+{
+	if (grow(p))
+		p->ns[p->count++] = n;
+}
+
+static void sort_all(struct dir_history *d)
+{
+	for (size_t i = 0; i < d->nslots; i++)
+		if (d->slots[i].count > 1)
+			qsort(d->slots[i].ns, d->slots[i].count, sizeof(uint32_t), cmp_n);
 }
 
 uint32_t history_parse(const char *entry, size_t *namelen)
@@ -115,21 +148,35 @@ uint32_t history_parse(const char *entry, size_t *namelen)
 	return (uint32_t)n;
 }
 
-static struct dir_history *load(int vdirfd)
+static struct dir_history *find(dev_t dev, ino_t ino)
+{
+	for (struct dir_history *d = dirs; d; d = d->next)
+		if (d->ino == ino && d->dev == dev)
+			return d;
+	return NULL;
+}
+
+static void drop(struct dir_history *d)
+{
+	for (size_t i = 0; i < d->nslots; i++) {
+		free(d->slots[i].name);
+		free(d->slots[i].ns);
+	}
+	free(d->slots);
+	free(d);
+}
+
+/* Read the versions dir vdirfd (not consumed) into a new, unlinked dir_history. With subs,
+ * the names of its subdirectories (mirrors of tree subdirectories) are appended there. */
+static struct dir_history *scan(int vdirfd, char ***subs, size_t *nsubs)
 {
 	struct dir_history *d;
 	struct stat st;
 	struct dirent *e;
 	DIR *dp;
-	int fd;
+	int fd = openat(vdirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
-	if (fstat(vdirfd, &st) < 0)
-		return NULL;
-	for (d = dirs; d; d = d->next)
-		if (d->ino == st.st_ino && d->dev == st.st_dev)
-			return d;
-	fd = openat(vdirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || !(dp = fdopendir(fd))) {
+	if (fd < 0 || fstat(fd, &st) < 0 || !(dp = fdopendir(fd))) {
 		if (fd >= 0)
 			close(fd);
 		return NULL;
@@ -145,16 +192,47 @@ static struct dir_history *load(int vdirfd)
 		size_t len;
 		uint32_t n = history_parse(e->d_name, &len);
 		struct path_history *p = n ? slot(d, e->d_name, len, true) : NULL;
-		if (p)
-			insert(p, n);
-		else if (!n && e->d_type != DT_DIR && strcmp(e->d_name, ".") &&
-			 strcmp(e->d_name, "..") && strcmp(e->d_name, STORE_MARKER) != 0)
+		bool isdir = e->d_type == DT_DIR;
+
+		if (p) {
+			append(p, n);
+			continue;
+		}
+		if (n || !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") ||
+		    !strcmp(e->d_name, STORE_MARKER) || !strcmp(e->d_name, STORE_STAGING))
+			continue;
+		if (e->d_type == DT_UNKNOWN &&
+		    fstatat(vdirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+			isdir = S_ISDIR(st.st_mode);
+		if (!isdir) {
 			log_info("ignoring %s in a .versions/ directory: not a version name",
 				 e->d_name);
+		} else if (subs) {
+			char **ns = realloc(*subs, (*nsubs + 1) * sizeof(*ns));
+			if (ns && (ns[*nsubs] = strdup(e->d_name)))
+				(*nsubs)++;
+			if (ns)
+				*subs = ns;
+		}
 	}
 	closedir(dp);
-	d->next = dirs;
-	dirs = d;
+	sort_all(d);
+	return d;
+}
+
+static struct dir_history *load(int vdirfd)
+{
+	struct dir_history *d;
+	struct stat st;
+
+	if (fstat(vdirfd, &st) < 0)
+		return NULL;
+	if ((d = find(st.st_dev, st.st_ino)))
+		return d;
+	if ((d = scan(vdirfd, NULL, NULL))) {
+		d->next = dirs;
+		dirs = d;
+	}
 	return d;
 }
 
@@ -199,11 +277,94 @@ void history_free(void)
 	while (dirs) {
 		struct dir_history *d = dirs;
 		dirs = d->next;
-		for (size_t i = 0; i < d->nslots; i++) {
-			free(d->slots[i].name);
-			free(d->slots[i].ns);
-		}
-		free(d->slots);
-		free(d);
+		drop(d);
 	}
+}
+
+/* The indexer: one thread, started after the mount, reads every versions dir once, each
+ * without the store lock, and adds it under the lock unless a change in the meantime made
+ * load() read it already (every change to a versions dir loads it first, under the lock). */
+static struct {
+	pthread_t thread;
+	bool running;
+	atomic_bool stop;
+	pthread_mutex_t *lock;
+	int vfd;
+	size_t dirs, names, versions;
+} indexer;
+
+static void index_dir(int fd, unsigned depth)
+{
+	char **subs = NULL;
+	size_t nsubs = 0;
+	struct dir_history *d = scan(fd, depth < 256 ? &subs : NULL, &nsubs);
+
+	if (d) {
+		indexer.dirs++;
+		for (size_t i = 0; i < d->nslots; i++) {
+			indexer.names += d->slots[i].name != NULL;
+			indexer.versions += d->slots[i].count;
+		}
+		pthread_mutex_lock(indexer.lock);
+		if (find(d->dev, d->ino)) {
+			drop(d);
+		} else {
+			d->next = dirs;
+			dirs = d;
+		}
+		pthread_mutex_unlock(indexer.lock);
+	}
+	for (size_t i = 0; i < nsubs; i++) {
+		int sub =
+		    atomic_load(&indexer.stop)
+			? -1
+			: openat(fd, subs[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (sub >= 0) {
+			index_dir(sub, depth + 1);
+			close(sub);
+		}
+		free(subs[i]);
+	}
+	free(subs);
+}
+
+static void *index_main(void *arg)
+{
+	struct timespec t0, t1;
+	int fd;
+
+	(void)arg;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	fd = openat(indexer.vfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		index_dir(fd, 0);
+		close(fd);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	log_info("indexed %zu versions of %zu names in %zu directories in %.0f ms%s",
+		 indexer.versions, indexer.names, indexer.dirs,
+		 (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
+		 atomic_load(&indexer.stop) ? " (stopped early)" : "");
+	return NULL;
+}
+
+int history_index_start(int vfd, pthread_mutex_t *lock)
+{
+	int err;
+
+	indexer.vfd = vfd;
+	indexer.lock = lock;
+	atomic_store(&indexer.stop, false);
+	err = pthread_create(&indexer.thread, NULL, index_main, NULL);
+	indexer.running = err == 0;
+	return -err;
+}
+
+void history_index_stop(void)
+{
+	if (!indexer.running)
+		return;
+	atomic_store(&indexer.stop, true);
+	pthread_join(indexer.thread, NULL);
+	indexer.running = false;
 }

@@ -1,9 +1,11 @@
-/* history.h - the version numbers of every path, read from a .versions/ directory once (at
- * its first use after the mount) and kept current by every change the daemon makes, so a
- * publish costs the same with ten versions or a million. Callers hold the store lock. */
+/* history.h - the version numbers of every path, read from each .versions/ directory once
+ * after the mount (by the indexer thread, or by the first change there if that comes first)
+ * and kept current by every change the daemon makes, so a publish costs the same with ten
+ * versions or a million. Callers hold the store lock. */
 #ifndef BINVFS_HISTORY_H
 #define BINVFS_HISTORY_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -15,5 +17,10 @@ void history_del(int vdirfd, const char *name, uint32_t n);
 /* "<name>.~N~" -> N (0 if entry is not a version name); *namelen gets the name's length. */
 uint32_t history_parse(const char *entry, size_t *namelen);
 void history_free(void);
+/* Start reading every versions dir below vfd in a thread of its own, which takes lock (the
+ * store lock) to add each; logs a line when done. Returns 0 or -errno. */
+int history_index_start(int vfd, pthread_mutex_t *lock);
+/* Stop the indexer early if it still runs, and wait for it. */
+void history_index_stop(void);
 
 #endif

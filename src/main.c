@@ -194,6 +194,7 @@ int main(int argc, char **argv)
 	if (!o.foreground)
 		log_init(true, o.debug);
 	fuse_daemonize(o.foreground);
+	store_index_start(&fs.store);
 	if (notify_start(fs.se) < 0)
 		log_warnx("cannot start the notifier thread: deferred prunes wait for FORGET");
 	log_info("serving %s at %s (keep=%u%s)", o.source, o.mountpoint, o.keep,

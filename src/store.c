@@ -150,8 +150,20 @@ int store_open(struct store *s, const char *source, unsigned keep, bool nosync)
 	return 0;
 }
 
+/* Read every versions dir into the history index in the background (see history.h). */
+void store_index_start(struct store *s)
+{
+	int err = history_index_start(s->vfd, &s->lock);
+
+	if (err) {
+		errno = -err;
+		log_warn("cannot start the indexer: each versions dir is read at its first change");
+	}
+}
+
 void store_close(struct store *s)
 {
+	history_index_stop();
 	if (s->stagefd >= 0) {
 		empty_dir(s->stagefd);
 		close(s->stagefd);

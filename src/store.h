@@ -41,6 +41,7 @@ struct store_change {
 
 int store_open(struct store *s, const char *source, unsigned keep, bool nosync);
 void store_close(struct store *s);
+void store_index_start(struct store *s);
 bool store_reserved_root_name(const char *name);
 int store_relpath(struct store *s, int dirfd, char *out, size_t len);
 int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, char *rel, size_t len);
