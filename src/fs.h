@@ -23,10 +23,12 @@
 struct binvfs {
 	struct store store;
 	struct fuse_session *se;
-	unsigned long gen; /* bumped by every publish (atomic): a LOOKUP that overlapped one is
-			    * not cached */
-	int mnt_id;	   /* our mount as /proc/PID/fdinfo shows it, -1 if unknown */
-	dev_t view_dev;	   /* the store's .versions/ directory, root of the view */
+	unsigned long gen;     /* bumped by every publish (atomic): a LOOKUP that overlapped one is
+				* not cached */
+	int mnt_id;	       /* our mount as /proc/PID/fdinfo shows it, -1 if unknown */
+	char bdi[32];	       /* our mount's "major:minor", its name in /sys/class/bdi/ */
+	unsigned readahead_kb; /* set on the bdi at INIT; 0: the kernel's */
+	dev_t view_dev;	       /* the store's .versions/ directory, root of the view */
 	ino_t view_ino;
 };
 

@@ -6,6 +6,7 @@
 #include "route.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,9 +19,35 @@
 
 struct binvfs fs;
 
+/* The kernel asks READs of at most the mount's readahead window, one round trip each; its
+ * 128 KiB default caps a cold sequential read (docs/performance.md). INIT may only lower the
+ * window (the kernel keeps the smaller of its bdi's and ours), so the bdi's is raised first,
+ * through sysfs like `blockdev --setra`. A READ reply larger than ~1000 KiB no longer fits
+ * libfuse's splice pipe (1 MiB) and is copied instead: slower, hence 512 by default. */
+static void set_readahead(struct fuse_conn_info *conn)
+{
+	char path[96], val[16];
+	int fd, len;
+
+	if (!fs.readahead_kb || !fs.bdi[0])
+		return;
+	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", fs.bdi);
+	len = snprintf(val, sizeof(val), "%u", fs.readahead_kb);
+	fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0 || write(fd, val, (size_t)len) != len) {
+		log_warn("cannot set readahead=%u on %s; reads keep the kernel's window",
+			 fs.readahead_kb, path);
+	} else {
+		conn->max_readahead = fs.readahead_kb * 1024;
+	}
+	if (fd >= 0)
+		close(fd);
+}
+
 static void bv_init(void *userdata, struct fuse_conn_info *conn)
 {
 	(void)userdata;
+	set_readahead(conn);
 	/* a nodeid's content never changes: keep its page cache (kernel-notes §4) */
 	conn->want &= ~(unsigned)(FUSE_CAP_AUTO_INVAL_DATA | FUSE_CAP_WRITEBACK_CACHE);
 	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
@@ -73,8 +100,9 @@ static void prune_deferred(const char *vrel, dev_t dev, ino_t ino)
 	pthread_mutex_unlock(&fs.store.lock);
 }
 
-/* The id of the newest binvfs mount at dir (-1 if none): the last one listed is on top. */
-static int binvfs_mount_id(const char *dir)
+/* The id of the newest binvfs mount at dir (-1 if none): the last one listed is on top.
+ * dev (if not NULL) gets its "major:minor". */
+static int binvfs_mount_id(const char *dir, char *dev, size_t devlen)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "r");
 	char line[8192];
@@ -83,14 +111,17 @@ static int binvfs_mount_id(const char *dir)
 	if (!f)
 		return -1;
 	while (fgets(line, sizeof(line), f)) {
-		char mnt[4096], fstype[256];
+		char mnt[4096], fstype[256], mdev[32];
 		int mid;
 		char *sep = strstr(line, " - ");
-		if (!sep || sscanf(line, "%d %*s %*s %*s %4095s", &mid, mnt) != 2 ||
+		if (!sep || sscanf(line, "%d %*s %31s %*s %4095s", &mid, mdev, mnt) != 3 ||
 		    sscanf(sep + 3, "%255s", fstype) != 1)
 			continue;
-		if (!strcmp(fstype, "fuse.binvfs") && !strcmp(mnt, dir))
+		if (!strcmp(fstype, "fuse.binvfs") && !strcmp(mnt, dir)) {
 			id = mid;
+			if (dev)
+				snprintf(dev, devlen, "%s", mdev);
+		}
 	}
 	fclose(f);
 	return id;
@@ -99,7 +130,7 @@ static int binvfs_mount_id(const char *dir)
 /* Is dir already the mount point of a binvfs? Then serving it again would stack on it. */
 static bool served_by_binvfs(const char *dir)
 {
-	return binvfs_mount_id(dir) >= 0;
+	return binvfs_mount_id(dir, NULL, 0) >= 0;
 }
 
 /* systemd Type=notify: tell the service manager the mount is up (sd_notify's protocol). */
@@ -190,15 +221,16 @@ int main(int argc, char **argv)
 		goto out_store;
 	if (fuse_session_mount(fs.se, o.mountpoint) != 0)
 		goto out_signals;
-	fs.mnt_id = binvfs_mount_id(o.mountpoint);
+	fs.mnt_id = binvfs_mount_id(o.mountpoint, fs.bdi, sizeof(fs.bdi));
+	fs.readahead_kb = o.readahead_kb;
 	if (!o.foreground)
 		log_init(true, o.debug);
 	fuse_daemonize(o.foreground);
-	store_index_start(&fs.store);
 	if (notify_start(fs.se) < 0)
 		log_warnx("cannot start the notifier thread: deferred prunes wait for FORGET");
 	log_info("serving %s at %s (keep=%u%s)", o.source, o.mountpoint, o.keep,
 		 o.nosync ? ", nosync" : "");
+	store_index_start(&fs.store);
 	notify_ready();
 	if (o.single_thread) {
 		ret = fuse_session_loop(fs.se);

@@ -27,6 +27,7 @@ const char *binvfs_usage =
     "  -V, --version the version\n"
     "  -o keep=N     old versions kept per path (default 10, 0 = no limit)\n"
     "  -o nosync     skip the fsyncs of a publish (tests, benchmarks)\n"
+    "  -o readahead=KB  the mount's readahead (default 512, 0 = leave the kernel's 128)\n"
     "  -o debug      same as -d\n"
     "  -o OPT        FUSE and mount options (allow_other, default_permissions, suid, ro, ...);\n"
     "                as root, allow_other and default_permissions are on by default\n";
@@ -71,6 +72,18 @@ static int parse_opts(struct options *o, char *list)
 				return -1;
 			}
 			o->keep = (unsigned)k;
+		} else if (!strncmp(opt, "readahead=", 10)) {
+			char *end;
+			errno = 0;
+			unsigned long kb = strtoul(opt + 10, &end, 10);
+			if (errno || *end || end == opt + 10 || kb > 65536 || opt[10] == '-') {
+				fprintf(stderr,
+					"binvfs: bad option %s: expected readahead=KB, 0 <= KB <= "
+					"65536\n",
+					opt);
+				return -1;
+			}
+			o->readahead_kb = (unsigned)kb;
 		} else if (!strcmp(opt, "nosync")) {
 			o->nosync = true;
 		} else if (!strcmp(opt, "debug")) {
@@ -115,6 +128,7 @@ int options_parse(int argc, char **argv, struct options *o)
 
 	memset(o, 0, sizeof(*o));
 	o->keep = 10;
+	o->readahead_kb = 512;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {

@@ -5,9 +5,10 @@
 #include <stdbool.h>
 
 struct options {
-	char *source;	  /* realpath of SOURCE */
-	char *mountpoint; /* realpath of MOUNTPOINT (SOURCE when omitted) */
-	unsigned keep;	  /* keep=N, default 10, 0 = no limit */
+	char *source;	       /* realpath of SOURCE */
+	char *mountpoint;      /* realpath of MOUNTPOINT (SOURCE when omitted) */
+	unsigned keep;	       /* keep=N, default 10, 0 = no limit */
+	unsigned readahead_kb; /* readahead=KB, default 512, 0 = the kernel's */
 	bool nosync;
 	bool foreground;
 	bool debug;

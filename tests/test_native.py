@@ -860,7 +860,7 @@ def assert_clean_failure(r, workdir, before):
 
 
 @pytest.mark.parametrize("case", ["no_args", "missing_source", "source_is_file",
-                                  "unknown_option", "bad_keep", "unknown_flag",
+                                  "unknown_option", "bad_keep", "bad_readahead", "unknown_flag",
                                   "too_many_args", "missing_mountpoint"])
 def test_cli_errors(binary, workdir, case):
     src = os.path.join(workdir, "src")
@@ -873,6 +873,7 @@ def test_cli_errors(binary, workdir, case):
         "source_is_file": [os.path.join(workdir, "file")],
         "unknown_option": ["-o", "bogus", src],
         "bad_keep": ["-o", "keep=-1", src],
+        "bad_readahead": ["-o", "readahead=1M", src],
         "unknown_flag": ["-x", src],
         "too_many_args": [src, src, src],
         "missing_mountpoint": [src, os.path.join(workdir, "nomp")],
@@ -931,6 +932,27 @@ def test_root_mount_has_allow_other_and_default_permissions(mnt):
     assert "allow_other" in super_opts
     assert "default_permissions" in super_opts
     assert line.split(" - ")[1].split()[1] == mnt.src  # fsname: the SOURCE
+
+
+@pytest.mark.parametrize("opt,want", [(None, 512), ("readahead=0", 128),
+                                       ("readahead=256", 256)])
+def test_readahead_option_sets_the_mounts_window(binary, workdir, opt, want):
+    """The mount's readahead window (its bdi's read_ahead_kb): 512 KiB by default, as asked,
+    or the kernel's 128 KiB with readahead=0. A file read through it reads back right."""
+    src = os.path.join(workdir, "src")
+    os.mkdir(src)
+    data = os.urandom(3 << 20)
+    with open(os.path.join(src, "big"), "wb") as f:
+        f.write(data)
+    m = Mount(binary, src, opts=("nosync",) + ((opt,) if opt else ())).start()
+    try:
+        dev = os.stat(m.path).st_dev
+        bdi = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+        with open(bdi) as f:
+            assert int(f.read()) == want
+        assert read(m.p("big")) == data
+    finally:
+        m.stop()
 
 
 def test_cli_good_usage_mounts_and_unmounts(binary, workdir):
