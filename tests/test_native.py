@@ -955,6 +955,22 @@ def test_readahead_option_sets_the_mounts_window(binary, workdir, opt, want):
         m.stop()
 
 
+def test_files_advertise_big_io_size(mnt, workdir):
+    """st_blksize of a regular file in the mount is 512 KiB (cp then writes 512 KiB at a time,
+    a quarter of the round trips); directories keep the backing one (4 KiB); cp's copy is exact."""
+    data = os.urandom((5 << 20) + 123)
+    src = os.path.join(workdir, "data")
+    with open(src, "wb") as f:
+        f.write(data)
+    subprocess.run(["cp", src, mnt.p("f")], check=True)
+    subprocess.run(["cp", src, mnt.p("f")], check=True)  # over the file: staging + publish
+    assert os.stat(mnt.p("f")).st_blksize == 512 << 10
+    assert os.stat(mnt.path).st_blksize != 512 << 10
+    with open(mnt.p("f"), "rb") as f:
+        assert os.fstat(f.fileno()).st_blksize == 512 << 10
+        assert f.read() == data
+
+
 def test_cli_good_usage_mounts_and_unmounts(binary, workdir):
     """Control for the error cases: the same arguments, correct, do mount."""
     src = os.path.join(workdir, "src")
