@@ -28,6 +28,7 @@ struct binvfs {
 	int mnt_id;	       /* our mount as /proc/PID/fdinfo shows it, -1 if unknown */
 	char bdi[32];	       /* our mount's "major:minor", its name in /sys/class/bdi/ */
 	unsigned readahead_kb; /* set on the bdi at INIT; 0: the kernel's */
+	bool readahead_asked;  /* readahead= was given (else a failure is not warned about) */
 	dev_t view_dev;	       /* the store's .versions/ directory, root of the view */
 	ino_t view_ino;
 };

@@ -112,10 +112,12 @@ static int cmp_n(const void *a, const void *b)
 
 /* A dir is read in hash order: its numbers are appended, then sorted once (insert() per
  * entry would be quadratic for a path with 100k versions). Names in a dir are unique. */
-static void append(struct path_history *p, uint32_t n)
+static bool append(struct path_history *p, uint32_t n)
 {
-	if (grow(p))
-		p->ns[p->count++] = n;
+	if (!grow(p))
+		return false;
+	p->ns[p->count++] = n;
+	return true;
 }
 
 static void sort_all(struct dir_history *d)
@@ -173,6 +175,7 @@ static struct dir_history *scan(int vdirfd, char ***subs, size_t *nsubs)
 	struct dir_history *d;
 	struct stat st;
 	struct dirent *e;
+	bool failed = false;
 	DIR *dp;
 	int fd = openat(vdirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
@@ -188,14 +191,16 @@ static struct dir_history *scan(int vdirfd, char ***subs, size_t *nsubs)
 	}
 	d->dev = st.st_dev;
 	d->ino = st.st_ino;
-	while ((e = readdir(dp))) {
+	for (errno = 0; (e = readdir(dp)); errno = 0) {
 		size_t len;
 		uint32_t n = history_parse(e->d_name, &len);
 		struct path_history *p = n ? slot(d, e->d_name, len, true) : NULL;
 		bool isdir = e->d_type == DT_DIR;
 
-		if (p) {
-			append(p, n);
+		if (n) {
+			if (!p || !append(p, n))
+				failed =
+				    true; /* out of memory: a partial index would prune wrong */
 			continue;
 		}
 		if (n || !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") ||
@@ -215,7 +220,18 @@ static struct dir_history *scan(int vdirfd, char ***subs, size_t *nsubs)
 				*subs = ns;
 		}
 	}
+	if (errno)
+		failed = true; /* readdir failed: not the end of the directory */
 	closedir(dp);
+	if (failed) {
+		drop(d);
+		if (subs) {
+			while (*nsubs)
+				free((*subs)[--*nsubs]);
+		}
+		log_warnx("cannot read a .versions/ directory completely: tried again later");
+		return NULL;
+	}
 	sort_all(d);
 	return d;
 }

@@ -26,22 +26,40 @@ struct binvfs fs;
  * libfuse's splice pipe (1 MiB) and is copied instead: slower, hence 512 by default. */
 static void set_readahead(struct fuse_conn_info *conn)
 {
+	unsigned bytes = fs.readahead_kb * 1024;
 	char path[96], val[16];
-	int fd, len;
+	int fd, len, err = 0;
 
-	if (!fs.readahead_kb || !fs.bdi[0])
+	if (!fs.readahead_kb)
 		return;
-	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", fs.bdi);
-	len = snprintf(val, sizeof(val), "%u", fs.readahead_kb);
-	fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0 || write(fd, val, (size_t)len) != len) {
+	if (bytes < conn->max_readahead) { /* lowering: INIT alone does it */
+		conn->max_readahead = bytes;
+		return;
+	}
+	if (!fs.bdi[0]) {
+		err = ENOENT;
+		snprintf(path, sizeof(path), "(our mount not found in /proc/self/mountinfo)");
+	} else {
+		snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", fs.bdi);
+		len = snprintf(val, sizeof(val), "%u", fs.readahead_kb);
+		fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd < 0)
+			err = errno;
+		else if (write(fd, val, (size_t)len) != len)
+			err = errno ? errno : EIO;
+		if (fd >= 0)
+			close(fd);
+	}
+	if (!err) {
+		conn->max_readahead = bytes;
+		return;
+	}
+	errno = err;
+	if (fs.readahead_asked) /* the default is a bonus, not worth a warning (containers) */
 		log_warn("cannot set readahead=%u on %s; reads keep the kernel's window",
 			 fs.readahead_kb, path);
-	} else {
-		conn->max_readahead = fs.readahead_kb * 1024;
-	}
-	if (fd >= 0)
-		close(fd);
+	else
+		log_info("readahead stays the kernel's: cannot write %s: %s", path, strerror(err));
 }
 
 static void bv_init(void *userdata, struct fuse_conn_info *conn)
@@ -100,6 +118,23 @@ static void prune_deferred(const char *vrel, dev_t dev, ino_t ino)
 	pthread_mutex_unlock(&fs.store.lock);
 }
 
+/* mountinfo writes space, tab, newline and backslash in paths as \ooo: decode in place. */
+static void unescape_octal(char *s)
+{
+	char *out = s;
+
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+		    s[3] >= '0' && s[3] <= '7') {
+			*out++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+			s += 3;
+		} else {
+			*out++ = *s;
+		}
+	}
+	*out = 0;
+}
+
 /* The id of the newest binvfs mount at dir (-1 if none): the last one listed is on top.
  * dev (if not NULL) gets its "major:minor". */
 static int binvfs_mount_id(const char *dir, char *dev, size_t devlen)
@@ -117,6 +152,7 @@ static int binvfs_mount_id(const char *dir, char *dev, size_t devlen)
 		if (!sep || sscanf(line, "%d %*s %31s %*s %4095s", &mid, mdev, mnt) != 3 ||
 		    sscanf(sep + 3, "%255s", fstype) != 1)
 			continue;
+		unescape_octal(mnt);
 		if (!strcmp(fstype, "fuse.binvfs") && !strcmp(mnt, dir)) {
 			id = mid;
 			if (dev)
@@ -223,6 +259,7 @@ int main(int argc, char **argv)
 		goto out_signals;
 	fs.mnt_id = binvfs_mount_id(o.mountpoint, fs.bdi, sizeof(fs.bdi));
 	fs.readahead_kb = o.readahead_kb;
+	fs.readahead_asked = o.readahead_asked;
 	if (!o.foreground)
 		log_init(true, o.debug);
 	fuse_daemonize(o.foreground);

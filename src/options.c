@@ -84,6 +84,7 @@ static int parse_opts(struct options *o, char *list)
 				return -1;
 			}
 			o->readahead_kb = (unsigned)kb;
+			o->readahead_asked = true;
 		} else if (!strcmp(opt, "nosync")) {
 			o->nosync = true;
 		} else if (!strcmp(opt, "debug")) {

@@ -9,6 +9,7 @@ struct options {
 	char *mountpoint;      /* realpath of MOUNTPOINT (SOURCE when omitted) */
 	unsigned keep;	       /* keep=N, default 10, 0 = no limit */
 	unsigned readahead_kb; /* readahead=KB, default 512, 0 = the kernel's */
+	bool readahead_asked;
 	bool nosync;
 	bool foreground;
 	bool debug;

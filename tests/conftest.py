@@ -5,6 +5,7 @@ hangs or crashes at unmount is a bug the test reports), and its log is scanned f
 reports. Processes a test starts go through `procs` and are killed by pid at teardown.
 """
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -16,11 +17,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINS = os.environ.get("BINVFS_BINS", os.path.join(ROOT, "build", "binvfs")).split()
 
 
+def unescape_mountinfo(field):
+    """mountinfo writes space, tab, newline and backslash in paths as \\ooo."""
+    return re.sub(r"\\([0-3][0-7][0-7])", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def is_mounted(path):
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            if fields[4] == path and " - fuse.binvfs " in line:
+            if unescape_mountinfo(fields[4]) == path and " - fuse.binvfs " in line:
                 return True
     return False
 

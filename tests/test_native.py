@@ -860,7 +860,8 @@ def assert_clean_failure(r, workdir, before):
 
 
 @pytest.mark.parametrize("case", ["no_args", "missing_source", "source_is_file",
-                                  "unknown_option", "bad_keep", "bad_readahead", "unknown_flag",
+                                  "unknown_option", "bad_keep", "bad_readahead",
+                                  "readahead_too_big", "readahead_negative", "unknown_flag",
                                   "too_many_args", "missing_mountpoint"])
 def test_cli_errors(binary, workdir, case):
     src = os.path.join(workdir, "src")
@@ -874,6 +875,8 @@ def test_cli_errors(binary, workdir, case):
         "unknown_option": ["-o", "bogus", src],
         "bad_keep": ["-o", "keep=-1", src],
         "bad_readahead": ["-o", "readahead=1M", src],
+        "readahead_too_big": ["-o", "readahead=65537", src],
+        "readahead_negative": ["-o", "readahead=-1", src],
         "unknown_flag": ["-x", src],
         "too_many_args": [src, src, src],
         "missing_mountpoint": [src, os.path.join(workdir, "nomp")],
@@ -934,12 +937,15 @@ def test_root_mount_has_allow_other_and_default_permissions(mnt):
     assert line.split(" - ")[1].split()[1] == mnt.src  # fsname: the SOURCE
 
 
-@pytest.mark.parametrize("opt,want", [(None, 512), ("readahead=0", 128),
-                                       ("readahead=256", 256)])
-def test_readahead_option_sets_the_mounts_window(binary, workdir, opt, want):
-    """The mount's readahead window (its bdi's read_ahead_kb): 512 KiB by default, as asked,
-    or the kernel's 128 KiB with readahead=0. A file read through it reads back right."""
-    src = os.path.join(workdir, "src")
+@pytest.mark.parametrize("opt,want,where", [(None, 512, "src"), ("readahead=0", 128, "src"),
+                                             ("readahead=256", 256, "src"),
+                                             ("readahead=64", 64, "src"),
+                                             (None, 512, "a dir\twith space\\s")])
+def test_readahead_option_sets_the_mounts_window(binary, workdir, opt, want, where):
+    """The mount's readahead window (its bdi's read_ahead_kb): 512 KiB by default, as asked
+    (64: lowered through INIT alone), or the kernel's 128 KiB with readahead=0; also where
+    /proc/self/mountinfo escapes the mount point's name. A file read through it reads back."""
+    src = os.path.join(workdir, where)
     os.mkdir(src)
     data = os.urandom(3 << 20)
     with open(os.path.join(src, "big"), "wb") as f:

@@ -7,7 +7,8 @@ import subprocess
 import threading
 import time
 
-from conftest import program
+from conftest import Mount, program
+from util import make_store, read, write
 
 RACE_SECONDS = float(os.environ.get("BINVFS_RACE_SECONDS", "15"))
 
@@ -249,3 +250,28 @@ def test_directory_renamed_while_files_written(mnt):
     d = [n for n in names if os.path.isdir(mnt.p(n))]
     assert len(d) == 1
     assert open(mnt.p(d[0], "x"), "rb").read() == contents[0] + contents[1]
+
+
+def test_publishes_racing_the_indexer_number_and_prune_right(binary, workdir):
+    """Publishes right at the mount, while the indexer still reads the same big versions dir
+    (100k entries): whichever of the two read the dir first, the numbers follow the highest
+    version and keep=10 keeps exactly the newest 10 (an older reading of the dir that won
+    would miss the new versions and leave them unpruned)."""
+    src = os.path.join(workdir, "src")
+    names = [f"f{i:04}" for i in range(10000)]
+    make_store(src, [("d", "d")], 10, names)
+    vd = os.path.join(src, ".versions", "d")
+    top = 10
+    for rep in range(3):
+        m = Mount(binary, src).start()
+        try:
+            for k in range(3):
+                write(m.p("d", "f0000"), f"{rep} {k}\n")
+            mine = sorted(n for n in os.listdir(m.p(".versions", "d")) if n.startswith("f0000."))
+        finally:
+            text = m.stop()
+        assert "indexed" in text, text
+        top += 3
+        assert mine == sorted(f"f0000.~{k}~" for k in range(top - 9, top + 1)), text
+        assert read(os.path.join(vd, f"f0000.~{top}~")) == f"{rep} 1\n".encode()
+        assert len(os.listdir(vd)) == 100000

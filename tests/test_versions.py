@@ -19,7 +19,7 @@ import tempfile
 import pytest
 
 from conftest import Mount, is_mounted, program, wait_for
-from util import as_user, read, write
+from util import as_user, make_store, read, write
 
 VERSION_RE = re.compile(r"^.+\.~[1-9][0-9]*~$")
 
@@ -680,28 +680,6 @@ def test_remount_continues_numbering(binary, workdir):
     assert not os.path.exists(os.path.join(src, ".versions", ".binvfs-staging"))
 
 
-def make_store(src, dirs, nver, names=("f",)):
-    """A store written directly on disk: for each tree dir d and name f, a file d/f and the
-    versions f.~1~ .. f.~nver~ (hard links of a few files "old") in d's mirror dir."""
-    vroot = os.path.join(src, ".versions")
-    os.makedirs(vroot)
-    write(os.path.join(vroot, ".binvfs-format"), "binvfs store format 1\n")
-    links = 60000  # ext4 allows 65000 links to an inode
-    for d, mirror in dirs:
-        os.makedirs(os.path.join(src, d), exist_ok=True)
-        os.makedirs(os.path.join(vroot, mirror), exist_ok=True)
-        for f in names:
-            write(os.path.join(src, d, f), "current\n", 0o755)
-            for k in range(1, nver + 1):
-                path = os.path.join(vroot, mirror, f"{f}.~{k}~")
-                if links == 60000:
-                    first, links = path, 0
-                    write(first, "old\n", 0o755)
-                else:
-                    os.link(first, path)
-                    links += 1
-
-
 def test_indexer_reads_every_versions_dir_at_mount(binary, workdir):
     """After the mount a thread reads every versions dir, nested and escaped ones too: its
     log line counts them, and a publish anywhere continues that path's numbering."""
@@ -724,31 +702,6 @@ def test_indexer_reads_every_versions_dir_at_mount(binary, workdir):
         assert read(m.p(".versions", "top.~5~")) == b"top\n"
     finally:
         m.stop()
-
-
-def test_publishes_racing_the_indexer_number_and_prune_right(binary, workdir):
-    """Publishes right at the mount, while the indexer still reads the same big versions dir
-    (100k entries): whichever of the two read the dir first, the numbers follow the highest
-    version and keep=10 keeps exactly the newest 10 (an older reading of the dir that won
-    would miss the new versions and leave them unpruned)."""
-    src = os.path.join(workdir, "src")
-    names = [f"f{i:04}" for i in range(10000)]
-    make_store(src, [("d", "d")], 10, names)
-    vd = os.path.join(src, ".versions", "d")
-    top = 10
-    for rep in range(3):
-        m = Mount(binary, src).start()
-        try:
-            for k in range(3):
-                write(m.p("d", "f0000"), f"{rep} {k}\n")
-            mine = sorted(n for n in os.listdir(m.p(".versions", "d")) if n.startswith("f0000."))
-        finally:
-            text = m.stop()
-        assert "indexed" in text, text
-        top += 3
-        assert mine == sorted(f"f0000.~{k}~" for k in range(top - 9, top + 1)), text
-        assert read(os.path.join(vd, f"f0000.~{top}~")) == f"{rep} 1\n".encode()
-        assert len(os.listdir(vd)) == 100000
 
 
 # ---------------------------------------------------------------------------------------------

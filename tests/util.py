@@ -36,3 +36,25 @@ def as_user(fn, uid=NOBODY, gid=NOBODY):
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status), status
     return os.WEXITSTATUS(status)
+
+
+def make_store(src, dirs, nver, names=("f",)):
+    """A store written directly on disk: for each tree dir d and name f, a file d/f and the
+    versions f.~1~ .. f.~nver~ (hard links of a few files "old") in d's mirror dir."""
+    vroot = os.path.join(src, ".versions")
+    os.makedirs(vroot)
+    write(os.path.join(vroot, ".binvfs-format"), "binvfs store format 1\n")
+    links = 60000  # ext4 allows 65000 links to an inode
+    for d, mirror in dirs:
+        os.makedirs(os.path.join(src, d), exist_ok=True)
+        os.makedirs(os.path.join(vroot, mirror), exist_ok=True)
+        for f in names:
+            write(os.path.join(src, d, f), "current\n", 0o755)
+            for k in range(1, nver + 1):
+                path = os.path.join(vroot, mirror, f"{f}.~{k}~")
+                if links == 60000:
+                    first, links = path, 0
+                    write(first, "old\n", 0o755)
+                else:
+                    os.link(first, path)
+                    links += 1
