@@ -86,6 +86,7 @@ class Mount:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+            subprocess.run(["fusermount3", "-uz", self.path], capture_output=True)
             rc = "hung"
         self.proc = None
         text = self.logtext()
@@ -168,7 +169,7 @@ def workdir():
     d = tempfile.mkdtemp(prefix="binvfs-test-")
     yield d
     for line in open("/proc/self/mountinfo"):
-        mp = line.split()[4]
+        mp = unescape_mountinfo(line.split()[4])
         if mp.startswith(d):
             subprocess.run(["umount", "-l", mp], capture_output=True)
     shutil.rmtree(d, ignore_errors=True)
