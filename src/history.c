@@ -198,12 +198,12 @@ static struct dir_history *scan(int vdirfd, char ***subs, size_t *nsubs)
 		bool isdir = e->d_type == DT_DIR;
 
 		if (n) {
+			/* out of memory: a partial index would prune wrong */
 			if (!p || !append(p, n))
-				failed =
-				    true; /* out of memory: a partial index would prune wrong */
+				failed = true;
 			continue;
 		}
-		if (n || !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") ||
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") ||
 		    !strcmp(e->d_name, STORE_MARKER) || !strcmp(e->d_name, STORE_STAGING))
 			continue;
 		if (e->d_type == DT_UNKNOWN &&

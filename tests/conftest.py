@@ -114,6 +114,19 @@ class Mount:
         return os.path.join(self.src, *parts)
 
 
+def source_made_through(binary, workdir, fill):
+    """A SOURCE directory (workdir/src) filled by fill(mount, workdir) through a binvfs
+    mount that is gone again when this returns."""
+    src = os.path.join(workdir, "src")
+    os.mkdir(src)
+    m = Mount(binary, src).start()
+    try:
+        fill(m, workdir)
+    finally:
+        m.stop()
+    return src
+
+
 class Procs:
     """Processes started by a test; killed by pid at teardown."""
 

@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from conftest import Mount, is_mounted, program
+from conftest import Mount, is_mounted, program, source_made_through
 from util import read, write
 
 MARKER = b"binvfs store format 1\n"
@@ -401,13 +401,7 @@ STRAY = {"junk": b"junk\n", "x.~0~": b"x zero\n", "x.~abc~": b"x abc\n", "a.~01~
 
 
 def test_hand_edited_store(binary, workdir):
-    src = os.path.join(workdir, "src")
-    os.mkdir(src)
-    m = Mount(binary, src).start()
-    try:
-        populate(m, workdir)
-    finally:
-        m.stop()
+    src = source_made_through(binary, workdir, populate)
     v = os.path.join(src, ".versions")
     os.unlink(os.path.join(v, "a.~2~"))
     for name, data in STRAY.items():
@@ -459,13 +453,7 @@ def test_hand_edited_store(binary, workdir):
 
 
 def test_hand_edited_store_pruning_spares_what_is_not_a_version(binary, workdir):
-    src = os.path.join(workdir, "src")
-    os.mkdir(src)
-    m = Mount(binary, src).start()
-    try:
-        populate(m, workdir)
-    finally:
-        m.stop()
+    src = source_made_through(binary, workdir, populate)
     v = os.path.join(src, ".versions")
     for name, data in STRAY.items():
         write(os.path.join(v, name), data)
@@ -528,13 +516,7 @@ def test_highest_possible_version_number(binary, workdir):
 def test_mirror_directory_replaced_by_a_symlink(binary, workdir):
     """A store whose mirror directory became a symlink out of SOURCE: the daemon never
     follows it; nothing is written outside; the file stays one complete version."""
-    src = os.path.join(workdir, "src")
-    os.mkdir(src)
-    m = Mount(binary, src).start()
-    try:
-        populate(m, workdir)
-    finally:
-        m.stop()
+    src = source_made_through(binary, workdir, populate)
     outside = os.path.join(workdir, "outside")
     os.mkdir(outside)
     shutil.rmtree(os.path.join(src, ".versions", "sub"))

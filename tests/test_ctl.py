@@ -14,15 +14,11 @@ import subprocess
 import pytest
 
 from conftest import ROOT, is_mounted, program, wait_for
+from util import cp, read, run, versions, write
 
 
 def ctl_path(binary):
     return os.path.join(os.path.dirname(binary), "binvfsctl")
-
-
-def run(cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=50,
-                          **kw)
 
 
 @pytest.fixture
@@ -46,26 +42,6 @@ def ctlj(ctl):
     def call(*args):
         return json.loads(ctl("--json", *args).stdout)
     return call
-
-
-def write(path, data):
-    with open(path, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-
-
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def cp(src, dst):
-    r = run(["cp", src, dst])
-    assert r.returncode == 0, r.stderr
-
-
-def versions(m, sub=""):
-    """Listing only (readdir): no LOOKUP of a version, so nothing here holds one."""
-    return sorted(os.listdir(m.p(".versions", sub)))
 
 
 def sha(path):

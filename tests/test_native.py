@@ -13,16 +13,9 @@ import subprocess
 import pytest
 
 from conftest import Mount, is_mounted, program
-from util import NOBODY, as_user, read, write
+from util import NOBODY, as_user, read, run, write
 
 libc = ctypes.CDLL(None, use_errno=True)
-
-
-def run(cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=60,
-                          **kw)
-
-
 
 
 def outcome(fn, *args, **kw):
@@ -31,7 +24,6 @@ def outcome(fn, *args, **kw):
         return ("ok", fn(*args, **kw))
     except OSError as e:
         return ("err", errno.errorcode.get(e.errno, e.errno))
-
 
 
 def versions(m, sub=""):

@@ -18,27 +18,10 @@ import tempfile
 
 import pytest
 
-from conftest import Mount, is_mounted, program, wait_for
-from util import as_user, make_store, read, write
+from conftest import Mount, is_mounted, program, source_made_through, wait_for
+from util import as_user, cp, make_store, read, run, versions, write
 
 VERSION_RE = re.compile(r"^.+\.~[1-9][0-9]*~$")
-
-
-def run(cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=60,
-                          **kw)
-
-
-
-
-def cp(src, dst):
-    r = run(["cp", src, dst])
-    assert r.returncode == 0, r.stderr
-
-
-def versions(m, sub=""):
-    return sorted(os.listdir(m.p(".versions", sub)))
-
 
 
 def open_world(workdir):
@@ -651,13 +634,7 @@ def test_unmounted_dir_is_plain(binary, workdir):
 
 
 def test_remount_continues_numbering(binary, workdir):
-    src = os.path.join(workdir, "src")
-    os.mkdir(src)
-    m = Mount(binary, src).start()
-    try:
-        populate(m, workdir)
-    finally:
-        m.stop()
+    src = source_made_through(binary, workdir, populate)
     # changed while unmounted: a plain directory, plain writes
     write(os.path.join(src, "app"), "offline\n")
     m = Mount(binary, src).start()

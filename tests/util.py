@@ -1,5 +1,6 @@
 """Small file and user helpers shared by the tests."""
 import os
+import subprocess
 
 NOBODY = 65534
 
@@ -11,6 +12,22 @@ def write(path, data, mode=None):
         f.write(data)
     if mode is not None:
         os.chmod(path, mode)
+
+
+def run(cmd, **kw):
+    """cmd's CompletedProcess, output as text; never waits more than 60 s."""
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=60,
+                          **kw)
+
+
+def cp(src, dst):
+    r = run(["cp", src, dst])
+    assert r.returncode == 0, r.stderr
+
+
+def versions(m, sub=""):
+    """Listing only (readdir): no LOOKUP of a version, so nothing here holds one."""
+    return sorted(os.listdir(m.p(".versions", sub)))
 
 
 def read(path):
