@@ -3,6 +3,7 @@
 #include "fs.h"
 #include "log.h"
 #include "options.h"
+#include "passthrough.h"
 #include "route.h"
 
 #include <errno.h>
@@ -113,9 +114,9 @@ static const struct fuse_lowlevel_ops bv_ops = {
 
 static void prune_deferred(const char *vrel, dev_t dev, ino_t ino)
 {
-	pthread_mutex_lock(&fs.store.lock);
+	store_lock(&fs.store);
 	store_remove_version(&fs.store, vrel, dev, ino);
-	pthread_mutex_unlock(&fs.store.lock);
+	store_unlock(&fs.store);
 }
 
 /* mountinfo writes space, tab, newline and backslash in paths as \ooo: decode in place. */
@@ -190,6 +191,34 @@ static void notify_ready(void)
 	close(fd);
 }
 
+/* The kernel sends INIT as soon as the mount is up: answer it here, before the request loop
+ * and before going to the background, so that passthrough=on can still refuse to mount. */
+static int serve_init(struct fuse_session *se)
+{
+	struct fuse_buf buf = {.mem = NULL};
+	int res = fuse_session_receive_buf(se, &buf);
+
+	if (res > 0)
+		fuse_session_process_buf(se, &buf);
+	free(buf.mem);
+	return res < 0 ? res : res == 0 ? -ENODEV : 0;
+}
+
+/* Passthrough as asked (kernel-notes §10); false if passthrough=on cannot have it. */
+static bool start_passthrough(enum pt_want want)
+{
+	int fd = openat(fs.store.vfd, STORE_MARKER, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+
+	pt_probe(fd);
+	if (fd >= 0)
+		close(fd);
+	if (want == PT_ON && !pt_active()) {
+		fprintf(stderr, "binvfs: passthrough=on but passthrough is %s\n", pt_status());
+		return false;
+	}
+	return true;
+}
+
 /* Every node the kernel knows holds an O_PATH fd (and a read fd once read): as root, allow
  * as many as the system does (fs.nr_open), else the soft limit up to the hard one. */
 static void raise_nofile(void)
@@ -260,6 +289,20 @@ int main(int argc, char **argv)
 	fs.mnt_id = binvfs_mount_id(o.mountpoint, fs.bdi, sizeof(fs.bdi));
 	fs.readahead_kb = o.readahead_kb;
 	fs.readahead_asked = o.readahead_asked;
+	r = pt_install(fs.se, o.passthrough);
+	if (r < 0) {
+		errno = -r;
+		log_warn("cannot hook the session for passthrough");
+		goto out_unmount;
+	}
+	r = serve_init(fs.se);
+	if (r < 0) {
+		errno = -r;
+		log_warn("no INIT from the kernel");
+		goto out_unmount;
+	}
+	if (!start_passthrough(o.passthrough))
+		goto out_unmount;
 	if (!o.foreground)
 		log_init(true, o.debug);
 	fuse_daemonize(o.foreground);
@@ -267,6 +310,7 @@ int main(int argc, char **argv)
 		log_warnx("cannot start the notifier thread: deferred prunes wait for FORGET");
 	log_info("serving %s at %s (keep=%u%s)", o.source, o.mountpoint, o.keep,
 		 o.nosync ? ", nosync" : "");
+	log_info("passthrough %s", pt_status());
 	store_index_start(&fs.store);
 	notify_ready();
 	if (o.single_thread) {
@@ -287,6 +331,9 @@ int main(int argc, char **argv)
 	log_info("unmounted %s", o.mountpoint);
 	route_clear_all();
 	node_table_destroy();
+	goto out_signals;
+out_unmount:
+	fuse_session_unmount(fs.se);
 out_signals:
 	fuse_remove_signal_handlers(fs.se);
 out_store:

@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include "node.h"
 #include "log.h"
+#include "passthrough.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -311,26 +312,67 @@ void node_unref(struct node *n)
 	release_locked(n);
 }
 
-void node_open(struct node *n)
+/* A backing open that fails (ELOOP on a stacked filesystem, ENOMEM, ...) leaves the node's
+ * opens cached until they are all closed: said once per kind of failure. */
+static void backing_failed(const struct node *n, int err)
 {
+	static int said[8]; /* errnos already logged (racy by design: at worst said twice) */
+
+	for (size_t i = 0; i < sizeof(said) / sizeof(*said); i++) {
+		if (said[i] == err)
+			return;
+		if (!said[i]) {
+			said[i] = err;
+			break;
+		}
+	}
+	log_warnx("passthrough: backing open of inode %llu: %s; its opens are served by the daemon "
+		  "(said once per error)",
+		  (unsigned long long)n->ino, strerror(err));
+}
+
+int node_open(struct node *n, bool pt)
+{
+	int id, err = 0;
+
 	pthread_mutex_lock(&table_lock);
+	if (!n->opens && pt && n->kind == NODE_FILE) {
+		/* the first open decides for all that overlap it; the ioctl is a few µs */
+		id = pt_backing_open(n->fd);
+		if (id > 0)
+			n->backing_id = id;
+		else
+			err = -id;
+	}
 	n->opens++;
+	id = n->backing_id;
 	pthread_mutex_unlock(&table_lock);
+	if (err)
+		backing_failed(n, err);
+	return id;
 }
 
 void node_close(struct node *n)
 {
 	struct node *dir = NULL;
 	char *vrel = NULL;
+	int id = 0;
 
 	pthread_mutex_lock(&table_lock);
 	n->opens--;
+	if (!n->opens) {
+		/* the kernel has released every file of it: none can still use the id */
+		id = n->backing_id;
+		n->backing_id = 0;
+	}
 	if (!n->opens && n->nlookup && n->prune_vrel) {
 		/* the last open is gone; a cached .versions/ entry may still hold it */
 		dir = view_entry_locked(n);
 		vrel = dir ? strdup(n->prune_vrel) : NULL;
 	}
 	release_locked(n);
+	if (id > 0)
+		pt_backing_close(id);
 	if (vrel)
 		inval_view_entry(dir, vrel);
 	else if (dir)

@@ -29,6 +29,7 @@ struct node {
 	uint64_t nlookup;    /* the kernel's references (LOOKUP replies minus FORGET) */
 	unsigned refs;	     /* ours: open handles, staging bases, routes */
 	unsigned opens;	     /* open files on this nodeid (read, exec, write) */
+	int backing_id;	     /* passthrough id shared by all its opens (kernel-notes §10), 0 none */
 	char *prune_vrel;    /* version to remove from the store once unused */
 	uint64_t cached_dir; /* the name the kernel may cache for it (tree LOOKUP), table lock */
 	char *cached_name;
@@ -61,7 +62,11 @@ void node_add_lookup(struct node *n);
 void node_forget(struct node *n, uint64_t nlookup);
 void node_ref(struct node *n);
 void node_unref(struct node *n);
-void node_open(struct node *n);
+/* An open of n. With pt, the open is answered through a passthrough backing id (returned,
+ * > 0) when the node's other opens are (or it has none and the kernel takes its file);
+ * otherwise 0: a cached open, served by READs. While a node has opens they are all of one
+ * kind, as the kernel requires. node_close of its last open frees the id. */
+int node_open(struct node *n, bool pt);
 void node_close(struct node *n);
 
 int node_rdfd(struct node *n); /* the node's read fd, opening it on first use */

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "fs.h"
 #include "log.h"
+#include "passthrough.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -163,11 +164,31 @@ static void reply_xattr(fuse_req_t req, ssize_t ret, char *value, size_t size)
 		fuse_reply_buf(req, value, (size_t)ret);
 }
 
+/* binvfsctl status: which daemon serves this mount (after `umount -l; binvfs DIR`, the old
+ * one may still serve a detached copy), and how. "key=value" lines; not listed. */
+static void reply_status(fuse_req_t req, size_t size)
+{
+	char buf[512];
+	int n = snprintf(buf, sizeof(buf), "pid=%d\nkeep=%u\nnosync=%d\npassthrough=%s\n",
+			 (int)getpid(), fs.store.keep, fs.store.nosync, pt_status());
+
+	if (size && size < (size_t)n)
+		fuse_reply_err(req, ERANGE);
+	else
+		reply_xattr(req, n, buf, size);
+}
+
 void bv_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
-	char path[64], *value = size ? malloc(size) : NULL;
-	int err = xattr_path(inode_of(ino), path, sizeof(path), false);
+	char path[64], *value;
+	int err;
 
+	if (inode_of(ino) == node_root() && !strcmp(name, STATUS_XATTR)) {
+		reply_status(req, size);
+		return;
+	}
+	value = size ? malloc(size) : NULL;
+	err = xattr_path(inode_of(ino), path, sizeof(path), false);
 	if (err)
 		fuse_reply_err(req, -err);
 	else
@@ -208,10 +229,10 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 	if (errno || end == buf || (*end && *end != '/') || (*end == '/' && !end[1]) ||
 	    keep > 1000000)
 		return -EINVAL;
-	pthread_mutex_lock(&fs.store.lock);
+	store_lock(&fs.store);
 	n = store_prune(&fs.store, dir->fd, *end ? end + 1 : NULL, (unsigned)keep, node_defer_prune,
 			NULL);
-	pthread_mutex_unlock(&fs.store.lock);
+	store_unlock(&fs.store);
 	if (n >= 0)
 		log_info("prune request (keep %lu%s%s): %d versions removed", keep,
 			 *end ? ", " : "", *end ? end + 1 : "", n);

@@ -273,10 +273,10 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		/* its mirror in .versions/ follows, so old versions stay as closed as the tree */
 		char rel[STORE_RELMAX];
 		int vdirfd;
-		pthread_mutex_lock(&fs.store.lock);
+		store_lock(&fs.store);
 		if (store_versions_dir(&fs.store, n->fd, false, &vdirfd, rel, sizeof(rel)) == 0)
 			close(vdirfd);
-		pthread_mutex_unlock(&fs.store.lock);
+		store_unlock(&fs.store);
 	}
 	if (!err)
 		err = node_stat(n, &st);
@@ -426,7 +426,7 @@ void bv_unlink(fuse_req_t req, fuse_ino_t pino, const char *name)
 		return;
 	}
 	memset(&ch, 0, sizeof(ch));
-	pthread_mutex_lock(&fs.store.lock);
+	store_lock(&fs.store);
 	err = store_keep_version(&fs.store, parent->fd, name, &ch, node_defer_prune, NULL);
 	if (!err && unlinkat(parent->fd, name, 0) < 0) {
 		err = -errno;
@@ -436,7 +436,7 @@ void bv_unlink(fuse_req_t req, fuse_ino_t pino, const char *name)
 	}
 	if (!err)
 		store_sync_dir(&fs.store, parent->fd);
-	pthread_mutex_unlock(&fs.store.lock);
+	store_unlock(&fs.store);
 	if (err == -ENAMETOOLONG)
 		log_warnx("rm %s: name too long to keep a version; refused", name);
 	if (ch.kept) {
@@ -473,7 +473,7 @@ void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npi
 		return;
 	}
 	memset(&ch, 0, sizeof(ch));
-	pthread_mutex_lock(&fs.store.lock);
+	store_lock(&fs.store);
 	if (!flags)
 		err = store_keep_version(&fs.store, nparent->fd, newname, &ch, node_defer_prune,
 					 NULL);
@@ -490,7 +490,7 @@ void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npi
 		if (nparent != parent)
 			store_sync_dir(&fs.store, parent->fd);
 	}
-	pthread_mutex_unlock(&fs.store.lock);
+	store_unlock(&fs.store);
 	if (ch.kept) {
 		log_info("mv over %s: kept as %s/%s", newname, STORE_DIR, ch.vrel);
 		versions_after_change(&ch);

@@ -3,11 +3,14 @@
  * A write open lands on a staging nodeid (route.c) and gets a private O_TMPFILE copy. It is
  * published at the FLUSH that the opener's close() waits for (kernel-notes §8), unless the
  * closer is another process (a child that inherited the fd) or the opener dying of a signal
- * (§8b); RELEASE publishes what is still dirty after that. Reads of a version are spliced
- * from the version's own fd, with keep_cache: its content never changes. */
+ * (§8b); RELEASE publishes what is still dirty after that. Opens of a version, and of a file
+ * its creator writes in place, are passthrough opens (passthrough.c): the kernel reads, maps and
+ * writes their backing file itself. Without passthrough, reads of a version are spliced from
+ * the version's own fd, with keep_cache: its content never changes. */
 #define _GNU_SOURCE
 #include "fs.h"
 #include "log.h"
+#include "passthrough.h"
 #include "route.h"
 
 #include <errno.h>
@@ -22,8 +25,9 @@ static bool wants_write(int flags)
 	return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
 }
 
-/* Open handles. On unmount the kernel drops RELEASEs it has not sent yet, so the end of the
- * session publishes and frees what is left (handles_shutdown). */
+/* Open handles (the node's open count is taken by the caller). On unmount the kernel drops
+ * RELEASEs it has not sent yet, so the end of the session publishes and frees what is left
+ * (handles_shutdown). */
 static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct list handles = LIST_HEAD_INIT(handles); /* handles_lock */
 
@@ -37,7 +41,6 @@ static struct handle *handle_new(enum handle_kind kind, struct node *n, int fd)
 	h->node = n;
 	h->fd = fd;
 	pthread_mutex_init(&h->lock, NULL);
-	node_open(n);
 	if (kind == H_STAGE)
 		node_set_cur_fd(n, fd);
 	pthread_mutex_lock(&handles_lock);
@@ -121,14 +124,14 @@ static int handle_publish(struct handle *h)
 		return -errno;
 	if (fstat(h->fd, &sst) < 0)
 		return -errno;
-	pthread_mutex_lock(&fs.store.lock);
+	store_lock(&fs.store);
 	cfd = openat(parent->fd, stg->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (cfd >= 0 && fstat(cfd, &cst) == 0 && S_ISREG(cst.st_mode) &&
 	    cst.st_size == sst.st_size && store_same_content(cfd, h->fd, sst.st_size)) {
 		/* nothing changed: no version, but metadata the writer set applies in place */
 		struct stat meta;
 		int valid = node_meta_take(stg, &meta);
-		pthread_mutex_unlock(&fs.store.lock);
+		store_unlock(&fs.store);
 		if (valid && meta_apply(NULL, cfd, &meta, valid) < 0)
 			log_warn("apply metadata to %s", stg->name);
 		close(cfd);
@@ -139,7 +142,7 @@ static int handle_publish(struct handle *h)
 	if (cfd >= 0)
 		close(cfd);
 	err = store_publish(&fs.store, parent->fd, stg->name, h->fd, &ch, node_defer_prune, NULL);
-	pthread_mutex_unlock(&fs.store.lock);
+	store_unlock(&fs.store);
 	if (err) {
 		errno = -err;
 		log_warn("publish %s failed, current version unchanged", stg->name);
@@ -229,6 +232,7 @@ static void open_staging(fuse_req_t req, struct node *stg, struct fuse_file_info
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	node_open(stg, false); /* the writer's copy stays on the daemon's write path */
 	struct stat bst;
 	h->dirty = trunc && fstat(node_rdfd(stg->base), &bst) == 0 && bst.st_size > 0;
 	h->opener_tgid = route_tgid(fuse_req_ctx(req)->pid);
@@ -284,16 +288,18 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			return;
 		}
 	}
-	fd = node_rdfd(target);
-	if (fd < 0) {
+	/* the opens of a version can all be passthrough: none of them writes (a staging nodeid's
+	 * read opens read its base through the daemon) */
+	int id = node_open(n, n->kind == NODE_FILE && pt_active());
+	if (!id && (fd = node_rdfd(target)) < 0) {
+		node_close(n);
 		fuse_reply_err(req, -fd);
 		return;
 	}
-	node_open(n);
 	fi->fh = 0;
-	fi->keep_cache = 1; /* a version's content never changes */
+	fi->keep_cache = 1; /* a version's content never changes (not with passthrough: EIO) */
 	fi->noflush = 1;    /* nothing to publish at a reader's close: spare it the FLUSH */
-	if (fuse_reply_open(req, fi) == -ENOENT)
+	if (pt_reply_open(req, fi, id) == -ENOENT)
 		node_close(n);
 }
 
@@ -334,9 +340,11 @@ void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	/* a new file is written in place as natively: the kernel may write it itself */
+	int id = node_open(n, pt_active());
 	fill_entry(&e, n, &st, false);
 	fi->fh = (uintptr_t)h;
-	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
+	if (pt_reply_create(req, &e, fi, id) == -ENOENT) {
 		handle_free(h);
 		node_forget(n, 1);
 	}

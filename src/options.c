@@ -28,6 +28,8 @@ const char *binvfs_usage =
     "  -o keep=N     old versions kept per path (default 10, 0 = no limit)\n"
     "  -o nosync     skip the fsyncs of a publish (tests, benchmarks)\n"
     "  -o readahead=KB  the mount's readahead (default 512, 0 = leave the kernel's 128)\n"
+    "  -o passthrough=auto|on|off  kernel FUSE passthrough for reads, execs and maps\n"
+    "                (default auto: when the kernel offers it; on: refuse to mount without)\n"
     "  -o debug      same as -d\n"
     "  -o OPT        FUSE and mount options (allow_other, default_permissions, suid, ro, ...);\n"
     "                as root, allow_other and default_permissions are on by default\n";
@@ -85,6 +87,21 @@ static int parse_opts(struct options *o, char *list)
 			}
 			o->readahead_kb = (unsigned)kb;
 			o->readahead_asked = true;
+		} else if (!strncmp(opt, "passthrough=", 12)) {
+			const char *v = opt + 12;
+			if (!strcmp(v, "auto"))
+				o->passthrough = PT_AUTO;
+			else if (!strcmp(v, "on"))
+				o->passthrough = PT_ON;
+			else if (!strcmp(v, "off"))
+				o->passthrough = PT_OFF;
+			else {
+				fprintf(stderr,
+					"binvfs: bad option %s: expected passthrough=auto, on "
+					"or off\n",
+					opt);
+				return -1;
+			}
 		} else if (!strcmp(opt, "nosync")) {
 			o->nosync = true;
 		} else if (!strcmp(opt, "debug")) {

@@ -4,12 +4,15 @@
 
 #include <stdbool.h>
 
+#include "passthrough.h"
+
 struct options {
 	char *source;	       /* realpath of SOURCE */
 	char *mountpoint;      /* realpath of MOUNTPOINT (SOURCE when omitted) */
 	unsigned keep;	       /* keep=N, default 10, 0 = no limit */
 	unsigned readahead_kb; /* readahead=KB, default 512, 0 = the kernel's */
 	bool readahead_asked;
+	enum pt_want passthrough; /* passthrough=auto|on|off, default auto */
 	bool nosync;
 	bool foreground;
 	bool debug;

@@ -3,7 +3,7 @@
  * SOURCE/<path>                    the current version of every file, a plain file
  * SOURCE/.versions/<dir>/<name>.~N~ old versions: hard links to the replaced inodes
  * SOURCE/.versions/.binvfs-format   the format marker
- * SOURCE/.versions/.binvfs-staging/ publish links in flight (removed at every mount)
+ * SOURCE/.versions/.binvfs-staging/<instance>/ each daemon's publish links in flight
  *
  * Every access is relative to a directory fd and never follows a symlink. */
 #define _GNU_SOURCE
@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -88,6 +90,82 @@ static int write_marker(int vfd)
 	return 0;
 }
 
+/* Staging left by daemons that are gone: a directory no live daemon holds locked, and loose
+ * files of the format before instances. A daemon still serving a detached mount (umount -l
+ * while programs run from it) keeps its own. */
+static void staging_sweep(struct store *s)
+{
+	int fd = open_dir_nofollow(s->lockfd, ".", O_RDONLY);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *e;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") ||
+		    !strcmp(e->d_name, s->stagename))
+			continue;
+		int sub = open_dir_nofollow(s->lockfd, e->d_name, O_RDONLY);
+		if (sub < 0) {
+			if (unlinkat(s->lockfd, e->d_name, 0) == 0)
+				log_info("removed staging leftover %s", e->d_name);
+			continue;
+		}
+		if (flock(sub, LOCK_EX | LOCK_NB) == 0) {
+			empty_dir(sub);
+			if (unlinkat(s->lockfd, e->d_name, AT_REMOVEDIR) == 0)
+				log_info("removed the staging of a daemon that is gone (%s)",
+					 e->d_name);
+		} else {
+			log_info("staging %s belongs to a live daemon: left alone", e->d_name);
+		}
+		close(sub);
+	}
+	closedir(d);
+}
+
+/* This daemon's staging directory, .binvfs-staging/<instance>, locked for its lifetime. The
+ * parent may be removed by an exiting daemon while empty: create both again then. */
+static int staging_open(struct store *s)
+{
+	for (int tries = 0; tries < 100; tries++) {
+		uint32_t r = 0;
+		if (getrandom(&r, sizeof(r), 0) < 0)
+			r = (uint32_t)tries;
+		snprintf(s->stagename, sizeof(s->stagename), "d%d-%08x", (int)getpid(), r);
+		if (mkdirat(s->vfd, STORE_STAGING, 0700) < 0 && errno != EEXIST)
+			break;
+		if (s->lockfd >= 0)
+			close(s->lockfd);
+		s->lockfd = open_dir_nofollow(s->vfd, STORE_STAGING, O_RDONLY);
+		if (s->lockfd < 0)
+			break;
+		/* under the store's flock: another daemon's sweep must not take our directory
+		 * between its mkdir and its lock */
+		flock(s->lockfd, LOCK_EX);
+		if (mkdirat(s->lockfd, s->stagename, 0700) < 0) {
+			int err = errno;
+			flock(s->lockfd, LOCK_UN);
+			if (err == ENOENT || err == EEXIST)
+				continue;
+			break;
+		}
+		s->stagefd = open_dir_nofollow(s->lockfd, s->stagename, O_RDONLY);
+		if (s->stagefd < 0 || flock(s->stagefd, LOCK_EX | LOCK_NB) < 0) {
+			flock(s->lockfd, LOCK_UN);
+			break;
+		}
+		staging_sweep(s);
+		flock(s->lockfd, LOCK_UN);
+		return 0;
+	}
+	log_warn("cannot create a staging directory in %s/%s", STORE_DIR, STORE_STAGING);
+	return -1;
+}
+
 int store_open(struct store *s, const char *source, unsigned keep, bool nosync)
 {
 	struct stat st;
@@ -95,6 +173,7 @@ int store_open(struct store *s, const char *source, unsigned keep, bool nosync)
 	int err;
 
 	memset(s, 0, sizeof(*s));
+	s->lockfd = s->stagefd = -1;
 	s->keep = keep;
 	s->nosync = nosync;
 	pthread_mutex_init(&s->lock, NULL);
@@ -137,17 +216,20 @@ int store_open(struct store *s, const char *source, unsigned keep, bool nosync)
 			  source, STORE_DIR, STORE_MARKER);
 		return -1;
 	}
-	if (mkdirat(s->vfd, STORE_STAGING, 0700) < 0 && errno != EEXIST) {
-		log_warn("cannot create staging directory");
-		return -1;
-	}
-	s->stagefd = open_dir_nofollow(s->vfd, STORE_STAGING, O_PATH);
-	if (s->stagefd < 0) {
-		log_warn("cannot open staging directory");
-		return -1;
-	}
-	empty_dir(s->stagefd);
-	return 0;
+	return staging_open(s);
+}
+
+void store_lock(struct store *s)
+{
+	pthread_mutex_lock(&s->lock);
+	while (flock(s->lockfd, LOCK_EX) < 0 && errno == EINTR)
+		;
+}
+
+void store_unlock(struct store *s)
+{
+	flock(s->lockfd, LOCK_UN);
+	pthread_mutex_unlock(&s->lock);
 }
 
 /* Read every versions dir into the history index in the background (see history.h). */
@@ -166,9 +248,13 @@ void store_close(struct store *s)
 	history_index_stop();
 	if (s->stagefd >= 0) {
 		empty_dir(s->stagefd);
+		unlinkat(s->lockfd, s->stagename, AT_REMOVEDIR);
 		close(s->stagefd);
+		/* the last daemon out removes the parent; another's keeps it (ENOTEMPTY) */
 		unlinkat(s->vfd, STORE_STAGING, AT_REMOVEDIR);
 	}
+	if (s->lockfd >= 0)
+		close(s->lockfd);
 	if (s->vfd >= 0)
 		close(s->vfd);
 	if (s->rootfd >= 0)
@@ -634,14 +720,20 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 		if (!err) {
 			if (cnt && ns[cnt - 1] == UINT32_MAX)
 				err = -EOVERFLOW;
-			snprintf(ch->vname, sizeof(ch->vname), "%s.~%u~", name,
-				 cnt ? ns[cnt - 1] + 1 : 1);
+			/* NOREPLACE: another daemon on the store may have taken the number */
+			uint32_t next = cnt ? ns[cnt - 1] + 1 : 1;
+			for (; !err; next++) {
+				snprintf(ch->vname, sizeof(ch->vname), "%s.~%u~", name, next);
+				if (renameat2(s->stagefd, tmp, vdirfd, ch->vname,
+					      RENAME_NOREPLACE) == 0)
+					break;
+				if (errno != EEXIST || next == UINT32_MAX)
+					err = errno == EEXIST ? -EOVERFLOW : -errno;
+			}
 			snprintf(ch->vrel, sizeof(ch->vrel), "%s%s%s", rel, *rel ? "/" : "",
 				 ch->vname);
-			if (err || renameat(s->stagefd, tmp, vdirfd, ch->vname) < 0) {
-				err = err ? err : -errno;
-			} else {
-				history_add(vdirfd, name, cnt ? ns[cnt - 1] + 1 : 1);
+			if (!err) {
+				history_add(vdirfd, name, next);
 				ch->orphaned = true;
 			}
 			free(ns);

@@ -14,14 +14,23 @@
 #define STORE_STAGING ".binvfs-staging"
 #define STORE_FORMAT  "binvfs store format 1\n"
 #define STORE_RELMAX  4096
+/* Read on the mount root, answered by the daemon serving it (not stored): "pid=N", "keep=N",
+ * "nosync=0|1" and "passthrough=on|off (why)" lines, for binvfsctl status. */
+#define STATUS_XATTR "user.binvfs.status"
 
 struct store {
 	int rootfd;    /* SOURCE, O_PATH, opened before the mount */
 	int vfd;       /* SOURCE/.versions, O_PATH */
-	int stagefd;   /* SOURCE/.versions/.binvfs-staging, O_PATH */
+	int lockfd;    /* SOURCE/.versions/.binvfs-staging: flock()ed by store_lock, so that two
+			* daemons on one store (a restart under load) change it in turn */
+	int stagefd;   /* .binvfs-staging/<instance>: this daemon's own, flock()ed while it
+			* lives (a directory nobody holds is a dead daemon's, removed at mount) */
+	char stagename[32];
 	unsigned keep; /* old versions kept per path, 0 = no limit */
 	bool nosync;
-	pthread_mutex_t lock; /* serialises every change to names that keeps a version */
+	pthread_mutex_t lock; /* serialises every change to names that keeps a version; taken
+			       * through store_lock(); first in the lock order (then the node
+			       * table's) */
 	uint64_t seq;	      /* staging link names; protected by lock */
 };
 
@@ -40,6 +49,9 @@ struct store_change {
 };
 
 int store_open(struct store *s, const char *source, unsigned keep, bool nosync);
+/* The store lock: this daemon's mutex, then the store's flock against other daemons. */
+void store_lock(struct store *s);
+void store_unlock(struct store *s);
 void store_close(struct store *s);
 void store_index_start(struct store *s);
 bool store_reserved_root_name(const char *name);

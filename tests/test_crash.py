@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -55,12 +56,24 @@ def under_tree(srcfd):
 
 
 def staging_entries(srcfd):
+    """The files under the staging directory (each daemon's own directory in it, and loose
+    ones); None if there is no staging directory."""
     try:
         fd = os.open(STAGING, os.O_RDONLY | os.O_DIRECTORY, dir_fd=srcfd)
     except FileNotFoundError:
         return None
     try:
-        return os.listdir(fd)
+        found = []
+        for e in os.listdir(fd):
+            if stat.S_ISDIR(os.stat(e, dir_fd=fd, follow_symlinks=False).st_mode):
+                sub = os.open(e, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                try:
+                    found += [f"{e}/{f}" for f in os.listdir(sub)]
+                finally:
+                    os.close(sub)
+            else:
+                found.append(e)
+        return found
     finally:
         os.close(fd)
 
@@ -287,7 +300,10 @@ def test_leftovers_of_a_crash_inside_publish_are_repaired(binary, workdir):
         # crash point 1 and 2 at once: a staging link and a version link of "current"
         os.mkdir(os.path.join(src, STAGING), 0o700)
         with open(os.path.join(src, STAGING, "p4242.7"), "wb") as f:
-            f.write(b"half-publis")
+            f.write(b"half-publis")  # the format before per-daemon staging directories
+        os.mkdir(os.path.join(src, STAGING, "d4243-0badf00d"), 0o700)
+        with open(os.path.join(src, STAGING, "d4243-0badf00d", "p4243.1"), "wb") as f:
+            f.write(b"half-publis")  # a daemon that is gone
         os.link(os.path.join(src, "f"), os.path.join(src, ".versions", "f.~1~"))
 
         m = mount(src)

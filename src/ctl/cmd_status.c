@@ -74,6 +74,7 @@ static void show(const struct bmount *m)
 		json_key("keep");
 		d.pid ? json_int(d.keep) : json_null();
 		json_kstr("options", d.opts);
+		json_kstr("passthrough", d.passthrough);
 		json_kstr("mount_options", m->mntopts);
 		json_kstr("fuse_options", m->superopts);
 		json_kint("files", (long long)s.files);
@@ -92,6 +93,8 @@ static void show(const struct bmount *m)
 			printf("daemon    not found in /proc (another pid namespace?)\n");
 		printf("options   %s (mount: %s; fuse: %s)\n", d.opts ? d.opts : "-", m->mntopts,
 		       m->superopts);
+		if (d.passthrough)
+			printf("passthrough %s\n", d.passthrough);
 		printf("files     %llu\n", s.files);
 		printf("versions  %llu, %llu bytes in .versions/\n", s.versions, s.bytes);
 		if (d.pid)

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sysmacros.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 /* mountinfo escapes space, tab, newline and backslash as \ooo */
@@ -290,6 +291,7 @@ static void parse_cmdline(struct daemon *d, const char *source, pid_t pid, bool 
 struct dsearch {
 	const struct bmount *m;
 	char *stagedir; /* SOURCE/.versions/.binvfs-staging */
+	pid_t want;	/* the pid the mount named, 0 if it did not */
 	struct daemon *d;
 };
 
@@ -303,6 +305,8 @@ static bool daemon_check(pid_t pid, void *arg)
 	struct dirent *e;
 	DIR *dir;
 
+	if (s->want && pid != s->want)
+		return false;
 	snprintf(path, sizeof(path), "/proc/%d/fd", pid);
 	dir = opendir(path);
 	if (!dir)
@@ -321,16 +325,16 @@ static bool daemon_check(pid_t pid, void *arg)
 			fuse = true;
 		else if (!strcmp(link, s->stagedir))
 			stage = true;
-		else if (!strncmp(link, s->stagedir, sl) && !strncmp(link + sl, "/#", 2) &&
-			 n > 10 && !strcmp(link + n - 10, " (deleted)"))
-			staging++;
+		else if (!strncmp(link, s->stagedir, sl) && link[sl] == '/' &&
+			 strstr(link + sl, "/#") && n > 10 && !strcmp(link + n - 10, " (deleted)"))
+			staging++; /* .binvfs-staging/<instance>/#ino (deleted): an O_TMPFILE */
 	}
 	closedir(dir);
 	if (!fuse)
 		return false;
 	struct daemon d = {.keep = 10};
 	parse_cmdline(&d, s->m->source, pid, &names_binvfs, &names_src);
-	if (!stage && !(names_binvfs && names_src)) {
+	if (!stage && !(names_binvfs && names_src) && pid != s->want) {
 		daemon_free(&d);
 		return false;
 	}
@@ -340,14 +344,40 @@ static bool daemon_check(pid_t pid, void *arg)
 	return true;
 }
 
+/* The daemon that serves the mount says who it is: after `umount -l DIR; binvfs DIR`, an
+ * older daemon still serving a detached copy holds the same store. */
+static pid_t daemon_ask(const struct bmount *m, struct daemon *d)
+{
+	char buf[512], *save = NULL;
+	ssize_t n = getxattr(m->point, STATUS_XATTR, buf, sizeof(buf) - 1);
+	pid_t pid = 0;
+
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	for (char *l = strtok_r(buf, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+		if (!strncmp(l, "pid=", 4))
+			pid = (pid_t)atoi(l + 4);
+		else if (!strncmp(l, "passthrough=", 12))
+			d->passthrough = xstrdup(l + 12);
+	}
+	return pid;
+}
+
 void daemon_find(const struct bmount *m, struct daemon *d)
 {
 	char *vdir = join(m->source, STORE_DIR);
 	struct dsearch s = {.m = m, .stagedir = join(vdir, STORE_STAGING), .d = d};
+	char *pt;
 
 	memset(d, 0, sizeof(*d));
+	s.want = daemon_ask(m, d);
+	pt = d->passthrough;
 	d->keep = 10;
 	proc_each(daemon_check, &s);
+	d->passthrough = pt; /* daemon_check filled *d afresh */
+	if (!d->pid)
+		d->pid = s.want;
 	free(s.stagedir);
 	free(vdir);
 }
@@ -355,5 +385,6 @@ void daemon_find(const struct bmount *m, struct daemon *d)
 void daemon_free(struct daemon *d)
 {
 	free(d->opts);
-	d->opts = NULL;
+	free(d->passthrough);
+	d->opts = d->passthrough = NULL;
 }

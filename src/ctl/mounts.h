@@ -51,6 +51,7 @@ struct daemon {
 	bool nosync, debug;
 	char *opts;  /* its -o options, as given; NULL if none */
 	int staging; /* staging copies in progress (its O_TMPFILE fds) */
+	char *passthrough; /* "on" or "off (why)", as the daemon says; NULL if it does not */
 };
 void daemon_find(const struct bmount *m, struct daemon *d);
 void daemon_free(struct daemon *d);

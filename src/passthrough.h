@@ -1,0 +1,40 @@
+/* passthrough.h - kernel FUSE passthrough (Linux >= 6.9) driven from libfuse 3.14, which has no
+ * API for it (kernel-notes §10): the kernel then serves READ, WRITE, splice and mmap of an open
+ * file straight from a backing file the daemon names at OPEN. */
+#ifndef BINVFS_PASSTHROUGH_H
+#define BINVFS_PASSTHROUGH_H
+
+#include <stdbool.h>
+
+struct fuse_session;
+struct fuse_file_info;
+struct fuse_entry_param;
+typedef struct fuse_req *fuse_req_t;
+
+enum pt_want {
+	PT_AUTO, /* use it when the kernel offers it and the backing-open ioctl works */
+	PT_ON,	 /* refuse to mount without it */
+	PT_OFF,	 /* every read goes through the daemon */
+};
+
+/* Between fuse_session_mount() and the first request: hooks the session's reads and writes
+ * so that the INIT reply asks for passthrough when the kernel offers it. */
+int pt_install(struct fuse_session *se, enum pt_want want);
+/* After INIT was answered: is passthrough usable? Tries the ioctl once on probe_fd (a regular
+ * file of the store). Sets the reason pt_status() gives. */
+bool pt_probe(int probe_fd);
+bool pt_active(void);
+const char *pt_status(void); /* "on", "off (...)", for the log and binvfsctl status */
+
+/* The kernel's id for the backing file (an O_PATH fd is enough: the kernel opens the file
+ * again, with each FUSE file's own flags), > 0, or -errno. */
+int pt_backing_open(int fd);
+void pt_backing_close(int id);
+
+/* fuse_reply_open / fuse_reply_create, answering through backing `id` when id > 0 (libfuse's
+ * reply is patched on its way out: FOPEN_PASSTHROUGH and the id; never FOPEN_KEEP_CACHE). */
+int pt_reply_open(fuse_req_t req, struct fuse_file_info *fi, int id);
+int pt_reply_create(fuse_req_t req, const struct fuse_entry_param *e, struct fuse_file_info *fi,
+		    int id);
+
+#endif
