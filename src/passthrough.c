@@ -67,9 +67,19 @@ static bool active;	     /* negotiated and the ioctl works: set before the reque
 static char status[160] = "off (not negotiated yet)";
 static __thread int reply_id; /* the OPEN/CREATE reply this thread sends next: its backing id */
 
+/* The last user of a detached mount (umount -l) gone, the kernel aborts the connection and
+ * reads fail with ECONNABORTED, which libfuse 3.14 takes for an error (exit 1, and a
+ * "reading device" message): it is the normal end of such a mount, like ENODEV. */
+static ssize_t ended(ssize_t n)
+{
+	if (n < 0 && errno == ECONNABORTED)
+		errno = ENODEV;
+	return n;
+}
+
 static ssize_t hook_read(int fd, void *buf, size_t len, void *userdata)
 {
-	ssize_t n = read(fd, buf, len);
+	ssize_t n = ended(read(fd, buf, len));
 	const struct in_header *in = buf;
 
 	(void)userdata;
@@ -128,7 +138,7 @@ static ssize_t hook_splice(int fdin, off_t *offin, int fdout, off_t *offout, siz
 			   unsigned int flags, void *userdata)
 {
 	(void)userdata;
-	return splice(fdin, offin, fdout, offout, len, flags);
+	return ended(splice(fdin, offin, fdout, offout, len, flags));
 }
 
 int pt_install(struct fuse_session *se, enum pt_want w)
@@ -142,10 +152,8 @@ int pt_install(struct fuse_session *se, enum pt_want w)
 
 	want = w;
 	devfd = fuse_session_fd(se);
-	if (w == PT_OFF) {
+	if (w == PT_OFF)
 		snprintf(status, sizeof(status), "off (passthrough=off)");
-		return 0;
-	}
 	return fuse_session_custom_io(se, &io, devfd);
 }
 

@@ -18,7 +18,7 @@ enum pt_want {
 };
 
 /* Between fuse_session_mount() and the first request: hooks the session's reads and writes
- * so that the INIT reply asks for passthrough when the kernel offers it. */
+ * so that the INIT reply asks for passthrough when the kernel offers it (unless PT_OFF). */
 int pt_install(struct fuse_session *se, enum pt_want want);
 /* After INIT was answered: is passthrough usable? Tries the ioctl once on probe_fd (a regular
  * file of the store). Sets the reason pt_status() gives. */

@@ -43,11 +43,15 @@ def wait_for(cond, timeout=10.0, what="condition"):
 class Mount:
     """A running binvfs over `src` (mounted at `path`, which is `src` unless given)."""
 
+    extra = []  # options of the current test's variant (the `binary` fixture sets them)
+
     def __init__(self, binary, src, opts=("nosync",), path=None):
         self.binary = binary
         self.src = str(src)
         self.path = str(path or src)
         self.opts = list(opts)
+        if not any(o.startswith("passthrough=") for o in self.opts):
+            self.opts += Mount.extra
         self.log_path = tempfile.mktemp(prefix="binvfs-log-")
         self.proc = None
 
@@ -73,11 +77,12 @@ class Mount:
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
-    def stop(self, check=True):
-        """Unmount (lazily if busy) and require the daemon to exit 0 within 30 s."""
+    def stop(self, check=True, unmount=True):
+        """Unmount (lazily if busy) and require the daemon to exit 0 within 30 s. unmount=False:
+        the mount was detached already (umount -l; another may now be at the same path)."""
         if self.proc is None:
             return
-        if is_mounted(self.path):
+        if unmount and is_mounted(self.path):
             r = subprocess.run(["fusermount3", "-u", self.path], capture_output=True)
             if r.returncode != 0:
                 subprocess.run(["fusermount3", "-uz", self.path], capture_output=True)
@@ -86,7 +91,8 @@ class Mount:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            subprocess.run(["fusermount3", "-uz", self.path], capture_output=True)
+            if unmount:
+                subprocess.run(["fusermount3", "-uz", self.path], capture_output=True)
             rc = "hung"
         self.proc = None
         text = self.logtext()
@@ -150,14 +156,22 @@ class Procs:
 
 # The ThreadSanitizer build runs the tests that race threads of the daemon against each other.
 TSAN_BINS = os.environ.get("BINVFS_TSAN_BINS", "").split()
-TSAN_MODULES = ("test_races", "test_writers")
+TSAN_MODULES = ("test_races", "test_writers", "test_restart")
+
+
+# The core, race and crash tests also run with passthrough=off (plain build): the daemon's own
+# read path stays tested. Everything else runs as users get it (passthrough=auto).
+OFF_MODULES = ("test_publish", "test_writers", "test_versions", "test_races", "test_crash",
+               "test_restart")
+OFF = "#passthrough=off"
 
 
 def build_id(path):
-    for kind in ("asan", "tsan"):
-        if kind in os.path.basename(os.path.dirname(path)):
-            return kind
-    return "plain"
+    kind = "plain"
+    for k in ("asan", "tsan"):
+        if k in os.path.basename(os.path.dirname(path.split("#")[0])):
+            kind = k
+    return kind + ("-pt-off" if path.endswith(OFF) else "")
 
 
 def pytest_generate_tests(metafunc):
@@ -165,6 +179,8 @@ def pytest_generate_tests(metafunc):
         bins = list(BINS)
         if metafunc.module.__name__ in TSAN_MODULES:
             bins += TSAN_BINS
+        if metafunc.module.__name__ in OFF_MODULES:
+            bins += [BINS[0] + OFF]
         metafunc.parametrize("binary", bins, ids=[build_id(b) for b in bins], indirect=True)
 
 
@@ -174,7 +190,10 @@ def binary(request):
         pytest.skip("no /dev/fuse")
     if os.geteuid() != 0:
         pytest.skip("binvfs tests run as root")
-    return request.param
+    path, _, opt = request.param.partition("#")
+    Mount.extra = [opt] if opt else []
+    yield path
+    Mount.extra = []
 
 
 @pytest.fixture

@@ -1,0 +1,78 @@
+"""Restart under load, as the systemd unit does it: `umount -l DIR; binvfs DIR` while programs
+run from the mount. The old daemon serves its detached mount until its last user is gone; the
+new one serves DIR. Two daemons on one store never hurt each other: each has its own staging,
+version numbers never collide, a publish through either is a proper version, the old daemon's
+exit leaves the new one working, and binvfsctl status names the live daemon."""
+import hashlib
+import json
+import os
+import subprocess
+
+from conftest import Mount, program, wait_for
+from util import read, run
+
+RESTARTS = 6
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_restart_loop_under_exec_and_write_load(binary, workdir, procs, cbuild):
+    progs = [program(cbuild, v) for v in (1, 2, 3)]
+    known = {sha(read(p)) for p in progs}
+    outputs = {f"version {v}" for v in (1, 2, 3)}
+    src = os.path.join(workdir, "bin")
+    os.mkdir(src)
+    subprocess.run(["cp", progs[0], os.path.join(src, "app")], check=True)
+    app = os.path.join(src, "app")
+    ctl = os.path.join(os.path.dirname(binary), "binvfsctl")
+    # execs by absolute path all along: each walks whichever mount is at DIR
+    execs = procs.start(["sh", "-c", 'while :; do "$1" || echo FAIL; done', "sh", app],
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    live = Mount(binary, src).start()
+    writes = 0
+    try:
+        for i in range(RESTARTS):
+            # a program running from the mount keeps the old daemon serving after umount -l,
+            # and a shell in the mount writes through the old daemon after the restart
+            holder = procs.start([app, "2"], stdout=subprocess.PIPE)
+            assert holder.stdout.readline().startswith(b"version")
+            shell = procs.start(["sh", "-c", 'read go; cp "$1" app && echo ok', "sh",
+                                 progs[i % 3]], cwd=src, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            old = live
+            assert run(["umount", "-l", src]).returncode == 0
+            live = Mount(binary, src).start()
+            st = run([ctl, "--json", "status", src])
+            assert json.loads(st.stdout)[0]["daemon_pid"] == live.proc.pid, st.stdout
+            # writes through the new daemon while the old one still serves its users
+            for k in range(3):
+                r = run(["cp", progs[(i + k + 1) % 3], app])
+                assert r.returncode == 0, f"restart {i}: {r.stderr}"
+                writes += 1
+            # and one through the old daemon, into the same store
+            out, _ = shell.communicate("go\n", timeout=60)
+            # (dash may say its getcwd() fails: the detached mount has no path any more)
+            assert out.endswith("ok\n"), f"restart {i}: the old daemon's publish failed: {out}"
+            holder.wait(timeout=30)
+            old.stop(unmount=False)  # its last user is gone: it exits 0, and cleans up
+            # ... without taking the new daemon's staging with it
+            for k in range(3):
+                r = run(["cp", progs[(i + k) % 3], app])
+                assert r.returncode == 0, f"restart {i}, after the old daemon left: {r.stderr}"
+                writes += 1
+            assert sha(read(app)) in known
+        vdir = os.path.join(src, ".versions")
+        names = [e for e in os.listdir(vdir) if e.startswith("app.~")]
+        assert len(names) >= 10  # keep=10 of the 6 * 7 publishes, plus any still in use
+        for e in names:
+            assert sha(read(os.path.join(vdir, e))) in known, e
+    finally:
+        execs.kill()
+        out = execs.communicate()[0]
+        live.stop()
+    lines = out.splitlines()
+    assert len(lines) > 50, "the exec loop hardly ran"
+    assert set(lines) <= outputs, {l for l in lines if l not in outputs}
+    assert writes == RESTARTS * 6
