@@ -23,6 +23,10 @@ def reads(m):
     return len(re.findall(r"opcode: READ \(15\)", m.logtext()))
 
 
+def writes(m):
+    return len(re.findall(r"opcode: WRITE \(16\)", m.logtext()))
+
+
 def mode_logged(m):
     """The log line that says which passthrough mode is active (logged right after INIT)."""
     wait_for(lambda: "binvfs: passthrough " in m.logtext(), what="the passthrough log line")
@@ -58,8 +62,10 @@ def test_reads_execs_maps_and_versions_never_reach_the_daemon(mounter, cbuild):
     subprocess.run(["cp", prog2, m.p("app")], check=True)               # a version
     assert run([m.p(".versions", "app.~1~")]).stdout == "hi\n"
     assert read(m.p(".versions", "app.~1~")) == read(prog)
-    write(m.p("new"), b"created in place\n")                            # CREATE: passthrough too
-    assert read(m.p("new")) == b"created in place\n"
+    before = writes(m)
+    write(m.p("new"), b"created in place\n" * 1000)                     # CREATE: passthrough too
+    assert read(m.p("new")) == b"created in place\n" * 1000
+    assert writes(m) == before, "the creator's writes crossed the daemon"
     assert reads(m) == 0, "the daemon served a READ"
 
 
