@@ -316,15 +316,15 @@ void node_unref(struct node *n)
  * opens cached until they are all closed: said once per kind of failure. */
 static void backing_failed(const struct node *n, int err)
 {
-	static int said[8]; /* errnos already logged (racy by design: at worst said twice) */
+	static int said[8]; /* errnos already logged, each slot set once */
 
 	for (size_t i = 0; i < sizeof(said) / sizeof(*said); i++) {
-		if (said[i] == err)
+		int none = 0;
+		if (__atomic_compare_exchange_n(&said[i], &none, err, false, __ATOMIC_RELAXED,
+						__ATOMIC_RELAXED))
+			break; /* first time for err */
+		if (none == err)
 			return;
-		if (!said[i]) {
-			said[i] = err;
-			break;
-		}
 	}
 	log_warnx("passthrough: backing open of inode %llu: %s; its opens are served by the daemon "
 		  "(said once per error)",
