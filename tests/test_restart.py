@@ -67,7 +67,10 @@ def test_restart_loop_under_exec_and_write_load(binary, workdir, procs, cbuild):
         names = [e for e in os.listdir(vdir) if e.startswith("app.~")]
         assert len(names) >= 10  # keep=10 of the 6 * 7 publishes, plus any still in use
         for e in names:
-            assert sha(read(os.path.join(vdir, e))) in known, e
+            try:
+                assert sha(read(os.path.join(vdir, e))) in known, e
+            except FileNotFoundError:
+                pass  # a deferred prune took it meanwhile (its last user, a holder, is gone)
     finally:
         execs.kill()
         out = execs.communicate()[0]
