@@ -12,8 +12,7 @@
 #include "node.h"
 #include "store.h"
 
-#define PRUNE_XATTR "user.binvfs.prune" /* binvfsctl prune's request, see ops_dir.c */
-#define FMODE_EXEC  0x20 /* the kernel's __FMODE_EXEC in OPEN flags (kernel-notes §2) */
+#define FMODE_EXEC 0x20 /* the kernel's __FMODE_EXEC in OPEN flags (kernel-notes §2) */
 
 /* Timeouts (kernel-notes §4): a name -> nodeid answer may change at any publish, so regular
  * files are looked up every time; a nodeid's content never changes, so its attributes and

@@ -2,7 +2,7 @@
 #define _GNU_SOURCE
 #include "history.h"
 #include "log.h"
-#include "store.h"
+#include "names.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -127,29 +127,6 @@ static void sort_all(struct dir_history *d)
 			qsort(d->slots[i].ns, d->slots[i].count, sizeof(uint32_t), cmp_n);
 }
 
-uint32_t history_parse(const char *entry, size_t *namelen)
-{
-	size_t len = strlen(entry);
-	const char *p;
-	uint64_t n = 0;
-
-	if (len < 5 || entry[len - 1] != '~')
-		return 0;
-	for (p = entry + len - 2; p > entry && *p >= '0' && *p <= '9'; p--)
-		;
-	if (p - entry < 2 || *p != '~' || p[-1] != '.' || p[1] == '0' || p + 1 == entry + len - 1)
-		return 0;
-	for (const char *q = p + 1; q < entry + len - 1; q++) {
-		n = n * 10 + (uint64_t)(*q - '0');
-		if (n > UINT32_MAX)
-			return 0;
-	}
-	if (p - 1 == entry) /* no name before ".~N~" */
-		return 0;
-	*namelen = (size_t)(p - 1 - entry);
-	return (uint32_t)n;
-}
-
 static struct dir_history *find(dev_t dev, ino_t ino)
 {
 	for (struct dir_history *d = dirs; d; d = d->next)
@@ -193,7 +170,7 @@ static struct dir_history *scan(int vdirfd, char ***subs, size_t *nsubs)
 	d->ino = st.st_ino;
 	for (errno = 0; (e = readdir(dp)); errno = 0) {
 		size_t len;
-		uint32_t n = history_parse(e->d_name, &len);
+		uint32_t n = names_version_parse(e->d_name, &len);
 		struct path_history *p = n ? slot(d, e->d_name, len, true) : NULL;
 		bool isdir = e->d_type == DT_DIR;
 
@@ -204,7 +181,7 @@ static struct dir_history *scan(int vdirfd, char ***subs, size_t *nsubs)
 			continue;
 		}
 		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") ||
-		    !strcmp(e->d_name, STORE_MARKER) || !strcmp(e->d_name, STORE_STAGING))
+		    names_store_entry(e->d_name))
 			continue;
 		if (e->d_type == DT_UNKNOWN &&
 		    fstatat(vdirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0)

@@ -14,8 +14,6 @@
 int history_get(int vdirfd, const char *name, const uint32_t **ns, size_t *count);
 void history_add(int vdirfd, const char *name, uint32_t n);
 void history_del(int vdirfd, const char *name, uint32_t n);
-/* "<name>.~N~" -> N (0 if entry is not a version name); *namelen gets the name's length. */
-uint32_t history_parse(const char *entry, size_t *namelen);
 void history_free(void);
 /* Start reading every versions dir below vfd in a thread of its own, which takes lock (the
  * store lock) to add each; logs a line when done. Returns 0 or -errno. */

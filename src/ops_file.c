@@ -20,11 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static bool wants_write(int flags)
-{
-	return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
-}
-
 /* Open handles (the node's open count is taken by the caller). On unmount the kernel drops
  * RELEASEs it has not sent yet, so the end of the session publishes and frees what is left
  * (handles_shutdown). */
@@ -213,7 +208,7 @@ static void open_staging(fuse_req_t req, struct node *stg, struct fuse_file_info
 	off_t len = -1;
 	int fd, err;
 
-	if (strlen(stg->name) + 14 > 255) {
+	if (!names_can_version(stg->name)) {
 		/* "<name>.~N~" would not fit: the replaced content could not be kept, so say it
 		 * now rather than at close, which shells do not check */
 		log_info("refused write open of %s: name too long to keep a version", stg->name);
@@ -254,12 +249,12 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			fuse_reply_err(req, ESTALE);
 			return;
 		}
-		if (wants_write(fi->flags)) {
+		if (names_write_flags(fi->flags)) {
 			open_staging(req, n, fi);
 			return;
 		}
 		target = n->base; /* a read by the writer's thread: the version it copies */
-	} else if (wants_write(fi->flags)) {
+	} else if (names_write_flags(fi->flags)) {
 		if (route_arm(tid, fuse_req_ctx(req)->uid, n)) {
 			/* never write or truncate a published version: send the writer back to walk
 			 * the path again; its LOOKUP answers a staging nodeid for a current name,

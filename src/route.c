@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include "route.h"
 #include "log.h"
+#include "names.h"
 #include "node.h"
 
 #include <dirent.h>
@@ -97,13 +98,6 @@ static struct route *find(pid_t tid, uid_t uid, bool make)
 	return r;
 }
 
-static bool is_write_flags(unsigned long flags)
-{
-	if (flags & O_PATH)
-		return false;
-	return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
-}
-
 bool route_thread_writes(pid_t tid)
 {
 	char path[64], buf[256];
@@ -128,9 +122,9 @@ bool route_thread_writes(pid_t tid)
 #if defined(__x86_64__)
 	switch (nr) {
 	case 2: /* open(path, flags) */
-		return is_write_flags(a[1]);
+		return names_write_flags(a[1]);
 	case 257: /* openat(dfd, path, flags) */
-		return is_write_flags(a[2]);
+		return names_write_flags(a[2]);
 	case 85: /* creat */
 	case 76: /* truncate */
 		return true;
@@ -140,7 +134,7 @@ bool route_thread_writes(pid_t tid)
 			     remote = {(void *)a[2], sizeof(flags)};
 		if (process_vm_readv(tid, &local, 1, &remote, 1, 0) != sizeof(flags))
 			return false;
-		return is_write_flags((unsigned long)flags);
+		return names_write_flags((unsigned long)flags);
 	}
 	}
 #endif

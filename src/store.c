@@ -312,19 +312,16 @@ int store_relpath(struct store *s, int dirfd, char *out, size_t len)
 
 /* Open (creating if asked) .versions/<rel> for the tree directory dirfd, one component at a
  * time, copying each tree directory's mode and owner onto its mirror. */
-/* The name of a tree directory's mirror in .versions/: the name itself, unless it could be
- * taken for a version ("x.~3~"), for the store's own entries, or for an escaped name (ending
- * in ".~~"): those get ".~~" appended. Injective, and never a version name. */
+/* The name of a tree directory's mirror in .versions/ (names.h); NULL if it does not fit. */
 static const char *mirror_name(const char *name, char *buf, size_t len)
 {
-	size_t nl = strlen(name), dummy;
+	size_t nl = strlen(name);
 
-	if (!history_parse(name, &dummy) && strcmp(name, STORE_MARKER) != 0 &&
-	    strcmp(name, STORE_STAGING) != 0 && (nl < 3 || strcmp(name + nl - 3, ".~~") != 0))
+	if (!names_mirror_escaped(name))
 		return name;
 	if (nl + 4 > len || nl + 3 > 255)
 		return NULL;
-	snprintf(buf, len, "%s.~~", name);
+	snprintf(buf, len, "%s" NAMES_MIRROR_SUFFIX, name);
 	return buf;
 }
 
@@ -552,7 +549,7 @@ static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, si
 
 	for (size_t i = 0; cnt > keep && i < cnt - keep; i++) {
 		struct stat st;
-		snprintf(vname, sizeof(vname), "%s.~%u~", name, ns[i]);
+		snprintf(vname, sizeof(vname), NAMES_VERSION_FMT, name, ns[i]);
 		if (fstatat(vdirfd, vname, &st, AT_SYMLINK_NOFOLLOW) < 0) {
 			if (errno == ENOENT)
 				history_del(vdirfd, name, ns[i]); /* gone already */
@@ -598,7 +595,7 @@ int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, sto
 		struct dirent *e;
 		while (d && (e = readdir(d))) {
 			size_t len;
-			if (!history_parse(e->d_name, &len))
+			if (!names_version_parse(e->d_name, &len))
 				continue;
 			char **nn = realloc(names, (nnames + 1) * sizeof(*names));
 			if (!nn)
@@ -644,7 +641,7 @@ int store_keep_version(struct store *s, int dirfd, const char *name, struct stor
 		return -errno;
 	if (!S_ISREG(ch->old.st_mode))
 		return 0;
-	if (strlen(name) + 14 > 255)
+	if (!names_can_version(name))
 		return -ENAMETOOLONG; /* "<name>.~N~" would not fit */
 	err = store_versions_dir(s, dirfd, true, &vdirfd, rel, sizeof(rel));
 	if (err)
@@ -657,7 +654,7 @@ int store_keep_version(struct store *s, int dirfd, const char *name, struct stor
 		goto out;
 	}
 	next = cnt ? ns[cnt - 1] + 1 : 1;
-	snprintf(ch->vname, sizeof(ch->vname), "%s.~%u~", name, next - 1);
+	snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, name, next - 1);
 	if (cnt && fstatat(vdirfd, ch->vname, &last, AT_SYMLINK_NOFOLLOW) == 0 &&
 	    last.st_ino == ch->old.st_ino && last.st_dev == ch->old.st_dev) {
 		/* a crash between link and rename left it linked already */
@@ -666,7 +663,7 @@ int store_keep_version(struct store *s, int dirfd, const char *name, struct stor
 		goto out;
 	}
 	for (;; next++) {
-		snprintf(ch->vname, sizeof(ch->vname), "%s.~%u~", name, next);
+		snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, name, next);
 		if (linkat(dirfd, name, vdirfd, ch->vname, 0) == 0) {
 			history_add(vdirfd, name, next);
 			break;
@@ -723,7 +720,7 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 			/* NOREPLACE: another daemon on the store may have taken the number */
 			uint32_t next = cnt ? ns[cnt - 1] + 1 : 1;
 			for (; !err; next++) {
-				snprintf(ch->vname, sizeof(ch->vname), "%s.~%u~", name, next);
+				snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, name, next);
 				if (renameat2(s->stagefd, tmp, vdirfd, ch->vname,
 					      RENAME_NOREPLACE) == 0)
 					break;
@@ -785,7 +782,7 @@ int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino
 	if (fstatat(dirfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_dev == dev &&
 	    st.st_ino == ino) {
 		size_t len;
-		uint32_t n = history_parse(base, &len);
+		uint32_t n = names_version_parse(base, &len);
 		if (unlinkat(dirfd, base, 0) < 0) {
 			err = -errno;
 		} else if (n) {

@@ -9,14 +9,9 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-#define STORE_DIR     ".versions"
-#define STORE_MARKER  ".binvfs-format"
-#define STORE_STAGING ".binvfs-staging"
-#define STORE_FORMAT  "binvfs store format 1\n"
-#define STORE_RELMAX  4096
-/* Read on the mount root, answered by the daemon serving it (not stored): "pid=N", "keep=N",
- * "nosync=0|1" and "passthrough=on|off (why)" lines, for binvfsctl status. */
-#define STATUS_XATTR "user.binvfs.status"
+#include "names.h" /* STORE_DIR and the other names on disk */
+
+#define STORE_RELMAX 4096
 
 struct store {
 	int rootfd;    /* SOURCE, O_PATH, opened before the mount */

@@ -24,7 +24,7 @@ bool versions_is_view_root(struct node *parent, const char *name)
 bool versions_hidden(struct node *dir, const char *name)
 {
 	return dir->in_versions && dir->ino == fs.view_ino && dir->dev == fs.view_dev &&
-	       (!strcmp(name, STORE_MARKER) || !strcmp(name, STORE_STAGING));
+	       names_store_entry(name);
 }
 
 /* Nothing in the view can change, and an old version is read-only wherever it is reached. */

@@ -6,8 +6,8 @@
 #include "ctl.h"
 #include "json.h"
 #include "mounts.h"
+#include "names.h"
 #include "procscan.h"
-#include "store.h"
 #include "vlist.h"
 
 #include <dirent.h>

@@ -9,9 +9,6 @@
 
 #define CTL_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
-/* The daemon's retention request (src/fs.h PRUNE_XATTR, handled in src/ops_dir.c). */
-#define PRUNE_XATTR "user.binvfs.prune"
-
 extern bool ctl_json; /* --json: machine-readable output */
 
 /* Print "binvfsctl: <message>" on stderr; returns 1, the exit status of bad input. */

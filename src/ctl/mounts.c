@@ -2,8 +2,8 @@
 #define _GNU_SOURCE
 #include "mounts.h"
 #include "ctl.h"
+#include "names.h"
 #include "procscan.h"
-#include "store.h"
 
 #include <dirent.h>
 #include <errno.h>

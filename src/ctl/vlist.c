@@ -3,7 +3,7 @@
 #define _GNU_SOURCE
 #include "vlist.h"
 #include "ctl.h"
-#include "store.h"
+#include "names.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -13,62 +13,20 @@
 #include <string.h>
 #include <unistd.h>
 
-unsigned version_split(const char *entry, size_t *nlen)
-{
-	size_t l = strlen(entry);
-	const char *p;
-	unsigned n;
-
-	if (l < 5 || entry[l - 1] != '~')
-		return 0;
-	p = entry + l - 2;
-	while (p > entry && *p >= '0' && *p <= '9')
-		p--;
-	/* p at the '~' before the digits; it must follow a '.', after a non-empty name */
-	if (p < entry + 2 || *p != '~' || p[-1] != '.' || p[1] < '1' || p[1] > '9')
-		return 0;
-	char digits[16];
-	size_t dl = (size_t)(entry + l - 1 - (p + 1));
-	if (dl >= sizeof(digits))
-		return 0;
-	memcpy(digits, p + 1, dl);
-	digits[dl] = 0;
-	if (!parse_version(digits, &n))
-		return 0;
-	*nlen = (size_t)(p - 1 - entry);
-	return n;
-}
-
-unsigned version_of(const char *entry, const char *name)
-{
-	size_t nlen;
-	unsigned n = version_split(entry, &nlen);
-
-	return n && nlen == strlen(name) && !strncmp(entry, name, nlen) ? n : 0;
-}
-
 static int cmp_version(const void *a, const void *b)
 {
 	const struct version *x = a, *y = b;
 	return x->n < y->n ? -1 : x->n > y->n;
 }
 
-static bool ends_escaped(const char *c, size_t len)
-{
-	return len >= 3 && !strncmp(c + len - 3, ".~~", 3);
-}
-
-/* The daemon's mirror name of a tree directory (store.c mirror_name): ".~~" appended to names
- * that look like a version, the store's own entries, and names already ending in ".~~". */
+/* The path of a tree directory's mirror below .versions/, as the daemon names it. */
 static char *mirror_path(const char *dir)
 {
 	char *out = xstrdup(""), *copy = xstrdup(dir), *save = NULL;
 
 	for (char *c = strtok_r(copy, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
-		size_t nlen, len = strlen(c);
-		bool esc = version_split(c, &nlen) || !strcmp(c, ".binvfs-format") ||
-			   !strcmp(c, ".binvfs-staging") || ends_escaped(c, len);
-		char *next = xasprintf("%s/%s%s", out, c, esc ? ".~~" : "");
+		bool esc = names_mirror_escaped(c);
+		char *next = xasprintf("%s/%s%s", out, c, esc ? NAMES_MIRROR_SUFFIX : "");
 		free(out);
 		out = next;
 	}
@@ -88,15 +46,15 @@ static char *tree_rel(const char *rel)
 	out = xstrdup(rel + sizeof(STORE_DIR));
 	/* unescape the directory components in place */
 	for (char *c = out; (slash = strchr(c, '/')); c = slash + 1) {
-		size_t len = (size_t)(slash - c);
-		if (ends_escaped(c, len)) {
-			memmove(c + len - 3, slash, strlen(slash) + 1);
-			slash = c + len - 3;
+		size_t len = names_mirror_unescaped_len(c, (size_t)(slash - c));
+		if (c + len < slash) {
+			memmove(c + len, slash, strlen(slash) + 1);
+			slash = c + len;
 		}
 	}
 	base = strrchr(out, '/');
 	base = base ? base + 1 : out;
-	if (version_split(base, &nlen))
+	if (names_version_parse(base, &nlen))
 		base[nlen] = 0;
 	return out;
 }
@@ -138,7 +96,7 @@ int vlist_load(const struct target *t, struct vlist *l)
 	if (!d && errno != ENOENT && errno != ENOTDIR)
 		return ctl_err("%s: %s", l->vdir, strerror(errno));
 	for (struct dirent *e; d && (e = readdir(d));) {
-		unsigned n = version_of(e->d_name, l->name);
+		unsigned n = names_version_of(e->d_name, l->name);
 		struct stat st;
 		if (!n || fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 		    !S_ISREG(st.st_mode))
@@ -215,7 +173,7 @@ int versions_tally(const char *vdir, const char *name, unsigned keep, struct vco
 		return errno == ENOENT ? 0 : -errno;
 	for (struct dirent *e; (e = readdir(d));) {
 		size_t nlen;
-		unsigned n = version_split(e->d_name, &nlen);
+		unsigned n = names_version_parse(e->d_name, &nlen);
 		if (!n || e->d_type == DT_DIR)
 			continue;
 		if (name && (nlen != strlen(name) || strncmp(e->d_name, name, nlen)))
@@ -287,7 +245,7 @@ static void walk(const char *path, const char *rel, const char *under, struct vi
 			free(sub);
 			continue;
 		}
-		if (type != DT_REG || !(n = version_split(e->d_name, &nlen)))
+		if (type != DT_REG || !(n = names_version_parse(e->d_name, &nlen)))
 			continue;
 		sub = xasprintf("%s%s%.*s", rel, *rel ? "/" : "", (int)nlen, e->d_name);
 		if (!related(sub, under) || strlen(sub) < strlen(under)) {

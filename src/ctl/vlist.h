@@ -35,11 +35,6 @@ struct version *vlist_get(struct vlist *l, unsigned n);
 /* Get version n, or print "no such version" and return NULL. */
 struct version *vlist_need(struct vlist *l, unsigned n, const char *arg);
 
-/* N of "<name>.~N~", 0 if entry is no version of name */
-unsigned version_of(const char *entry, const char *name);
-/* Split "<name>.~N~": N (0 if not a version name); the name's length in *nlen */
-unsigned version_split(const char *entry, size_t *nlen);
-
 /* The versions in a .versions directory (readdir only: no LOOKUP, nothing pinned): total,
  * how many stay if each name keeps its newest `keep`, and the inode numbers of the others;
  * only of `name` unless NULL. Adds to c. */
