@@ -350,6 +350,46 @@ def test_status(mounter, ctl, ctlj):
 
 
 # ---------------------------------------------------------------------------------------------
+# directories whose mirror in .versions/ has an escaped name (docs/format.md)
+
+ESCAPED = [("x.~1~", "x.~1~.~~"), ("x.~1~/.binvfs-staging", "x.~1~.~~/.binvfs-staging.~~"),
+           ("a.~~", "a.~~.~~")]
+
+
+def test_commands_in_directories_whose_mirror_name_is_escaped(mnt, procs, cbuild, ctl, ctlj):
+    """A tree directory named like a version, like a store entry, or ending in ".~~" keeps
+    its versions in a mirror named with ".~~" appended: every command finds them there."""
+    for d, mirror in ESCAPED:
+        os.mkdir(mnt.p(d))
+        f = mnt.p(d, "f")
+        for text in ("one\n", "two\n", "three\n"):
+            write(f, text)
+        assert versions(mnt, mirror) == ["f.~1~", "f.~2~"]
+        assert [v["n"] for v in ctlj("log", f)["versions"]] == [3, 2, 1]
+        assert ctlj("log", mnt.p(".versions", mirror, "f.~1~"))["path"] == f
+        assert "-two\n+three\n" in ctl("diff", f).stdout
+        assert ctlj("rollback", f, "1")["version"] == 4
+        assert read(f) == b"one\n"
+        j = ctlj("prune", "--keep", "1", f)
+        assert (j["before"], j["removed"], j["after"]) == (3, 2, 1)
+        assert versions(mnt, mirror) == ["f.~3~"]
+
+    [s] = ctlj("status", mnt.path)
+    assert (s["files"], s["versions"], s["version_bytes"]) == (3, 3, 3 * len("three\n"))
+
+    # a process running an old version there is outdated, under its tree path
+    app = mnt.p("x.~1~", "app")
+    cp(program(cbuild, 1), app)
+    p1 = start(procs, app, 1)
+    cp(program(cbuild, 2), app)
+    rows = ctlj("outdated", mnt.p("x.~1~"))
+    assert [(r["pid"], r["file"], r["running"], r["current"]) for r in rows] == [
+        (p1.pid, app, 1, 2)]
+    j = ctlj("prune", "--keep", "0", mnt.p("x.~1~"))
+    assert (j["before"], j["removed"], j["in_use"]) == (3, 2, 1)
+
+
+# ---------------------------------------------------------------------------------------------
 # --json and bad input
 
 def test_json_parses_for_every_command(mnt, workdir, cbuild, ctl, ctlj):

@@ -23,7 +23,7 @@
 /* One directory of the tree (rel below the mount point), or one name in it. */
 struct req {
 	char *dir;  /* MOUNT/rel */
-	char *vdir; /* MOUNT/.versions/rel */
+	char *vdir; /* rel's mirror: MOUNT/.versions/rel, escaped (names.h) */
 	char *name; /* NULL: every name in dir */
 };
 
@@ -36,13 +36,15 @@ struct plan {
 static void plan_add(struct plan *p, const char *point, const char *rel, const char *name)
 {
 	const char *sep = strcmp(point, "/") ? "/" : "";
+	char *mirror = vlist_mirror(rel);
 
 	p->r = xrealloc(p->r, (p->n + 1) * sizeof(*p->r));
 	p->r[p->n++] = (struct req){
 	    .dir = xasprintf("%s%s%s", point, *rel ? sep : "", rel),
-	    .vdir = xasprintf("%s%s%s%s%s", point, sep, STORE_DIR, *rel ? "/" : "", rel),
+	    .vdir = xasprintf("%s%s%s%s", point, sep, STORE_DIR, mirror),
 	    .name = name ? xstrdup(name) : NULL,
 	};
+	free(mirror);
 }
 
 /* DIR and every directory below it (not following symlinks) */

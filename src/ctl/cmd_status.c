@@ -47,8 +47,7 @@ static void gather(const struct bmount *m, struct stats *s)
 	vindex_build(m->point, NULL, &ix);
 	s->versions = ix.n;
 	for (size_t i = 0; i < ix.n; i++) {
-		char *p = xasprintf("%s%s%s/" NAMES_VERSION_FMT, m->point, sep, STORE_DIR,
-				    ix.e[i].rel, ix.e[i].n);
+		char *p = xasprintf("%s%s%s/%s", m->point, sep, STORE_DIR, ix.e[i].vrel);
 		struct stat st;
 		/* sorted by inode: a hard-linked inode counts once */
 		if ((i == 0 || ix.e[i].ino != ix.e[i - 1].ino) && lstat(p, &st) == 0)

@@ -19,8 +19,7 @@ static int cmp_version(const void *a, const void *b)
 	return x->n < y->n ? -1 : x->n > y->n;
 }
 
-/* The path of a tree directory's mirror below .versions/, as the daemon names it. */
-static char *mirror_path(const char *dir)
+char *vlist_mirror(const char *dir)
 {
 	char *out = xstrdup(""), *copy = xstrdup(dir), *save = NULL;
 
@@ -74,7 +73,7 @@ int vlist_load(const struct target *t, struct vlist *l)
 	slash = strrchr(rel, '/');
 	if (slash) {
 		char *tdir = xasprintf("%.*s", (int)(slash - rel), rel);
-		dir = mirror_path(tdir);
+		dir = vlist_mirror(tdir);
 		free(tdir);
 	} else {
 		dir = xstrdup("");
@@ -222,7 +221,9 @@ static bool related(const char *rel, const char *under)
 	return !strncmp(rel, under, u) && rel[u] == '/';
 }
 
-static void walk(const char *path, const char *rel, const char *under, struct vindex *ix)
+/* path: a mirror directory, vrel its path below .versions/, rel its tree directory's */
+static void walk(const char *path, const char *vrel, const char *rel, const char *under,
+		 struct vindex *ix)
 {
 	DIR *d = opendir(path);
 
@@ -236,10 +237,13 @@ static void walk(const char *path, const char *rel, const char *under, struct vi
 
 		type = entry_type(d, e);
 		if (type == DT_DIR) {
-			sub = xasprintf("%s%s%s", rel, *rel ? "/" : "", e->d_name);
+			size_t tlen = names_mirror_unescaped_len(e->d_name, strlen(e->d_name));
+			sub = xasprintf("%s%s%.*s", rel, *rel ? "/" : "", (int)tlen, e->d_name);
 			if (related(sub, under)) {
 				char *p = xasprintf("%s/%s", path, e->d_name);
-				walk(p, sub, under, ix);
+				char *vsub = xasprintf("%s%s%s", vrel, *vrel ? "/" : "", e->d_name);
+				walk(p, vsub, sub, under, ix);
+				free(vsub);
 				free(p);
 			}
 			free(sub);
@@ -253,7 +257,11 @@ static void walk(const char *path, const char *rel, const char *under, struct vi
 			continue;
 		}
 		ix->e = xrealloc(ix->e, (ix->n + 1) * sizeof(*ix->e));
-		ix->e[ix->n++] = (struct ventry){.ino = e->d_ino, .rel = sub, .n = n};
+		ix->e[ix->n++] =
+		    (struct ventry){.ino = e->d_ino,
+				    .rel = sub,
+				    .vrel = xasprintf("%s%s%s", vrel, *vrel ? "/" : "", e->d_name),
+				    .n = n};
 	}
 	closedir(d);
 }
@@ -270,7 +278,7 @@ void vindex_build(const char *point, const char *under, struct vindex *ix)
 
 	ix->e = NULL;
 	ix->n = 0;
-	walk(root, "", under ? under : "", ix);
+	walk(root, "", "", under ? under : "", ix);
 	free(root);
 	if (ix->n)
 		qsort(ix->e, ix->n, sizeof(*ix->e), cmp_ventry);
@@ -295,8 +303,10 @@ unsigned vindex_newest(const struct vindex *ix, const char *rel)
 
 void vindex_free(struct vindex *ix)
 {
-	for (size_t i = 0; i < ix->n; i++)
+	for (size_t i = 0; i < ix->n; i++) {
 		free(ix->e[i].rel);
+		free(ix->e[i].vrel);
+	}
 	free(ix->e);
 	ix->e = NULL;
 	ix->n = 0;

@@ -31,6 +31,9 @@ struct vlist {
  * printing the error. Stats every version (a LOOKUP each, forgotten right after). */
 int vlist_load(const struct target *t, struct vlist *l);
 void vlist_free(struct vlist *l);
+/* The path below .versions/ of tree directory dir's mirror, as the daemon names it
+ * (names.h): "" for the top, else "/a/b". */
+char *vlist_mirror(const char *dir);
 struct version *vlist_get(struct vlist *l, unsigned n);
 /* Get version n, or print "no such version" and return NULL. */
 struct version *vlist_need(struct vlist *l, unsigned n, const char *arg);
@@ -50,7 +53,8 @@ void vcount_free(struct vcount *c);
  * st_ino and /proc/PID/maps are): for `outdated`. Only below `under` (a tree path) if set. */
 struct ventry {
 	unsigned long long ino;
-	char *rel; /* the file's path below the mount point */
+	char *rel;  /* the file's path below the mount point */
+	char *vrel; /* the version's path below MOUNT/.versions/ */
 	unsigned n;
 };
 struct vindex {
