@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -310,6 +311,39 @@ void vindex_free(struct vindex *ix)
 	free(ix->e);
 	ix->e = NULL;
 	ix->n = 0;
+}
+
+/* SHA-256 of everything readable from fd, in hex; 0 or -errno. libcrypto picks the CPU's
+ * SHA instructions where there are some: `log` hashes every version at every call. */
+static int sha256_fd(int fd, char out[SHA256_HEX])
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char buf[1 << 16], d[EVP_MAX_MD_SIZE];
+	unsigned dlen = 0;
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	int err = 0;
+	ssize_t n;
+
+	if (!c || !EVP_DigestInit_ex(c, EVP_sha256(), NULL)) {
+		EVP_MD_CTX_free(c);
+		return -ENOMEM;
+	}
+	while (!err && (n = read(fd, buf, sizeof(buf))) != 0) {
+		if (n < 0)
+			err = errno == EINTR ? 0 : -errno;
+		else if (!EVP_DigestUpdate(c, buf, (size_t)n))
+			err = -EIO;
+	}
+	if (!err && (!EVP_DigestFinal_ex(c, d, &dlen) || dlen != SHA256_DIGEST_LENGTH))
+		err = -EIO;
+	EVP_MD_CTX_free(c);
+	for (unsigned k = 0; !err && k < dlen; k++) {
+		out[2 * k] = hex[d[k] >> 4];
+		out[2 * k + 1] = hex[d[k] & 15];
+	}
+	if (!err)
+		out[2 * dlen] = 0;
+	return err;
 }
 
 int vinfo_get(const char *path, struct vinfo *i)

@@ -3,12 +3,14 @@
 #ifndef BINVFSCTL_VLIST_H
 #define BINVFSCTL_VLIST_H
 
+#include <openssl/sha.h>
 #include <stdbool.h>
 #include <sys/stat.h>
 
 #include "buildid.h"
 #include "mounts.h"
-#include "sha256.h"
+
+#define SHA256_HEX (2 * SHA256_DIGEST_LENGTH + 1)
 
 struct version {
 	unsigned n;
