@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libmount.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 struct binvfs fs;
@@ -119,48 +121,26 @@ static void prune_deferred(const char *vrel, dev_t dev, ino_t ino)
 	store_unlock(&fs.store);
 }
 
-/* mountinfo writes space, tab, newline and backslash in paths as \ooo: decode in place. */
-static void unescape_octal(char *s)
-{
-	char *out = s;
-
-	for (; *s; s++) {
-		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
-		    s[3] >= '0' && s[3] <= '7') {
-			*out++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
-			s += 3;
-		} else {
-			*out++ = *s;
-		}
-	}
-	*out = 0;
-}
-
 /* The id of the newest binvfs mount at dir (-1 if none): the last one listed is on top.
- * dev (if not NULL) gets its "major:minor". */
+ * dev (if not NULL) gets its "major:minor". libmount reads the table and undoes its escapes. */
 static int binvfs_mount_id(const char *dir, char *dev, size_t devlen)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "r");
-	char line[8192];
+	struct libmnt_table *tb = mnt_new_table_from_file("/proc/self/mountinfo");
+	struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
+	struct libmnt_fs *m;
 	int id = -1;
 
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		char mnt[4096], fstype[256], mdev[32];
-		int mid;
-		char *sep = strstr(line, " - ");
-		if (!sep || sscanf(line, "%d %*s %31s %*s %4095s", &mid, mdev, mnt) != 3 ||
-		    sscanf(sep + 3, "%255s", fstype) != 1)
-			continue;
-		unescape_octal(mnt);
-		if (!strcmp(fstype, "fuse.binvfs") && !strcmp(mnt, dir)) {
-			id = mid;
+	while (tb && it && mnt_table_next_fs(tb, it, &m) == 0) {
+		const char *type = mnt_fs_get_fstype(m), *point = mnt_fs_get_target(m);
+		if (type && point && !strcmp(type, BINVFS_FSTYPE) && !strcmp(point, dir)) {
+			id = mnt_fs_get_id(m);
 			if (dev)
-				snprintf(dev, devlen, "%s", mdev);
+				snprintf(dev, devlen, "%u:%u", major(mnt_fs_get_devno(m)),
+					 minor(mnt_fs_get_devno(m)));
 		}
 	}
-	fclose(f);
+	mnt_free_iter(it);
+	mnt_unref_table(tb);
 	return id;
 }
 

@@ -13,6 +13,9 @@
 #define STORE_STAGING ".binvfs-staging"
 #define STORE_FORMAT  "binvfs store format 1\n"
 
+/* the mount table's type of a binvfs mount (the daemon mounts with subtype=binvfs) */
+#define BINVFS_FSTYPE "fuse.binvfs"
+
 /* binvfsctl prune's request to the daemon: setxattr(DIR, PRUNE_XATTR, "KEEP" or
  * "KEEP/NAME"), handled in ops_dir.c */
 #define PRUNE_XATTR "user.binvfs.prune"

@@ -1,4 +1,4 @@
-/* mounts.c - mount discovery: /proc/self/mountinfo, and the daemon behind a mount. */
+/* mounts.c - mount discovery: the mount table (libmount), and the daemon behind a mount. */
 #define _GNU_SOURCE
 #include "mounts.h"
 #include "ctl.h"
@@ -8,59 +8,13 @@
 #include <dirent.h>
 #include <errno.h>
 #include <libgen.h>
+#include <libmount.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
-
-/* mountinfo escapes space, tab, newline and backslash as \ooo */
-static char *unescape(const char *s)
-{
-	char *out = xmalloc(strlen(s) + 1), *o = out;
-
-	while (*s) {
-		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
-		    s[3] >= '0' && s[3] <= '7') {
-			*o++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
-			s += 4;
-		} else {
-			*o++ = *s++;
-		}
-	}
-	*o = 0;
-	return out;
-}
-
-/* One mountinfo line: "ID PARENT MAJ:MIN ROOT POINT OPTS [OPTIONAL...] - TYPE SOURCE SUPER".
- * Fills m and *fstype (both owned by the caller); false if the line is malformed. */
-static bool parse_line(char *line, struct bmount *m, char **fstype)
-{
-	char *f[6], *save = NULL, *sep, *type, *src, *super;
-	unsigned maj, min;
-
-	sep = strstr(line, " - ");
-	if (!sep)
-		return false;
-	*sep = 0;
-	for (int i = 0; i < 6; i++)
-		if (!(f[i] = strtok_r(i ? NULL : line, " ", &save)))
-			return false;
-	type = strtok_r(sep + 3, " \n", &save);
-	src = strtok_r(NULL, " \n", &save);
-	super = strtok_r(NULL, " \n", &save);
-	if (!type || !src || sscanf(f[2], "%u:%u", &maj, &min) != 2)
-		return false;
-	m->point = unescape(f[4]);
-	m->source = unescape(src);
-	m->mntopts = xstrdup(f[5]);
-	m->superopts = xstrdup(super ? super : "");
-	m->dev = makedev(maj, min);
-	*fstype = unescape(type);
-	return true;
-}
 
 void bmount_free(struct bmount *m)
 {
@@ -80,30 +34,42 @@ void bmount_copy(struct bmount *dst, const struct bmount *src)
 	dst->dev = src->dev;
 }
 
-/* Every mount, in mountinfo order (later lines are mounted on top of earlier ones). */
+/* Every mount, in mountinfo order (later lines are mounted on top of earlier ones); libmount
+ * reads the table and undoes its escapes (a space in a path is "\040" there). */
 static int read_all(struct mtab *t, char ***types)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char *line = NULL;
-	size_t cap = 0;
+	struct libmnt_table *tb = mnt_new_table_from_file("/proc/self/mountinfo");
+	struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
+	struct libmnt_fs *fs;
 
 	t->m = NULL;
 	t->n = 0;
 	*types = NULL;
-	if (!f)
-		return ctl_err("/proc/self/mountinfo: %s", strerror(errno));
-	while (getline(&line, &cap, f) > 0) {
-		struct bmount m;
-		char *type;
-		if (!parse_line(line, &m, &type))
+	if (!tb || !it) {
+		int err = errno ? errno : ENOMEM;
+		mnt_unref_table(tb);
+		mnt_free_iter(it);
+		return ctl_err("/proc/self/mountinfo: %s", strerror(err));
+	}
+	while (mnt_table_next_fs(tb, it, &fs) == 0) {
+		const char *point = mnt_fs_get_target(fs), *source = mnt_fs_get_source(fs);
+		const char *type = mnt_fs_get_fstype(fs), *super = mnt_fs_get_fs_options(fs);
+		const char *opts = mnt_fs_get_vfs_options(fs);
+		if (!point || !type)
 			continue;
 		t->m = xrealloc(t->m, (t->n + 1) * sizeof(*t->m));
 		*types = xrealloc(*types, (t->n + 1) * sizeof(char *));
-		t->m[t->n] = m;
-		(*types)[t->n++] = type;
+		t->m[t->n] = (struct bmount){
+		    .point = xstrdup(point),
+		    .source = xstrdup(source ? source : "none"),
+		    .mntopts = xstrdup(opts ? opts : ""),
+		    .superopts = xstrdup(super ? super : ""),
+		    .dev = mnt_fs_get_devno(fs),
+		};
+		(*types)[t->n++] = xstrdup(type);
 	}
-	free(line);
-	fclose(f);
+	mnt_free_iter(it);
+	mnt_unref_table(tb);
 	return 0;
 }
 

@@ -7,8 +7,6 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-#define BINVFS_FSTYPE "fuse.binvfs"
-
 struct bmount {
 	char *point;	 /* mount point */
 	char *source;	 /* SOURCE, as the daemon named the mount */
