@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from typing import NamedTuple
 
 import pytest
 
@@ -17,18 +18,36 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINS = os.environ.get("BINVFS_BINS", os.path.join(ROOT, "build", "binvfs")).split()
 
 
-def unescape_mountinfo(field):
+class MountEntry(NamedTuple):
+    point: str
+    opts: str  # per-mount options (rw,nosuid,...)
+    fstype: str
+    source: str
+    super_opts: str  # the filesystem's (for FUSE, the connection's)
+
+
+def _unescape(field):
     """mountinfo writes space, tab, newline and backslash in paths as \\ooo."""
     return re.sub(r"\\([0-3][0-7][0-7])", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def is_mounted(path):
+def mountinfo(fstype=None):
+    """Every mount in /proc/self/mountinfo (of fstype if given), the newest last, with its
+    paths unescaped: the one Python reader of the mount table, for tests and scripts."""
+    out = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            fields = line.split()
-            if unescape_mountinfo(fields[4]) == path and " - fuse.binvfs " in line:
-                return True
-    return False
+            left, right = line.rstrip("\n").split(" - ", 1)
+            fields, tail = left.split(), right.split()
+            e = MountEntry(_unescape(fields[4]), fields[5], tail[0], _unescape(tail[1]),
+                           tail[2] if len(tail) > 2 else "")
+            if fstype is None or e.fstype == fstype:
+                out.append(e)
+    return out
+
+
+def is_mounted(path):
+    return any(e.point == path for e in mountinfo("fuse.binvfs"))
 
 
 def wait_for(cond, timeout=10.0, what="condition"):
@@ -200,10 +219,9 @@ def binary(request):
 def workdir():
     d = tempfile.mkdtemp(prefix="binvfs-test-")
     yield d
-    for line in open("/proc/self/mountinfo"):
-        mp = unescape_mountinfo(line.split()[4])
-        if mp.startswith(d):
-            subprocess.run(["umount", "-l", mp], capture_output=True)
+    for e in mountinfo():
+        if e.point.startswith(d):
+            subprocess.run(["umount", "-l", e.point], capture_output=True)
     shutil.rmtree(d, ignore_errors=True)
 
 

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import Mount, is_mounted, program
+from conftest import Mount, is_mounted, mountinfo, program
 from util import NOBODY, as_user, read, run, write
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -818,13 +818,8 @@ def test_nobody_files_in_sticky_1777_dir(both, workdir):
 # command line
 
 def binvfs_mounts(under):
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4]
-            if " - fuse.binvfs " in line and (mp == under or mp.startswith(under + "/")):
-                out.append(mp)
-    return out
+    return [e.point for e in mountinfo("fuse.binvfs")
+            if e.point == under or e.point.startswith(under + "/")]
 
 
 def cli(binary, *args, cwd=None):
@@ -921,12 +916,11 @@ def test_cli_versions_without_marker(binary, workdir, kind):
 
 
 def test_root_mount_has_allow_other_and_default_permissions(mnt):
-    with open("/proc/self/mountinfo") as f:
-        line = next(x for x in f if x.split()[4] == mnt.path and " - fuse.binvfs " in x)
-    super_opts = line.split(" - ")[1].split()[2].split(",")
+    [e] = [e for e in mountinfo("fuse.binvfs") if e.point == mnt.path]
+    super_opts = e.super_opts.split(",")
     assert "allow_other" in super_opts
     assert "default_permissions" in super_opts
-    assert line.split(" - ")[1].split()[1] == mnt.src  # fsname: the SOURCE
+    assert e.source == mnt.src  # fsname: the SOURCE
 
 
 @pytest.mark.parametrize("opt,want,where", [(None, 512, "src"), ("readahead=0", 128, "src"),

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import program
+from conftest import mountinfo, program
 
 NOBODY = 65534
 MODES = (0o600, 0o640, 0o644, 0o700, 0o750, 0o755, 0o711)
@@ -153,11 +153,9 @@ def run_as(actor, cmd, **kw):
 
 
 def mount_options(path):
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4] == path and " - fuse.binvfs " in line:
-                return set(fields[5].split(","))
+    for e in mountinfo("fuse.binvfs"):
+        if e.point == path:
+            return set(e.opts.split(","))
     raise AssertionError(f"{path} not mounted")
 
 
