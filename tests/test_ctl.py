@@ -412,6 +412,22 @@ def test_json_parses_for_every_command(mnt, workdir, cbuild, ctl, ctlj):
     assert json.loads(ctl("log", odd, "--json").stdout)["path"] == odd
 
 
+def test_json_names_that_are_not_utf8_round_trip(mnt, ctl):
+    """A name's bytes that are not well-formed UTF-8 come out as \\udcNN, as Python's
+    surrogateescape decodes them: the output is UTF-8, os.fsencode() gives every name back,
+    and a name holding the text "\\xff" or "\\udcff" stays apart from the byte 0xff."""
+    names = [b"raw\xff\xfe", b"raw\\xff", b"text\\udcff", b"e\xc3\xa9", b"cut\xe2\x82",
+             b"overlong\xc0\xaf", b"surrogate\xed\xa0\x80", b"big\xf4\x90\x80\x80"]
+    for name in names:
+        path = os.path.join(os.fsencode(mnt.path), name)
+        write(path, "1\n")
+        write(path, "2\n")
+        out = ctl("--json", "log", path).stdout
+        assert "\ufffd" not in out  # (run decodes with errors="replace")
+        assert os.fsencode(json.loads(out)["path"]) == path
+    assert sorted(os.fsencode(v) for v in versions(mnt)) == sorted(n + b".~1~" for n in names)
+
+
 def bad(ctl, *args, msg):
     r = ctl(*args, rc=1)
     assert r.stdout == "", r.stdout
