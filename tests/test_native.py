@@ -874,6 +874,32 @@ def test_cli_errors(binary, workdir, case):
     assert os.listdir(src) == ["keepme"]
 
 
+def test_libfuse_messages_go_through_the_daemons_log(binary, workdir):
+    """libfuse's own messages take the daemon's log (stderr in the foreground, syslog in the
+    background), one line each, although libfuse writes some in pieces."""
+    src = os.path.join(workdir, "src")
+    os.mkdir(src)
+    r = cli(binary, "-f", "-o", "bogus", src)
+    assert (r.returncode, r.stderr) == (1, "binvfs: fuse: unknown option(s): `-o bogus'\n")
+    m = Mount(binary, src, opts=("nosync", "debug")).start()
+    try:
+        assert not os.path.exists(m.p("nope"))
+    finally:
+        text = m.stop()
+    trace = [x for x in text.splitlines() if "opcode: LOOKUP" in x]
+    assert trace and all(x.startswith("binvfs: unique: ") for x in trace), trace[:3]
+
+
+def test_log_lines_keep_long_paths_whole(mnt):
+    """A log line can name a path of 4095 bytes: it is not cut (at 1024 bytes, once)."""
+    d = mnt.p(*["d" * 200] * 10)
+    os.makedirs(d)
+    write(os.path.join(d, "f"), "1")
+    write(os.path.join(d, "f"), "2")
+    rel = os.path.relpath(os.path.join(d, "f"), mnt.path)
+    assert f"previous kept as .versions/{rel}.~1~\n" in mnt.logtext()
+
+
 def test_cli_source_already_served(binary, mnt, workdir):
     write(mnt.p("f"), "f\n")
     before = binvfs_mounts(workdir)
