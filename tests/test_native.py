@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from conftest import Mount, is_mounted, mountinfo, program
-from util import NOBODY, as_user, read, run, write
+from util import NOBODY, as_user, read, run, versions, write
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -24,11 +24,6 @@ def outcome(fn, *args, **kw):
         return ("ok", fn(*args, **kw))
     except OSError as e:
         return ("err", errno.errorcode.get(e.errno, e.errno))
-
-
-def versions(m, sub=""):
-    p = m.p(".versions", sub)
-    return sorted(os.listdir(p)) if os.path.isdir(p) else []
 
 
 @pytest.fixture

@@ -19,29 +19,21 @@ import time
 import pytest
 
 from conftest import program, wait_for
-
-
-def run(cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, timeout=60, **kw)
+from util import read, run
 
 
 def sha(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def read_elsewhere(path):
     """The content as another process (cat) sees it."""
-    r = run(["cat", path])
+    r = run(["cat", path], text=False)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
 
-def versions(mnt, name, sub=""):
+def kept(mnt, name, sub=""):
     """[(N, content)] of .versions/<sub>/<name>.~N~, oldest first, read through the mount."""
     vdir = mnt.p(".versions", sub)
     if not os.path.isdir(vdir):
@@ -141,11 +133,11 @@ def test_cp_then_exec_runs_the_new_version(mounter, cbuild):
     shutil.copy(progs[0], app)
     for i in range(20):
         v = (i + 1) % 2
-        r = run(["sh", "-c", 'cp "$1" "$2" && "$2"', "sh", progs[v], app], text=True)
+        r = run(["sh", "-c", 'cp "$1" "$2" && "$2"', "sh", progs[v], app])
         assert r.returncode == 0, r.stderr
         assert r.stdout == f"version {v + 1}\n", f"iteration {i}"
     # every cp published: 20 replaced versions, alternating, each complete
-    vs = versions(mnt, "app")
+    vs = kept(mnt, "app")
     assert len(vs) == 20
     assert contents(vs) == [read(progs[i % 2]) for i in range(20)]
 
@@ -163,7 +155,7 @@ def test_python_close_then_other_fd_sees_new(mnt):
         assert read_elsewhere(path) == new  # another process
         assert held.read() == old  # the reader keeps the version it opened, complete
         held.close()
-    assert contents(versions(mnt, "data")) == vs[:10]
+    assert contents(kept(mnt, "data")) == vs[:10]
 
 
 # --- nobody sees staging content before close ---------------------------------------------
@@ -177,7 +169,7 @@ def test_reader_during_half_write_sees_old_complete(mnt, procs, workdir, how):
     assert read_elsewhere(mnt.p("f")) == old
     assert read(mnt.p("f")) == old
     assert os.path.getsize(mnt.p("f")) == len(old)
-    assert versions(mnt, "f") == []
+    assert kept(mnt, "f") == []
     w.stdin.write(b"close\n")
     w.stdin.flush()
     assert w.stdout.readline() == b"closed\n"
@@ -185,7 +177,7 @@ def test_reader_during_half_write_sees_old_complete(mnt, procs, workdir, how):
     expect = new[:len(new) // 2] + (old[len(new) // 2:] if how == "rw" else b"")
     assert read(mnt.p("f")) == expect
     assert read_elsewhere(mnt.p("f")) == expect
-    assert contents(versions(mnt, "f")) == [old]
+    assert contents(kept(mnt, "f")) == [old]
     assert w.wait(timeout=30) == 0
 
 
@@ -203,7 +195,7 @@ def test_writer_fsync_does_not_publish(mnt):
     finally:
         os.close(fd)
     assert read_elsewhere(mnt.p("f")) == new
-    assert contents(versions(mnt, "f")) == [old]
+    assert contents(kept(mnt, "f")) == [old]
 
 
 # --- a writer that dies ---------------------------------------------------------------
@@ -222,12 +214,12 @@ def test_killed_writer_publishes_nothing(mnt, procs, workdir, sig, part, how):
     assert read_elsewhere(mnt.p("f")) == old
     w.send_signal(sig)
     assert w.wait(timeout=30) == -sig
-    stays(lambda: read(mnt.p("f")) == old and versions(mnt, "f") == [])
+    stays(lambda: read(mnt.p("f")) == old and kept(mnt, "f") == [])
     # the name is still writable and the next writer publishes over the old content
     r = run(["sh", "-c", 'printf next > "$1"', "sh", mnt.p("f")])
     assert r.returncode == 0, r.stderr
     assert read(mnt.p("f")) == b"next"
-    assert contents(versions(mnt, "f")) == [old]
+    assert contents(kept(mnt, "f")) == [old]
 
 
 def test_writer_killed_while_writing_publishes_nothing(mnt, procs, workdir):
@@ -238,7 +230,7 @@ def test_writer_killed_while_writing_publishes_nothing(mnt, procs, workdir):
         time.sleep(delay)
         w.kill()
         assert w.wait(timeout=30) == -signal.SIGKILL
-        stays(lambda: read(mnt.p("f")) == old and versions(mnt, "f") == [], 0.5)
+        stays(lambda: read(mnt.p("f")) == old and kept(mnt, "f") == [], 0.5)
 
 
 @pytest.mark.parametrize("part", [0.5, 1.0])
@@ -247,7 +239,7 @@ def test_segfaulting_writer_publishes_nothing(mnt, procs, workdir, part):
     put(mnt, "f", old)
     w = start_writer(procs, workdir, mnt.p("f"), new, part, "trunc", "segv")
     assert w.wait(timeout=30) == -signal.SIGSEGV
-    stays(lambda: read(mnt.p("f")) == old and versions(mnt, "f") == [])
+    stays(lambda: read(mnt.p("f")) == old and kept(mnt, "f") == [])
 
 
 @pytest.mark.parametrize("then,rc", [("exit0", 0), ("exit3", 3)])
@@ -259,7 +251,7 @@ def test_writer_exiting_without_close_publishes(mnt, procs, workdir, then, rc):
     # its exit closed the fd (a FLUSH it waited for): published by the time wait() returns
     assert read(mnt.p("f")) == new
     assert read_elsewhere(mnt.p("f")) == new
-    assert contents(versions(mnt, "f")) == [old]
+    assert contents(kept(mnt, "f")) == [old]
 
 
 # --- a child that inherited the fd --------------------------------------------------------
@@ -292,13 +284,13 @@ def test_forked_child_exit_does_not_publish(mnt, procs, how):
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline() == "child-exited 0\n"
     assert read_elsewhere(mnt.p("f")) == old
-    assert versions(mnt, "f") == []
+    assert kept(mnt, "f") == []
     p.stdin.write("go\n")
     p.stdin.flush()
     assert p.stdout.readline() == "closed\n"
     new = b"parent-part1;parent-part2;"
     assert read_elsewhere(mnt.p("f")) == (new if how == "trunc" else new + old[len(new):])
-    assert contents(versions(mnt, "f")) == [old]
+    assert contents(kept(mnt, "f")) == [old]
     p.stdin.close()
     assert p.wait(timeout=30) == 0
 
@@ -312,7 +304,7 @@ def test_shell_group_with_child_publishes_once_complete(mnt):
              "sh", mnt.p("f")])
     assert r.returncode == 0, r.stderr
     assert read(mnt.p("f")) == b"part1old content\npart2"
-    assert contents(versions(mnt, "f")) == [b"old content\n"]
+    assert contents(kept(mnt, "f")) == [b"old content\n"]
 
 
 # --- a write open that changes nothing ------------------------------------------------------
@@ -337,12 +329,12 @@ def test_write_open_without_change_adds_no_version(mnt, workdir):
     with open(mnt.p("f"), "wb") as f:  # O_TRUNC, then the same content again
         f.write(data)
     # not now, nor at a RELEASE arriving in the background
-    stays(lambda: versions(mnt, "f") == [] and read(mnt.p("f")) == data, 0.3)
+    stays(lambda: kept(mnt, "f") == [] and read(mnt.p("f")) == data, 0.3)
     assert os.stat(mnt.p("f")).st_ino == st0.st_ino  # still the same published inode
     # and a real change afterwards does add one
     with open(mnt.p("f"), "r+b") as f:
         f.write(b"X")
-    assert contents(versions(mnt, "f")) == [data]
+    assert contents(kept(mnt, "f")) == [data]
 
 
 def test_truncation_only_open_publishes(mnt):
@@ -350,10 +342,10 @@ def test_truncation_only_open_publishes(mnt):
     put(mnt, "f", b"something\n")
     os.close(os.open(mnt.p("f"), os.O_WRONLY | os.O_TRUNC))
     wait_for(lambda: os.path.getsize(mnt.p("f")) == 0, 5, "the truncation to be published")
-    wait_for(lambda: contents(versions(mnt, "f")) == [b"something\n"], 5, "one version")
+    wait_for(lambda: contents(kept(mnt, "f")) == [b"something\n"], 5, "one version")
     # truncating an empty file changes nothing
     os.close(os.open(mnt.p("f"), os.O_WRONLY | os.O_TRUNC))
-    stays(lambda: len(versions(mnt, "f")) == 1, 0.5)
+    stays(lambda: len(kept(mnt, "f")) == 1, 0.5)
 
 
 def test_new_file_is_written_in_place(mnt):
@@ -364,7 +356,7 @@ def test_new_file_is_written_in_place(mnt):
     finally:
         os.close(fd)
     assert read(mnt.p("new")) == b"first half;"
-    assert versions(mnt, "new") == []
+    assert kept(mnt, "new") == []
 
 
 # --- writes after a publish on the same open file ------------------------------------------
@@ -379,12 +371,12 @@ def test_closing_a_dup_while_the_fd_stays_open_does_not_publish(mnt):
         os.write(fd, b"A" * 4096)
         os.close(os.dup(fd))
         assert read(mnt.p("f")) == v1
-        assert versions(mnt, "f") == []
+        assert kept(mnt, "f") == []
         os.write(fd, b"B" * 4096)
     finally:
         os.close(fd)
     assert read(mnt.p("f")) == b"A" * 4096 + b"B" * 4096 + v1[8192:]
-    assert contents(versions(mnt, "f")) == [v1]
+    assert contents(kept(mnt, "f")) == [v1]
 
 
 # The opener writes A and closes (a publish) while a forked child still holds the inherited fd;
@@ -424,7 +416,7 @@ def test_write_after_publish_on_same_file_starts_new_copy(mnt, procs):
                     stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline() == "parent-closed\n"
     assert read(mnt.p("f")) == v2  # the opener's close published
-    assert contents(versions(mnt, "f")) == [v1]
+    assert contents(kept(mnt, "f")) == [v1]
     held = open(mnt.p("f"), "rb")  # holds the version just published
     p.stdin.write("write\n")
     p.stdin.flush()
@@ -438,7 +430,7 @@ def test_write_after_publish_on_same_file_starts_new_copy(mnt, procs):
     assert p.stdout.readline() == "child-exited\n"
     assert p.wait(timeout=30) == 0
     wait_for(lambda: read(mnt.p("f")) == v3, 5, "the child's writes to be published")
-    assert contents(versions(mnt, "f")) == [v1, v2]
+    assert contents(kept(mnt, "f")) == [v1, v2]
 
 
 # --- two writers at once ----------------------------------------------------------------
@@ -463,7 +455,7 @@ def test_two_writers_each_own_staging_last_close_wins(mnt):
     finally:
         fa.close()
         fb.close()
-    assert contents(versions(mnt, "f")) == [orig, a]
+    assert contents(kept(mnt, "f")) == [orig, a]
 
 
 # --- execs during a slow copy of a big executable ------------------------------------------
@@ -494,7 +486,7 @@ def test_execs_during_slow_copy_run_a_complete_version(mnt, procs, cbuild, workd
         big.append(out)
     app = mnt.p("app")
     shutil.copy(big[0], app)
-    assert run([app]).stdout == b"version 1\n"
+    assert run([app]).stdout == "version 1\n"
 
     state = {"opened": False, "closing": False}
     results = []  # (state when the exec started, rc, stdout, stderr)
@@ -534,10 +526,10 @@ def test_execs_during_slow_copy_run_a_complete_version(mnt, procs, cbuild, workd
             assert out == "version 1\n"
     during = sum(1 for r in results if r[0])
     assert during >= 10, (during, len(results))
-    assert run([app]).stdout == b"version 2\n"
+    assert run([app]).stdout == "version 2\n"
     assert results[-1][2] == "version 2\n"
     with open(big[0], "rb") as f:
-        assert contents(versions(mnt, "app")) == [f.read()]
+        assert contents(kept(mnt, "app")) == [f.read()]
 
 
 # --- a shared writable mmap ---------------------------------------------------------------
@@ -553,4 +545,4 @@ def test_shared_mmap_writer_publishes_at_release(mnt):
     m.close()  # munmap: the RELEASE comes now
     wait_for(lambda: read(mnt.p("f")) == new, 5, "the mmap writes to be published")
     assert read_elsewhere(mnt.p("f")) == new
-    assert contents(versions(mnt, "f")) == [old]
+    assert contents(kept(mnt, "f")) == [old]

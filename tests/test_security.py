@@ -22,8 +22,7 @@ import time
 import pytest
 
 from conftest import mountinfo, program
-
-NOBODY = 65534
+from util import NOBODY, as_user, open_world, read, reopen_for_write, run
 MODES = (0o600, 0o640, 0o644, 0o700, 0o750, 0o755, 0o711)
 
 
@@ -127,11 +126,6 @@ def people():
             assert r.returncode != 0, f"test user {name} left behind"
 
 
-def open_world(workdir):
-    """mkdtemp makes workdir 0700: let the other users reach what is below it."""
-    os.chmod(workdir, 0o755)
-
-
 def public_copy(workdir, path):
     """A copy of a test program that other users can run (cbuild's directory is 0700)."""
     d = os.path.join(workdir, "pub")
@@ -142,14 +136,8 @@ def public_copy(workdir, path):
     return out
 
 
-def read_all(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def run_as(actor, cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, **actor.popen_kw(),
-                          **kw)
+    return run(cmd, **actor.popen_kw(), **kw)
 
 
 def mount_options(path):
@@ -216,7 +204,7 @@ def snapshot(base):
             st = os.lstat(p)
             data = None
             if stat.S_ISREG(st.st_mode) and st.st_size < 4096:
-                data = read_all(p).decode(errors="replace")
+                data = read(p).decode(errors="replace")
             out[os.path.relpath(p, base)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
                                              st.st_uid, st.st_gid, st.st_size, data)
     return out
@@ -227,7 +215,7 @@ def matrix_ops(base, people, actor):
     dirs, owners = tree_spec(people)
     res = {}
 
-    def read(p):
+    def read_some(p):
         fd = os.open(p, os.O_RDONLY)
         try:
             os.read(fd, 16)
@@ -251,7 +239,7 @@ def matrix_ops(base, people, actor):
         dp = os.path.join(base, d)
         for fid in file_ids(owners):
             f = os.path.join(dp, f"f_{fid}")
-            res[f"read {d}/{fid}"] = attempt(lambda: read(f))
+            res[f"read {d}/{fid}"] = attempt(lambda: read_some(f))
             res[f"write {d}/{fid}"] = attempt(lambda: os.close(os.open(f, os.O_WRONLY)))
             res[f"exec {d}/{fid}"] = exec_(f)
             res[f"unlink {d}/{fid}"] = attempt(
@@ -373,7 +361,7 @@ def test_versions_show_no_more_than_the_files_did(matrix, people):
         _, mode, uid, gid, size, data = before[f"{d}/u_{a}_{fid}"]
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size) == \
             (mode, uid, gid, size), v
-        assert read_all(v).decode() == data
+        assert read(v).decode() == data
 
     def read_versions(actor):
         out = {}
@@ -418,12 +406,12 @@ def test_version_in_a_directory_closed_later_stays_closed(mnt, workdir, people):
             f.write("secret\n")
         with open(mnt.p(d, "x"), "w") as f:  # "secret" becomes a version
             f.write("newer\n")
-        assert as_actor(nobody, lambda: attempt(lambda: read_all(mnt.p(d, "x")))) == "EACCES"
+        assert as_actor(nobody, lambda: attempt(lambda: read(mnt.p(d, "x")))) == "EACCES"
         vs = sorted(os.listdir(mnt.p(".versions", d)))
-        secret = [v for v in vs if read_all(mnt.p(".versions", d, v)) == b"secret\n"]
+        secret = [v for v in vs if read(mnt.p(".versions", d, v)) == b"secret\n"]
         assert len(secret) == 1, vs
         res = as_actor(nobody, lambda: attempt(
-            lambda: read_all(mnt.p(".versions", d, secret[0]))))
+            lambda: read(mnt.p(".versions", d, secret[0]))))
         if res != "EACCES":
             leaks.append(f"{how}: nobody reads .versions/{d}/{secret[0]} ({res}), written "
                          f"while {d}/ was 0700")
@@ -466,7 +454,7 @@ def test_setuid_root_copy_of_id_not_honoured_by_default(mounter, workdir, people
     # an old setuid version is not honoured either
     id2 = os.path.join(workdir, "id2")  # another id: one byte more
     with open(id2, "wb") as f:
-        f.write(read_all(idbin) + b"\0")
+        f.write(read(idbin) + b"\0")
     shutil.copyfile(id2, m.p("id"))  # cp over: the setuid copy becomes .versions/id.~1~
     assert stat.S_IMODE(os.stat(m.p("id")).st_mode) == 0o6755
     v = m.p(".versions", "id.~1~")
@@ -514,14 +502,6 @@ WRITE_TRIES = {
 }
 
 
-def reopen_for_write(p):
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.close(os.open(f"/proc/self/fd/{fd}", os.O_WRONLY))
-    finally:
-        os.close(fd)
-
-
 def hostile_tries(path):
     out = {k: attempt(lambda: fn(path)) for k, fn in WRITE_TRIES.items()}
     # right after its failed write opens, its reads and execs still see the published file
@@ -548,7 +528,7 @@ def test_nobody_write_to_root_binary_is_eacces_as_natively(mnt, workdir, people,
         assert runner.stdout.readline() == "version 1\n"
         results[where] = as_actor(people["nobody"], lambda: hostile_tries(path))
         assert runner.poll() is None
-        assert read_all(path) == read_all(prog)
+        assert read(path) == read(prog)
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
         runner.kill()
         runner.wait()
@@ -556,7 +536,7 @@ def test_nobody_write_to_root_binary_is_eacces_as_natively(mnt, workdir, people,
     assert results["mounted"] == results["native"]
     assert os.listdir(mnt.p(".versions")) == []
     with open(mnt.p("app"), "rb") as f:
-        assert f.read() == read_all(prog)
+        assert f.read() == read(prog)
 
 
 OPENAT2_RACE = r"""
@@ -650,7 +630,7 @@ def test_racing_openat2_flags_get_nothing_more(mnt, workdir, people, cbuild, pro
     assert wr == 0 and bad == 0 and other == 0, (out, err)
     assert rd > 0 and eacces > 0, out  # both ways were taken
     assert runs > 0
-    assert read_all(app) == read_all(prog)
+    assert read(app) == read(prog)
     assert os.listdir(mnt.p(".versions")) == []
 
 
@@ -681,7 +661,7 @@ def test_nobody_truncates_its_own_running_binary(mounter, workdir, people, cbuil
 
             def put():
                 with open(app, "r+b") as f:
-                    f.write(read_all(v2))
+                    f.write(read(v2))
             out["write"] = attempt(put)
             return out
 
@@ -698,14 +678,14 @@ def test_nobody_truncates_its_own_running_binary(mounter, workdir, people, cbuil
     assert vs == ["app.~1~", "app.~2~"]  # v1, then the empty file the truncate published
     st = os.stat(m.p(".versions", "home", "app.~1~"))
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, NOBODY, 0o755)
-    assert read_all(m.p(".versions", "home", "app.~1~")) == read_all(v1)
+    assert read(m.p(".versions", "home", "app.~1~")) == read(v1)
     # and nobody still cannot touch root's files through its routes
     with open(m.p("rootfile"), "w") as f:
         f.write("root\n")
     os.chmod(m.p("rootfile"), 0o755)
     assert as_actor(nobody, lambda: attempt(lambda: os.truncate(m.p("rootfile"), 0))) == \
         "EACCES"
-    assert read_all(m.p("rootfile")) == b"root\n"
+    assert read(m.p("rootfile")) == b"root\n"
 
 
 FLOOD = r"""
@@ -785,7 +765,7 @@ def test_flood_of_fake_writers_does_not_fail_other_writers(mnt, workdir, people,
     assert n > 0
     assert not failures, f"{len(failures)} of {n} root writes failed during the flood: " \
         f"{sorted(set(failures))}"
-    assert read_all(data) == f"{n}\n".encode()
+    assert read(data) == f"{n}\n".encode()
 
 
 def hostile_comm_writer(path, data):
@@ -818,21 +798,20 @@ def test_hostile_comm_cannot_fake_the_closer(mnt, workdir, people):
     os.chmod(mine, 0o755)
     comm = as_actor(nobody, lambda: hostile_comm_writer(mine, b"new\n"))
     assert comm.startswith("x) X")
-    assert read_all(mine) == b"new\n"
-    assert read_all(mnt.p(".versions", "home", "mine.~1~")) == b"old\n"
+    assert read(mine) == b"new\n"
+    assert read(mnt.p(".versions", "home", "mine.~1~")) == b"old\n"
     with open(mnt.p("rootfile"), "w") as f:
         f.write("root\n")
     os.chmod(mnt.p("rootfile"), 0o755)
     res = as_actor(nobody, lambda: attempt(
         lambda: hostile_comm_writer(mnt.p("rootfile"), b"evil\n")))
     assert res == "EACCES"
-    assert read_all(mnt.p("rootfile")) == b"root\n"
+    assert read(mnt.p("rootfile")) == b"root\n"
 
 
 def test_only_root_can_prune_history(mnt, workdir):
     """Removing history through the prune request is the administrator's, even for a user
     who may write the directory."""
-    from util import as_user
     os.chmod(workdir, 0o755)
     os.chmod(mnt.p(), 0o777)
     path = mnt.p("f")

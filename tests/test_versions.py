@@ -19,14 +19,9 @@ import tempfile
 import pytest
 
 from conftest import Mount, is_mounted, program, source_made_through, wait_for
-from util import as_user, cp, make_store, read, run, versions, write
+from util import as_user, cp, make_store, open_world, read, run, versions, write
 
 VERSION_RE = re.compile(r"^.+\.~[1-9][0-9]*~$")
-
-
-def open_world(workdir):
-    """mkdtemp makes workdir 0700: let other users reach the mount below it."""
-    os.chmod(workdir, 0o755)
 
 
 def maps_inodes(pid, prefix):

@@ -7,10 +7,7 @@ import subprocess
 import pytest
 
 from conftest import program
-
-
-def run(cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
+from util import run
 
 
 def py_rplusb(path, data):

@@ -14,10 +14,12 @@ def write(path, data, mode=None):
         os.chmod(path, mode)
 
 
-def run(cmd, **kw):
-    """cmd's CompletedProcess, output as text; never waits more than 60 s."""
-    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=60,
-                          **kw)
+def run(cmd, text=True, **kw):
+    """cmd's CompletedProcess, output as text (as bytes with text=False); never waits more
+    than 60 s."""
+    if text:
+        kw.setdefault("errors", "replace")
+    return subprocess.run(cmd, capture_output=True, text=text, timeout=60, **kw)
 
 
 def cp(src, dst):
@@ -33,6 +35,21 @@ def versions(m, sub=""):
 def read(path):
     with open(path, "rb") as f:
         return f.read()
+
+
+def reopen_for_write(p):
+    """Open p for reading, then again for writing through /proc/self/fd (the reopen path:
+    no name walk)."""
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.close(os.open(f"/proc/self/fd/{fd}", os.O_WRONLY))
+    finally:
+        os.close(fd)
+
+
+def open_world(workdir):
+    """mkdtemp makes workdir 0700: let the other users reach what is below it."""
+    os.chmod(workdir, 0o755)
 
 
 def as_user(fn, uid=NOBODY, gid=NOBODY):
