@@ -6,6 +6,7 @@
 #include "passthrough.h"
 #include "route.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libmount.h>
@@ -248,6 +249,11 @@ int main(int argc, char **argv)
 		fatalx("out of memory");
 
 	umask(0); /* the kernel applied the caller's umask already */
+	/* libfuse's loop cancels its workers at exit, and glibc's pthread_cancel then loads
+	 * libgcc_s: with the fd table full that open fails and aborts the daemon before its
+	 * cleanup (docs/performance.md, Problem 4). Loaded now, it is found in memory then. */
+	if (!dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_NODELETE))
+		log_warnx("cannot preload libgcc_s.so.1: %s", dlerror());
 	raise_nofile();
 	fs.se = fuse_session_new(&args, &bv_ops, sizeof(bv_ops), &fs);
 	if (!fs.se)
