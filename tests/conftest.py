@@ -4,6 +4,7 @@ Like libfuse's test/util.py: the daemon must exit 0 within 30 s of the unmount (
 hangs or crashes at unmount is a bug the test reports), and its log is scanned for sanitizer
 reports. Processes a test starts go through `procs` and are killed by pid at teardown.
 """
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,8 @@ import time
 from typing import NamedTuple
 
 import pytest
+
+from util import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINS = os.environ.get("BINVFS_BINS", os.path.join(ROOT, "build", "binvfs")).split()
@@ -261,6 +264,35 @@ def mounter(binary, workdir):
 def mnt(mounter):
     """binvfs over an empty directory."""
     return mounter()
+
+
+# binvfsctl: the one built next to the binvfs under test (build/ or build-asan/).
+def ctl_path(binary):
+    return os.path.join(os.path.dirname(binary), "binvfsctl")
+
+
+@pytest.fixture
+def ctl(binary):
+    """ctl(*args, rc=0, env=None) -> CompletedProcess of binvfsctl, checked for exit status
+    rc."""
+    path = ctl_path(binary)
+
+    def call(*args, rc=0, env=None):
+        r = run([path, *args], env=env)
+        for word in ("AddressSanitizer", "LeakSanitizer", "runtime error"):
+            assert word not in r.stderr, r.stderr
+        assert r.returncode == rc, f"binvfsctl {args}: exit {r.returncode}\n{r.stderr}"
+        return r
+
+    return call
+
+
+@pytest.fixture
+def ctlj(ctl):
+    """ctlj(*args, env=None) -> the parsed --json output."""
+    def call(*args, env=None):
+        return json.loads(ctl("--json", *args, env=env).stdout)
+    return call
 
 
 # Small programs the tests build once per session.

@@ -13,35 +13,8 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, is_mounted, program, wait_for
+from conftest import ROOT, ctl_path, is_mounted, program, wait_for
 from util import cp, read, run, versions, write
-
-
-def ctl_path(binary):
-    return os.path.join(os.path.dirname(binary), "binvfsctl")
-
-
-@pytest.fixture
-def ctl(binary):
-    """ctl(*args, rc=0) -> CompletedProcess of binvfsctl, checked for exit status rc."""
-    path = ctl_path(binary)
-
-    def call(*args, rc=0):
-        r = run([path, *args])
-        for word in ("AddressSanitizer", "LeakSanitizer", "runtime error"):
-            assert word not in r.stderr, r.stderr
-        assert r.returncode == rc, f"binvfsctl {args}: exit {r.returncode}\n{r.stderr}"
-        return r
-
-    return call
-
-
-@pytest.fixture
-def ctlj(ctl):
-    """ctlj(*args) -> the parsed --json output."""
-    def call(*args):
-        return json.loads(ctl("--json", *args).stdout)
-    return call
 
 
 def sha(path):
@@ -507,15 +480,17 @@ def test_man_page_matches_help(binary):
     # every description of --help, word for word
     entries, cur = [], None
     for line in helptext.splitlines():
-        m = re.match(r"^  (\S.*?)\s{2,}(\S.*)$", line)
-        if m:
-            cur = [m.group(1), m.group(2)]
+        m = re.match(r"^  (\S.*?)(?:\s{2,}(\S.*))?$", line)
+        if m and not line.startswith(" " * 29):
+            # a synopsis too long for its column has the description on the next lines
+            cur = [m.group(1), m.group(2) or ""]
             entries.append(cur)
         elif line.startswith(" " * 29) and cur:
             cur[1] += " " + line.strip()
         else:
             cur = None
-    assert len(entries) == 9
+    assert len(entries) == 10
+    assert all(text for _, text in entries), entries
     for synopsis, text in entries:
         assert " ".join(text.split()) in man, text
         for word in re.split(r"[\s,|\[\]]+", synopsis):

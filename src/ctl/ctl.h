@@ -23,6 +23,9 @@ char *xasprintf(const char *fmt, ...) CTL_PRINTF(1, 2);
  * otherwise prints "binvfsctl: usage: binvfsctl <synopsis>" and returns 1. */
 int cmd_args(int argc, char **argv, int min, int max, const char *synopsis, char **pos);
 
+/* Remove every flag (e.g. "--dry-run") before a "--" from argv; true if there was one. */
+bool cmd_flag(int *argc, char **argv, const char *flag);
+
 /* "N" -> N >= 1 (a version number); false if not a number */
 bool parse_version(const char *s, unsigned *out);
 /* "YYYY-MM-DD HH:MM:SS" in local time, and ISO 8601 with the UTC offset */
@@ -47,5 +50,6 @@ int cmd_diff(int argc, char **argv);
 int cmd_rollback(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
 int cmd_outdated(int argc, char **argv);
+int cmd_restart(int argc, char **argv);
 
 #endif

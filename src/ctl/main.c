@@ -31,9 +31,16 @@ static const char usage[] =
     "                             PATH, or of every file in DIR and below\n"
     "                             (default N: the mount's keep=); never a\n"
     "                             version in use\n"
-    "  outdated [DIR]             the processes that run or map a replaced\n"
+    "  outdated [--units] [DIR]   the processes that run or map a replaced\n"
     "                             version of a file: pid, user, command,\n"
-    "                             file, version vs current\n"
+    "                             systemd unit, file, version vs current;\n"
+    "                             --units: one line per unit\n"
+    "  restart [--dry-run] [--reload] [DIR...]\n"
+    "                             systemctl try-restart (--reload:\n"
+    "                             try-reload-or-restart) each service that\n"
+    "                             runs or maps a replaced version; processes\n"
+    "                             in no service are listed, never restarted;\n"
+    "                             --dry-run: print the commands only\n"
     "\n"
     "  --json                     machine-readable output (JSON) on stdout\n"
     "  -h, --help                 this help\n"
@@ -47,6 +54,7 @@ static const struct {
 } commands[] = {
     {"status", cmd_status},	{"log", cmd_log},     {"diff", cmd_diff},
     {"rollback", cmd_rollback}, {"prune", cmd_prune}, {"outdated", cmd_outdated},
+    {"restart", cmd_restart},
 };
 
 int main(int argc, char **argv)

@@ -241,3 +241,140 @@ void procinfo_free(struct procinfo *p)
 	free(p->cmdline);
 	p->cmdline = NULL;
 }
+
+/* A unit name as systemd writes it into cgroup paths: NAME.TYPE with a known type. Names that
+ * collide with the kernel's own cgroup files are escaped with a leading '_'. */
+static const char *unit_types[] = {".service", ".scope",  ".socket", ".mount", ".automount",
+				   ".swap",    ".target", ".path",   ".timer", ".device"};
+
+static bool is_unit(const char *name, size_t len)
+{
+	for (size_t i = 0; i < sizeof(unit_types) / sizeof(unit_types[0]); i++) {
+		size_t tl = strlen(unit_types[i]);
+		if (len > tl && !memcmp(name + len - tl, unit_types[i], tl))
+			return true;
+	}
+	return false;
+}
+
+static bool is_slice(const char *name, size_t len)
+{
+	return len > 6 && !memcmp(name + len - 6, ".slice", 6);
+}
+
+/* The next path component after *p that is not a slice, unescaped; its length in *len. */
+static const char *next_unit(const char **p, size_t *len)
+{
+	for (;;) {
+		const char *c = *p + strspn(*p, "/");
+		size_t l = strcspn(c, "/");
+		*p = c + l;
+		if (!l)
+			return NULL;
+		if (is_slice(c, l))
+			continue;
+		if (c[0] == '_')
+			c++, l--;
+		*len = l;
+		return is_unit(c, l) ? c : NULL;
+	}
+}
+
+static char *copy_n(const char *s, size_t n)
+{
+	char *p = xmalloc(n + 1);
+
+	memcpy(p, s, n);
+	p[n] = 0;
+	return p;
+}
+
+bool cgroup_unit(const char *path, char **unit, char **manager)
+{
+	const char *p = path, *c, *sub;
+	size_t len, sublen;
+
+	*unit = *manager = NULL;
+	if (!(c = next_unit(&p, &len)))
+		return false;
+	/* user@UID.service/app.slice/foo.service: foo.service of that user's manager */
+	if (!strncmp(c, "user@", 5) && len > 13 && !memcmp(c + len - 8, ".service", 8) &&
+	    (sub = next_unit(&p, &sublen))) {
+		*manager = copy_n(c, len);
+		*unit = copy_n(sub, sublen);
+	} else {
+		*unit = copy_n(c, len);
+	}
+	return true;
+}
+
+void proc_unit(pid_t pid, struct punit *u)
+{
+	char path[64], *line = NULL, *v1 = NULL, *v2 = NULL;
+	size_t cap = 0;
+	FILE *f;
+
+	memset(u, 0, sizeof(*u));
+	snprintf(path, sizeof(path), "/proc/%d/cgroup", pid);
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	/* "ID:CONTROLLERS:PATH"; v1 systemd: "N:name=systemd:/system.slice/app.service",
+	 * v2 (or the hybrid layout's unified tree): "0::/system.slice/app.service" */
+	while (getline(&line, &cap, f) > 0) {
+		char *ctrl = strchr(line, ':'), *cg;
+		if (!ctrl || !(cg = strchr(++ctrl, ':')))
+			continue;
+		*cg++ = 0;
+		cg[strcspn(cg, "\n")] = 0;
+		if (!strcmp(ctrl, "name=systemd") && !v1)
+			v1 = xstrdup(cg);
+		else if (!*ctrl && !strncmp(line, "0:", 2) && !v2)
+			v2 = xstrdup(cg);
+	}
+	free(line);
+	fclose(f);
+	/* systemd keeps both trees alike where both exist; the v1 one is its own in the hybrid
+	 * layout, so it comes first, and the v2 path counts when v1 places the process nowhere */
+	if (v1 && cgroup_unit(v1, &u->unit, &u->manager)) {
+		u->cgroup = v1;
+		v1 = NULL;
+	} else if (v2 && cgroup_unit(v2, &u->unit, &u->manager)) {
+		u->cgroup = v2;
+		v2 = NULL;
+	} else if (v1) {
+		u->cgroup = v1; /* in the root cgroup, or under no unit */
+		v1 = NULL;
+	} else {
+		u->cgroup = v2;
+		v2 = NULL;
+	}
+	free(v1);
+	free(v2);
+}
+
+void punit_free(struct punit *u)
+{
+	free(u->cgroup);
+	free(u->unit);
+	free(u->manager);
+	memset(u, 0, sizeof(*u));
+}
+
+bool punit_restartable(const struct punit *u, const char **why)
+{
+	size_t len = u->unit ? strlen(u->unit) : 0;
+
+	*why = NULL;
+	if (!u->unit)
+		*why = "in no unit";
+	else if (u->manager)
+		*why = "a user unit (restart it with systemctl --user as that user)";
+	else if (!strncmp(u->unit, "user@", 5))
+		*why = "a user's service manager";
+	else if (len > 6 && !strcmp(u->unit + len - 6, ".scope"))
+		*why = "in a scope (a login session or a transient group), not a service";
+	else if (len <= 8 || strcmp(u->unit + len - 8, ".service"))
+		*why = "not a service";
+	return *why == NULL;
+}

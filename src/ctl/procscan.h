@@ -40,6 +40,22 @@ struct procinfo {
 void procinfo_get(pid_t pid, struct procinfo *p);
 void procinfo_free(struct procinfo *p);
 
+/* The systemd unit a process belongs to, from /proc/PID/cgroup: the path in the cgroup v1
+ * "name=systemd" hierarchy, or else the cgroup v2 one ("0::"), read the way systemd names
+ * units (slices skipped, the first other component is the unit). */
+struct punit {
+	char *cgroup;  /* the cgroup path the unit came from; NULL if none could be read */
+	char *unit;    /* "app.service", "session-3.scope"; NULL: in no unit (the root cgroup) */
+	char *manager; /* NULL: the system's manager; "user@1000.service": a user unit */
+};
+void proc_unit(pid_t pid, struct punit *u);
+void punit_free(struct punit *u);
+/* The unit that owns cgroup path, as above; false (and NULLs) if the path names none. */
+bool cgroup_unit(const char *path, char **unit, char **manager);
+/* A unit that `systemctl try-restart` may restart: a service of the system's manager, other
+ * than a user's manager (user@UID.service). Otherwise NULL and *why says why not. */
+bool punit_restartable(const struct punit *u, const char **why);
+
 /* /proc/PID/cmdline: NUL-separated arguments (owned), their total length in *len. */
 char *proc_cmdline(pid_t pid, size_t *len);
 /* Call fn for every numeric /proc entry (every process); stops when fn returns true. */

@@ -96,6 +96,23 @@ int cmd_args(int argc, char **argv, int min, int max, const char *synopsis, char
 	return 0;
 }
 
+bool cmd_flag(int *argc, char **argv, const char *flag)
+{
+	bool found = false;
+	int i = 0, n = 0;
+
+	for (; i < *argc && strcmp(argv[i], "--"); i++) {
+		if (!strcmp(argv[i], flag))
+			found = true;
+		else
+			argv[n++] = argv[i];
+	}
+	while (i < *argc)
+		argv[n++] = argv[i++];
+	*argc = n;
+	return found;
+}
+
 bool parse_version(const char *s, unsigned *out)
 {
 	char *end;

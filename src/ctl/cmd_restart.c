@@ -1,0 +1,246 @@
+/* cmd_restart.c - binvfsctl restart [--dry-run] [--reload] [DIR...]: restart every systemd
+ * service that has a process running, mapping or holding open a replaced version, with
+ * `systemctl try-restart UNIT` (try-reload-or-restart with --reload). needrestart's job, but
+ * exact: the processes are the ones `outdated` lists, matched by inode number. A process in
+ * no service (a login session's scope, the root cgroup, a user's manager) is listed and never
+ * restarted. */
+#define _GNU_SOURCE
+#include "ctl.h"
+#include "json.h"
+#include "outdated.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Tests and wrappers name another program to run instead of systemctl; it is then trusted to
+ * reach the service manager, so the check that systemd runs here is skipped. */
+#define SYSTEMCTL_ENV "BINVFSCTL_SYSTEMCTL"
+
+/* sd_booted(3): systemd is the init system iff this directory exists */
+static bool systemd_running(void)
+{
+	return access("/run/systemd/system", F_OK) == 0;
+}
+
+/* s as one shell word: as is when it only has safe characters, otherwise single-quoted
+ * (systemd escapes odd characters in unit names as \xNN) */
+static char *shell_word(const char *s)
+{
+	if (*s &&
+	    strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789@%+=:,./_-") ==
+		strlen(s))
+		return xstrdup(s);
+	char *out = xmalloc(4 * strlen(s) + 3), *o = out;
+	*o++ = '\'';
+	for (; *s; s++) {
+		if (*s == '\'') {
+			memcpy(o, "'\\''", 4);
+			o += 4;
+		} else {
+			*o++ = *s;
+		}
+	}
+	*o++ = '\'';
+	*o = 0;
+	return out;
+}
+
+/* Run argv with its stdout on our stderr (--json keeps stdout to itself); the exit status,
+ * 128+N for a signal, 127 if it could not be run. */
+static int run(char *const argv[])
+{
+	int status;
+	pid_t pid;
+
+	fflush(stdout);
+	fflush(stderr);
+	pid = fork();
+	if (pid < 0)
+		return 127;
+	if (pid == 0) {
+		dup2(STDERR_FILENO, STDOUT_FILENO);
+		execvp(argv[0], argv);
+		fprintf(stderr, "binvfsctl: cannot run %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return 127;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static void json_ints(const struct orows *rs, const struct ogroup *g)
+{
+	json_arr();
+	for (size_t k = 0; k < g->n; k++) {
+		bool seen = false;
+		for (size_t j = 0; j < k && !seen; j++)
+			seen = rs->r[g->rows[j]].p.pid == rs->r[g->rows[k]].p.pid;
+		if (!seen)
+			json_int(rs->r[g->rows[k]].p.pid);
+	}
+	json_arr_end();
+}
+
+/* "7734 8203" */
+static char *pids_of(const struct orows *rs, const struct ogroup *g)
+{
+	char *out = xstrdup("");
+
+	for (size_t k = 0; k < g->n; k++) {
+		bool seen = false;
+		for (size_t j = 0; j < k && !seen; j++)
+			seen = rs->r[g->rows[j]].p.pid == rs->r[g->rows[k]].p.pid;
+		if (!seen) {
+			char *next =
+			    xasprintf("%s%s%d", out, *out ? " " : "", (int)rs->r[g->rows[k]].p.pid);
+			free(out);
+			out = next;
+		}
+	}
+	return out;
+}
+
+static void print_skipped(const struct orow *r, const char *why)
+{
+	char cur[16];
+
+	if (r->current)
+		snprintf(cur, sizeof(cur), "%u", r->current);
+	else
+		snprintf(cur, sizeof(cur), "removed");
+	printf("# not restarted, %s%s%s: pid %d (%s) uses %s version %u (current %s)\n", why,
+	       r->u.unit ? ": " : "", r->u.unit ? r->u.unit : "", (int)r->p.pid, r->p.comm, r->file,
+	       r->running, cur);
+}
+
+static void json_skipped(const struct orow *r, const char *why)
+{
+	json_obj();
+	json_kint("pid", r->p.pid);
+	json_kstr("command", r->p.comm);
+	json_kstr("unit", r->u.unit);
+	json_kstr("manager", r->u.manager);
+	json_kstr("file", r->file);
+	json_kint("running", r->running);
+	json_key("current");
+	r->current ? json_int(r->current) : json_null();
+	json_kstr("why", why);
+	json_obj_end();
+}
+
+int cmd_restart(int argc, char **argv)
+{
+	bool dry = cmd_flag(&argc, argv, "--dry-run");
+	bool reload = cmd_flag(&argc, argv, "--reload");
+	const char *systemctl = getenv(SYSTEMCTL_ENV);
+	const char *synopsis = "restart [--dry-run] [--reload] [DIR...]";
+	const char *action = reload ? "try-reload-or-restart" : "try-restart";
+	struct orows rs;
+	struct ogroups gs;
+	int failed = 0;
+
+	char **dirs = xmalloc(((size_t)argc + 1) * sizeof(*dirs));
+	int ndirs = 0;
+	bool dashdash = false;
+
+	for (int i = 0; i < argc; i++) {
+		if (!dashdash && !strcmp(argv[i], "--"))
+			dashdash = true;
+		else if (!dashdash && argv[i][0] == '-' && argv[i][1])
+			failed =
+			    ctl_err("unknown option %s; usage: binvfsctl %s", argv[i], synopsis);
+		else
+			dirs[ndirs++] = argv[i];
+	}
+	if (failed) {
+		free(dirs);
+		return 1;
+	}
+	if (!dry && !systemctl && !systemd_running()) {
+		free(dirs);
+		return ctl_err("systemd is not running here (no /run/systemd/system): there is no "
+			       "unit to restart; binvfsctl restart --dry-run prints the commands");
+	}
+	if (!systemctl || !*systemctl)
+		systemctl = "systemctl";
+	failed = outdated_collect(dirs, ndirs, &rs);
+	free(dirs);
+	if (failed)
+		return 1;
+	outdated_group(&rs, &gs);
+	if (ctl_json) {
+		json_obj();
+		json_kbool("dry_run", dry);
+		json_kstr("action", action);
+		json_key("units");
+		json_arr();
+	}
+	for (size_t i = 0; i < gs.n; i++) {
+		const struct ogroup *g = &gs.g[i];
+		const char *why;
+		if (!punit_restartable(g->u, &why))
+			continue;
+		char *cmd[] = {(char *)systemctl, (char *)action, g->u->unit, NULL};
+		char *w0 = shell_word(systemctl), *w2 = shell_word(g->u->unit);
+		char *pids = pids_of(&rs, g);
+		int rc = -1;
+		if (!ctl_json)
+			printf("%s %s %s  # pid %s\n", w0, action, w2, pids);
+		if (!dry) {
+			rc = run(cmd);
+			if (rc) {
+				ctl_err("%s %s %s failed (exit status %d)", systemctl, action,
+					g->u->unit, rc);
+				failed++;
+			}
+		}
+		if (ctl_json) {
+			json_obj();
+			json_kstr("unit", g->u->unit);
+			json_key("command");
+			json_arr();
+			for (int k = 0; cmd[k]; k++)
+				json_str(cmd[k]);
+			json_arr_end();
+			json_key("pids");
+			json_ints(&rs, g);
+			json_key("status");
+			dry ? json_null() : json_int(rc);
+			json_obj_end();
+		}
+		free(w0);
+		free(w2);
+		free(pids);
+	}
+	if (ctl_json) {
+		json_arr_end();
+		json_key("not_restarted");
+		json_arr();
+	}
+	for (size_t i = 0; i < gs.n; i++) {
+		const char *why;
+		if (punit_restartable(gs.g[i].u, &why))
+			continue;
+		for (size_t k = 0; k < gs.g[i].n; k++) {
+			const struct orow *r = &rs.r[gs.g[i].rows[k]];
+			if (ctl_json)
+				json_skipped(r, why);
+			else
+				print_skipped(r, why);
+		}
+	}
+	if (ctl_json) {
+		json_arr_end();
+		json_obj_end();
+	} else if (!rs.n) {
+		printf("# no process runs or maps a replaced version\n");
+	}
+	ogroups_free(&gs);
+	outdated_free(&rs);
+	return failed ? 1 : 0;
+}

@@ -1,0 +1,42 @@
+/* outdated.h - the processes that run, map or hold open a replaced version, with their
+ * systemd units: shared by `outdated` and `restart`. */
+#ifndef BINVFSCTL_OUTDATED_H
+#define BINVFSCTL_OUTDATED_H
+
+#include "procscan.h"
+
+struct orow {
+	struct procinfo p;
+	struct punit u;
+	char *file;
+	unsigned running, current; /* current 0: the name was removed */
+	unsigned how;		   /* USE_* */
+};
+
+struct orows {
+	struct orow *r;
+	size_t n;
+};
+
+/* The rows for the files at or below each of dirs[0..ndirs) (every binvfs mount if ndirs is
+ * 0), each (pid, file, version) once; 0, or 1 after printing why a DIR is refused. */
+int outdated_collect(char **dirs, int ndirs, struct orows *out);
+void outdated_free(struct orows *rs);
+
+/* A unit as shown: "app.service", "user@1000.service/foo.service"; NULL for none (owned). */
+char *unit_label(const struct punit *u);
+
+/* The units of rs in order of first appearance, each with its rows. */
+struct ogroup {
+	const struct punit *u; /* of the first row */
+	char *label;	       /* unit_label, NULL: in no unit */
+	size_t *rows, n;       /* indexes into rs */
+};
+struct ogroups {
+	struct ogroup *g;
+	size_t n;
+};
+void outdated_group(const struct orows *rs, struct ogroups *out);
+void ogroups_free(struct ogroups *gs);
+
+#endif
