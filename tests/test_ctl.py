@@ -56,8 +56,10 @@ def test_outdated_lists_a_process_on_version_1_only_after_cp_of_version_2(mnt, p
     assert rows[0]["command"] == "app"
     assert not [r for r in rows if r["pid"] == p2.pid]
     lines = ctl("outdated", mnt.path).stdout.splitlines()
-    assert lines[0].split() == ["PID", "USER", "COMMAND", "FILE", "RUNNING", "CURRENT", "HOW"]
-    assert lines[1].split()[:6] == [str(p1.pid), "root", "app", app, "1", "2"]
+    assert lines[0].split() == ["PID", "USER", "COMMAND", "UNIT", "FILE", "RUNNING", "CURRENT",
+                                "HOW"]
+    fields = lines[1].split()  # the UNIT column: test_services.py
+    assert fields[:3] + fields[4:7] == [str(p1.pid), "root", "app", app, "1", "2"]
     assert len(lines) == 2
     # a DIR or file below the mount narrows it; the whole mount's list has it too
     os.mkdir(mnt.p("sub"))
