@@ -4,90 +4,16 @@ The processes are real, in real cgroups: without systemd as PID 1, root may make
 the cgroup v1 `name=systemd` hierarchy and in the v2 one, and a process placed under
 `system.slice/NAME.service` there looks to binvfsctl exactly as one that systemd started.
 Each test makes its own cgroups (names carry the test runner's pid), puts only processes it
-started there, kills them by pid and removes the cgroups again. `systemctl` itself is replaced
-by a recording script through BINVFSCTL_SYSTEMCTL where a restart must really run.
+started there, kills them by pid and removes the cgroups again (the `cgroups` fixture in
+conftest.py). `systemctl` itself is replaced by a recording script through
+BINVFSCTL_SYSTEMCTL where a restart must really run (the `recorder` fixture).
 """
 import os
-import subprocess
 
 import pytest
 
-from conftest import program, wait_for
-from util import cp, run, write
-
-
-def cgroup_roots():
-    """{"v1": the name=systemd hierarchy's mount point, "v2": the cgroup2 one}, as mounted."""
-    roots = {}
-    for line in open("/proc/self/mounts"):
-        _, mp, fstype, opts = line.split()[:4]
-        if fstype == "cgroup" and "name=systemd" in opts.split(","):
-            roots.setdefault("v1", mp)
-        elif fstype == "cgroup2":
-            roots.setdefault("v2", mp)
-    return roots
-
-
-class Cgroups:
-    """Cgroups made by a test (path below a hierarchy's root, e.g. system.slice/x.service),
-    and the processes it starts in them; everything goes at teardown."""
-
-    def __init__(self, procs):
-        self.procs = procs
-        self.roots = cgroup_roots()
-        self.made = []  # absolute paths, parents first
-        self.tag = f"bt{os.getpid()}"
-
-    def unit(self, name):
-        """A unit name private to this test run: 'app' -> 'bt1234-app.service'."""
-        return f"{self.tag}-{name}"
-
-    def make(self, tree, rel):
-        path = self.roots[tree]
-        for part in rel.split("/"):
-            path = os.path.join(path, part)
-            if not os.path.isdir(path):
-                os.mkdir(path)
-                self.made.append(path)
-        return path
-
-    def start(self, argv, tree, rel, **kw):
-        """argv, started in cgroup rel of tree ("v1", "v2") and in the root cgroup of the
-        other; in the root cgroup of each for rel "/" (a process in no unit at all)."""
-        # the other hierarchy's root: no unit there that could count instead
-        dirs = [self.make(t, rel) if t == tree and rel != "/" else root
-                for t, root in self.roots.items()]
-
-        def enter():
-            for d in dirs:
-                with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                    f.write(str(os.getpid()))
-
-        p = self.procs.start(argv, preexec_fn=enter, stdout=subprocess.PIPE, text=True, **kw)
-        assert p.stdout.readline().startswith("version"), "the program did not start"
-        return p
-
-    def cleanup(self):
-        self.procs.cleanup()  # killed by pid and reaped: they have left their cgroups
-        for path in reversed(self.made):
-            try:
-                os.rmdir(path)
-            except OSError:
-                pass  # e.g. system.slice still holding another run's cgroup
-
-
-@pytest.fixture
-def cgroups(binary, procs):
-    if os.path.isdir("/run/systemd/system"):
-        pytest.skip("systemd runs here: the tests do not make cgroups in its tree")
-    c = Cgroups(procs)
-    if "v1" not in c.roots and "v2" not in c.roots:
-        pytest.skip("no cgroup hierarchy of systemd's kind is mounted")
-    for root in c.roots.values():
-        if not os.access(os.path.join(root, "cgroup.procs"), os.W_OK):
-            pytest.skip(f"{root} is not writable")
-    yield c
-    c.cleanup()
+from conftest import program
+from util import cp, write
 
 
 def need(cg, tree):
@@ -104,25 +30,6 @@ def deployed(mnt, cbuild):
         cp(program(cbuild, 2), mnt.p("app"))
 
     return mnt, deploy
-
-
-@pytest.fixture
-def recorder(workdir):
-    """A stand-in for systemctl that appends its arguments to a file and exits with the
-    status in the file `rc` next to it (0 if there is none)."""
-    log = os.path.join(workdir, "systemctl.log")
-    script = os.path.join(workdir, "systemctl")
-    write(script, f"""#!/bin/sh
-echo "$*" >> {log}
-echo "systemctl output on stdout"
-rc=$(cat {workdir}/rc 2>/dev/null || echo 0)
-exit $rc
-""", 0o755)
-
-    def calls():
-        return open(log).read().splitlines() if os.path.exists(log) else []
-
-    return script, calls
 
 
 # ---------------------------------------------------------------------------------------------
