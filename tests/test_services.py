@@ -154,11 +154,11 @@ def test_restart_dry_run_prints_the_commands(deployed, cgroups, ctl, ctlj, recor
     assert out[0] == f"systemctl try-restart {app}  # pid {pids}"
     assert out[1].startswith(f"systemctl try-restart {other}  # pid ")
     assert sorted(out[2:]) == sorted([
-        f"# not restarted, in a scope (a login session or a transient group), not a service: "
-        f"{cgroups.tag}-session-7.scope: pid {shell.pid} (app) uses {mnt.p('app')} version 1 "
-        f"(current 2)",
-        f"# not restarted, in no unit: pid {loose.pid} (app) uses {mnt.p('app')} version 1 "
-        f"(current 2)",
+        f"# not restarted: pid {shell.pid} (app, {cgroups.tag}-session-7.scope) uses "
+        f"{mnt.p('app')} version 1 (current 2): in a scope (a login session or a transient "
+        f"group), not a service",
+        f"# not restarted: pid {loose.pid} (app) uses {mnt.p('app')} version 1 (current 2): "
+        f"in no unit",
     ])
     # --reload; --json
     out = ctl("restart", "--reload", "--dry-run", mnt.p("app")).stdout.splitlines()

@@ -113,9 +113,9 @@ static void print_skipped(const struct orow *r, const char *why)
 		snprintf(cur, sizeof(cur), "%u", r->current);
 	else
 		snprintf(cur, sizeof(cur), "removed");
-	printf("# not restarted, %s%s%s: pid %d (%s) uses %s version %u (current %s)\n", why,
-	       r->u.unit ? ": " : "", r->u.unit ? r->u.unit : "", (int)r->p.pid, r->p.comm, r->file,
-	       r->running, cur);
+	printf("# not restarted: pid %d (%s%s%s) uses %s version %u (current %s): %s\n",
+	       (int)r->p.pid, r->p.comm, r->u.unit ? ", " : "", r->u.unit ? r->u.unit : "", r->file,
+	       r->running, cur, why);
 }
 
 static void json_skipped(const struct orow *r, const char *why)
