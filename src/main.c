@@ -151,6 +151,26 @@ static bool served_by_binvfs(const char *dir)
 	return binvfs_mount_id(dir, NULL, 0) >= 0;
 }
 
+/* libfuse unmounts by path. After `umount -l DIR; binvfs DIR` the path may hold another
+ * daemon's mount while this one still serves the detached copy: stopped by a signal, it would
+ * detach the new mount. libfuse skips the unmount when the session's fd polls POLLERR (an
+ * ended connection), so when the mount at the path is not ours, its fd is replaced by one
+ * that does: a pipe with no reader. (Closing /dev/fuse ends the detached mount, as exiting
+ * does anyway.) */
+static void unmount_if_ours(const char *dir)
+{
+	int p[2], id = binvfs_mount_id(dir, NULL, 0);
+
+	if (fs.mnt_id >= 0 && id != fs.mnt_id && pipe2(p, O_CLOEXEC) == 0) {
+		log_info("%s is not our mount any more (%s): leaving it alone", dir,
+			 id < 0 ? "detached" : "another binvfs serves it now");
+		close(p[0]);
+		dup2(p[1], fuse_session_fd(fs.se));
+		close(p[1]);
+	}
+	fuse_session_unmount(fs.se);
+}
+
 /* systemd Type=notify: tell the service manager the mount is up (sd_notify's protocol). */
 static void notify_ready(void)
 {
@@ -311,7 +331,7 @@ int main(int argc, char **argv)
 		fuse_loop_cfg_destroy(cfg);
 	}
 	notify_stop();
-	fuse_session_unmount(fs.se);
+	unmount_if_ours(o.mountpoint);
 	handles_shutdown();
 	dirs_shutdown();
 	log_info("unmounted %s", o.mountpoint);

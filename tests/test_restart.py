@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 
-from conftest import Mount, program, wait_for
+from conftest import Mount, is_mounted, program, wait_for
 from util import read, run
 
 RESTARTS = 6
@@ -28,8 +28,11 @@ def test_restart_loop_under_exec_and_write_load(binary, workdir, procs, cbuild):
     app = os.path.join(src, "app")
     ctl = os.path.join(os.path.dirname(binary), "binvfsctl")
     # execs by absolute path all along: each walks whichever mount is at DIR
+    # (into a file: a pipe nobody reads fills up and leaves an exec blocked in write(),
+    # holding the old mount)
+    exec_log = open(os.path.join(workdir, "execs.log"), "w+")
     execs = procs.start(["sh", "-c", 'while :; do "$1" || echo FAIL; done', "sh", app],
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                        stdout=exec_log, stderr=subprocess.STDOUT)
     live = Mount(binary, src).start()
     writes = 0
     try:
@@ -73,9 +76,35 @@ def test_restart_loop_under_exec_and_write_load(binary, workdir, procs, cbuild):
                 pass  # a deferred prune took it meanwhile (its last user, a holder, is gone)
     finally:
         execs.kill()
-        out = execs.communicate()[0]
+        execs.wait()
         live.stop()
-    lines = out.splitlines()
+    exec_log.seek(0)
+    lines = exec_log.read().splitlines()
+    exec_log.close()
     assert len(lines) > 50, "the exec loop hardly ran"
     assert set(lines) <= outputs, {l for l in lines if l not in outputs}
     assert writes == RESTARTS * 6
+
+
+def test_old_daemon_stopped_by_a_signal_leaves_the_new_mount(binary, workdir, procs):
+    """libfuse unmounts by path: the old daemon, stopped with SIGTERM while it still serves its
+    detached mount, must not detach the new daemon's mount at the same path."""
+    src = os.path.join(workdir, "bin")
+    os.mkdir(src)
+    with open(os.path.join(src, "f"), "w") as f:
+        f.write("one\n")
+    old = Mount(binary, src).start()
+    user = procs.start(["sleep", "60"], cwd=src)  # keeps the old mount alive after umount -l
+    wait_for(lambda: os.path.exists(f"/proc/{user.pid}/cwd"))
+    assert run(["umount", "-l", src]).returncode == 0
+    new = Mount(binary, src).start()
+    try:
+        old.proc.terminate()
+        old.proc.wait(timeout=30)
+        text = old.stop(check=False, unmount=False)
+        assert is_mounted(src), "the old daemon detached the new mount"
+        assert read(os.path.join(src, "f")) == b"one\n"
+        assert "is not our mount any more (another binvfs serves it now)" in text, text
+    finally:
+        user.kill()
+        new.stop()
