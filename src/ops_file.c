@@ -11,6 +11,7 @@
 #include "fs.h"
 #include "log.h"
 #include "passthrough.h"
+#include "closer.h"
 #include "route.h"
 
 #include <errno.h>
@@ -230,7 +231,7 @@ static void open_staging(fuse_req_t req, struct node *stg, struct fuse_file_info
 	node_open(stg, false); /* the writer's copy stays on the daemon's write path */
 	struct stat bst;
 	h->dirty = trunc && fstat(node_rdfd(stg->base), &bst) == 0 && bst.st_size > 0;
-	h->opener_tgid = route_tgid(fuse_req_ctx(req)->pid);
+	h->opener_tgid = closer_tgid(fuse_req_ctx(req)->pid);
 	fi->fh = (uintptr_t)h;
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		handle_free(h);
@@ -463,7 +464,7 @@ static bool still_writing(struct handle *h, pid_t pid)
 	struct stat st;
 	ino_t cur = fstat(h->fd, &st) == 0 ? st.st_ino : 0;
 
-	return route_still_writing(pid, fs.mnt_id, h->node->base->ino, cur);
+	return closer_still_writing(pid, fs.mnt_id, h->node->base->ino, cur);
 }
 
 void bv_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -483,7 +484,7 @@ void bv_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	} else if (!h->dirty && !h->abandoned) {
 		handle_apply_meta(h);
 	} else if (h->dirty && !h->abandoned && !still_writing(h, pid)) {
-		switch (route_closer(pid, h->opener_tgid)) {
+		switch (closer_of(pid, h->opener_tgid)) {
 		case CLOSER_OTHER:
 			break; /* a child that inherited the fd: the opener is not done */
 		case CLOSER_KILLED:

@@ -1,5 +1,5 @@
 /* route.h - who gets which nodeid at LOOKUP: writers go to a staging nodeid, everyone else to
- * the published version. Also tells, at FLUSH, who is closing a writer's file. */
+ * the published version. */
 #ifndef BINVFS_ROUTE_H
 #define BINVFS_ROUTE_H
 
@@ -30,17 +30,5 @@ void route_saw_lookup(pid_t tid);
 void route_done(pid_t tid);
 
 void route_clear_all(void);
-
-enum closer {
-	CLOSER_OPENER, /* the process that opened it: a normal close or exit */
-	CLOSER_OTHER,  /* another process (a child that inherited the fd) */
-	CLOSER_KILLED, /* the opener, dying of a signal */
-};
-pid_t route_tgid(pid_t tid);
-/* Does the process of tid still hold a write fd on inode number a or b of the mount mnt_id
- * (-1: unknown) (a dup, or an fd shared by a shell's redirection)? Reads
- * /proc/<tid>/fdinfo, which never blocks. */
-bool route_still_writing(pid_t tid, int mnt_id, ino_t a, ino_t b);
-enum closer route_closer(pid_t tid, pid_t opener_tgid);
 
 #endif
