@@ -414,3 +414,45 @@ def program(cbuild, version):
 int main(int c, char **v) {{ printf("version {version}\\n"); fflush(stdout);
   if (c > 1) sleep(atoi(v[1])); return 0; }}
 """)
+
+
+@pytest.fixture
+def loopfs(binary, workdir):
+    """loopfs(kind="ext4", size_mb=64, opts=("nosync",), setup=None) -> Mount of binvfs over
+    SOURCE = the root of a fresh filesystem (ext4 without reserved blocks, or xfs with reflink)
+    made on an image file in workdir and loop-mounted there; setup(src) runs before the
+    mount. Teardown stops binvfs, then unmounts the filesystem (its loop device goes too)."""
+    made = []  # [fs dir, Mount or None]
+
+    def make(kind="ext4", size_mb=64, opts=("nosync",), setup=None):
+        mkfs = {"ext4": ["mkfs.ext4", "-q", "-F", "-m", "0"],
+                "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"]}[kind]
+        if not shutil.which(mkfs[0]):
+            pytest.skip(f"{mkfs[0]} is missing (scripts/deps installs it)")
+        fsdir = os.path.join(workdir, f"{kind}{len(made)}")
+        img = fsdir + ".img"
+        with open(img, "wb") as f:
+            f.truncate(size_mb << 20)
+        subprocess.run(mkfs + [img], check=True, capture_output=True)
+        os.mkdir(fsdir)
+        subprocess.run(["mount", "-o", "loop", img, fsdir], check=True, capture_output=True)
+        entry = [fsdir, None]
+        made.append(entry)
+        src = os.path.join(fsdir, "src")
+        os.mkdir(src)
+        if setup:
+            setup(src)
+        entry[1] = Mount(binary, src, opts)
+        return entry[1].start()
+
+    yield make
+    errors = []
+    for fsdir, m in reversed(made):
+        try:
+            if m:
+                m.stop()
+        except AssertionError as e:
+            errors.append(str(e))
+        if subprocess.run(["umount", fsdir], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", fsdir], capture_output=True)
+    assert not errors, "\n".join(errors)
