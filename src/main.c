@@ -19,6 +19,7 @@
 #include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 struct binvfs fs;
@@ -220,6 +221,19 @@ static bool start_passthrough(enum pt_want want)
 	return true;
 }
 
+/* reserve= as bytes of SOURCE's filesystem (space.c keeps them free) */
+static void set_reserve(struct store *s, const struct options *o)
+{
+	struct statvfs sv;
+
+	s->busy = node_busy;
+	s->reserve = o->reserve;
+	if (o->reserve_pct)
+		s->reserve = fstatvfs(s->rootfd, &sv) == 0
+				 ? (uint64_t)sv.f_blocks * sv.f_frsize / 100 * o->reserve
+				 : 0;
+}
+
 /* Every node the kernel knows holds an O_PATH fd (and a read fd once read): as root, allow
  * as many as the system does (fs.nr_open), else the soft limit up to the hard one. */
 static void raise_nofile(void)
@@ -285,6 +299,7 @@ int main(int argc, char **argv)
 		fs.view_dev = vst.st_dev;
 		fs.view_ino = vst.st_ino;
 	}
+	set_reserve(&fs.store, &o);
 	node_table_init(fs.store.rootfd);
 	node_prune_hook = prune_deferred;
 	node_inval_hook = notify_inval_entry;
@@ -314,8 +329,8 @@ int main(int argc, char **argv)
 	fuse_daemonize(o.foreground);
 	if (notify_start(fs.se) < 0)
 		log_warnx("cannot start the notifier thread: deferred prunes wait for FORGET");
-	log_info("serving %s at %s (keep=%u%s)", o.source, o.mountpoint, o.keep,
-		 o.nosync ? ", nosync" : "");
+	log_info("serving %s at %s (keep=%u, reserve=%llu KiB%s)", o.source, o.mountpoint, o.keep,
+		 (unsigned long long)(fs.store.reserve >> 10), o.nosync ? ", nosync" : "");
 	log_info("passthrough %s", pt_status());
 	store_index_start(&fs.store);
 	notify_ready();

@@ -405,6 +405,16 @@ int node_rdfd(struct node *n)
 	return fd;
 }
 
+bool node_busy(dev_t dev, ino_t ino)
+{
+	bool busy;
+
+	pthread_mutex_lock(&table_lock);
+	busy = hash_find(dev, ino) != NULL;
+	pthread_mutex_unlock(&table_lock);
+	return busy;
+}
+
 void node_mark_old(dev_t dev, ino_t ino, bool old)
 {
 	struct node *n;

@@ -74,6 +74,8 @@ int node_proc_path(const struct node *n, char *buf, size_t len);
 
 /* For the store: a replaced or removed inode becomes an old version. */
 void node_mark_old(dev_t dev, ino_t ino, bool old);
+/* Does the kernel (or a route, a writer) still hold a node of that inode? */
+bool node_busy(dev_t dev, ino_t ino);
 /* For retention: true if a node of that inode is in use; it then removes vrel when unused. */
 bool node_defer_prune(void *arg, const struct stat *st, const char *vrel, int vdirfd,
 		      const char *vname);

@@ -4,6 +4,7 @@
 #include "fs.h"
 #include "log.h"
 #include "route.h"
+#include "space.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -427,15 +428,17 @@ void bv_unlink(fuse_req_t req, fuse_ino_t pino, const char *name)
 	}
 	memset(&ch, 0, sizeof(ch));
 	store_lock(&fs.store);
-	err = store_keep_version(&fs.store, parent->fd, name, &ch, node_defer_prune, NULL);
+	err = store_keep_removed(&fs.store, parent->fd, name, &ch, node_defer_prune, NULL);
 	if (!err && unlinkat(parent->fd, name, 0) < 0) {
 		err = -errno;
 		if (ch.kept)
 			store_remove_version(&fs.store, ch.vrel, ch.old.st_dev, ch.old.st_ino);
 		ch.kept = false;
 	}
-	if (!err)
+	if (!err) {
 		store_sync_dir(&fs.store, parent->fd);
+		space_keep_reserve(&fs.store);
+	}
 	store_unlock(&fs.store);
 	if (err == -ENAMETOOLONG)
 		log_warnx("rm %s: name too long to keep a version; refused", name);
@@ -475,7 +478,7 @@ void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npi
 	memset(&ch, 0, sizeof(ch));
 	store_lock(&fs.store);
 	if (!flags)
-		err = store_keep_version(&fs.store, nparent->fd, newname, &ch, node_defer_prune,
+		err = store_keep_removed(&fs.store, nparent->fd, newname, &ch, node_defer_prune,
 					 NULL);
 	if (err == -ENOENT)
 		err = 0;
@@ -489,6 +492,7 @@ void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npi
 		store_sync_dir(&fs.store, nparent->fd);
 		if (nparent != parent)
 			store_sync_dir(&fs.store, parent->fd);
+		space_keep_reserve(&fs.store);
 	}
 	store_unlock(&fs.store);
 	if (ch.kept) {

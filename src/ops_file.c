@@ -13,6 +13,7 @@
 #include "passthrough.h"
 #include "closer.h"
 #include "route.h"
+#include "space.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -58,6 +59,34 @@ static void handle_free(struct handle *h)
 	free(h);
 }
 
+/* A writer's copy lacked space: old versions that nobody uses yield at least `need` bytes
+ * (space.c) before the write is tried once more. */
+static void yield_for(const char *name, uint64_t need)
+{
+	store_lock(&fs.store);
+	space_yield(&fs.store, space_avail(&fs.store) + need, name);
+	store_unlock(&fs.store);
+}
+
+static const char *handle_name(struct handle *h)
+{
+	return h->kind == H_STAGE ? h->node->name : "a new file";
+}
+
+/* What a writer that lacked space probably still needs: the rest of its base's size (a deploy
+ * replaces a file by one of about its size), at least `len`. */
+static uint64_t writer_need(struct handle *h, size_t len)
+{
+	struct stat bst, cst;
+	uint64_t need = len;
+
+	if (h->kind == H_STAGE && fstat(node_rdfd(h->node->base), &bst) == 0 &&
+	    fstat(h->fd, &cst) == 0 && (uint64_t)bst.st_blocks > (uint64_t)cst.st_blocks &&
+	    (uint64_t)(bst.st_blocks - cst.st_blocks) * 512 > need)
+		need = (uint64_t)(bst.st_blocks - cst.st_blocks) * 512;
+	return need;
+}
+
 /* A staging copy of the node's base version: empty, or its first len bytes. */
 static int stage_from_base(struct node *stg, bool empty, off_t *len, int *fd)
 {
@@ -72,7 +101,12 @@ static int stage_from_base(struct node *stg, bool empty, off_t *len, int *fd)
 		*len = bst.st_size;
 	if (empty)
 		*len = 0;
-	return store_stage_create(&fs.store, rdfd, &bst, *len, fd);
+	int err = store_stage_create(&fs.store, rdfd, &bst, *len, fd);
+	if (err == -ENOSPC) {
+		yield_for(stg->name, (uint64_t)bst.st_blocks * 512);
+		err = store_stage_create(&fs.store, rdfd, &bst, *len, fd);
+	}
+	return err;
 }
 
 /* Writes after a publish start a new copy-on-write from what was published. h->lock held. */
@@ -396,6 +430,11 @@ void bv_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t 
 	out.buf[0].fd = h->fd;
 	out.buf[0].pos = off;
 	res = fuse_buf_copy(&out, in, 0);
+	if (res == -ENOSPC) {
+		/* nothing of the buffer was consumed (a partial write returns its count) */
+		yield_for(handle_name(h), writer_need(h, fuse_buf_size(in)));
+		res = fuse_buf_copy(&out, in, 0);
+	}
 	if (res > 0)
 		h->dirty = true;
 	else if (res < 0)
@@ -576,6 +615,10 @@ void bv_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t 
 	err = -handle_unpublish(h);
 	if (!err && fallocate(h->fd, mode, offset, length) < 0) {
 		err = errno;
+		if (err == ENOSPC) {
+			yield_for(handle_name(h), (uint64_t)length);
+			err = fallocate(h->fd, mode, offset, length) < 0 ? errno : 0;
+		}
 		if (err == ENOSPC || err == EDQUOT || err == EIO)
 			handle_fail(h, err);
 	}

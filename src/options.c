@@ -30,6 +30,8 @@ const char *binvfs_usage =
     "  -o readahead=KB  the mount's readahead (default 512, 0 = leave the kernel's 128)\n"
     "  -o passthrough=auto|on|off  kernel FUSE passthrough for reads, execs and maps\n"
     "                (default auto: when the kernel offers it; on: refuse to mount without)\n"
+    "  -o reserve=SIZE|PCT%  free space kept by removing unused old versions, oldest first\n"
+    "                (default 1%; SIZE in bytes or with K, M, G, T; 0 = only when full)\n"
     "  -o debug      same as -d\n"
     "  -o OPT        FUSE and mount options (allow_other, default_permissions, suid, ro, ...);\n"
     "                as root, allow_other and default_permissions are on by default\n";
@@ -56,6 +58,41 @@ static int add_fuse_opt(struct options *o, const char *opt)
 		return -1;
 	}
 	snprintf(o->fuse_opts + len, sizeof(o->fuse_opts) - len, "%s%s", len ? "," : "", opt);
+	return 0;
+}
+
+/* reserve=SIZE (bytes, or K, M, G, T: powers of 1024) or reserve=PCT% of the filesystem. */
+static int parse_reserve(struct options *o, const char *v)
+{
+	static const char units[] = "KMGT";
+	unsigned long long n;
+	char *end;
+
+	if (*v < '0' || *v > '9')
+		return -1;
+	errno = 0;
+	n = strtoull(v, &end, 10);
+	if (errno)
+		return -1;
+	if (!strcmp(end, "%")) {
+		if (n > 50)
+			return -1;
+		o->reserve = n;
+		o->reserve_pct = true;
+		return 0;
+	}
+	if (*end) {
+		const char *u = strchr(units, *end >= 'a' ? *end - 32 : *end);
+		if (!u || !*u || end[1])
+			return -1;
+		for (long i = 0; i <= u - units; i++) {
+			if (n > (~0ull >> 10))
+				return -1;
+			n <<= 10;
+		}
+	}
+	o->reserve = n;
+	o->reserve_pct = false;
 	return 0;
 }
 
@@ -100,6 +137,15 @@ static int parse_opts(struct options *o, char *list)
 					"binvfs: bad option %s: expected passthrough=auto, on "
 					"or off\n",
 					opt);
+				return -1;
+			}
+		} else if (!strncmp(opt, "reserve=", 8)) {
+			if (parse_reserve(o, opt + 8) < 0) {
+				fprintf(
+				    stderr,
+				    "binvfs: bad option %s: expected reserve=SIZE (bytes, or with "
+				    "K, M, G, T) or reserve=PCT%% (0 to 50)\n",
+				    opt);
 				return -1;
 			}
 		} else if (!strcmp(opt, "nosync")) {
@@ -147,6 +193,8 @@ int options_parse(int argc, char **argv, struct options *o)
 	memset(o, 0, sizeof(*o));
 	o->keep = 10;
 	o->readahead_kb = 512;
+	o->reserve = 1;
+	o->reserve_pct = true;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {

@@ -7,10 +7,12 @@
 #include "passthrough.h"
 
 struct options {
-	char *source;	       /* realpath of SOURCE */
-	char *mountpoint;      /* realpath of MOUNTPOINT (SOURCE when omitted) */
-	unsigned keep;	       /* keep=N, default 10, 0 = no limit */
-	unsigned readahead_kb; /* readahead=KB, default 512, 0 = the kernel's */
+	char *source;		    /* realpath of SOURCE */
+	char *mountpoint;	    /* realpath of MOUNTPOINT (SOURCE when omitted) */
+	unsigned keep;		    /* keep=N, default 10, 0 = no limit */
+	unsigned readahead_kb;	    /* readahead=KB, default 512, 0 = the kernel's */
+	unsigned long long reserve; /* reserve=SIZE: bytes, or a percentage if reserve_pct */
+	bool reserve_pct;	    /* default 1% */
 	bool readahead_asked;
 	enum pt_want passthrough; /* passthrough=auto|on|off, default auto */
 	bool nosync;

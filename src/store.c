@@ -10,6 +10,7 @@
 #include "store.h"
 #include "history.h"
 #include "log.h"
+#include "space.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -700,8 +701,8 @@ int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, sto
 }
 
 /* Link the regular file at dirfd/name as its next version; the caller holds s->lock. */
-int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
-		       store_in_use_fn in_use, void *arg)
+static int keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
+			store_in_use_fn in_use, void *arg)
 {
 	char rel[STORE_RELMAX];
 	uint32_t *ns = NULL, next;
@@ -761,6 +762,54 @@ out:
 	return err;
 }
 
+/* A link into .versions/ can need a directory block, a new mirror directory an inode and a
+ * block: what old versions yield for one try more. */
+#define YIELD_STEP (1u << 20)
+
+static bool no_space(int err)
+{
+	return err == -ENOSPC || err == -EDQUOT;
+}
+
+int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
+		       store_in_use_fn in_use, void *arg)
+{
+	int err = keep_version(s, dirfd, name, ch, in_use, arg);
+
+	if (no_space(err)) {
+		space_yield(s, space_avail(s) + YIELD_STEP, name);
+		err = keep_version(s, dirfd, name, ch, in_use, arg);
+	}
+	if (no_space(err)) {
+		/* the current file must change anyway: do it without keeping this version */
+		errno = -err;
+		log_warn("%s: no space to keep the replaced file; it goes without a version", name);
+		ch->kept = false;
+		ch->dropped = true;
+		return 0;
+	}
+	return err;
+}
+
+int store_keep_removed(struct store *s, int dirfd, const char *name, struct store_change *ch,
+		       store_in_use_fn in_use, void *arg)
+{
+	struct stat st;
+
+	if (space_short(s) && fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISREG(st.st_mode) && st.st_nlink == 1 &&
+	    !space_yield(s, space_avail(s) + (uint64_t)st.st_blocks * 512, name)) {
+		log_warnx("%s: below the reserve; removed without keeping a version, to free its "
+			  "space",
+			  name);
+		ch->old = st;
+		ch->kept = false;
+		ch->dropped = true;
+		return 0;
+	}
+	return store_keep_version(s, dirfd, name, ch, in_use, arg);
+}
+
 /* Publish the staging file stfd at dirfd/name with one rename; the replaced file becomes the
  * next version. The caller has synced stfd and holds s->lock. */
 int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
@@ -772,8 +821,13 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 	memset(ch, 0, sizeof(*ch));
 	snprintf(tmp, sizeof(tmp), "p%d.%llu", getpid(), (unsigned long long)s->seq++);
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", stfd);
-	if (linkat(AT_FDCWD, proc, s->stagefd, tmp, AT_SYMLINK_FOLLOW) < 0)
-		return -errno;
+	if (linkat(AT_FDCWD, proc, s->stagefd, tmp, AT_SYMLINK_FOLLOW) < 0) {
+		if (!no_space(-errno))
+			return -errno;
+		space_yield(s, space_avail(s) + YIELD_STEP, name);
+		if (linkat(AT_FDCWD, proc, s->stagefd, tmp, AT_SYMLINK_FOLLOW) < 0)
+			return -errno;
+	}
 	err = store_keep_version(s, dirfd, name, ch, in_use, arg);
 	if (err == -ENOENT) {
 		/* The name is gone (removed while being written): keep the new content as a
@@ -791,11 +845,21 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 				err = -EOVERFLOW;
 			/* NOREPLACE: another daemon on the store may have taken the number */
 			uint32_t next = cnt ? ns[cnt - 1] + 1 : 1;
+			bool yielded = false;
 			for (; !err; next++) {
-				snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, name, next);
+				snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, name,
+					 next);
 				if (renameat2(s->stagefd, tmp, vdirfd, ch->vname,
 					      RENAME_NOREPLACE) == 0)
 					break;
+				if (no_space(-errno) && !yielded) {
+					/* a new directory block: old versions yield it, same number
+					 */
+					yielded = true;
+					space_yield(s, space_avail(s) + YIELD_STEP, name);
+					next--;
+					continue;
+				}
 				if (errno != EEXIST || next == UINT32_MAX)
 					err = errno == EEXIST ? -EOVERFLOW : -errno;
 			}
@@ -821,7 +885,9 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 		unlinkat(s->stagefd, tmp, 0);
 		return err;
 	}
-	return store_sync_dir(s, dirfd);
+	err = store_sync_dir(s, dirfd);
+	space_keep_reserve(s);
+	return err;
 }
 
 /* Remove a deferred version once unused, if it still is the same inode; never follows links. */

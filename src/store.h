@@ -27,6 +27,10 @@ struct store {
 			       * through store_lock(); first in the lock order (then the node
 			       * table's) */
 	uint64_t seq;	      /* staging link names; protected by lock */
+	uint64_t reserve;     /* bytes kept free by pruning unused versions (space.c), 0 = none */
+	/* set by main: does the kernel still hold a node of this inode? (its space cannot be
+	 * freed by removing a name, and a process may use it) */
+	bool (*busy)(dev_t dev, ino_t ino);
 };
 
 /* Asked by store_prune for each version beyond `keep` (st: the version; vdirfd/vname: where
@@ -41,6 +45,7 @@ struct store_change {
 	char vname[256];	       /* its name in the versions dir */
 	char vrel[STORE_RELMAX + 256]; /* its path below .versions/ */
 	bool orphaned; /* publish found the name gone: the new content became a version */
+	bool dropped; /* no space to keep the replaced or removed file: it went without a version */
 };
 
 int store_open(struct store *s, const char *source, unsigned keep, bool nosync);
@@ -59,6 +64,10 @@ int store_same_content(int a, int b, off_t size);
 
 /* The callers below hold s->lock. */
 int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
+		       store_in_use_fn in_use, void *arg);
+/* Same for a file that rm or mv is about to remove: below the reserve, the removal frees what
+ * it removes, as natively (older unused versions yield first, then its own version). */
+int store_keep_removed(struct store *s, int dirfd, const char *name, struct store_change *ch,
 		       store_in_use_fn in_use, void *arg);
 int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
 		  store_in_use_fn in_use, void *arg);

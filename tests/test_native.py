@@ -843,7 +843,8 @@ def assert_clean_failure(r, workdir, before):
 
 @pytest.mark.parametrize("case", ["no_args", "missing_source", "source_is_file",
                                   "unknown_option", "bad_keep", "bad_readahead",
-                                  "readahead_too_big", "readahead_negative", "unknown_flag",
+                                  "readahead_too_big", "readahead_negative", "bad_reserve_pct",
+                                  "bad_reserve_unit", "bad_reserve_empty", "unknown_flag",
                                   "too_many_args", "missing_mountpoint"])
 def test_cli_errors(binary, workdir, case):
     src = os.path.join(workdir, "src")
@@ -859,6 +860,9 @@ def test_cli_errors(binary, workdir, case):
         "bad_readahead": ["-o", "readahead=1M", src],
         "readahead_too_big": ["-o", "readahead=65537", src],
         "readahead_negative": ["-o", "readahead=-1", src],
+        "bad_reserve_pct": ["-o", "reserve=51%", src],
+        "bad_reserve_unit": ["-o", "reserve=1X", src],
+        "bad_reserve_empty": ["-o", "reserve=", src],
         "unknown_flag": ["-x", src],
         "too_many_args": [src, src, src],
         "missing_mountpoint": [src, os.path.join(workdir, "nomp")],

@@ -1,0 +1,22 @@
+/* space.h - versions yield space to current files: when a change lacks space, or the
+ * filesystem has less than the reserve free, old versions that nobody uses are removed, oldest
+ * first across the whole store. No FUSE types here; callers hold the store lock. */
+#ifndef BINVFS_SPACE_H
+#define BINVFS_SPACE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct store;
+
+/* Bytes the daemon's users can still allocate on SOURCE's filesystem (statvfs f_bavail). */
+uint64_t space_avail(struct store *s);
+/* Is the filesystem below the reserve (reserve=SIZE|PCT)? */
+bool space_short(struct store *s);
+/* Remove unused old versions, oldest first across the store, until `want` bytes are available;
+ * `why` goes in the log. Returns true if `want` is available at the end. */
+bool space_yield(struct store *s, uint64_t want, const char *why);
+/* After a change that kept a version: while below the reserve, yield until it is free again. */
+void space_keep_reserve(struct store *s);
+
+#endif
