@@ -221,12 +221,14 @@ static bool start_passthrough(enum pt_want want)
 	return true;
 }
 
-/* reserve= as bytes of SOURCE's filesystem (space.c keeps them free) */
-static void set_reserve(struct store *s, const struct options *o)
+/* What the store asks of the node table, and reserve= as bytes of SOURCE's filesystem
+ * (space.c keeps them free). */
+static void store_setup(struct store *s, const struct options *o)
 {
 	struct statvfs sv;
 
 	s->busy = node_busy;
+	s->dir_path = node_dir_path;
 	s->reserve = o->reserve;
 	if (o->reserve_pct)
 		s->reserve = fstatvfs(s->rootfd, &sv) == 0
@@ -299,7 +301,7 @@ int main(int argc, char **argv)
 		fs.view_dev = vst.st_dev;
 		fs.view_ino = vst.st_ino;
 	}
-	set_reserve(&fs.store, &o);
+	store_setup(&fs.store, &o);
 	node_table_init(fs.store.rootfd);
 	node_prune_hook = prune_deferred;
 	node_inval_hook = notify_inval_entry;

@@ -136,6 +136,7 @@ void node_table_destroy(void)
 			close(n->rdfd);
 		free(n->prune_vrel);
 		free(n->name);
+		free(n->dname);
 		free(n->cached_name);
 		free(n);
 	}
@@ -163,17 +164,44 @@ static enum node_kind kind_of(mode_t mode)
 	return S_ISDIR(mode) ? NODE_DIR : S_ISREG(mode) ? NODE_FILE : NODE_OTHER;
 }
 
-struct node *node_lookup(int dirfd, const char *name, struct stat *st, bool in_versions)
+/* Record where the kernel found directory n; table_lock held. Returns the old parent, whose
+ * ref the caller drops after unlocking, or NULL. A name that cannot be copied leaves the old
+ * record (node_dir_path then checks it: the store verifies the path it gets). */
+static struct node *set_dir_parent_locked(struct node *n, struct node *parent, const char *name)
 {
-	struct node *n;
+	struct node *old = n->dparent;
+	char *copy;
+
+	if (n->kind != NODE_DIR || n == &root || n == parent)
+		return NULL;
+	if (old == parent && n->dname && !strcmp(n->dname, name))
+		return NULL;
+	for (struct node *c = parent; c; c = c->dparent)
+		if (c == n)
+			return NULL; /* moved behind the mount into its own subtree: no cycles */
+	if (!(copy = strdup(name)))
+		return NULL;
+	free(n->dname);
+	n->dname = copy;
+	n->dparent = parent;
+	parent->refs++;
+	return old;
+}
+
+struct node *node_lookup(struct node *parent, const char *name, struct stat *st, bool in_versions)
+{
+	struct node *n, *oldp = NULL;
 	struct stat fst;
-	int fd;
+	int fd, dirfd = parent->fd;
 
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(st->st_dev, st->st_ino);
 	if (n && n->kind == kind_of(st->st_mode)) {
 		n->nlookup++;
+		oldp = set_dir_parent_locked(n, parent, name);
 		pthread_mutex_unlock(&table_lock);
+		if (oldp)
+			node_unref(oldp);
 		return n;
 	}
 	pthread_mutex_unlock(&table_lock);
@@ -192,8 +220,11 @@ struct node *node_lookup(int dirfd, const char *name, struct stat *st, bool in_v
 	n = hash_find(st->st_dev, st->st_ino);
 	if (n && n->kind == kind_of(st->st_mode)) {
 		n->nlookup++;
+		oldp = set_dir_parent_locked(n, parent, name);
 		pthread_mutex_unlock(&table_lock);
 		close(fd);
+		if (oldp)
+			node_unref(oldp);
 		return n;
 	}
 	n = calloc(1, sizeof(*n));
@@ -211,10 +242,55 @@ struct node *node_lookup(int dirfd, const char *name, struct stat *st, bool in_v
 	n->rdfd = -1;
 	n->cur_fd = -1;
 	n->nlookup = 1;
+	set_dir_parent_locked(n, parent, name);
 	hash_insert(n);
 	list_insert(&all, &n->all);
 	pthread_mutex_unlock(&table_lock);
 	return n;
+}
+
+void node_dir_moved(dev_t dev, ino_t ino, struct node *newparent, const char *newname)
+{
+	struct node *n, *oldp = NULL;
+
+	pthread_mutex_lock(&table_lock);
+	n = hash_find(dev, ino);
+	if (n)
+		oldp = set_dir_parent_locked(n, newparent, newname);
+	pthread_mutex_unlock(&table_lock);
+	if (oldp)
+		node_unref(oldp);
+}
+
+char *node_dir_path(dev_t dev, ino_t ino)
+{
+	struct node *n;
+	size_t len = 0;
+	char *out = NULL;
+
+	pthread_mutex_lock(&table_lock);
+	n = dev == root.dev && ino == root.ino ? &root : hash_find(dev, ino);
+	for (struct node *c = n; c && c != &root; c = c->dparent) {
+		if (!c->dparent || !c->dname) {
+			n = NULL; /* not reached from the root through lookups */
+			break;
+		}
+		len += strlen(c->dname) + (len ? 1 : 0);
+	}
+	if (n && (out = malloc(len + 1))) {
+		/* "a/b/c", filled from its end */
+		size_t pos = len;
+		out[len] = 0;
+		for (struct node *c = n; c != &root; c = c->dparent) {
+			size_t l = strlen(c->dname);
+			pos -= l;
+			memcpy(out + pos, c->dname, l);
+			if (pos)
+				out[--pos] = '/';
+		}
+	}
+	pthread_mutex_unlock(&table_lock);
+	return out;
 }
 
 struct node *node_new_staging(struct node *base, struct node *parent, const char *name)
@@ -271,12 +347,13 @@ static void release_locked(struct node *n)
 	pthread_mutex_unlock(&table_lock);
 	vrel = n->prune_vrel;
 	base = n->base;
-	parent = n->parent;
+	parent = n->kind == NODE_STAGING ? n->parent : n->dparent;
 	if (n->fd >= 0)
 		close(n->fd);
 	if (n->rdfd >= 0)
 		close(n->rdfd);
 	free(n->name);
+	free(n->dname);
 	free(n->cached_name);
 	free(n);
 	if (base)

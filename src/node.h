@@ -42,6 +42,10 @@ struct node {
 	struct node *base;   /* the version the writer copies (holds a ref) */
 	struct node *parent; /* the directory it publishes into (holds a ref) */
 	char *name;
+	/* directories: where the kernel last found it (holds a ref on dparent), table lock; gives
+	 * the path of a directory deeper than /proc/self/fd can say (node_dir_path) */
+	struct node *dparent;
+	char *dname;
 	struct node *hnext; /* hash chain, table lock */
 	struct list all;    /* every node but the root, table lock */
 };
@@ -52,9 +56,13 @@ struct node *node_root(void);
 struct node *node_get(uint64_t nodeid);
 uint64_t node_id(const struct node *n);
 
-/* Find or create the node for an object just looked up (st from fstatat(dirfd, name), updated
- * if the name changed meanwhile); adds one kernel lookup. Returns NULL with errno set. */
-struct node *node_lookup(int dirfd, const char *name, struct stat *st, bool in_versions);
+/* Find or create the node for an object just looked up (st from fstatat(parent->fd, name),
+ * updated if the name changed meanwhile); adds one kernel lookup. Returns NULL with errno set. */
+struct node *node_lookup(struct node *parent, const char *name, struct stat *st, bool in_versions);
+/* A directory was renamed through the mount: it is now newparent/newname. */
+void node_dir_moved(dev_t dev, ino_t ino, struct node *newparent, const char *newname);
+/* The path below SOURCE of a directory node ("" for the root), malloc'd; NULL if unknown. */
+char *node_dir_path(dev_t dev, ino_t ino);
 struct node *node_new_staging(struct node *base, struct node *parent, const char *name);
 void node_add_lookup(struct node *n);
 

@@ -115,7 +115,7 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 			fuse_reply_err(req, errno);
 		return;
 	}
-	n = node_lookup(dirfd, name, &st, parent->in_versions || view_root);
+	n = node_lookup(parent, name, &st, parent->in_versions || view_root);
 	if (!n) {
 		fuse_reply_err(req, errno);
 		return;
@@ -272,10 +272,9 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 	if (!err && n->kind == NODE_DIR &&
 	    (valid & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
 		/* its mirror in .versions/ follows, so old versions stay as closed as the tree */
-		char rel[STORE_RELMAX];
 		int vdirfd;
 		store_lock(&fs.store);
-		if (store_versions_dir(&fs.store, n->fd, false, &vdirfd, rel, sizeof(rel)) == 0)
+		if (store_versions_dir(&fs.store, n->fd, false, &vdirfd, NULL) == 0)
 			close(vdirfd);
 		store_unlock(&fs.store);
 	}
@@ -345,7 +344,7 @@ static void reply_new_entry(fuse_req_t req, struct node *parent, const char *nam
 		fuse_reply_err(req, errno);
 		return;
 	}
-	n = node_lookup(parent->fd, name, &st, false);
+	n = node_lookup(parent, name, &st, false);
 	if (!n) {
 		fuse_reply_err(req, errno);
 		return;
@@ -446,6 +445,7 @@ void bv_unlink(fuse_req_t req, fuse_ino_t pino, const char *name)
 		log_info("rm %s: kept as %s/%s", name, STORE_DIR, ch.vrel);
 		versions_after_change(&ch);
 	}
+	store_change_done(&ch);
 	fuse_reply_err(req, -err);
 }
 
@@ -489,6 +489,14 @@ void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npi
 		ch.kept = false;
 	}
 	if (!err) {
+		struct stat st;
+		/* a directory's node remembers where it is (node_dir_path) */
+		if (fstatat(nparent->fd, newname, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    S_ISDIR(st.st_mode))
+			node_dir_moved(st.st_dev, st.st_ino, nparent, newname);
+		if ((flags & RENAME_EXCHANGE) &&
+		    fstatat(parent->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
+			node_dir_moved(st.st_dev, st.st_ino, parent, name);
 		store_sync_dir(&fs.store, nparent->fd);
 		if (nparent != parent)
 			store_sync_dir(&fs.store, parent->fd);
@@ -499,6 +507,7 @@ void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npi
 		log_info("mv over %s: kept as %s/%s", newname, STORE_DIR, ch.vrel);
 		versions_after_change(&ch);
 	}
+	store_change_done(&ch);
 	fuse_reply_err(req, -err);
 }
 

@@ -174,6 +174,7 @@ static int handle_publish(struct handle *h)
 	err = store_publish(&fs.store, parent->fd, stg->name, h->fd, &ch, node_defer_prune, NULL);
 	store_unlock(&fs.store);
 	if (err) {
+		store_change_done(&ch);
 		errno = -err;
 		log_warn("publish %s failed, current version unchanged", stg->name);
 		return err;
@@ -199,6 +200,7 @@ static int handle_publish(struct handle *h)
 	else
 		log_info("publish %s (%lld bytes)", stg->name, (long long)sst.st_size);
 	versions_after_change(&ch);
+	store_change_done(&ch);
 	return 0;
 }
 
@@ -357,7 +359,7 @@ void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
 	gid_t gid = fstat(parent->fd, &pst) == 0 && (pst.st_mode & S_ISGID) ? pst.st_gid : ctx->gid;
 	if (fchown(fd, ctx->uid, gid) == 0 && (mode & (S_ISUID | S_ISGID)))
 		fchmod(fd, mode & 07777);
-	if (fstat(fd, &st) < 0 || !(n = node_lookup(parent->fd, name, &st, false))) {
+	if (fstat(fd, &st) < 0 || !(n = node_lookup(parent, name, &st, false))) {
 		int err = errno;
 		close(fd);
 		fuse_reply_err(req, err);

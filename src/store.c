@@ -288,35 +288,51 @@ static ssize_t fd_path(int fd, char *buf, size_t len)
 	return n;
 }
 
-int store_relpath(struct store *s, int dirfd, char *out, size_t len)
+/* "rel/name", or name when rel is empty; NULL when out of memory. */
+char *store_join(const char *rel, const char *name)
 {
-	char root[STORE_RELMAX], dir[STORE_RELMAX];
-	ssize_t rl, dl;
+	char *out;
 
-	if (dirfd == s->rootfd) {
-		out[0] = 0;
-		return 0;
-	}
+	return asprintf(&out, "%s%s%s", rel, *rel ? "/" : "", name) < 0 ? NULL : out;
+}
+
+/* The path of the tree directory dirfd below SOURCE ("" for SOURCE itself), malloc'd. The
+ * kernel says it through /proc/self/fd, up to PATH_MAX; a deeper directory (reached through
+ * relative paths or *at calls) is known to the node table, whose directory nodes remember
+ * their parent and name (s->dir_path): *from_nodes is then set, and the caller checks that the
+ * path still leads to dirfd. */
+static int relpath(struct store *s, int dirfd, char **out, bool *from_nodes)
+{
+	char root[PATH_MAX], dir[PATH_MAX];
+	ssize_t rl, dl;
+	struct stat st;
+
+	*out = NULL;
+	*from_nodes = false;
+	if (dirfd == s->rootfd)
+		return (*out = strdup("")) ? 0 : -ENOMEM;
 	rl = fd_path(s->rootfd, root, sizeof(root));
 	if (rl < 0)
 		return (int)rl;
 	dl = fd_path(dirfd, dir, sizeof(dir));
+	if (dl == -ENAMETOOLONG) {
+		if (!s->dir_path || fstat(dirfd, &st) < 0 ||
+		    !(*out = s->dir_path(st.st_dev, st.st_ino)))
+			return -ENAMETOOLONG;
+		*from_nodes = true;
+		return 0;
+	}
 	if (dl < 0)
 		return (int)dl;
 	if (rl == 1) /* SOURCE is "/" */
 		rl = 0;
 	if (strncmp(dir, root, rl) != 0 || (dir[rl] != '/' && dir[rl] != 0))
 		return -ENOENT; /* removed, or not below SOURCE */
-	if (strlen(dir + rl) >= len)
-		return -ENAMETOOLONG;
-	strcpy(out, dir[rl] == '/' ? dir + rl + 1 : dir + rl);
-	if (strstr(out, " (deleted)"))
+	if (strstr(dir + rl, " (deleted)"))
 		return -ENOENT;
-	return 0;
+	return (*out = strdup(dir[rl] == '/' ? dir + rl + 1 : dir + rl)) ? 0 : -ENOMEM;
 }
 
-/* Open (creating if asked) .versions/<rel> for the tree directory dirfd, one component at a
- * time, copying each tree directory's mode and owner onto its mirror. */
 /* The name of a tree directory's mirror in .versions/ (names.h); NULL if it does not fit. */
 static const char *mirror_name(const char *name, char *buf, size_t len)
 {
@@ -348,18 +364,22 @@ static void sync_mirror_meta(int vfd, const struct stat *tst)
 }
 
 /* Open (creating if asked) the mirror of the tree directory dirfd in .versions/, one
- * component at a time, copying each tree directory's mode and owner onto its mirror. rel gets
- * the mirror's path below .versions/. */
-int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, char *rel, size_t len)
+ * component at a time, copying each tree directory's mode and owner onto its mirror. rel (if
+ * not NULL) gets the mirror's path below .versions/, malloc'd. Any depth: every call takes one
+ * component. */
+int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, char **rel)
 {
-	char *save = NULL, *comp, path[STORE_RELMAX], mbuf[260];
-	size_t rl = 0;
-	int vcur, tcur, err;
+	char *save = NULL, *comp, *path, *vrel = NULL, mbuf[260];
+	bool from_nodes;
+	int vcur = -1, tcur = -1, err;
 
-	err = store_relpath(s, dirfd, path, sizeof(path));
+	err = relpath(s, dirfd, &path, &from_nodes);
 	if (err)
 		return err;
-	rel[0] = 0;
+	if (!(vrel = strdup(""))) {
+		err = -ENOMEM;
+		goto out;
+	}
 	vcur = dup(s->vfd);
 	tcur = dup(s->rootfd);
 	if (vcur < 0 || tcur < 0) {
@@ -370,6 +390,7 @@ int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, cha
 		struct stat tst;
 		const char *mirror = mirror_name(comp, mbuf, sizeof(mbuf));
 		int vnext, tnext = open_dir_nofollow(tcur, comp, O_PATH);
+		char *nrel;
 
 		if (tnext < 0 || fstat(tnext, &tst) < 0) {
 			err = -errno;
@@ -379,11 +400,16 @@ int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, cha
 		}
 		close(tcur);
 		tcur = tnext;
-		if (!mirror || rl + strlen(mirror) + 2 > len) {
+		if (!mirror) {
 			err = -ENAMETOOLONG;
 			goto out;
 		}
-		rl += (size_t)snprintf(rel + rl, len - rl, "%s%s", rl ? "/" : "", mirror);
+		if (!(nrel = store_join(vrel, mirror))) {
+			err = -ENOMEM;
+			goto out;
+		}
+		free(vrel);
+		vrel = nrel;
 		vnext = open_dir_nofollow(vcur, mirror, O_PATH);
 		if (vnext < 0 && errno == ENOENT && create) {
 			if (mkdirat(vcur, mirror, tst.st_mode & 07777) < 0 && errno != EEXIST) {
@@ -402,10 +428,26 @@ int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, cha
 		close(vcur);
 		vcur = vnext;
 	}
+	if (from_nodes) {
+		/* the node table's path must still lead to dirfd (not if it was removed or moved
+		 * behind the mount) */
+		struct stat a, b;
+		if (fstat(tcur, &a) < 0 || fstat(dirfd, &b) < 0 || a.st_ino != b.st_ino ||
+		    a.st_dev != b.st_dev) {
+			err = -ENOENT;
+			goto out;
+		}
+	}
 	*vdirfd = vcur;
 	vcur = -1;
+	if (rel) {
+		*rel = vrel;
+		vrel = NULL;
+	}
 	err = 0;
 out:
+	free(path);
+	free(vrel);
 	if (vcur >= 0)
 		close(vcur);
 	if (tcur >= 0)
@@ -617,7 +659,7 @@ int store_sync_dir(struct store *s, int dirfd)
 static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, size_t cnt,
 		 unsigned keep, store_in_use_fn in_use, void *arg)
 {
-	char vname[300], vrel[STORE_RELMAX + 300];
+	char vname[300], *vrel;
 	int removed = 0;
 
 	for (size_t i = 0; cnt > keep && i < cnt - keep; i++) {
@@ -628,19 +670,19 @@ static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, si
 				history_del(vdirfd, name, ns[i]); /* gone already */
 			continue;
 		}
-		snprintf(vrel, sizeof(vrel), "%s%s%s", rel, *rel ? "/" : "", vname);
+		if (!(vrel = store_join(rel, vname)))
+			break;
 		if (in_use && in_use(arg, &st, vrel, vdirfd, vname)) {
 			log_info("keep %s/%s: in use, removed when its last user is gone",
 				 STORE_DIR, vrel);
-			continue;
-		}
-		if (unlinkat(vdirfd, vname, 0) == 0) {
+		} else if (unlinkat(vdirfd, vname, 0) == 0) {
 			history_del(vdirfd, name, ns[i]);
 			log_info("prune %s/%s", STORE_DIR, vrel);
 			removed++;
 		} else {
 			log_warn("prune %s/%s", STORE_DIR, vrel);
 		}
+		free(vrel);
 	}
 	return removed;
 }
@@ -650,12 +692,12 @@ static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, si
 int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, store_in_use_fn in_use,
 		void *arg)
 {
-	char rel[STORE_RELMAX];
+	char *rel;
 	int vdirfd, err, removed = 0;
 	char **names = NULL;
 	size_t nnames = 0;
 
-	err = store_versions_dir(s, dirfd, false, &vdirfd, rel, sizeof(rel));
+	err = store_versions_dir(s, dirfd, false, &vdirfd, &rel);
 	if (err)
 		return err == -ENOENT ? 0 : err;
 	if (name) {
@@ -696,15 +738,31 @@ int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, sto
 	for (size_t i = 0; i < nnames; i++)
 		free(names[i]);
 	free(names);
+	free(rel);
 	close(vdirfd);
 	return removed;
+}
+
+/* ch->vname was linked into the versions dir rel: the change kept it. */
+static int set_vrel(struct store_change *ch, const char *rel)
+{
+	free(ch->vrel);
+	ch->vrel = store_join(rel, ch->vname);
+	ch->kept = ch->vrel != NULL;
+	return ch->kept ? 0 : -ENOMEM;
+}
+
+void store_change_done(struct store_change *ch)
+{
+	free(ch->vrel);
+	ch->vrel = NULL;
 }
 
 /* Link the regular file at dirfd/name as its next version; the caller holds s->lock. */
 static int keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
 			store_in_use_fn in_use, void *arg)
 {
-	char rel[STORE_RELMAX];
+	char *rel;
 	uint32_t *ns = NULL, next;
 	size_t cnt = 0;
 	int vdirfd, err;
@@ -716,7 +774,7 @@ static int keep_version(struct store *s, int dirfd, const char *name, struct sto
 		return 0;
 	if (!names_can_version(name))
 		return -ENAMETOOLONG; /* "<name>.~N~" would not fit */
-	err = store_versions_dir(s, dirfd, true, &vdirfd, rel, sizeof(rel));
+	err = store_versions_dir(s, dirfd, true, &vdirfd, &rel);
 	if (err)
 		return err;
 	err = store_list_versions(vdirfd, name, &ns, &cnt);
@@ -731,8 +789,7 @@ static int keep_version(struct store *s, int dirfd, const char *name, struct sto
 	if (cnt && fstatat(vdirfd, ch->vname, &last, AT_SYMLINK_NOFOLLOW) == 0 &&
 	    last.st_ino == ch->old.st_ino && last.st_dev == ch->old.st_dev) {
 		/* a crash between link and rename left it linked already */
-		ch->kept = true;
-		snprintf(ch->vrel, sizeof(ch->vrel), "%s%s%s", rel, *rel ? "/" : "", ch->vname);
+		err = set_vrel(ch, rel);
 		goto out;
 	}
 	for (;; next++) {
@@ -746,8 +803,9 @@ static int keep_version(struct store *s, int dirfd, const char *name, struct sto
 			goto out;
 		}
 	}
-	ch->kept = true;
-	snprintf(ch->vrel, sizeof(ch->vrel), "%s%s%s", rel, *rel ? "/" : "", ch->vname);
+	err = set_vrel(ch, rel);
+	if (err)
+		goto out;
 	uint32_t *nn = realloc(ns, (cnt + 1) * sizeof(*ns));
 	if (nn) {
 		ns = nn;
@@ -758,6 +816,7 @@ static int keep_version(struct store *s, int dirfd, const char *name, struct sto
 	err = store_sync_dir(s, vdirfd);
 out:
 	free(ns);
+	free(rel);
 	close(vdirfd);
 	return err;
 }
@@ -833,11 +892,11 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 		/* The name is gone (removed while being written): keep the new content as a
 		 * version rather than resurrect the name. */
 		int vdirfd;
-		char rel[STORE_RELMAX];
+		char *rel = NULL;
 		uint32_t *ns = NULL;
 		size_t cnt = 0;
 
-		err = store_versions_dir(s, dirfd, true, &vdirfd, rel, sizeof(rel));
+		err = store_versions_dir(s, dirfd, true, &vdirfd, &rel);
 		if (!err)
 			err = store_list_versions(vdirfd, name, &ns, &cnt);
 		if (!err) {
@@ -853,8 +912,7 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 					      RENAME_NOREPLACE) == 0)
 					break;
 				if (no_space(-errno) && !yielded) {
-					/* a new directory block: old versions yield it, same number
-					 */
+					/* a directory block: versions yield it; same N */
 					yielded = true;
 					space_yield(s, space_avail(s) + YIELD_STEP, name);
 					next--;
@@ -863,13 +921,13 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 				if (errno != EEXIST || next == UINT32_MAX)
 					err = errno == EEXIST ? -EOVERFLOW : -errno;
 			}
-			snprintf(ch->vrel, sizeof(ch->vrel), "%s%s%s", rel, *rel ? "/" : "",
-				 ch->vname);
 			if (!err) {
 				history_add(vdirfd, name, next);
 				ch->orphaned = true;
+				ch->vrel = store_join(rel, ch->vname);
 			}
 			free(ns);
+			free(rel);
 			close(vdirfd);
 		}
 		if (err)
@@ -893,24 +951,30 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 /* Remove a deferred version once unused, if it still is the same inode; never follows links. */
 int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino)
 {
-	char path[STORE_RELMAX + 300], *slash, *base;
+	char *path = strdup(vrel), *slash, *base;
 	int dirfd;
 	struct stat st;
 	int err = 0;
 
-	snprintf(path, sizeof(path), "%s", vrel);
+	if (!path)
+		return -ENOMEM;
 	slash = strrchr(path, '/');
 	dirfd = dup(s->vfd);
-	if (dirfd < 0)
+	if (dirfd < 0) {
+		free(path);
 		return -errno;
+	}
 	if (slash) {
 		char *save = NULL;
 		*slash = 0;
 		for (char *c = strtok_r(path, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
 			int next = open_dir_nofollow(dirfd, c, O_PATH);
+			err = next < 0 ? -errno : 0;
 			close(dirfd);
-			if (next < 0)
-				return -errno;
+			if (next < 0) {
+				free(path);
+				return err;
+			}
 			dirfd = next;
 		}
 		base = slash + 1;
@@ -932,5 +996,6 @@ int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino
 			log_info("prune %s/%s (its last user is gone)", STORE_DIR, vrel);
 	}
 	close(dirfd);
+	free(path);
 	return err;
 }

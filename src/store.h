@@ -11,15 +11,13 @@
 
 #include "names.h" /* STORE_DIR and the other names on disk */
 
-#define STORE_RELMAX 4096
-
 struct store {
-	int rootfd;    /* SOURCE, O_PATH, opened before the mount */
-	int vfd;       /* SOURCE/.versions, O_PATH */
-	int lockfd;    /* SOURCE/.versions/.binvfs-staging: flock()ed by store_lock, so that two
-			* daemons on one store (a restart under load) change it in turn */
-	int stagefd;   /* .binvfs-staging/<instance>: this daemon's own, flock()ed while it
-			* lives (a directory nobody holds is a dead daemon's, removed at mount) */
+	int rootfd;  /* SOURCE, O_PATH, opened before the mount */
+	int vfd;     /* SOURCE/.versions, O_PATH */
+	int lockfd;  /* SOURCE/.versions/.binvfs-staging: flock()ed by store_lock, so that two
+		      * daemons on one store (a restart under load) change it in turn */
+	int stagefd; /* .binvfs-staging/<instance>: this daemon's own, flock()ed while it
+		      * lives (a directory nobody holds is a dead daemon's, removed at mount) */
 	char stagename[32];
 	unsigned keep; /* old versions kept per path, 0 = no limit */
 	bool nosync;
@@ -31,6 +29,9 @@ struct store {
 	/* set by main: does the kernel still hold a node of this inode? (its space cannot be
 	 * freed by removing a name, and a process may use it) */
 	bool (*busy)(dev_t dev, ino_t ino);
+	/* set by main: the path below SOURCE of a directory the kernel knows, malloc'd; for a
+	 * directory deeper than /proc/self/fd can say (PATH_MAX) */
+	char *(*dir_path)(dev_t dev, ino_t ino);
 };
 
 /* Asked by store_prune for each version beyond `keep` (st: the version; vdirfd/vname: where
@@ -40,11 +41,11 @@ typedef bool (*store_in_use_fn)(void *arg, const struct stat *st, const char *vr
 				const char *vname);
 
 struct store_change {
-	bool kept;		       /* a version was added */
-	struct stat old;	       /* the replaced file (when kept) */
-	char vname[256];	       /* its name in the versions dir */
-	char vrel[STORE_RELMAX + 256]; /* its path below .versions/ */
-	bool orphaned; /* publish found the name gone: the new content became a version */
+	bool kept;	 /* a version was added */
+	struct stat old; /* the replaced file (when kept) */
+	char vname[256]; /* its name in the versions dir */
+	char *vrel;	 /* its path below .versions/ (store_change_done frees it) */
+	bool orphaned;	 /* publish found the name gone: the new content became a version */
 	bool dropped; /* no space to keep the replaced or removed file: it went without a version */
 };
 
@@ -55,8 +56,9 @@ void store_unlock(struct store *s);
 void store_close(struct store *s);
 void store_index_start(struct store *s);
 bool store_reserved_root_name(const char *name);
-int store_relpath(struct store *s, int dirfd, char *out, size_t len);
-int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, char *rel, size_t len);
+char *store_join(const char *rel, const char *name);
+int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, char **rel);
+void store_change_done(struct store_change *ch);
 int store_list_versions(int vdirfd, const char *name, uint32_t **ns, size_t *count);
 int store_stage_create(struct store *s, int srcfd, const struct stat *base, off_t len, int *out);
 int store_copy(int srcfd, int dstfd, off_t len);
