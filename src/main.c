@@ -236,8 +236,9 @@ static void store_setup(struct store *s, const struct options *o)
 				 : 0;
 }
 
-/* Every node the kernel knows holds an O_PATH fd (and a read fd once read): as root, allow
- * as many as the system does (fs.nr_open), else the soft limit up to the hard one. */
+/* Nodes keep fds up to a share of the limit, file handles beyond it (nodefd.c): more fds
+ * means fewer reopens by handle. As root, allow as many as the system does (fs.nr_open), else
+ * the soft limit up to the hard one. */
 static void raise_nofile(void)
 {
 	struct rlimit rl;

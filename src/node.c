@@ -112,6 +112,7 @@ void node_table_init(int rootfd)
 	buckets = calloc(nbuckets, sizeof(*buckets));
 	if (!buckets || fstat(rootfd, &st) < 0)
 		fatal("node table");
+	nodefd_init(rootfd);
 	root.kind = NODE_DIR;
 	root.fd = rootfd;
 	root.rdfd = -1;
@@ -119,6 +120,27 @@ void node_table_init(int rootfd)
 	root.dev = st.st_dev;
 	root.ino = st.st_ino;
 	root.nlookup = 2;
+}
+
+static void free_node(struct node *n)
+{
+	if (n->fd >= 0 && n != &root) {
+		close(n->fd);
+		nodefd_count(-1);
+	}
+	if (n->rdfd >= 0) {
+		close(n->rdfd);
+		nodefd_count(-1);
+	}
+	if (n->fh)
+		nodefd_forget(n);
+	free(n->fh);
+	free(n->meta);
+	free(n->prune_vrel);
+	free(n->name);
+	free(n->dname);
+	free(n->cached_name);
+	free(n);
 }
 
 /* At exit: the kernel does not FORGET what it still knows at unmount. */
@@ -130,18 +152,11 @@ void node_table_destroy(void)
 		/* the session is over: every user of a version whose prune waited is gone */
 		if (n->prune_vrel && node_prune_hook)
 			node_prune_hook(n->prune_vrel, n->dev, n->ino);
-		if (n->fd >= 0)
-			close(n->fd);
-		if (n->rdfd >= 0)
-			close(n->rdfd);
-		free(n->prune_vrel);
-		free(n->name);
-		free(n->dname);
-		free(n->cached_name);
-		free(n);
+		free_node(n);
 	}
 	free(buckets);
 	buckets = NULL;
+	nodefd_destroy();
 }
 
 struct node *node_root(void)
@@ -188,15 +203,25 @@ static struct node *set_dir_parent_locked(struct node *n, struct node *parent, c
 	return old;
 }
 
+/* Does n, found in the hash for the object just opened (its handle fh), stand for that
+ * object? A pinned node does: its fd keeps its inode from being freed and its number reused.
+ * A handle-only node does if the handles (inode number and generation) match. */
+static bool same_object(const struct node *n, const struct file_handle *fh)
+{
+	return n->fd >= 0 || nodefd_same(n->fh, fh);
+}
+
 struct node *node_lookup(struct node *parent, const char *name, struct stat *st, bool in_versions)
 {
 	struct node *n, *oldp = NULL;
+	struct file_handle *fh = NULL;
 	struct stat fst;
-	int fd, dirfd = parent->fd;
+	int fd, dirfd = node_fd(parent);
+	bool pin;
 
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(st->st_dev, st->st_ino);
-	if (n && n->kind == kind_of(st->st_mode)) {
+	if (n && n->kind == kind_of(st->st_mode) && n->fd >= 0) {
 		n->nlookup++;
 		oldp = set_dir_parent_locked(n, parent, name);
 		pthread_mutex_unlock(&table_lock);
@@ -216,13 +241,21 @@ struct node *node_lookup(struct node *parent, const char *name, struct stat *st,
 	/* The object opened is what the name holds now (it may have been replaced since the
 	 * caller's fstatat): answer for it. */
 	*st = fst;
+	pin = nodefd_may_pin();
+	fh = nodefd_handle(fd); /* NULL if the filesystem has none: then it is pinned */
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(st->st_dev, st->st_ino);
+	if (n && n->kind == kind_of(st->st_mode) && !same_object(n, fh)) {
+		/* its inode was freed behind it and the number reused: a new object */
+		hash_remove(n);
+		n = NULL;
+	}
 	if (n && n->kind == kind_of(st->st_mode)) {
 		n->nlookup++;
 		oldp = set_dir_parent_locked(n, parent, name);
 		pthread_mutex_unlock(&table_lock);
 		close(fd);
+		free(fh);
 		if (oldp)
 			node_unref(oldp);
 		return n;
@@ -231,6 +264,7 @@ struct node *node_lookup(struct node *parent, const char *name, struct stat *st,
 	if (!n) {
 		pthread_mutex_unlock(&table_lock);
 		close(fd);
+		free(fh);
 		errno = ENOMEM;
 		return NULL;
 	}
@@ -238,7 +272,16 @@ struct node *node_lookup(struct node *parent, const char *name, struct stat *st,
 	n->in_versions = in_versions && n->kind == NODE_DIR;
 	n->dev = st->st_dev;
 	n->ino = st->st_ino;
-	n->fd = fd;
+	if (pin || !fh) {
+		n->fd = fd;
+		nodefd_count(1);
+		free(fh);
+	} else {
+		n->fd = -1;
+		n->fh = fh;
+		close(fd);
+		nodefd_note_handles();
+	}
 	n->rdfd = -1;
 	n->cur_fd = -1;
 	n->nlookup = 1;
@@ -342,20 +385,14 @@ static void release_locked(struct node *n)
 		goto prune;
 	}
 	if (n->kind != NODE_STAGING)
-		hash_remove(n);
+		hash_remove(n); /* (not found if LOOKUP took it out as stale) */
 	list_remove(&n->all);
 	pthread_mutex_unlock(&table_lock);
 	vrel = n->prune_vrel;
+	n->prune_vrel = NULL;
 	base = n->base;
 	parent = n->kind == NODE_STAGING ? n->parent : n->dparent;
-	if (n->fd >= 0)
-		close(n->fd);
-	if (n->rdfd >= 0)
-		close(n->rdfd);
-	free(n->name);
-	free(n->dname);
-	free(n->cached_name);
-	free(n);
+	free_node(n);
 	if (base)
 		node_unref(base);
 	if (parent)
@@ -414,8 +451,13 @@ int node_open(struct node *n, bool pt)
 
 	pthread_mutex_lock(&table_lock);
 	if (!n->opens && pt && n->kind == NODE_FILE) {
-		/* the first open decides for all that overlap it; the ioctl is a few µs */
-		id = pt_backing_open(n->fd);
+		/* the first open decides for all that overlap it; the ioctl is a few µs. A
+		 * handle-only node's fd for it is its own, not the thread's ring's: the kernel
+		 * takes its own reference, and a ring fd would pin the inode for a while. */
+		int bfd = n->fd >= 0 ? n->fd : n->fh ? nodefd_open(n->fh, O_PATH) : -1;
+		id = bfd >= 0 ? pt_backing_open(bfd) : -(n->fh ? errno : EBADF);
+		if (bfd >= 0 && bfd != n->fd)
+			close(bfd);
 		if (id > 0)
 			n->backing_id = id;
 		else
@@ -427,6 +469,20 @@ int node_open(struct node *n, bool pt)
 	if (err)
 		backing_failed(n, err);
 	return id;
+}
+
+/* The RELEASE of an open without a handle (a read or exec open): the read fd it held goes
+ * too, unless it was a passthrough open, which never held one (node_open decided). */
+void node_close_read(struct node *n)
+{
+	int id;
+
+	pthread_mutex_lock(&table_lock);
+	id = n->backing_id;
+	pthread_mutex_unlock(&table_lock);
+	if (!id)
+		node_rdfd_release(n->kind == NODE_STAGING ? n->base : n);
+	node_close(n);
 }
 
 void node_close(struct node *n)
@@ -457,29 +513,93 @@ void node_close(struct node *n)
 	free(vrel);
 }
 
-int node_proc_path(const struct node *n, char *buf, size_t len)
+int node_fd(struct node *n)
 {
-	return snprintf(buf, len, "/proc/self/fd/%d", n->fd) < (int)len ? 0 : -ENAMETOOLONG;
+	if (n->fd >= 0)
+		return n->fd;
+	if (!n->fh) {
+		errno = EBADF;
+		return -1;
+	}
+	return nodefd_ring_get(n);
+}
+
+int node_proc_path(struct node *n, char *buf, size_t len)
+{
+	int fd = node_fd(n);
+
+	if (fd < 0)
+		return -errno;
+	return snprintf(buf, len, "/proc/self/fd/%d", fd) < (int)len ? 0 : -ENAMETOOLONG;
+}
+
+static int open_rdfd(struct node *n)
+{
+	char proc[64];
+	int err;
+
+	if (n->fd < 0)
+		return n->fh ? nodefd_open(n->fh, O_RDONLY) : (errno = EBADF, -1);
+	err = node_proc_path(n, proc, sizeof(proc));
+	if (err) {
+		errno = -err;
+		return -1;
+	}
+	return open(proc, O_RDONLY | O_CLOEXEC);
+}
+
+/* A read fd per node, shared by its opens. It is held by every open and copy that reads it,
+ * and when the last lets go it is closed unless the node is pinned and the daemon is well
+ * below its fd limit (nodefd.c), so read fds do not bound the names known either. */
+int node_rdfd_hold(struct node *n)
+{
+	int fd;
+
+	pthread_mutex_lock(&table_lock);
+	if (n->rdfd >= 0) {
+		n->rdholds++;
+		fd = n->rdfd;
+		pthread_mutex_unlock(&table_lock);
+		return fd;
+	}
+	pthread_mutex_unlock(&table_lock);
+	fd = open_rdfd(n);
+	if (fd < 0)
+		return -errno;
+	pthread_mutex_lock(&table_lock);
+	if (n->rdfd >= 0) {
+		close(fd); /* another open was first */
+	} else {
+		__atomic_store_n(&n->rdfd, fd, __ATOMIC_RELEASE);
+		nodefd_count(1);
+	}
+	n->rdholds++;
+	fd = n->rdfd;
+	pthread_mutex_unlock(&table_lock);
+	return fd;
+}
+
+void node_rdfd_release(struct node *n)
+{
+	int fd = -1;
+
+	pthread_mutex_lock(&table_lock);
+	if (n->rdholds && !--n->rdholds && n->rdfd >= 0 && !(n->fd >= 0 && nodefd_may_cache())) {
+		fd = n->rdfd;
+		__atomic_store_n(&n->rdfd, -1, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&table_lock);
+	if (fd >= 0) {
+		close(fd);
+		nodefd_count(-1);
+	}
 }
 
 int node_rdfd(struct node *n)
 {
-	char proc[64];
-	int fd, expected = -1;
+	int fd = __atomic_load_n(&n->rdfd, __ATOMIC_ACQUIRE);
 
-	fd = __atomic_load_n(&n->rdfd, __ATOMIC_ACQUIRE);
-	if (fd >= 0)
-		return fd;
-	node_proc_path(n, proc, sizeof(proc));
-	fd = open(proc, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (!__atomic_compare_exchange_n(&n->rdfd, &expected, fd, false, __ATOMIC_ACQ_REL,
-					 __ATOMIC_ACQUIRE)) {
-		close(fd);
-		return expected;
-	}
-	return fd;
+	return fd >= 0 ? fd : -EBADF;
 }
 
 bool node_busy(dev_t dev, ino_t ino)
@@ -569,10 +689,19 @@ char *node_take_cached_name(struct node *n, uint64_t *dir)
 
 void node_meta_add(struct node *n, int valid, const struct stat *resolved)
 {
+	struct stat *spare = malloc(sizeof(*spare));
+
 	pthread_mutex_lock(&table_lock);
-	n->meta_valid |= valid;
-	n->meta = *resolved;
+	if (!n->meta) {
+		n->meta = spare;
+		spare = NULL;
+	}
+	if (n->meta) {
+		n->meta_valid |= valid;
+		*n->meta = *resolved;
+	}
 	pthread_mutex_unlock(&table_lock);
+	free(spare);
 }
 
 int node_meta_take(struct node *n, struct stat *meta)
@@ -580,8 +709,9 @@ int node_meta_take(struct node *n, struct stat *meta)
 	int valid;
 
 	pthread_mutex_lock(&table_lock);
-	valid = n->meta_valid;
-	*meta = n->meta;
+	valid = n->meta ? n->meta_valid : 0;
+	if (valid)
+		*meta = *n->meta;
 	n->meta_valid = 0;
 	pthread_mutex_unlock(&table_lock);
 	return valid;

@@ -23,21 +23,28 @@ struct node {
 	bool old;	  /* file: no longer current at any tree name; node_old() */
 	dev_t dev;
 	ino_t ino;
-	int fd;	  /* O_PATH to the backing object; -1 for staging nodes */
-	int rdfd; /* files: O_RDONLY, opened at the first open, kept until forget */
+	/* How the node reaches its backing object (nodefd.c): a pinned node keeps an O_PATH fd;
+	 * beyond the fd budget a node keeps only a file handle, reopened when needed. Both are
+	 * fixed at creation; use node_fd(). Staging nodes have neither. */
+	int fd;
+	struct file_handle *fh;
+	unsigned inrings; /* handle-only: slots of per-thread fd rings holding it (atomic) */
+	int rdfd;	  /* files: O_RDONLY while held (node_rdfd_hold), or cached if pinned */
+	unsigned rdholds; /* opens and copies using rdfd, table lock */
 	/* protected by the table lock: */
-	uint64_t nlookup;    /* the kernel's references (LOOKUP replies minus FORGET) */
-	unsigned refs;	     /* ours: open handles, staging bases, routes */
-	unsigned opens;	     /* open files on this nodeid (read, exec, write) */
-	int backing_id;	     /* passthrough id shared by all its opens (kernel-notes §10), 0 none */
-	char *prune_vrel;    /* version to remove from the store once unused */
+	uint64_t nlookup; /* the kernel's references (LOOKUP replies minus FORGET) */
+	unsigned refs;	  /* ours: open handles, staging bases, routes */
+	unsigned opens;	  /* open files on this nodeid (read, exec, write) */
+	int backing_id;	  /* passthrough id shared by all its opens (kernel-notes §10), 0 none */
+	char *prune_vrel; /* version to remove from the store once unused */
 	uint64_t cached_dir; /* the name the kernel may cache for it (tree LOOKUP), table lock */
 	char *cached_name;
 	dev_t prune_vdev; /* the .versions/ directory holding it */
 	ino_t prune_vino;
-	int cur_fd;	  /* staging: fd of the newest staging copy, -1 if none */
-	int meta_valid;	  /* staging: FUSE_SET_ATTR_* set by the writer, kept in meta */
-	struct stat meta; /* applied in place if the content turns out unchanged */
+	int cur_fd;	   /* staging: fd of the newest staging copy, -1 if none */
+	int meta_valid;	   /* staging: FUSE_SET_ATTR_* set by the writer, kept in meta */
+	struct stat *meta; /* applied in place if the content turns out unchanged (allocated at
+			    * the first: most nodes never need one) */
 	/* staging nodes, immutable after creation: */
 	struct node *base;   /* the version the writer copies (holds a ref) */
 	struct node *parent; /* the directory it publishes into (holds a ref) */
@@ -76,9 +83,32 @@ void node_unref(struct node *n);
  * kind, as the kernel requires. node_close of its last open frees the id. */
 int node_open(struct node *n, bool pt);
 void node_close(struct node *n);
+void node_close_read(struct node *n);
 
-int node_rdfd(struct node *n); /* the node's read fd, opening it on first use */
-int node_proc_path(const struct node *n, char *buf, size_t len);
+/* An fd of the backing object (O_PATH), valid until the end of the current request: the pin,
+ * or a handle-only node's fd from this thread's ring. -1 with errno set if it is gone. */
+int node_fd(struct node *n);
+/* The node's read fd while held: hold it for an open or a copy, release it after. */
+int node_rdfd_hold(struct node *n);
+void node_rdfd_release(struct node *n);
+int node_rdfd(struct node *n); /* the read fd of a node that is held (READ of an open file) */
+int node_proc_path(struct node *n, char *buf, size_t len);
+
+/* nodefd.c */
+struct file_handle;
+void nodefd_init(int rootfd);
+void nodefd_thread_done(void);
+void nodefd_destroy(void);
+bool nodefd_may_pin(void);
+bool nodefd_may_cache(void);
+void nodefd_count(long delta);
+void nodefd_note_handles(void);
+long nodefd_held(void);
+struct file_handle *nodefd_handle(int fd);
+bool nodefd_same(const struct file_handle *a, const struct file_handle *b);
+int nodefd_open(const struct file_handle *fh, int flags);
+int nodefd_ring_get(struct node *n);
+void nodefd_forget(struct node *n);
 
 /* For the store: a replaced or removed inode becomes an old version. */
 void node_mark_old(dev_t dev, ino_t ino, bool old);

@@ -56,7 +56,7 @@ void bv_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	fd = openat(n->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	fd = openat(node_fd(n), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0 || !(d->dp = fdopendir(fd))) {
 		int err = errno;
 		if (fd >= 0)
@@ -230,8 +230,8 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 	    keep > 1000000)
 		return -EINVAL;
 	store_lock(&fs.store);
-	n = store_prune(&fs.store, dir->fd, *end ? end + 1 : NULL, (unsigned)keep, node_defer_prune,
-			NULL);
+	n = store_prune(&fs.store, node_fd(dir), *end ? end + 1 : NULL, (unsigned)keep,
+			node_defer_prune, NULL);
 	store_unlock(&fs.store);
 	if (n >= 0)
 		log_info("prune request (keep %lu%s%s): %d versions removed", keep,

@@ -78,7 +78,9 @@ int node_stat(struct node *n, struct stat *st)
 			return 0;
 		n = n->base;
 	}
-	if (fstatat(n->fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+	int fd = node_fd(n);
+
+	if (fd < 0 || fstatat(fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
 	return 0;
 }
@@ -97,7 +99,7 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 	struct node *parent = inode_of(pino), *n;
 	struct fuse_entry_param e;
 	struct stat st;
-	int dirfd = parent->fd;
+	int dirfd = node_fd(parent);
 	bool view_root = versions_is_view_root(parent, name);
 	unsigned long gen = __atomic_load_n(&fs.gen, __ATOMIC_ACQUIRE);
 
@@ -108,7 +110,7 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 		reply_negative(req, false);
 		return;
 	}
-	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+	if (dirfd < 0 || fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
 		if (errno == ENOENT)
 			reply_negative(req, !parent->in_versions);
 		else
@@ -198,9 +200,9 @@ int meta_apply(struct node *n, int fd, const struct stat *attr, int valid)
 	if (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
 		uid_t uid = (valid & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1;
 		gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1;
-		if ((fd >= 0
-			 ? fchown(fd, uid, gid)
-			 : fchownat(n->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)) < 0)
+		if ((fd >= 0 ? fchown(fd, uid, gid)
+			     : fchownat(node_fd(n), "", uid, gid,
+					AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)) < 0)
 			return -errno;
 	}
 	if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
@@ -215,7 +217,7 @@ int meta_apply(struct node *n, int fd, const struct stat *attr, int valid)
 			tv[1] = attr->st_mtim;
 		int r = fd >= 0 ? futimens(fd, tv)
 			: n->kind == NODE_OTHER
-			    ? utimensat(n->fd, "", tv, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
+			    ? utimensat(node_fd(n), "", tv, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
 			    : utimensat(AT_FDCWD, proc, tv, 0);
 		if (r < 0)
 			return -errno;
@@ -274,7 +276,7 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		/* its mirror in .versions/ follows, so old versions stay as closed as the tree */
 		int vdirfd;
 		store_lock(&fs.store);
-		if (store_versions_dir(&fs.store, n->fd, false, &vdirfd, NULL) == 0)
+		if (store_versions_dir(&fs.store, node_fd(n), false, &vdirfd, NULL) == 0)
 			close(vdirfd);
 		store_unlock(&fs.store);
 	}
@@ -291,7 +293,7 @@ void bv_readlink(fuse_req_t req, fuse_ino_t ino)
 {
 	struct node *n = inode_of(ino);
 	char buf[PATH_MAX + 1];
-	ssize_t len = readlinkat(n->fd, "", buf, sizeof(buf));
+	ssize_t len = readlinkat(node_fd(n), "", buf, sizeof(buf));
 
 	if (len < 0)
 		fuse_reply_err(req, errno);
@@ -320,11 +322,11 @@ static void own_new(fuse_req_t req, struct node *parent, const char *name, mode_
 	struct stat pst;
 	gid_t gid = ctx->gid;
 
-	if (fstat(parent->fd, &pst) == 0 && (pst.st_mode & S_ISGID))
+	if (fstat(node_fd(parent), &pst) == 0 && (pst.st_mode & S_ISGID))
 		gid = pst.st_gid;
-	fchownat(parent->fd, name, ctx->uid, gid, AT_SYMLINK_NOFOLLOW);
+	fchownat(node_fd(parent), name, ctx->uid, gid, AT_SYMLINK_NOFOLLOW);
 	if (!S_ISLNK(mode) && (mode & (S_ISUID | S_ISGID))) {
-		int fd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		int fd = openat(node_fd(parent), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 		char proc[64];
 		if (fd >= 0) {
 			snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
@@ -340,7 +342,7 @@ static void reply_new_entry(fuse_req_t req, struct node *parent, const char *nam
 	struct stat st;
 	struct node *n;
 
-	if (fstatat(parent->fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+	if (fstatat(node_fd(parent), name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
 		fuse_reply_err(req, errno);
 		return;
 	}
@@ -359,7 +361,7 @@ void bv_mknod(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode, de
 	struct node *parent = inode_of(pino);
 	int err = check_new_name(parent, name, "mknod of");
 
-	if (!err && mknodat(parent->fd, name, mode, rdev) < 0)
+	if (!err && mknodat(node_fd(parent), name, mode, rdev) < 0)
 		err = -errno;
 	if (err) {
 		fuse_reply_err(req, -err);
@@ -374,7 +376,7 @@ void bv_mkdir(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode)
 	struct node *parent = inode_of(pino);
 	int err = check_new_name(parent, name, "mkdir of");
 
-	if (!err && mkdirat(parent->fd, name, mode) < 0)
+	if (!err && mkdirat(node_fd(parent), name, mode) < 0)
 		err = -errno;
 	if (err) {
 		fuse_reply_err(req, -err);
@@ -389,7 +391,7 @@ void bv_symlink(fuse_req_t req, const char *link, fuse_ino_t pino, const char *n
 	struct node *parent = inode_of(pino);
 	int err = check_new_name(parent, name, "symlink");
 
-	if (!err && symlinkat(link, parent->fd, name) < 0)
+	if (!err && symlinkat(link, node_fd(parent), name) < 0)
 		err = -errno;
 	if (err) {
 		fuse_reply_err(req, -err);
@@ -406,7 +408,7 @@ void bv_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t pino, const char *name)
 
 	if (!err && (n->kind == NODE_STAGING || node_old(n) || n->kind == NODE_DIR))
 		err = -EXDEV; /* old versions leave .versions/ by copy, not by link */
-	if (!err && linkat(n->fd, "", parent->fd, name, AT_EMPTY_PATH) < 0)
+	if (!err && linkat(node_fd(n), "", node_fd(parent), name, AT_EMPTY_PATH) < 0)
 		err = -errno;
 	if (err) {
 		fuse_reply_err(req, -err);
@@ -427,15 +429,15 @@ void bv_unlink(fuse_req_t req, fuse_ino_t pino, const char *name)
 	}
 	memset(&ch, 0, sizeof(ch));
 	store_lock(&fs.store);
-	err = store_keep_removed(&fs.store, parent->fd, name, &ch, node_defer_prune, NULL);
-	if (!err && unlinkat(parent->fd, name, 0) < 0) {
+	err = store_keep_removed(&fs.store, node_fd(parent), name, &ch, node_defer_prune, NULL);
+	if (!err && unlinkat(node_fd(parent), name, 0) < 0) {
 		err = -errno;
 		if (ch.kept)
 			store_remove_version(&fs.store, ch.vrel, ch.old.st_dev, ch.old.st_ino);
 		ch.kept = false;
 	}
 	if (!err) {
-		store_sync_dir(&fs.store, parent->fd);
+		store_sync_dir(&fs.store, node_fd(parent));
 		space_keep_reserve(&fs.store);
 	}
 	store_unlock(&fs.store);
@@ -454,7 +456,7 @@ void bv_rmdir(fuse_req_t req, fuse_ino_t pino, const char *name)
 	struct node *parent = inode_of(pino);
 	int err = check_new_name(parent, name, "rmdir of");
 
-	if (!err && unlinkat(parent->fd, name, AT_REMOVEDIR) < 0)
+	if (!err && unlinkat(node_fd(parent), name, AT_REMOVEDIR) < 0)
 		err = -errno;
 	fuse_reply_err(req, -err);
 }
@@ -478,11 +480,11 @@ void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npi
 	memset(&ch, 0, sizeof(ch));
 	store_lock(&fs.store);
 	if (!flags)
-		err = store_keep_removed(&fs.store, nparent->fd, newname, &ch, node_defer_prune,
-					 NULL);
+		err = store_keep_removed(&fs.store, node_fd(nparent), newname, &ch,
+					 node_defer_prune, NULL);
 	if (err == -ENOENT)
 		err = 0;
-	if (!err && renameat2(parent->fd, name, nparent->fd, newname, flags) < 0) {
+	if (!err && renameat2(node_fd(parent), name, node_fd(nparent), newname, flags) < 0) {
 		err = -errno;
 		if (ch.kept)
 			store_remove_version(&fs.store, ch.vrel, ch.old.st_dev, ch.old.st_ino);
@@ -491,15 +493,16 @@ void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npi
 	if (!err) {
 		struct stat st;
 		/* a directory's node remembers where it is (node_dir_path) */
-		if (fstatat(nparent->fd, newname, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		if (fstatat(node_fd(nparent), newname, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 		    S_ISDIR(st.st_mode))
 			node_dir_moved(st.st_dev, st.st_ino, nparent, newname);
 		if ((flags & RENAME_EXCHANGE) &&
-		    fstatat(parent->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
+		    fstatat(node_fd(parent), name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    S_ISDIR(st.st_mode))
 			node_dir_moved(st.st_dev, st.st_ino, parent, name);
-		store_sync_dir(&fs.store, nparent->fd);
+		store_sync_dir(&fs.store, node_fd(nparent));
 		if (nparent != parent)
-			store_sync_dir(&fs.store, parent->fd);
+			store_sync_dir(&fs.store, node_fd(parent));
 		space_keep_reserve(&fs.store);
 	}
 	store_unlock(&fs.store);

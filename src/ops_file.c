@@ -80,8 +80,8 @@ static uint64_t writer_need(struct handle *h, size_t len)
 	struct stat bst, cst;
 	uint64_t need = len;
 
-	if (h->kind == H_STAGE && fstat(node_rdfd(h->node->base), &bst) == 0 &&
-	    fstat(h->fd, &cst) == 0 && (uint64_t)bst.st_blocks > (uint64_t)cst.st_blocks &&
+	if (h->kind == H_STAGE && node_stat(h->node->base, &bst) == 0 && fstat(h->fd, &cst) == 0 &&
+	    (uint64_t)bst.st_blocks > (uint64_t)cst.st_blocks &&
 	    (uint64_t)(bst.st_blocks - cst.st_blocks) * 512 > need)
 		need = (uint64_t)(bst.st_blocks - cst.st_blocks) * 512;
 	return need;
@@ -91,21 +91,25 @@ static uint64_t writer_need(struct handle *h, size_t len)
 static int stage_from_base(struct node *stg, bool empty, off_t *len, int *fd)
 {
 	struct stat bst;
-	int rdfd = node_rdfd(stg->base);
+	int err, rdfd = node_rdfd_hold(stg->base);
 
 	if (rdfd < 0)
 		return rdfd;
-	if (fstat(rdfd, &bst) < 0)
-		return -errno;
+	if (fstat(rdfd, &bst) < 0) {
+		err = -errno;
+		goto out;
+	}
 	if (!empty && (*len < 0 || *len > bst.st_size))
 		*len = bst.st_size;
 	if (empty)
 		*len = 0;
-	int err = store_stage_create(&fs.store, rdfd, &bst, *len, fd);
+	err = store_stage_create(&fs.store, rdfd, &bst, *len, fd);
 	if (err == -ENOSPC) {
 		yield_for(stg->name, (uint64_t)bst.st_blocks * 512);
 		err = store_stage_create(&fs.store, rdfd, &bst, *len, fd);
 	}
+out:
+	node_rdfd_release(stg->base);
 	return err;
 }
 
@@ -155,7 +159,7 @@ static int handle_publish(struct handle *h)
 	if (fstat(h->fd, &sst) < 0)
 		return -errno;
 	store_lock(&fs.store);
-	cfd = openat(parent->fd, stg->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	cfd = openat(node_fd(parent), stg->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (cfd >= 0 && fstat(cfd, &cst) == 0 && S_ISREG(cst.st_mode) &&
 	    cst.st_size == sst.st_size && store_same_content(cfd, h->fd, sst.st_size)) {
 		/* nothing changed: no version, but metadata the writer set applies in place */
@@ -171,7 +175,8 @@ static int handle_publish(struct handle *h)
 	}
 	if (cfd >= 0)
 		close(cfd);
-	err = store_publish(&fs.store, parent->fd, stg->name, h->fd, &ch, node_defer_prune, NULL);
+	err = store_publish(&fs.store, node_fd(parent), stg->name, h->fd, &ch, node_defer_prune,
+			    NULL);
 	store_unlock(&fs.store);
 	if (err) {
 		store_change_done(&ch);
@@ -214,7 +219,8 @@ static void handle_apply_meta(struct handle *h)
 
 	if (!valid)
 		return;
-	fd = openat(stg->parent->fd, stg->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	fd =
+	    openat(node_fd(stg->parent), stg->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0 || meta_apply(NULL, fd, &meta, valid) < 0)
 		log_warn("apply metadata to %s", stg->name);
 	if (fd >= 0)
@@ -266,7 +272,7 @@ static void open_staging(fuse_req_t req, struct node *stg, struct fuse_file_info
 	}
 	node_open(stg, false); /* the writer's copy stays on the daemon's write path */
 	struct stat bst;
-	h->dirty = trunc && fstat(node_rdfd(stg->base), &bst) == 0 && bst.st_size > 0;
+	h->dirty = trunc && node_stat(stg->base, &bst) == 0 && bst.st_size > 0;
 	h->opener_tgid = closer_tgid(fuse_req_ctx(req)->pid);
 	fi->fh = (uintptr_t)h;
 	if (fuse_reply_open(req, fi) == -ENOENT)
@@ -323,7 +329,7 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	/* the opens of a version can all be passthrough: none of them writes (a staging nodeid's
 	 * read opens read its base through the daemon) */
 	int id = node_open(n, n->kind == NODE_FILE && pt_active());
-	if (!id && (fd = node_rdfd(target)) < 0) {
+	if (!id && (fd = node_rdfd_hold(target)) < 0) { /* released at RELEASE */
 		node_close(n);
 		fuse_reply_err(req, -fd);
 		return;
@@ -331,8 +337,11 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fi->fh = 0;
 	fi->keep_cache = 1; /* a version's content never changes (not with passthrough: EIO) */
 	fi->noflush = 1;    /* nothing to publish at a reader's close: spare it the FLUSH */
-	if (pt_reply_open(req, fi, id) == -ENOENT)
+	if (pt_reply_open(req, fi, id) == -ENOENT) {
+		if (!id)
+			node_rdfd_release(target);
 		node_close(n);
+	}
 }
 
 void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
@@ -350,13 +359,14 @@ void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
 		return;
 	}
 	flags = (fi->flags & ~(O_ACCMODE | FMODE_EXEC)) | O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
-	fd = openat(parent->fd, name, flags, mode);
+	fd = openat(node_fd(parent), name, flags, mode);
 	if (fd < 0) {
 		fuse_reply_err(req, errno);
 		return;
 	}
 	/* the daemon is root: the file belongs to the caller, as natively */
-	gid_t gid = fstat(parent->fd, &pst) == 0 && (pst.st_mode & S_ISGID) ? pst.st_gid : ctx->gid;
+	gid_t gid =
+	    fstat(node_fd(parent), &pst) == 0 && (pst.st_mode & S_ISGID) ? pst.st_gid : ctx->gid;
 	if (fchown(fd, ctx->uid, gid) == 0 && (mode & (S_ISUID | S_ISGID)))
 		fchmod(fd, mode & 07777);
 	if (fstat(fd, &st) < 0 || !(n = node_lookup(parent, name, &st, false))) {
@@ -579,7 +589,7 @@ void bv_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct handle *h = handle_of(fi);
 
 	if (!h) {
-		node_close(inode_of(ino));
+		node_close_read(inode_of(ino));
 		fuse_reply_err(req, 0);
 		return;
 	}

@@ -1,10 +1,14 @@
 """Promise: no limit of binvfs's own where the filesystem has none.
 
 A path longer than PATH_MAX (reached through relative paths or *at calls) can be
-overwritten, renamed over and removed as natively, and each keeps its version.
+overwritten, renamed over and removed as natively, and each keeps its version. The daemon's
+fd limit does not bound how many names the kernel may know.
 """
 import os
+import shutil
+import subprocess
 
+from conftest import program
 from util import read, run, write
 
 # 20 levels of 250-byte names: a path of about 5,000 bytes, beyond PATH_MAX (4096)
@@ -93,3 +97,49 @@ def test_path_beyond_path_max_overwrite_rename_remove(mnt, workdir):
     r = run(["rm", "-rf", mnt.p(DEEP[0])])
     assert r.returncode == 0, r.stderr
     assert os.listdir(mnt.path) == []
+
+
+def daemon_fds(m):
+    return len(os.listdir(f"/proc/{m.proc.pid}/fd"))
+
+
+def lower_nofile(m, n):
+    """RLIMIT_NOFILE of the running daemon (after its start, where it raises its own)."""
+    r = run(["prlimit", "--pid", str(m.proc.pid), f"--nofile={n}:{n}"])
+    assert r.returncode == 0, r.stderr
+
+
+def test_names_beyond_the_fd_limit(mnt, workdir, procs, cbuild):
+    """Daemon fd limit 3000, 4000 names known at once: cp -r, ls -lR, reading them all, cp
+    over a running binary and rm -rf all work."""
+    lower_nofile(mnt, 3000)
+    tree = os.path.join(workdir, "tree")
+    for d in range(40):
+        os.makedirs(os.path.join(tree, f"d{d:02d}"))
+        for f in range(100):
+            write(os.path.join(tree, f"d{d:02d}", f"f{f:03d}"), f"{d}/{f}\n")
+    shutil.copy(program(cbuild, 1), os.path.join(tree, "app"))
+    r = run(["cp", "-r", tree, mnt.p("tree")])
+    assert r.returncode == 0, r.stderr
+    r = run(["ls", "-lR", mnt.p("tree")])
+    assert r.returncode == 0, r.stderr
+    assert sum(1 for line in r.stdout.splitlines() if line.startswith("-")) == 4001
+    print(f"4040 names known under an fd limit of 3000: the daemon holds {daemon_fds(mnt)} fds")
+    assert daemon_fds(mnt) < 3000
+    r = subprocess.run(["find", mnt.p("tree"), "-name", "f*", "-type", "f", "-exec", "cat",
+                        "{}", "+"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 4000
+
+    app = mnt.p("tree", "app")
+    p = procs.start([app, "30"], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "version 1\n"
+    r = run(["cp", program(cbuild, 2), app])
+    assert r.returncode == 0, r.stderr
+    assert run([app]).stdout == "version 2\n"
+    assert p.poll() is None
+
+    r = run(["rm", "-rf", mnt.p("tree")])
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(mnt.path) == []
+    assert "Too many open files" not in mnt.logtext()

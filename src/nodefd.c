@@ -1,0 +1,245 @@
+/* nodefd.c - how a node reaches its backing object without one fd per node.
+ *
+ * A node made while the daemon holds few fds keeps an O_PATH fd for its lifetime ("pinned"):
+ * it is its identity, since an inode cannot be freed, nor its number reused, while an fd holds
+ * it. Beyond a quarter of RLIMIT_NOFILE (read at each decision: it can be lowered while we
+ * run), a node keeps a file handle instead (name_to_handle_at: inode number and generation),
+ * so the fd limit no longer bounds how many names the kernel may know. A handle-only node is
+ * reopened by handle (open_by_handle_at, relative to SOURCE's mount) when a request needs an
+ * fd, and LOOKUP compares handles before it answers such a node (node.c): an inode number
+ * reused behind a node has another generation, so it is never taken for the old node.
+ *
+ * The fds opened by handle live in a small ring per thread: each request uses the fds of at
+ * most a few nodes (a rename: two directories), and never keeps them past its end, so a slot
+ * is reused only long after its fd's request is over. A node that is freed has its fds closed
+ * in every ring (nodefd_forget), thread exit closes the thread's ring. */
+#define _GNU_SOURCE
+#include "node.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "list.h"
+
+#define RING 8 /* > the distinct handle-only nodes one request uses an fd of */
+
+static int mount_fd = -1; /* SOURCE (O_RDONLY): open_by_handle_at resolves handles there */
+static bool handles_ok;	  /* the filesystem gives file handles */
+static long node_fds;	  /* fds held by nodes: pins and cached read fds (atomic) */
+
+/* One per thread that asked for an fd by handle; on the list `rings` so that a node that is
+ * freed can have its fds closed in every ring (its inode's space is then freed at once). */
+struct ring {
+	pthread_mutex_t lock; /* the owner, and nodefd_forget from the thread freeing a node */
+	struct {
+		struct node *n; /* NULL: empty; alive while here (nodefd_forget clears it) */
+		int fd;
+	} slot[RING];
+	unsigned next;
+	struct list all; /* rings_lock */
+};
+
+static pthread_key_t ring_key;
+static pthread_once_t ring_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t rings_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct list rings = LIST_HEAD_INIT(rings);
+
+static void clear_slot(struct ring *r, int i)
+{
+	close(r->slot[i].fd);
+	__atomic_sub_fetch(&r->slot[i].n->inrings, 1, __ATOMIC_ACQ_REL);
+	r->slot[i].n = NULL;
+}
+
+static void ring_free(void *p)
+{
+	struct ring *r = p;
+
+	/* under rings_lock: a node whose slot is here is not freed meanwhile (nodefd_forget) */
+	pthread_mutex_lock(&rings_lock);
+	pthread_mutex_lock(&r->lock);
+	for (int i = 0; i < RING; i++)
+		if (r->slot[i].n)
+			clear_slot(r, i);
+	pthread_mutex_unlock(&r->lock);
+	list_remove(&r->all);
+	pthread_mutex_unlock(&rings_lock);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+}
+
+static void ring_init(void)
+{
+	if (pthread_key_create(&ring_key, ring_free) != 0)
+		fatal("pthread_key_create");
+}
+
+/* n is being freed: no request uses it any more (the kernel forgot it and we hold no ref),
+ * so its fds in other threads' rings are idle: close them. */
+void nodefd_forget(struct node *n)
+{
+	if (!__atomic_load_n(&n->inrings, __ATOMIC_ACQUIRE))
+		return;
+	pthread_mutex_lock(&rings_lock);
+	for (struct list *l = rings.next; l != &rings; l = l->next) {
+		struct ring *r = list_entry(l, struct ring, all);
+		pthread_mutex_lock(&r->lock);
+		for (int i = 0; i < RING; i++)
+			if (r->slot[i].n == n)
+				clear_slot(r, i);
+		pthread_mutex_unlock(&r->lock);
+	}
+	pthread_mutex_unlock(&rings_lock);
+}
+
+void nodefd_init(int rootfd)
+{
+	struct file_handle *fh;
+
+	/* open_by_handle_at refuses an O_PATH fd as its mount fd */
+	mount_fd = openat(rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	fh = mount_fd >= 0 ? nodefd_handle(rootfd) : NULL;
+	handles_ok = fh != NULL;
+	free(fh);
+	pthread_once(&ring_once, ring_init);
+}
+
+/* The calling thread's ring (at exit of the request loop, the main thread's). */
+void nodefd_thread_done(void)
+{
+	struct ring *r = pthread_getspecific(ring_key);
+
+	if (r) {
+		pthread_setspecific(ring_key, NULL);
+		ring_free(r);
+	}
+}
+
+void nodefd_destroy(void)
+{
+	nodefd_thread_done();
+	if (mount_fd >= 0)
+		close(mount_fd);
+	mount_fd = -1;
+}
+
+static long fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		return 1L << 20;
+	return (long)rl.rlim_cur;
+}
+
+long nodefd_held(void)
+{
+	return __atomic_load_n(&node_fds, __ATOMIC_RELAXED);
+}
+
+bool nodefd_may_pin(void)
+{
+	static bool said;
+
+	if (__atomic_load_n(&node_fds, __ATOMIC_RELAXED) < fd_limit() / 4)
+		return true;
+	if (!handles_ok && !__atomic_exchange_n(&said, true, __ATOMIC_RELAXED))
+		log_info("%ld fds held for nodes, limit %ld, and SOURCE's filesystem gives no file "
+			 "handles: every node keeps an fd (the fd limit bounds the names known)",
+			 nodefd_held(), fd_limit());
+	return !handles_ok;
+}
+
+bool nodefd_may_cache(void)
+{
+	return __atomic_load_n(&node_fds, __ATOMIC_RELAXED) < fd_limit() / 2;
+}
+
+/* Once per run: say that nodes keep handles from now on. */
+void nodefd_note_handles(void)
+{
+	static bool said;
+
+	if (!__atomic_exchange_n(&said, true, __ATOMIC_RELAXED))
+		log_info("%ld fds held for nodes, limit %ld: new nodes keep file handles",
+			 nodefd_held(), fd_limit());
+}
+
+void nodefd_count(long delta)
+{
+	__atomic_add_fetch(&node_fds, delta, __ATOMIC_RELAXED);
+}
+
+struct file_handle *nodefd_handle(int fd)
+{
+	union {
+		struct file_handle fh;
+		char buf[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+	} u;
+	struct file_handle *out;
+	int mnt;
+
+	u.fh.handle_bytes = MAX_HANDLE_SZ;
+	if (name_to_handle_at(fd, "", &u.fh, &mnt, AT_EMPTY_PATH) < 0)
+		return NULL;
+	out = malloc(sizeof(*out) + u.fh.handle_bytes);
+	if (out)
+		memcpy(out, &u.fh, sizeof(*out) + u.fh.handle_bytes);
+	return out;
+}
+
+bool nodefd_same(const struct file_handle *a, const struct file_handle *b)
+{
+	return a && b && a->handle_type == b->handle_type && a->handle_bytes == b->handle_bytes &&
+	       !memcmp(a->f_handle, b->f_handle, a->handle_bytes);
+}
+
+int nodefd_open(const struct file_handle *fh, int flags)
+{
+	return open_by_handle_at(mount_fd, (struct file_handle *)fh, flags | O_CLOEXEC);
+}
+
+/* An fd of a handle-only node for the current request (see the top of this file). */
+int nodefd_ring_get(struct node *n)
+{
+	struct ring *r = pthread_getspecific(ring_key);
+	int fd = -1, i;
+
+	if (!r) {
+		r = calloc(1, sizeof(*r));
+		if (!r || pthread_setspecific(ring_key, r) != 0) {
+			free(r);
+			errno = ENOMEM;
+			return -1;
+		}
+		pthread_mutex_init(&r->lock, NULL);
+		pthread_mutex_lock(&rings_lock);
+		list_insert(&rings, &r->all);
+		pthread_mutex_unlock(&rings_lock);
+	}
+	pthread_mutex_lock(&r->lock);
+	for (i = 0; i < RING; i++) {
+		if (r->slot[i].n == n) {
+			fd = r->slot[i].fd;
+			goto out;
+		}
+	}
+	fd = nodefd_open(n->fh, O_PATH);
+	if (fd < 0)
+		goto out;
+	i = (int)(r->next++ % RING);
+	if (r->slot[i].n)
+		clear_slot(r, i);
+	r->slot[i].n = n;
+	r->slot[i].fd = fd;
+	__atomic_add_fetch(&n->inrings, 1, __ATOMIC_ACQ_REL);
+out:
+	pthread_mutex_unlock(&r->lock);
+	return fd;
+}
