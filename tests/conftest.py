@@ -433,7 +433,14 @@ def loopfs(binary, workdir):
         img = fsdir + ".img"
         with open(img, "wb") as f:
             f.truncate(size_mb << 20)
-        subprocess.run(mkfs + [img], check=True, capture_output=True)
+        # mkfs looks for its image in the mount table and stats every mount's source: one
+        # hung FUSE mount on the machine (anybody's) would hang it. It runs where FUSE mounts
+        # are lazily detached: a private mount namespace of its own.
+        fuse = [e.point for e in mountinfo() if e.fstype.startswith("fuse")]
+        subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        'for m in "$@"; do [ "$m" = -- ] && break; umount -l "$m"; shift; '
+                        'done; shift; exec "$@"', "sh", *fuse, "--", *mkfs, img],
+                       check=True, capture_output=True, timeout=120)
         os.mkdir(fsdir)
         subprocess.run(["mount", "-o", "loop", img, fsdir], check=True, capture_output=True)
         entry = [fsdir, None]
