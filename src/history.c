@@ -186,10 +186,10 @@ static struct dir_history *scan(int vdirfd, char ***subs, size_t *nsubs)
 		if (e->d_type == DT_UNKNOWN &&
 		    fstatat(vdirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0)
 			isdir = S_ISDIR(st.st_mode);
-		if (!isdir) {
+		if (!isdir && !names_is_record(e->d_name, &len)) {
 			log_info("ignoring %s in a .versions/ directory: not a version name",
 				 e->d_name);
-		} else if (subs) {
+		} else if (isdir && subs) {
 			char **ns = realloc(*subs, (*nsubs + 1) * sizeof(*ns));
 			if (ns && (ns[*nsubs] = strdup(e->d_name)))
 				(*nsubs)++;

@@ -3,6 +3,7 @@
 #include "names.h"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <string.h>
 
 uint32_t names_version_parse(const char *entry, size_t *namelen)
@@ -35,11 +36,59 @@ uint32_t names_version_of(const char *entry, const char *name)
 	return n && nlen == strlen(name) && !strncmp(entry, name, nlen) ? n : 0;
 }
 
-bool names_can_version(const char *name)
+/* ".~~" and 16 hex digits end a shortened stored name */
+#define SHORT_TAIL (sizeof(NAMES_MIRROR_SUFFIX) - 1 + 16)
+
+bool names_is_shortened(const char *s, size_t len)
 {
-	/* the longest suffix, ".~4294967295~", is 13 bytes; NAME_MAX is 255 (the test keeps
-	 * one byte more than that needs) */
-	return strlen(name) + 14 <= 255;
+	if (len <= SHORT_TAIL || strncmp(s + len - SHORT_TAIL, NAMES_MIRROR_SUFFIX,
+					 sizeof(NAMES_MIRROR_SUFFIX) - 1) != 0)
+		return false;
+	for (const char *p = s + len - 16; p < s + len; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+			return false;
+	return true;
+}
+
+bool names_stored(const char *name, char out[NAMES_STORED_MAX + 1])
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t len = strlen(name), keep = NAMES_STORED_MAX - SHORT_TAIL;
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+
+	/* the longest version suffix, ".~4294967295~", is 13 bytes: NAME_MAX (255) - 13 - 1 */
+	if (len <= NAMES_STORED_MAX && !names_is_shortened(name, len)) {
+		memcpy(out, name, len + 1);
+		return false;
+	}
+	if (keep > len)
+		keep = len;
+	/* do not end inside a UTF-8 character (at most 3 continuation bytes to drop) */
+	for (int i = 0; i < 3 && keep > 1 && ((unsigned char)name[keep] & 0xc0) == 0x80; i++)
+		keep--;
+	if (!EVP_Digest(name, len, md, &mdlen, EVP_sha256(), NULL) || mdlen < 8)
+		memset(md, 0, 8); /* (cannot fail with the default provider) */
+	memcpy(out, name, keep);
+	memcpy(out + keep, NAMES_MIRROR_SUFFIX, sizeof(NAMES_MIRROR_SUFFIX) - 1);
+	keep += sizeof(NAMES_MIRROR_SUFFIX) - 1;
+	for (int i = 0; i < 8; i++) {
+		out[keep++] = hex[md[i] >> 4];
+		out[keep++] = hex[md[i] & 15];
+	}
+	out[keep] = 0;
+	return true;
+}
+
+bool names_is_record(const char *entry, size_t *stored_len)
+{
+	size_t len = strlen(entry), sl = sizeof(NAMES_MIRROR_SUFFIX) - 1;
+
+	if (len <= sl || strcmp(entry + len - sl, NAMES_MIRROR_SUFFIX) != 0 ||
+	    !names_is_shortened(entry, len - sl))
+		return false;
+	*stored_len = len - sl;
+	return true;
 }
 
 static bool ends_with_suffix(const char *c, size_t len)

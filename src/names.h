@@ -23,15 +23,28 @@
  * "nosync=0|1" and "passthrough=on|off (why)" lines, for binvfsctl status. */
 #define STATUS_XATTR "user.binvfs.status"
 
-/* An old version of <name> is "<name>.~N~", N from 1 to UINT32_MAX in decimal without
- * leading zeros. */
+/* An old version of a file is "<stored>.~N~", N from 1 to UINT32_MAX in decimal without
+ * leading zeros, where <stored> is the file's name (names_stored). */
 #define NAMES_VERSION_FMT "%s.~%" PRIu32 "~"
-/* "<name>.~N~" -> N; 0 if entry is not a version name. *namelen gets the name's length. */
+/* "<stored>.~N~" -> N; 0 if entry is not a version name. *namelen gets the stored name's
+ * length. */
 uint32_t names_version_parse(const char *entry, size_t *namelen);
-/* N if entry is a version of exactly name, else 0 */
-uint32_t names_version_of(const char *entry, const char *name);
-/* Is name short enough that "<name>.~N~" fits in a directory entry for every N? */
-bool names_can_version(const char *name);
+/* N if entry is a version of exactly the stored name, else 0 */
+uint32_t names_version_of(const char *entry, const char *stored);
+
+/* The stored name of a file: its name, unless "<name>.~N~" could exceed NAME_MAX (a name of
+ * more than NAMES_STORED_MAX bytes) or the name looks like a shortened one: then its first
+ * bytes (at most 222, not ending inside a UTF-8 character), ".~~" and 16 hex digits of the
+ * SHA-256 of the whole name. The whole name of a shortened one is recorded in the versions
+ * directory as "<stored>.~~" (names_record), whose content is exactly the name. out gets at
+ * most NAMES_STORED_MAX bytes and a NUL; returns true if the name was shortened. */
+#define NAMES_STORED_MAX 241
+bool names_stored(const char *name, char out[NAMES_STORED_MAX + 1]);
+/* Is s (len bytes) a shortened stored name? */
+bool names_is_shortened(const char *s, size_t len);
+/* Is entry the record of a shortened name ("<stored>.~~")? Then *stored_len gets the length of
+ * its stored name. */
+bool names_is_record(const char *entry, size_t *stored_len);
 
 /* A tree directory's mirror in .versions/ has the directory's name, plus NAMES_MIRROR_SUFFIX
  * when the name itself could be taken for a version ("x.~3~"), for the store's own entries,

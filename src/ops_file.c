@@ -251,14 +251,6 @@ static void open_staging(fuse_req_t req, struct node *stg, struct fuse_file_info
 	off_t len = -1;
 	int fd, err;
 
-	if (!names_can_version(stg->name)) {
-		/* "<name>.~N~" would not fit: the replaced content could not be kept, so say it
-		 * now rather than at close, which shells do not check */
-		log_info("refused write open of %s: name too long to keep a version", stg->name);
-		fuse_reply_err(req, ENAMETOOLONG);
-		return;
-	}
-
 	err = stage_from_base(stg, trunc, &len, &fd);
 	if (err) {
 		fuse_reply_err(req, -err);

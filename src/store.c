@@ -15,6 +15,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -656,6 +657,7 @@ int store_sync_dir(struct store *s, int dirfd)
 	return 0;
 }
 
+/* name: the stored name (names_stored) */
 static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, size_t cnt,
 		 unsigned keep, store_in_use_fn in_use, void *arg)
 {
@@ -701,8 +703,10 @@ int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, sto
 	if (err)
 		return err == -ENOENT ? 0 : err;
 	if (name) {
+		char stored[NAMES_STORED_MAX + 1];
+		names_stored(name, stored);
 		names = malloc(sizeof(*names));
-		if (names && (names[0] = strdup(name)))
+		if (names && (names[0] = strdup(stored)))
 			nnames = 1;
 	} else {
 		int fd = open_dir_nofollow(vdirfd, ".", O_RDONLY);
@@ -743,6 +747,45 @@ int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, sto
 	return removed;
 }
 
+/* A file whose name is shortened in its versions dir (names_stored) has its whole name
+ * recorded there once, as "<stored>.~~" holding exactly the name: tools show and accept the
+ * real name, and a second name with the same stored form (a SHA-256 prefix collision) is
+ * refused instead of mixing its versions with the first one's. */
+static int keep_record(struct store *s, int vdirfd, const char *stored, const char *name)
+{
+	char rec[NAMES_STORED_MAX + sizeof(NAMES_MIRROR_SUFFIX)], buf[NAME_MAX + 2];
+	size_t len = strlen(name);
+	ssize_t n;
+	int fd;
+
+	snprintf(rec, sizeof(rec), "%s" NAMES_MIRROR_SUFFIX, stored);
+	fd = openat(vdirfd, rec, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd >= 0) {
+		int err = 0;
+		errno = 0;
+		if (write(fd, name, len) != (ssize_t)len)
+			err = errno ? -errno : -ENOSPC; /* a short write: the disk is full */
+		else if (!s->nosync && fsync(fd) < 0)
+			err = -errno;
+		close(fd);
+		if (err)
+			unlinkat(vdirfd, rec, 0);
+		return err;
+	}
+	if (errno != EEXIST)
+		return -errno;
+	fd = openat(vdirfd, rec, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf));
+	close(fd);
+	if (n == (ssize_t)len && !memcmp(buf, name, len))
+		return 0;
+	log_warnx("%s: its shortened name %s is recorded for another name; no version kept", name,
+		  stored);
+	return -ENAMETOOLONG;
+}
+
 /* ch->vname was linked into the versions dir rel: the change kept it. */
 static int set_vrel(struct store_change *ch, const char *rel)
 {
@@ -768,16 +811,21 @@ static int keep_version(struct store *s, int dirfd, const char *name, struct sto
 	int vdirfd, err;
 	struct stat last;
 
+	char stored[NAMES_STORED_MAX + 1];
+
 	if (fstatat(dirfd, name, &ch->old, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
 	if (!S_ISREG(ch->old.st_mode))
 		return 0;
-	if (!names_can_version(name))
-		return -ENAMETOOLONG; /* "<name>.~N~" would not fit */
 	err = store_versions_dir(s, dirfd, true, &vdirfd, &rel);
 	if (err)
 		return err;
-	err = store_list_versions(vdirfd, name, &ns, &cnt);
+	if (names_stored(name, stored)) {
+		err = keep_record(s, vdirfd, stored, name);
+		if (err)
+			goto out;
+	}
+	err = store_list_versions(vdirfd, stored, &ns, &cnt);
 	if (err)
 		goto out;
 	if (cnt && ns[cnt - 1] == UINT32_MAX) {
@@ -785,7 +833,7 @@ static int keep_version(struct store *s, int dirfd, const char *name, struct sto
 		goto out;
 	}
 	next = cnt ? ns[cnt - 1] + 1 : 1;
-	snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, name, next - 1);
+	snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, stored, next - 1);
 	if (cnt && fstatat(vdirfd, ch->vname, &last, AT_SYMLINK_NOFOLLOW) == 0 &&
 	    last.st_ino == ch->old.st_ino && last.st_dev == ch->old.st_dev) {
 		/* a crash between link and rename left it linked already */
@@ -793,13 +841,19 @@ static int keep_version(struct store *s, int dirfd, const char *name, struct sto
 		goto out;
 	}
 	for (;; next++) {
-		snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, name, next);
+		/* (a stored name always fits: names_stored) */
+		if (snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, stored, next) >=
+		    (int)sizeof(ch->vname)) {
+			err = -ENAMETOOLONG;
+			goto out;
+		}
 		if (linkat(dirfd, name, vdirfd, ch->vname, 0) == 0) {
-			history_add(vdirfd, name, next);
+			history_add(vdirfd, stored, next);
 			break;
 		}
-		if (errno != EEXIST) {
-			err = -errno;
+		if (errno != EEXIST || next == UINT32_MAX) {
+			/* (another daemon on the store, or a stray entry, took the number) */
+			err = errno == EEXIST ? -EOVERFLOW : -errno;
 			goto out;
 		}
 	}
@@ -811,7 +865,7 @@ static int keep_version(struct store *s, int dirfd, const char *name, struct sto
 		ns = nn;
 		ns[cnt++] = next;
 		if (s->keep)
-			prune(vdirfd, rel, name, ns, cnt, s->keep, in_use, arg);
+			prune(vdirfd, rel, stored, ns, cnt, s->keep, in_use, arg);
 	}
 	err = store_sync_dir(s, vdirfd);
 out:
@@ -892,13 +946,16 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 		/* The name is gone (removed while being written): keep the new content as a
 		 * version rather than resurrect the name. */
 		int vdirfd;
-		char *rel = NULL;
+		char *rel = NULL, stored[NAMES_STORED_MAX + 1];
 		uint32_t *ns = NULL;
 		size_t cnt = 0;
+		bool shortened = names_stored(name, stored);
 
 		err = store_versions_dir(s, dirfd, true, &vdirfd, &rel);
+		if (!err && shortened)
+			err = keep_record(s, vdirfd, stored, name);
 		if (!err)
-			err = store_list_versions(vdirfd, name, &ns, &cnt);
+			err = store_list_versions(vdirfd, stored, &ns, &cnt);
 		if (!err) {
 			if (cnt && ns[cnt - 1] == UINT32_MAX)
 				err = -EOVERFLOW;
@@ -906,7 +963,7 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 			uint32_t next = cnt ? ns[cnt - 1] + 1 : 1;
 			bool yielded = false;
 			for (; !err; next++) {
-				snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, name,
+				snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, stored,
 					 next);
 				if (renameat2(s->stagefd, tmp, vdirfd, ch->vname,
 					      RENAME_NOREPLACE) == 0)
@@ -922,7 +979,7 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 					err = errno == EEXIST ? -EOVERFLOW : -errno;
 			}
 			if (!err) {
-				history_add(vdirfd, name, next);
+				history_add(vdirfd, stored, next);
 				ch->orphaned = true;
 				ch->vrel = store_join(rel, ch->vname);
 			}

@@ -1,8 +1,8 @@
 """Bad input: never a crash, never a loss.
 
-- names: 255-byte names (a name longer than 241 bytes cannot be versioned, so replacing or
-  removing it is refused with ENAMETOOLONG and nothing is lost), newlines, `~`, names that look
-  like versions, non-UTF-8 bytes, names the store itself uses;
+- names: 255-byte names (a name longer than 241 bytes keeps its versions under a shortened
+  name, docs/format.md), newlines, `~`, names that look like versions, non-UTF-8 bytes, names
+  the store itself uses;
 - a SOURCE whose `.versions` is not a binvfs store: refused with one line, exit 1, untouched;
 - a store edited by hand while unmounted (versions removed, stray files, bad names, removed
   or replaced directories, symlinks, truncated versions): the mount comes up, serves what is
@@ -71,9 +71,19 @@ def tree(path, dir_times=True):
 # ---------------------------------------------------------------------------------------------
 # long names
 
+def stored_versions(m, d=""):
+    """{stored name: [contents of its versions, oldest first]} in .versions/<d>."""
+    out = {}
+    for v in sorted(versions(m, d), key=lambda v: (v.rsplit(".~", 1)[0], v)):
+        if v.endswith("~") and v.rsplit(".~", 1)[-1][:-1].isdigit():
+            out.setdefault(v.rsplit(".~", 1)[0], []).append(
+                (int(v.rsplit(".~", 1)[1][:-1]), read(m.p(".versions", d, v))))
+    return {k: [c for _, c in sorted(vs)] for k, vs in out.items()}
+
+
 def test_255_byte_names(mnt, workdir):
-    """Created, read, renamed as natively; replaced or removed: ENAMETOOLONG (no version could
-    be kept), the file unchanged and still there."""
+    """Created, read, replaced, appended to, truncated, removed, renamed over: as natively,
+    and every replaced content is kept (under a shortened name, the whole name recorded)."""
     os.mkdir(mnt.p("sub"))
     for d in ("", "sub"):
         name = ("L" if not d else "S") * 255
@@ -82,69 +92,59 @@ def test_255_byte_names(mnt, workdir):
         assert name in os.listdir(mnt.p(d))
         assert read(p) == b"orig\n"
 
-        r = cp_data(workdir, "new\n", p)
-        assert r.returncode != 0 and "File name too long" in r.stderr, r.stderr
-        assert read(p) == b"orig\n"
-        r = run(["sh", "-c", 'echo new >> "$1"', "sh", p])  # appending: a change too
-        assert read(p) == b"orig\n"
-
-        with pytest.raises(OSError) as e:  # refused at close: nothing published
-            with open(p, "wb") as f:
-                f.write(b"new\n")
-        assert e.value.errno == errno.ENAMETOOLONG
-        assert read(p) == b"orig\n"  # not even truncated
-        assert errno_of(lambda: os.truncate(p, 0)) == errno.ENAMETOOLONG
-        assert read(p) == b"orig\n"
-
-        assert errno_of(lambda: os.unlink(p)) == errno.ENAMETOOLONG
-        r = run(["rm", "-f", p])
-        assert r.returncode != 0 and "File name too long" in r.stderr, r.stderr
-        assert read(p) == b"orig\n"
-
+        assert cp_data(workdir, "new\n", p).returncode == 0
+        assert read(p) == b"new\n"
+        r = run(["sh", "-c", 'echo more >> "$1"', "sh", p])
+        assert r.returncode == 0 and read(p) == b"new\nmore\n"
+        with open(p, "wb") as f:
+            f.write(b"py\n")
+        os.truncate(p, 1)
+        assert read(p) == b"p"
         other = mnt.p(d, "other")
         write(other, "other\n")
-        assert errno_of(lambda: os.rename(other, p)) == errno.ENAMETOOLONG  # mv over it
-        assert read(p) == b"orig\n" and read(other) == b"other\n"
-
-        # metadata changes and renames to a free name need no version: as natively
-        os.chmod(p, 0o700)
+        os.rename(other, p)  # mv over it
+        assert read(p) == b"other\n"
+        os.chmod(p, 0o700)  # metadata: no version
         assert stat.S_IMODE(os.stat(p).st_mode) == 0o700
-        os.rename(p, mnt.p(d, "short"))
-        assert read(mnt.p(d, "short")) == b"orig\n"
-        os.rename(mnt.p(d, "short"), p)
-        assert read(p) == b"orig\n"
-    assert versions(mnt) == []  # nothing kept, nothing half-kept
+        r = run(["rm", "-f", p])
+        assert r.returncode == 0, r.stderr
+        assert not os.path.exists(p)
+
+        kept = stored_versions(mnt, d)
+        assert list(kept.values()) == [[b"orig\n", b"new\n", b"new\nmore\n", b"py\n",
+                                        b"p", b"other\n"]], kept
+        (stored,) = kept
+        assert len(stored) <= 241 and name.startswith(stored.split(".~~")[0])
+        assert read(mnt.p(".versions", d, stored + ".~~")) == name.encode()
     assert mnt.proc.poll() is None
-    log = mnt.logtext()
-    assert "name too long" in log or "File name too long" in log
+    assert "too long" not in mnt.logtext()
 
 
-def test_longest_versionable_name(mnt, workdir):
-    """241 bytes: "<name>.~N~" fits in 255, versions are kept; 242: refused."""
-    ok, too_long = "V" * 241, "W" * 242
-    write(mnt.p(ok), "0\n")
-    for i in (1, 2):
-        cp_ok(workdir, f"{i}\n", mnt.p(ok))
-    os.unlink(mnt.p(ok))
-    assert versions(mnt) == [ok + ".~1~", ok + ".~2~", ok + ".~3~"]
-    assert [read(mnt.p(".versions", ok + f".~{n}~")) for n in (1, 2, 3)] == \
-        [b"0\n", b"1\n", b"2\n"]
-    write(mnt.p(too_long), "0\n")
-    assert cp_data(workdir, "1\n", mnt.p(too_long)).returncode != 0
-    assert errno_of(lambda: os.unlink(mnt.p(too_long))) == errno.ENAMETOOLONG
-    assert read(mnt.p(too_long)) == b"0\n"
+def test_241_and_242_byte_names(mnt, workdir):
+    """241 bytes: "<name>.~N~" always fits in 255, versions keep the name; 242: shortened."""
+    ok, long = "V" * 241, "W" * 242
+    for name in (ok, long):
+        write(mnt.p(name), "0\n")
+        for i in (1, 2):
+            cp_ok(workdir, f"{i}\n", mnt.p(name))
+        os.unlink(mnt.p(name))
+    kept = stored_versions(mnt)
+    assert kept[ok] == [b"0\n", b"1\n", b"2\n"]
+    (stored,) = [k for k in kept if k != ok]
+    assert kept[stored] == [b"0\n", b"1\n", b"2\n"] and stored.startswith("W" * 222 + ".~~")
+    assert sorted(v for v in versions(mnt) if not v.startswith("V")) == \
+        [stored + ".~1~", stored + ".~2~", stored + ".~3~", stored + ".~~"]
 
 
-def test_shell_redirect_onto_unversionable_name_is_not_silently_dropped(mnt):
-    """`echo new > NAME` in dash ignores close()'s error. A write that can never be published
-    (the name is too long to keep a version) must fail where the shell sees it, at open(),
-    rather than report success and drop the data."""
+def test_shell_redirect_onto_a_long_name_publishes(mnt):
+    """`echo new > NAME` in dash ignores close()'s error: a 250-byte name must publish (it
+    once could not: its version name did not fit)."""
     p = mnt.p("L" * 250)
     write(p, "orig\n")
     r = run(["dash", "-c", 'echo new > "$1"', "dash", p])
-    assert read(p) == b"orig\n"
-    assert r.returncode != 0, "dash reported success, the new content was dropped silently"
-    assert "File name too long" in r.stderr
+    assert r.returncode == 0, r.stderr
+    assert read(p) == b"new\n"
+    assert list(stored_versions(mnt).values()) == [[b"orig\n"]]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,25 @@ char *vlist_mirror(const char *dir)
 	}
 	free(copy);
 	return out;
+}
+
+/* The whole name of the shortened stored name (len bytes) in the versions dir vdir, from its
+ * record "<stored>.~~" (names.h); NULL if there is none, or it names another. */
+static char *recorded_name(const char *vdir, const char *stored, size_t len)
+{
+	char *rec = xasprintf("%s/%.*s%s", vdir, (int)len, stored, NAMES_MIRROR_SUFFIX);
+	char buf[NAME_MAX + 2], check[NAMES_STORED_MAX + 1];
+	int fd = open(rec, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	free(rec);
+	if (n <= 0 || n > NAME_MAX || memchr(buf, 0, (size_t)n) || memchr(buf, '/', (size_t)n))
+		return NULL;
+	buf[n] = 0;
+	names_stored(buf, check);
+	return strlen(check) == len && !strncmp(check, stored, len) ? xstrdup(buf) : NULL;
 }
 
 /* The tree path a command means: a path inside .versions/ names the file it is a version of
@@ -61,7 +81,7 @@ static char *tree_rel(const char *rel)
 
 int vlist_load(const struct target *t, struct vlist *l)
 {
-	char *rel = tree_rel(t->rel), *slash, *dir;
+	char *rel = tree_rel(t->rel), *slash, *dir, stored[NAMES_STORED_MAX + 1];
 	struct stat cur;
 	bool exists;
 	DIR *d;
@@ -80,9 +100,22 @@ int vlist_load(const struct target *t, struct vlist *l)
 		dir = xstrdup("");
 	}
 	l->name = xstrdup(slash ? slash + 1 : rel);
-	l->file = xasprintf("%s%s%s", t->mnt.point, strcmp(t->mnt.point, "/") ? "/" : "", rel);
 	l->vdir = xasprintf("%s%s%s%s", t->mnt.point, strcmp(t->mnt.point, "/") ? "/" : "",
 			    STORE_DIR, dir);
+	if (names_is_shortened(l->name, strlen(l->name))) {
+		/* a version named by its shortened name: the file is the one its record names */
+		char *real = recorded_name(l->vdir, l->name, strlen(l->name));
+		if (real) {
+			char *r =
+			    xasprintf("%.*s%s", slash ? (int)(slash - rel + 1) : 0, rel, real);
+			free(l->name);
+			l->name = real;
+			free(rel);
+			rel = r;
+		}
+	}
+	names_stored(l->name, stored);
+	l->file = xasprintf("%s%s%s", t->mnt.point, strcmp(t->mnt.point, "/") ? "/" : "", rel);
 	free(dir);
 	free(rel);
 	exists = lstat(l->file, &cur) == 0;
@@ -96,7 +129,7 @@ int vlist_load(const struct target *t, struct vlist *l)
 	if (!d && errno != ENOENT && errno != ENOTDIR)
 		return ctl_err("%s: %s", l->vdir, strerror(errno));
 	for (struct dirent *e; d && (e = readdir(d));) {
-		unsigned n = names_version_of(e->d_name, l->name);
+		unsigned n = names_version_of(e->d_name, stored);
 		struct stat st;
 		if (!n || fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 		    !S_ISREG(st.st_mode))
@@ -167,10 +200,15 @@ int versions_tally(const char *vdir, const char *name, unsigned keep, struct vco
 {
 	struct tally_ent *v = NULL;
 	size_t nv = 0;
+	char stored[NAMES_STORED_MAX + 1];
 	DIR *d = opendir(vdir);
 
 	if (!d)
 		return errno == ENOENT ? 0 : -errno;
+	if (name) {
+		names_stored(name, stored);
+		name = stored;
+	}
 	for (struct dirent *e; (e = readdir(d));) {
 		size_t nlen;
 		unsigned n = names_version_parse(e->d_name, &nlen);
@@ -252,7 +290,14 @@ static void walk(const char *path, const char *vrel, const char *rel, const char
 		}
 		if (type != DT_REG || !(n = names_version_parse(e->d_name, &nlen)))
 			continue;
-		sub = xasprintf("%s%s%.*s", rel, *rel ? "/" : "", (int)nlen, e->d_name);
+		char *real = names_is_shortened(e->d_name, nlen)
+				 ? recorded_name(path, e->d_name, nlen)
+				 : NULL;
+		if (real)
+			sub = xasprintf("%s%s%s", rel, *rel ? "/" : "", real);
+		else
+			sub = xasprintf("%s%s%.*s", rel, *rel ? "/" : "", (int)nlen, e->d_name);
+		free(real);
 		if (!related(sub, under) || strlen(sub) < strlen(under)) {
 			free(sub);
 			continue;
