@@ -21,12 +21,8 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/random.h>
-#include <linux/fs.h>
-#include <sys/ioctl.h>
 #include <sys/xattr.h>
 #include <unistd.h>
-
-#define MIN_OFF(a, b) ((a) < (b) ? (a) : (b))
 
 static int open_dir_nofollow(int dirfd, const char *name, int flags)
 {
@@ -487,130 +483,6 @@ static void copy_xattrs(int src, int dst)
 		if (vl >= 0)
 			fsetxattr(dst, n, val, (size_t)vl, 0);
 	}
-}
-
-/* Copy [off, off + len) of src to the same offsets of dst: copy_file_range (which shares the
- * extents where the filesystem can: xfs, btrfs), else read/write. */
-static int copy_range(int srcfd, int dstfd, off_t off, off_t len)
-{
-	loff_t in = off, out = off, end = off + len;
-	char buf[1 << 16];
-
-	while (in < end) {
-		ssize_t n = copy_file_range(srcfd, &in, dstfd, &out, (size_t)(end - in), 0);
-		if (n > 0)
-			continue;
-		if (n == 0)
-			return 0; /* source shorter than expected */
-		if (errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP)
-			return -errno;
-		/* fall back to read/write */
-		while (in < end) {
-			ssize_t r =
-			    pread(srcfd, buf, (size_t)MIN_OFF(end - in, (off_t)sizeof(buf)), in);
-			if (r < 0)
-				return -errno;
-			if (r == 0)
-				return 0;
-			for (ssize_t done = 0; done < r;) {
-				ssize_t w = pwrite(dstfd, buf + done, (size_t)(r - done), out);
-				if (w < 0)
-					return -errno;
-				done += w;
-				out += w;
-			}
-			in += r;
-		}
-	}
-	return 0;
-}
-
-/* The next offset >= off (and < end) where fd may hold data; end if only a hole is left.
- * A filesystem that cannot tell (EINVAL) has data everywhere. */
-static off_t next_data(int fd, off_t off, off_t end)
-{
-	off_t d = lseek(fd, off, SEEK_DATA);
-
-	if (d < 0)
-		return errno == ENXIO ? end : off;
-	return d < end ? d : end;
-}
-
-static off_t next_hole(int fd, off_t off, off_t end)
-{
-	off_t h = lseek(fd, off, SEEK_HOLE);
-
-	return h < 0 || h > end ? end : h;
-}
-
-/* Fill the new, empty dst with the first len bytes of src. A sparse file stays sparse: only
- * its data ranges (SEEK_DATA/SEEK_HOLE) are copied, and the size is set at the end, so a 4 KiB
- * write into a 1 GiB file with 8 KiB of data costs 12 KiB, not 1 GiB. Where the filesystem
- * can clone (FICLONE: xfs with reflink, btrfs), dst shares all of src's extents and a write
- * into it copies only the blocks it touches. */
-int store_copy(int srcfd, int dstfd, off_t len)
-{
-	struct stat st;
-	int err;
-
-	if (fstat(srcfd, &st) < 0)
-		return -errno;
-	if (len > st.st_size)
-		len = st.st_size;
-	if (len <= 0)
-		return 0;
-	if (ioctl(dstfd, FICLONE, srcfd) == 0)
-		return len < st.st_size && ftruncate(dstfd, len) < 0 ? -errno : 0;
-	for (off_t pos = 0; (pos = next_data(srcfd, pos, len)) < len;) {
-		off_t hole = next_hole(srcfd, pos, len);
-		if (hole <= pos)
-			hole = len; /* cannot tell: copy the rest */
-		err = copy_range(srcfd, dstfd, pos, hole - pos);
-		if (err)
-			return err;
-		pos = hole;
-	}
-	return ftruncate(dstfd, len) < 0 ? -errno : 0; /* a hole at the end has no data range */
-}
-
-/* Same bytes in the first size bytes of a and b? Ranges that are a hole in both are equal
- * without being read, so comparing two sparse files costs their data, not their size. */
-int store_same_content(int a, int b, off_t size)
-{
-	static const size_t bs = 1 << 18;
-	char *x = malloc(bs), *y = malloc(bs);
-	int same = 1;
-
-	if (!x || !y) {
-		same = 0;
-		goto out;
-	}
-	for (off_t off = 0; same && off < size;) {
-		off_t da = next_data(a, off, size), db = next_data(b, off, size);
-		off_t end, hb;
-
-		off = da < db ? da : db; /* before it, both read as zeros */
-		if (off >= size)
-			break;
-		end = next_hole(a, off, size);
-		hb = next_hole(b, off, size);
-		if (hb > end)
-			end = hb;
-		if (end <= off)
-			end = size;
-		while (same && off < end) {
-			size_t want = (size_t)MIN_OFF(end - off, (off_t)bs);
-			ssize_t ra = pread(a, x, want, off), rb = pread(b, y, want, off);
-			if (ra <= 0 || ra != rb || memcmp(x, y, (size_t)ra) != 0)
-				same = 0;
-			else
-				off += ra;
-		}
-	}
-out:
-	free(x);
-	free(y);
-	return same;
 }
 
 int store_stage_create(struct store *s, int srcfd, const struct stat *base, off_t len, int *out)
