@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from conftest import wait_for
 from util import cp, read, run, versions, write
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -282,7 +283,8 @@ def test_reserve_keeps_space_free_as_publishes_happen(loopfs):
     first, until 40 MiB are free again (or only versions in use are left)."""
     apps = [os.urandom(4 * MiB) for _ in range(8)]
     m = loopfs("ext4", 64, opts=("nosync", "reserve=40M"))
-    assert "reserve=40960 KiB" in m.logtext()
+    # logged after the mount is up: wait for it
+    wait_for(lambda: "reserve=40960 KiB" in m.logtext(), what="the reserve log line")
     deployed(m.src, m, "app", apps)
     assert read(m.p("app")) == apps[-1]
     left = versions(m)
