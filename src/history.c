@@ -1,6 +1,7 @@
 /* history.c - per-directory index of version numbers (see history.h). */
 #define _GNU_SOURCE
 #include "history.h"
+#include "links.h"
 #include "log.h"
 #include "names.h"
 
@@ -27,6 +28,8 @@ struct dir_history {
 	ino_t ino;
 	struct path_history *slots; /* open addressing, power of two */
 	size_t nslots, used;
+	ino_t *inos; /* its versions' inode numbers, until it joins the index (links.h) */
+	size_t ninos, capinos;
 	struct dir_history *next;
 };
 
@@ -142,7 +145,33 @@ static void drop(struct dir_history *d)
 		free(d->slots[i].ns);
 	}
 	free(d->slots);
+	free(d->inos);
 	free(d);
+}
+
+static bool note_ino(struct dir_history *d, ino_t ino)
+{
+	if (d->ninos == d->capinos) {
+		size_t cap = d->capinos ? d->capinos * 2 : 64;
+		ino_t *n = realloc(d->inos, cap * sizeof(*n));
+		if (!n)
+			return false;
+		d->inos = n;
+		d->capinos = cap;
+	}
+	d->inos[d->ninos++] = ino;
+	return true;
+}
+
+/* d joins the index (store lock held): its versions' links count from now on. */
+static void adopt(struct dir_history *d)
+{
+	links_add_read(d->inos, d->ninos);
+	free(d->inos);
+	d->inos = NULL;
+	d->ninos = d->capinos = 0;
+	d->next = dirs;
+	dirs = d;
 }
 
 /* Read the versions dir vdirfd (not consumed) into a new, unlinked dir_history. With subs,
@@ -176,7 +205,7 @@ static struct dir_history *scan(int vdirfd, char ***subs, size_t *nsubs)
 
 		if (n) {
 			/* out of memory: a partial index would prune wrong */
-			if (!p || !append(p, n))
+			if (!p || !append(p, n) || !note_ino(d, e->d_ino))
 				failed = true;
 			continue;
 		}
@@ -222,10 +251,8 @@ static struct dir_history *load(int vdirfd)
 		return NULL;
 	if ((d = find(st.st_dev, st.st_ino)))
 		return d;
-	if ((d = scan(vdirfd, NULL, NULL))) {
-		d->next = dirs;
-		dirs = d;
-	}
+	if ((d = scan(vdirfd, NULL, NULL)))
+		adopt(d);
 	return d;
 }
 
@@ -299,12 +326,10 @@ static void index_dir(int fd, unsigned depth)
 			indexer.versions += d->slots[i].count;
 		}
 		pthread_mutex_lock(indexer.lock);
-		if (find(d->dev, d->ino)) {
+		if (find(d->dev, d->ino))
 			drop(d);
-		} else {
-			d->next = dirs;
-			dirs = d;
-		}
+		else
+			adopt(d);
 		pthread_mutex_unlock(indexer.lock);
 	}
 	for (size_t i = 0; i < nsubs; i++) {
@@ -338,6 +363,7 @@ static void *index_main(void *arg)
 		 indexer.versions, indexer.names, indexer.dirs,
 		 (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
 		 atomic_load(&indexer.stop) ? " (stopped early)" : "");
+	links_index_done();
 	return NULL;
 }
 
@@ -350,6 +376,8 @@ int history_index_start(int vfd, pthread_mutex_t *lock)
 	atomic_store(&indexer.stop, false);
 	err = pthread_create(&indexer.thread, NULL, index_main, NULL);
 	indexer.running = err == 0;
+	if (err)
+		links_index_done(); /* each directory is read at its first change instead */
 	return -err;
 }
 

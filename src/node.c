@@ -623,6 +623,30 @@ void node_mark_old(dev_t dev, ino_t ino, bool old)
 	pthread_mutex_unlock(&table_lock);
 }
 
+void node_mark_replaced(dev_t dev, ino_t ino, bool replaced)
+{
+	struct node *n;
+
+	pthread_mutex_lock(&table_lock);
+	n = hash_find(dev, ino);
+	if (n && n->kind == NODE_FILE)
+		__atomic_store_n(&n->replaced, replaced, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&table_lock);
+}
+
+uint64_t node_known(dev_t dev, ino_t ino)
+{
+	struct node *n;
+	uint64_t id = 0;
+
+	pthread_mutex_lock(&table_lock);
+	n = hash_find(dev, ino);
+	if (n && n->kind == NODE_FILE && n->nlookup)
+		id = node_id(n);
+	pthread_mutex_unlock(&table_lock);
+	return id;
+}
+
 bool node_defer_prune(void *arg, const struct stat *st, const char *vrel, int vdirfd,
 		      const char *vname)
 {

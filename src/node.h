@@ -21,6 +21,8 @@ struct node {
 	enum node_kind kind;
 	bool in_versions; /* directory inside the read-only .versions/ view; set at creation */
 	bool old;	  /* file: no longer current at any tree name; node_old() */
+	bool replaced;	  /* file: replaced at its one name by a publish, and not looked up in
+			   * .versions/ since: still counts that link (node_stat); atomic */
 	dev_t dev;
 	ino_t ino;
 	/* How the node reaches its backing object (nodefd.c): a pinned node keeps an O_PATH fd;
@@ -114,6 +116,9 @@ void nodefd_forget(struct node *n);
 void node_mark_old(dev_t dev, ino_t ino, bool old);
 /* Does the kernel (or a route, a writer) still hold a node of that inode? */
 bool node_busy(dev_t dev, ino_t ino);
+void node_mark_replaced(dev_t dev, ino_t ino, bool replaced);
+/* The nodeid of the file node of that inode if the kernel holds it, else 0. */
+uint64_t node_known(dev_t dev, ino_t ino);
 /* For retention: true if a node of that inode is in use; it then removes vrel when unused. */
 bool node_defer_prune(void *arg, const struct stat *st, const char *vrel, int vdirfd,
 		      const char *vname);
@@ -137,6 +142,11 @@ static inline bool node_old(const struct node *n)
 static inline void node_set_old(struct node *n, bool old)
 {
 	__atomic_store_n(&n->old, old, __ATOMIC_RELAXED);
+}
+
+static inline bool node_replaced(const struct node *n)
+{
+	return __atomic_load_n(&n->replaced, __ATOMIC_ACQUIRE);
 }
 
 #endif

@@ -2,6 +2,7 @@
  * forget, getattr/setattr, and the namespace changes that keep replaced files as versions. */
 #define _GNU_SOURCE
 #include "fs.h"
+#include "links.h"
 #include "log.h"
 #include "route.h"
 #include "space.h"
@@ -70,19 +71,58 @@ static bool cacheable(struct node *parent, struct node *n, const struct stat *st
 	       __atomic_load_n(&fs.gen, __ATOMIC_ACQUIRE) == gen;
 }
 
+/* A writer's file as natively: its copy's size and times, but the inode number the name had
+ * when it was opened (vim compares it with its stat from before the open, E949; the name takes
+ * the copy's number only at the publish), and the tree links of whatever file holds the name
+ * now: 0 once the name is gone. fd: its copy, or -1. */
+static int staging_stat(struct node *stg, int fd, struct stat *st)
+{
+	struct stat cur;
+	int err = 0, nfd;
+
+	if (fd < 0 || fstat(fd, st) < 0) {
+		int bfd = node_fd(stg->base);
+		err = bfd < 0 ? -errno : links_fstatat(bfd, "", st, false);
+	}
+	if (err)
+		return err;
+	st->st_ino = stg->base->ino;
+	st->st_nlink = 0;
+	nfd = node_fd(stg->parent);
+	if (nfd >= 0)
+		nfd = openat(nfd, stg->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (nfd >= 0) {
+		if (links_fstatat(nfd, "", &cur, false) == 0 && S_ISREG(cur.st_mode))
+			st->st_nlink = cur.st_nlink;
+		close(nfd);
+	}
+	return 0;
+}
+
+/* st_nlink counts the names in the tree only, not the versions that are hard links of the
+ * same inode (links.c); the root does not count the hidden .versions/ among its subdirectories,
+ * nor the view's root its .binvfs-staging/. */
 int node_stat(struct node *n, struct stat *st)
 {
-	if (n->kind == NODE_STAGING) {
-		int fd = node_cur_fd(n);
-		if (fd >= 0 && fstat(fd, st) == 0)
-			return 0;
-		n = n->base;
-	}
-	int fd = node_fd(n);
+	int fd, err;
 
-	if (fd < 0 || fstatat(fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+	if (n->kind == NODE_STAGING)
+		return staging_stat(n, node_cur_fd(n), st);
+	fd = node_fd(n);
+	if (fd < 0)
 		return -errno;
-	return 0;
+	err = links_fstatat(fd, "", st, n->kind == NODE_FILE && node_old(n));
+	if (!err && n->kind == NODE_FILE && st->st_nlink == 0 && node_replaced(n))
+		st->st_nlink = 1; /* as after an in-place write, for whoever holds it from before */
+	if (!err && st->st_nlink > 2 &&
+	    (n == node_root() || (n->ino == fs.view_ino && n->dev == fs.view_dev)))
+		st->st_nlink--;
+	return err;
+}
+
+static int handle_stat(struct handle *h, struct stat *st)
+{
+	return h->kind == H_STAGE ? staging_stat(h->node, h->fd, st) : node_stat(h->node, st);
 }
 
 static void reply_negative(fuse_req_t req, bool cache)
@@ -102,6 +142,9 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 	int dirfd = node_fd(parent);
 	bool view_root = versions_is_view_root(parent, name);
 	unsigned long gen = __atomic_load_n(&fs.gen, __ATOMIC_ACQUIRE);
+	nlink_t links;
+	ino_t ino;
+	int err;
 
 	if (!parent->in_versions && !view_root)
 		route_saw_lookup(fuse_req_ctx(req)->pid); /* (a walk into .versions/ is not) */
@@ -110,13 +153,18 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 		reply_negative(req, false);
 		return;
 	}
-	if (dirfd < 0 || fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-		if (errno == ENOENT)
+	/* the links the file had when the name was read: natively, stat() of a name that a rename
+	 * replaces sees the old or the new file, each with its one link */
+	err = dirfd < 0 ? -errno : links_fstatat(dirfd, name, &st, parent->in_versions);
+	if (err) {
+		if (err == -ENOENT)
 			reply_negative(req, !parent->in_versions);
 		else
-			fuse_reply_err(req, errno);
+			fuse_reply_err(req, -err);
 		return;
 	}
+	links = st.st_nlink;
+	ino = st.st_ino;
 	n = node_lookup(parent, name, &st, parent->in_versions || view_root);
 	if (!n) {
 		fuse_reply_err(req, errno);
@@ -127,8 +175,10 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 			/* A writer sent back here walks to the same node again, and its second
 			 * open is refused (route_arm); an error here would only make the
 			 * kernel look the name up once more. */
-			if (st.st_nlink == 1)
+			if (links == 0) { /* no name in the tree */
 				node_set_old(n, true);
+				__atomic_store_n(&n->replaced, false, __ATOMIC_RELEASE);
+			}
 		} else {
 			pid_t tid = fuse_req_ctx(req)->pid;
 			/* Only a name with an execute bit can be running (execve needs one, root
@@ -146,6 +196,10 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 			}
 		}
 	}
+	if (view_root || st.st_ino != ino)
+		node_stat(n, &st); /* the node's own (the name changed meanwhile) */
+	else
+		st.st_nlink = links; /* (node_lookup stats again when it makes a node) */
 	bool cache = cacheable(parent, n, &st, gen);
 	if (cache)
 		node_set_cached_name(n, node_id(parent), name);
@@ -174,11 +228,7 @@ void bv_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct stat st;
 	int err;
 
-	if (h) {
-		err = fstat(h->fd, &st) < 0 ? -errno : 0;
-	} else {
-		err = node_stat(n, &st);
-	}
+	err = h ? handle_stat(h, &st) : node_stat(n, &st);
 	if (err)
 		fuse_reply_err(req, -err);
 	else
@@ -225,6 +275,13 @@ int meta_apply(struct node *n, int fd, const struct stat *attr, int valid)
 	return 0;
 }
 
+/* A SETATTR without these comes from a chown() to -1, -1 (the kernel sends ctime changes only
+ * with the writeback cache, which binvfs does not use). */
+#define CHANGES_SOMETHING                                                                          \
+	(FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | FUSE_SET_ATTR_SIZE |         \
+	 FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |                     \
+	 FUSE_SET_ATTR_MTIME_NOW)
+
 void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		struct fuse_file_info *fi)
 {
@@ -236,8 +293,8 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 
 	if (h) {
 		err = handle_setattr(h, attr, valid);
-		if (!err && fstat(h->fd, &st) < 0)
-			err = -errno;
+		if (!err)
+			err = handle_stat(h, &st);
 		goto reply;
 	}
 	if (n->kind == NODE_STAGING) {
@@ -270,7 +327,14 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		err = n->kind == NODE_DIR ? -EISDIR : -EINVAL;
 		goto reply;
 	}
-	err = meta_apply(n, -1, attr, valid);
+	if (!(valid & CHANGES_SOMETHING)) {
+		/* chown(path, -1, -1): nothing but its ctime changes, as ext4 and tmpfs do */
+		int flags = AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW;
+		if (fchownat(node_fd(n), "", (uid_t)-1, (gid_t)-1, flags) < 0)
+			err = -errno;
+	} else {
+		err = meta_apply(n, -1, attr, valid);
+	}
 	if (!err && n->kind == NODE_DIR &&
 	    (valid & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
 		/* its mirror in .versions/ follows, so old versions stay as closed as the tree */
@@ -351,6 +415,8 @@ static void reply_new_entry(fuse_req_t req, struct node *parent, const char *nam
 		fuse_reply_err(req, errno);
 		return;
 	}
+	if (n->kind == NODE_FILE)
+		node_stat(n, &st); /* a link: its links in the tree */
 	fill_entry(&e, n, &st, false);
 	if (fuse_reply_entry(req, &e) == -ENOENT)
 		node_forget(n, 1);
@@ -471,15 +537,15 @@ void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npi
 	err = check_new_name(parent, name, "rename of");
 	if (!err)
 		err = check_new_name(nparent, newname, "rename to");
-	if (!err && (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)))
-		err = -EINVAL;
+	if (!err && (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT)))
+		err = -EINVAL; /* the kernel checks CAP_MKNOD for a whiteout before we are asked */
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
 	memset(&ch, 0, sizeof(ch));
 	store_lock(&fs.store);
-	if (!flags)
+	if (!(flags & (RENAME_NOREPLACE | RENAME_EXCHANGE)))
 		err = store_keep_removed(&fs.store, node_fd(nparent), newname, &ch,
 					 node_defer_prune, NULL);
 	if (err == -ENOENT)
@@ -492,6 +558,8 @@ void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npi
 	}
 	if (!err) {
 		struct stat st;
+		if (flags & RENAME_WHITEOUT) /* the whiteout is the caller's, as natively */
+			own_new(req, parent, name, S_IFCHR);
 		/* a directory's node remembers where it is (node_dir_path) */
 		if (fstatat(node_fd(nparent), newname, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 		    S_ISDIR(st.st_mode))

@@ -151,7 +151,7 @@ static int handle_publish(struct handle *h)
 {
 	struct node *stg = h->node, *parent = stg->parent;
 	struct store_change ch;
-	struct stat sst, cst;
+	struct stat sst, cst = {.st_mode = 0};
 	int err, cfd;
 
 	if (!fs.store.nosync && fdatasync(h->fd) < 0)
@@ -175,8 +175,15 @@ static int handle_publish(struct handle *h)
 	}
 	if (cfd >= 0)
 		close(cfd);
+	/* a reader, or a stat() in flight, that found the name before the rename holds the file
+	 * it replaces: that file keeps its one link for them (node_stat) */
+	bool held = S_ISREG(cst.st_mode) && cst.st_nlink == 1;
+	if (held)
+		node_mark_replaced(cst.st_dev, cst.st_ino, true);
 	err = store_publish(&fs.store, node_fd(parent), stg->name, h->fd, &ch, node_defer_prune,
 			    NULL);
+	if (err && held)
+		node_mark_replaced(cst.st_dev, cst.st_ino, false);
 	store_unlock(&fs.store);
 	if (err) {
 		store_change_done(&ch);
@@ -350,7 +357,10 @@ void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
 		fuse_reply_err(req, -versions_refuse("creating", name));
 		return;
 	}
-	flags = (fi->flags & ~(O_ACCMODE | FMODE_EXEC)) | O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
+	/* O_DIRECT is the kernel's business (it sends the caller's I/O as it comes); on our fd it
+	 * would make our own unaligned copies fail with EINVAL */
+	flags = (fi->flags & ~(O_ACCMODE | FMODE_EXEC | O_DIRECT)) | O_RDWR | O_CREAT | O_NOFOLLOW |
+		O_CLOEXEC;
 	fd = openat(node_fd(parent), name, flags, mode);
 	if (fd < 0) {
 		fuse_reply_err(req, errno);

@@ -336,7 +336,7 @@ bool space_yield(struct store *s, uint64_t want, const char *why)
 		vname_str(v, vn, sizeof(vn));
 		if (dfd >= 0 && v->st.st_nlink == 1 &&
 		    !(s->busy && s->busy(v->st.st_dev, v->st.st_ino)) &&
-		    unlinkat(dfd, vn, 0) == 0) {
+		    store_unlink_version(dfd, vn, v->st.st_ino) == 0) {
 			history_del(dfd, v->name, v->ns[v->pos]);
 			log_info("prune %s/%s%s%s: space for %s", STORE_DIR, w.rels[v->dir],
 				 *w.rels[v->dir] ? "/" : "", vn, why);

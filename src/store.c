@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "store.h"
 #include "history.h"
+#include "links.h"
 #include "log.h"
 #include "space.h"
 
@@ -184,6 +185,7 @@ int store_open(struct store *s, const char *source, unsigned keep, bool nosync)
 		log_warn("%s", source);
 		return -1;
 	}
+	links_init(fstat(s->rootfd, &st) == 0 ? st.st_dev : 0);
 	if (fstatat(s->rootfd, STORE_DIR, &st, AT_SYMLINK_NOFOLLOW) == 0) {
 		if (!S_ISDIR(st.st_mode)) {
 			log_warnx("%s/%s exists and is not a binvfs store (not a directory); "
@@ -262,6 +264,7 @@ void store_close(struct store *s)
 	if (s->rootfd >= 0)
 		close(s->rootfd);
 	history_free();
+	links_free();
 }
 
 /* The one root name the tree cannot have: the store itself. */
@@ -529,6 +532,14 @@ int store_sync_dir(struct store *s, int dirfd)
 	return 0;
 }
 
+int store_unlink_version(int vdirfd, const char *vname, ino_t ino)
+{
+	links_begin();
+	int r = unlinkat(vdirfd, vname, 0);
+	links_end(ino, r == 0 ? -1 : 0);
+	return r;
+}
+
 /* name: the stored name (names_stored) */
 static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, size_t cnt,
 		 unsigned keep, store_in_use_fn in_use, void *arg)
@@ -549,7 +560,7 @@ static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, si
 		if (in_use && in_use(arg, &st, vrel, vdirfd, vname)) {
 			log_info("keep %s/%s: in use, removed when its last user is gone",
 				 STORE_DIR, vrel);
-		} else if (unlinkat(vdirfd, vname, 0) == 0) {
+		} else if (store_unlink_version(vdirfd, vname, st.st_ino) == 0) {
 			history_del(vdirfd, name, ns[i]);
 			log_info("prune %s/%s", STORE_DIR, vrel);
 			removed++;
@@ -719,7 +730,10 @@ static int keep_version(struct store *s, int dirfd, const char *name, struct sto
 			err = -ENAMETOOLONG;
 			goto out;
 		}
-		if (linkat(dirfd, name, vdirfd, ch->vname, 0) == 0) {
+		links_begin();
+		int r = linkat(dirfd, name, vdirfd, ch->vname, 0);
+		links_end(ch->old.st_ino, r == 0 ? 1 : 0);
+		if (r == 0) {
 			history_add(vdirfd, stored, next);
 			break;
 		}
@@ -834,11 +848,17 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 			/* NOREPLACE: another daemon on the store may have taken the number */
 			uint32_t next = cnt ? ns[cnt - 1] + 1 : 1;
 			bool yielded = false;
+			struct stat cst;
+			if (!err && fstat(stfd, &cst) < 0)
+				err = -errno;
 			for (; !err; next++) {
 				snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, stored,
 					 next);
-				if (renameat2(s->stagefd, tmp, vdirfd, ch->vname,
-					      RENAME_NOREPLACE) == 0)
+				links_begin();
+				int r =
+				    renameat2(s->stagefd, tmp, vdirfd, ch->vname, RENAME_NOREPLACE);
+				links_end(cst.st_ino, r == 0 ? 1 : 0);
+				if (r == 0)
 					break;
 				if (no_space(-errno) && !yielded) {
 					/* a directory block: versions yield it; same N */
@@ -867,8 +887,13 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 		unlinkat(s->stagefd, tmp, 0);
 		return err;
 	}
-	if (renameat(s->stagefd, tmp, dirfd, name) < 0) {
-		err = -errno;
+	/* No reader may stat the name between the moment ext4 takes the replaced inode's link
+	 * and the moment the name shows the new one: it would count 0 links for a name that
+	 * was never missing (natively an in-place write renames nothing). */
+	links_begin();
+	err = renameat(s->stagefd, tmp, dirfd, name) < 0 ? -errno : 0;
+	links_end(0, 0);
+	if (err) {
 		unlinkat(s->stagefd, tmp, 0);
 		return err;
 	}
@@ -914,7 +939,7 @@ int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino
 	    st.st_ino == ino) {
 		size_t len;
 		uint32_t n = names_version_parse(base, &len);
-		if (unlinkat(dirfd, base, 0) < 0) {
+		if (store_unlink_version(dirfd, base, ino) < 0) {
 			err = -errno;
 		} else if (n) {
 			base[len] = 0;

@@ -76,6 +76,8 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, store_in_use_fn in_use,
 		void *arg);
 int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino);
+/* unlinkat(vdirfd, vname) of a version of inode ino, counted (links.h). */
+int store_unlink_version(int vdirfd, const char *vname, ino_t ino);
 int store_sync_dir(struct store *s, int dirfd);
 
 #endif

@@ -37,6 +37,17 @@ bool versions_readonly(struct node *n)
  * is still linked at another tree name. */
 void versions_after_change(const struct store_change *ch)
 {
-	if (ch->kept && ch->old.st_nlink == 1)
+	uint64_t id;
+
+	if (!ch->kept)
+		return;
+	if (ch->old.st_nlink == 1)
 		node_mark_old(ch->old.st_dev, ch->old.st_ino, true);
+	/* It has one name in the tree less. A publish renames behind the kernel's back, and the
+	 * kernel keeps a version's attributes for a day: if the inode keeps another name (a hard
+	 * link), drop them (not its pages), so that name shows its new link count (links.c). An
+	 * inode that had one name still counts it for whoever holds it from before (a reader, a
+	 * stat() in flight), as after an in-place write: node.replaced, design.md §3. */
+	if (ch->old.st_nlink >= 2 && (id = node_known(ch->old.st_dev, ch->old.st_ino)))
+		fuse_lowlevel_notify_inval_inode(fs.se, id, -1, 0);
 }

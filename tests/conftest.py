@@ -184,7 +184,7 @@ TSAN_MODULES = ("test_races", "test_writers", "test_restart", "test_handles")
 # The core, race and crash tests also run with passthrough=off (plain build): the daemon's own
 # read path stays tested. Everything else runs as users get it (passthrough=auto).
 OFF_MODULES = ("test_publish", "test_writers", "test_versions", "test_races", "test_crash",
-               "test_restart", "test_handles", "test_limits")
+               "test_restart", "test_handles", "test_limits", "test_fidelity")
 OFF = "#passthrough=off"
 
 
@@ -387,6 +387,15 @@ exit $rc
         return open(log).read().splitlines() if os.path.exists(log) else []
 
     return script, calls
+
+
+@pytest.fixture
+def both(mnt, workdir):
+    """(native dir, mount): two empty directories, side by side, same owner and mode."""
+    nat = os.path.join(workdir, "native")
+    os.mkdir(nat)
+    os.chmod(nat, os.stat(mnt.p()).st_mode & 0o7777)
+    return nat, mnt
 
 
 # Small programs the tests build once per session.

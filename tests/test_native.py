@@ -13,32 +13,9 @@ import subprocess
 import pytest
 
 from conftest import Mount, is_mounted, mountinfo, program
-from util import NOBODY, as_user, read, run, versions, write
+from util import NOBODY, as_user, on_both, outcome, read, run, versions, write
 
 libc = ctypes.CDLL(None, use_errno=True)
-
-
-def outcome(fn, *args, **kw):
-    """("ok", result) or ("err", errno name): comparable between native and mount."""
-    try:
-        return ("ok", fn(*args, **kw))
-    except OSError as e:
-        return ("err", errno.errorcode.get(e.errno, e.errno))
-
-
-@pytest.fixture
-def both(mnt, workdir):
-    """(native dir, mount): two empty directories, side by side, same owner and mode."""
-    nat = os.path.join(workdir, "native")
-    os.mkdir(nat)
-    os.chmod(nat, stat.S_IMODE(os.stat(mnt.p()).st_mode))
-    return nat, mnt
-
-
-def on_both(both, fn):
-    """fn(root) on the native dir and on the mount; both results, for comparison."""
-    nat, m = both
-    return fn(nat), fn(m.p())
 
 
 def tree(root):

@@ -275,3 +275,50 @@ def test_publishes_racing_the_indexer_number_and_prune_right(binary, workdir):
         assert mine == sorted(f"f0000.~{k}~" for k in range(top - 9, top + 1)), text
         assert read(os.path.join(vd, f"f0000.~{top}~")) == f"{rep} 1\n".encode()
         assert len(os.listdir(vd)) == 100000
+
+
+NLINK_LOOP_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+/* stat PATH in a loop for SECONDS; count how often st_nlink differs from WANT */
+int main(int argc, char **argv) {
+  long want = atol(argv[2]), n = 0, bad = 0, missing = 0;
+  time_t end = time(NULL) + atoi(argv[3]);
+  struct stat st;
+  while (time(NULL) < end) {
+    for (int i = 0; i < 1000; i++, n++) {
+      if (stat(argv[1], &st) < 0) missing++;
+      else if ((long)st.st_nlink != want) bad++;
+    }
+  }
+  printf("%ld %ld %ld\n", n, bad, missing);
+  return 0;
+}
+"""
+
+
+def test_link_count_while_publishing(mnt, cbuild, procs):
+    """A name that is published over and over always shows one link, and a hard-linked pair
+    beside it two: a version link and its count change together (links.c), so no stat sees
+    the kept version's link without it being discounted, or the other way round."""
+    loop = cbuild("nlinkloop", NLINK_LOOP_C)
+    seconds = max(3, int(RACE_SECONDS / 3))
+    write(mnt.p("f"), "0", 0o755)
+    write(mnt.p("g"), "g", 0o755)
+    os.link(mnt.p("g"), mnt.p("h"))
+    stats = [procs.start([loop, mnt.p(name), want, str(seconds)], stdout=subprocess.PIPE,
+                         text=True) for name, want in (("f", "1"), ("f", "1"), ("h", "2"))]
+    publishes, stop = 0, time.monotonic() + seconds
+    while time.monotonic() < stop:
+        publishes += 1
+        with open(mnt.p("f"), "w") as f:  # each close publishes: f.~N~ links the old inode
+            f.write(str(publishes))
+    outs = [p.communicate(timeout=60)[0].split() for p in stats]
+    print(f"{publishes} publishes; stat calls, wrong counts, failed: {outs}")
+    assert publishes > 50
+    for n, bad, missing in outs:
+        assert int(n) > 1000 and int(bad) == 0 and int(missing) == 0, outs

@@ -1,4 +1,5 @@
 """Small file and user helpers shared by the tests."""
+import errno
 import os
 import subprocess
 
@@ -92,3 +93,17 @@ def make_store(src, dirs, nver, names=("f",)):
                 else:
                     os.link(first, path)
                     links += 1
+
+
+def outcome(fn, *args, **kw):
+    """("ok", result) or ("err", errno name): comparable between native and mount."""
+    try:
+        return ("ok", fn(*args, **kw))
+    except OSError as e:
+        return ("err", errno.errorcode.get(e.errno, e.errno))
+
+
+def on_both(both, fn):
+    """fn(root) on the native dir and on the mount (the `both` fixture); both results."""
+    nat, m = both
+    return fn(nat), fn(m.p())
