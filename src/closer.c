@@ -39,21 +39,21 @@ pid_t closer_tgid(pid_t tid)
 	return p ? (pid_t)atoi(p + 6) : 0;
 }
 
-bool closer_still_writing(pid_t tid, int mnt_id, ino_t a, ino_t b)
+unsigned closer_write_fds(pid_t tid, int mnt_id, ino_t a, ino_t b)
 {
 	char path[64], buf[256];
 	struct dirent *e;
-	bool found = false;
+	unsigned found = 0;
 	int n = 0;
 	DIR *d;
 
 	if (tid <= 0)
-		return false;
+		return 0;
 	snprintf(path, sizeof(path), "/proc/%d/fdinfo", tid);
 	d = opendir(path);
 	if (!d)
-		return false;
-	while (!found && (e = readdir(d)) && n++ < 4096) {
+		return 0;
+	while ((e = readdir(d)) && n++ < 4096) {
 		unsigned long flags = 0;
 		unsigned long long ino = 0;
 		int mnt = -1;
@@ -78,8 +78,8 @@ bool closer_still_writing(pid_t tid, int mnt_id, ino_t a, ino_t b)
 		if ((p = strstr(buf, "\nmnt_id:")))
 			mnt = atoi(p + 8);
 		/* an inode number means something only on our mount */
-		found = (flags & O_ACCMODE) != O_RDONLY && ino && (ino == a || ino == b) &&
-			(mnt_id < 0 || mnt == mnt_id);
+		found += (flags & O_ACCMODE) != O_RDONLY && ino && (ino == a || ino == b) &&
+			 (mnt_id < 0 || mnt == mnt_id);
 	}
 	closedir(d);
 	return found;

@@ -12,10 +12,10 @@ enum closer {
 };
 /* The process (thread group) of thread tid, 0 if unknown. */
 pid_t closer_tgid(pid_t tid);
-/* Does the process of tid still hold a write fd on inode number a or b of the mount mnt_id
- * (-1: unknown) (a dup, or an fd shared by a shell's redirection)? Reads
+/* How many write fds does the process of tid still hold on inode number a or b of the mount
+ * mnt_id (-1: unknown) (a dup, or an fd shared by a shell's redirection)? Reads
  * /proc/<tid>/fdinfo, which never blocks. */
-bool closer_still_writing(pid_t tid, int mnt_id, ino_t a, ino_t b);
+unsigned closer_write_fds(pid_t tid, int mnt_id, ino_t a, ino_t b);
 /* Who, of the opener (opener_tgid) and everyone else, is closing at tid's FLUSH. */
 enum closer closer_of(pid_t tid, pid_t opener_tgid);
 

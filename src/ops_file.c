@@ -508,16 +508,33 @@ int handle_setattr(struct handle *h, struct stat *attr, int valid)
 	return err;
 }
 
+/* Open staging handles of the same file (base) that process tgid opened, other than h. */
+static unsigned other_writers(struct handle *h, pid_t tgid)
+{
+	unsigned n = 0;
+
+	pthread_mutex_lock(&handles_lock);
+	for (struct list *l = handles.next; l != &handles; l = l->next) {
+		struct handle *o = list_entry(l, struct handle, open);
+		n += o != h && o->kind == H_STAGE && o->node->base == h->node->base &&
+		     o->opener_tgid == tgid;
+	}
+	pthread_mutex_unlock(&handles_lock);
+	return n;
+}
+
 /* A FLUSH is not the end of the writer when the closing process still holds another write
- * fd on the file: a shell's `cmd > f` closes its first fd after dup2, before any write. The
- * kernel inode of the staging node shows its base's inode number, or the copy's after a
- * GETATTR. */
+ * fd on the file: a shell's `cmd > f` closes its first fd after dup2, before any write. Every
+ * staging node shows its base's inode number (ops_entry.c: what the writer opened), so the
+ * process's own other write opens of the file show it too: they are discounted, and only an
+ * fd beyond them (a dup of this one) means this close is not the last. */
 static bool still_writing(struct handle *h, pid_t pid)
 {
 	struct stat st;
 	ino_t cur = fstat(h->fd, &st) == 0 ? st.st_ino : 0;
+	unsigned fds = closer_write_fds(pid, fs.mnt_id, h->node->base->ino, cur);
 
-	return closer_still_writing(pid, fs.mnt_id, h->node->base->ino, cur);
+	return fds && fds > other_writers(h, closer_tgid(pid));
 }
 
 void bv_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
