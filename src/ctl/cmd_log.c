@@ -11,18 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void json_how(unsigned how)
-{
-	json_arr();
-	if (how & USE_EXE)
-		json_str("exe");
-	if (how & USE_MAP)
-		json_str("map");
-	if (how & USE_FD)
-		json_str("open");
-	json_arr_end();
-}
-
 /* "4711(app) 4712(python3,map)": each user of ino; exe alone is the usual case */
 static char *pids_text(const struct uses *u, ino_t ino)
 {

@@ -214,18 +214,6 @@ static void print_units(const struct orows *rs)
 	ogroups_free(&gs);
 }
 
-static void json_how(unsigned how)
-{
-	json_arr();
-	if (how & USE_EXE)
-		json_str("exe");
-	if (how & USE_MAP)
-		json_str("map");
-	if (how & USE_FD)
-		json_str("open");
-	json_arr_end();
-}
-
 static void json_row(const struct orow *r)
 {
 	json_obj();

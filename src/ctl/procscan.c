@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "procscan.h"
 #include "ctl.h"
+#include "json.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -377,4 +378,17 @@ bool punit_restartable(const struct punit *u, const char **why)
 	else if (len <= 8 || strcmp(u->unit + len - 8, ".service"))
 		*why = "not a service";
 	return *why == NULL;
+}
+
+/* how, as a JSON array: "exe", "map", "open" (log and outdated --json) */
+void json_how(unsigned how)
+{
+	json_arr();
+	if (how & USE_EXE)
+		json_str("exe");
+	if (how & USE_MAP)
+		json_str("map");
+	if (how & USE_FD)
+		json_str("open");
+	json_arr_end();
 }

@@ -61,4 +61,7 @@ char *proc_cmdline(pid_t pid, size_t *len);
 /* Call fn for every numeric /proc entry (every process); stops when fn returns true. */
 void proc_each(bool (*fn)(pid_t pid, void *arg), void *arg);
 
+/* how, as a JSON array: "exe", "map", "open" (log and outdated --json) */
+void json_how(unsigned how);
+
 #endif
