@@ -121,9 +121,9 @@ bool versions_readonly(struct node *n);
 int versions_refuse(const char *op, const char *name);
 void versions_after_change(const struct store_change *ch);
 
-/* notify.c: kernel cache invalidations, sent from a thread of their own */
-int notify_start(struct fuse_session *se);
-void notify_stop(void);
-void notify_inval_entry(struct node *dir, const char *name);
+/* inval.c: kernel cache invalidations, sent from a thread of their own */
+int inval_start(struct fuse_session *se);
+void inval_stop(void);
+void inval_entry_queue(struct node *dir, const char *name);
 
 #endif

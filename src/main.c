@@ -173,7 +173,7 @@ static void unmount_if_ours(const char *dir)
 }
 
 /* systemd Type=notify: tell the service manager the mount is up (sd_notify's protocol). */
-static void notify_ready(void)
+static void systemd_ready(void)
 {
 	const char *sock = getenv("NOTIFY_SOCKET");
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -305,7 +305,7 @@ int main(int argc, char **argv)
 	store_setup(&fs.store, &o);
 	node_table_init(fs.store.rootfd);
 	node_prune_hook = prune_deferred;
-	node_inval_hook = notify_inval_entry;
+	node_inval_hook = inval_entry_queue;
 	if (fuse_set_signal_handlers(fs.se) != 0)
 		goto out_store;
 	if (fuse_session_mount(fs.se, o.mountpoint) != 0)
@@ -330,13 +330,13 @@ int main(int argc, char **argv)
 	if (!o.foreground)
 		log_init(true, o.debug);
 	fuse_daemonize(o.foreground);
-	if (notify_start(fs.se) < 0)
-		log_warnx("cannot start the notifier thread: deferred prunes wait for FORGET");
+	if (inval_start(fs.se) < 0)
+		log_warnx("cannot start the invalidation thread: deferred prunes wait for FORGET");
 	log_info("serving %s at %s (keep=%u, reserve=%llu KiB%s)", o.source, o.mountpoint, o.keep,
 		 (unsigned long long)(fs.store.reserve >> 10), o.nosync ? ", nosync" : "");
 	log_info("passthrough %s", pt_status());
 	store_index_start(&fs.store);
-	notify_ready();
+	systemd_ready();
 	if (o.single_thread) {
 		ret = fuse_session_loop(fs.se);
 	} else {
@@ -348,7 +348,7 @@ int main(int argc, char **argv)
 		ret = fuse_session_loop_mt(fs.se, cfg);
 		fuse_loop_cfg_destroy(cfg);
 	}
-	notify_stop();
+	inval_stop();
 	unmount_if_ours(o.mountpoint);
 	handles_shutdown();
 	dirs_shutdown();

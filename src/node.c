@@ -92,7 +92,7 @@ static struct node *view_entry_locked(struct node *n)
 }
 
 /* Its .versions/ entry in the kernel's cache may be all that still holds a version whose
- * prune waits: ask the kernel to drop it (notify.c), then FORGET comes if nobody uses it. */
+ * prune waits: ask the kernel to drop it (inval.c), then FORGET comes if nobody uses it. */
 static void inval_view_entry(struct node *dir, const char *vrel)
 {
 	const char *vname = strrchr(vrel, '/');

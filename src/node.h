@@ -122,7 +122,7 @@ uint64_t node_known(dev_t dev, ino_t ino);
 /* For retention: true if a node of that inode is in use; it then removes vrel when unused. */
 bool node_defer_prune(void *arg, const struct stat *st, const char *vrel, int vdirfd,
 		      const char *vname);
-/* Set by main: asks the kernel to drop a cached entry (notify.c). */
+/* Set by main: asks the kernel to drop a cached entry (inval.c). */
 extern void (*node_inval_hook)(struct node *dir, const char *name);
 void node_set_cur_fd(struct node *n, int fd);
 void node_set_cached_name(struct node *n, uint64_t dir, const char *name);
