@@ -1,4 +1,5 @@
-/* fs.h - what the FUSE operations share: the mount context, open-file handles, helpers. */
+/* fs.h - the mount context, and the FUSE operations (ops_entry.c, ops_file.c, ops_dir.c) with
+ * the modules they call down to that know of nodes (versions.c, inval.c). */
 #ifndef BINVFS_FS_H
 #define BINVFS_FS_H
 
@@ -34,40 +35,12 @@ struct binvfs {
 
 extern struct binvfs fs;
 
-enum handle_kind {
-	H_DIRECT, /* a file this open created: written in place, like natively */
-	H_STAGE,  /* a writer's private staging copy, published at close */
-};
-
-struct handle {
-	enum handle_kind kind;
-	struct node *node;    /* the nodeid opened (holds an open count) */
-	int fd;		      /* owned */
-	pthread_mutex_t lock; /* H_STAGE: protects everything below */
-	bool dirty;	      /* changed since the last publish */
-	bool published;	      /* fd is now a published version: copy before writing again */
-	bool abandoned;	      /* its writer was killed: never publish */
-	struct list open;     /* every open handle, for the end of the session */
-	int failed;	      /* a write into the staging copy failed (ENOSPC, EIO): never publish,
-			       * report it at every FLUSH */
-	pid_t opener_tgid;
-};
-
 static inline struct node *inode_of(fuse_ino_t ino)
 {
 	return node_get(ino);
 }
 
-static inline struct handle *handle_of(struct fuse_file_info *fi)
-{
-	return fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
-}
-
 /* ops_entry.c */
-void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *st, bool cache);
-int node_stat(struct node *n, struct stat *st);
-int meta_apply(struct node *n, int fd, const struct stat *attr, int valid);
-int staging_setattr(struct node *stg, int fd, const struct stat *attr, int valid);
 void bv_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
 void bv_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup);
 void bv_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets);
@@ -98,9 +71,6 @@ void bv_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_inf
 void bv_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
 		  struct fuse_file_info *fi);
 void bv_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
-int handle_setattr(struct handle *h, struct stat *attr, int valid);
-void handles_shutdown(void);
-int staging_truncate(struct node *st, off_t size);
 
 /* ops_dir.c */
 void dirs_shutdown(void);

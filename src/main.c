@@ -1,6 +1,7 @@
 /* main.c - binvfs: startup, mount, request loop, teardown. */
 #define _GNU_SOURCE
 #include "fs.h"
+#include "handle.h"
 #include "log.h"
 #include "options.h"
 #include "passthrough.h"

@@ -1,0 +1,21 @@
+/* attr.h - what the kernel is told of a node (its stat, how long it may keep its attributes
+ * and its name) and metadata changes applied in place. No FUSE requests here. */
+#ifndef BINVFS_ATTR_H
+#define BINVFS_ATTR_H
+
+#include "fs.h"
+
+/* Seconds the kernel may keep the attributes of n. */
+double attr_timeout(const struct node *n);
+/* The I/O size cp and stdio size their requests by (st_blksize of a regular file). */
+void attr_set_io_size(struct stat *st);
+/* The entry of a LOOKUP-like reply; `cache`: the kernel may keep the name (cacheable()). */
+void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *st, bool cache);
+/* The stat of a node as the tree shows it (links count tree names only). */
+int node_stat(struct node *n, struct stat *st);
+/* The stat of a writer's file: its copy (fd, or -1 for none yet) with the inode it opened. */
+int staging_stat(struct node *stg, int fd, struct stat *st);
+/* chmod/chown/utimens in place, through fd if >= 0, else through the node. */
+int meta_apply(struct node *n, int fd, const struct stat *attr, int valid);
+
+#endif

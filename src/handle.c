@@ -1,0 +1,485 @@
+/* handle.c - the open files the daemon serves itself.
+ *
+ * A write open lands on a staging nodeid (route.c) and gets a private O_TMPFILE copy of the
+ * version it replaces. The copy is published - renamed over the name, the replaced file kept
+ * as a version (store_publish) - at the FLUSH that the opener's close() waits for
+ * (kernel-notes §8), unless the closer is another process (a child that inherited the fd) or
+ * the opener dying of a signal (§8b: drop_killed_writer); RELEASE publishes what is still
+ * dirty after that. A file its creator made is written in place, as natively. */
+#define _GNU_SOURCE
+#include "handle.h"
+#include "attr.h"
+#include "closer.h"
+#include "log.h"
+#include "space.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Open handles (the node's open count is taken by the caller). On unmount the kernel drops
+ * RELEASEs it has not sent yet, so the end of the session publishes and frees what is left
+ * (handles_shutdown). */
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct list handles = LIST_HEAD_INIT(handles); /* handles_lock */
+
+static struct handle *handle_new(enum handle_kind kind, struct node *n, int fd)
+{
+	struct handle *h = calloc(1, sizeof(*h));
+
+	if (!h)
+		return NULL;
+	h->kind = kind;
+	h->node = n;
+	h->fd = fd;
+	pthread_mutex_init(&h->lock, NULL);
+	if (kind == H_STAGE)
+		node_set_cur_fd(n, fd);
+	pthread_mutex_lock(&handles_lock);
+	list_insert(&handles, &h->open);
+	pthread_mutex_unlock(&handles_lock);
+	return h;
+}
+
+void handle_free(struct handle *h)
+{
+	pthread_mutex_lock(&handles_lock);
+	list_remove(&h->open);
+	pthread_mutex_unlock(&handles_lock);
+	if (h->kind == H_STAGE && node_cur_fd(h->node) == h->fd)
+		node_set_cur_fd(h->node, -1);
+	close(h->fd);
+	node_close(h->node);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+}
+
+struct handle *handle_new_direct(struct node *n, int fd)
+{
+	return handle_new(H_DIRECT, n, fd);
+}
+
+/* A writer's copy lacked space: old versions that nobody uses yield at least `need` bytes
+ * (space.c) before the write is tried once more. */
+static void yield_for(const char *name, uint64_t need)
+{
+	store_lock(&fs.store);
+	space_yield(&fs.store, space_avail(&fs.store) + need, name);
+	store_unlock(&fs.store);
+}
+
+static const char *handle_name(struct handle *h)
+{
+	return h->kind == H_STAGE ? h->node->name : "a new file";
+}
+
+/* What a writer that lacked space probably still needs: the rest of its base's size (a deploy
+ * replaces a file by one of about its size), at least `len`. */
+static uint64_t writer_need(struct handle *h, size_t len)
+{
+	struct stat bst, cst;
+	uint64_t need = len;
+
+	if (h->kind == H_STAGE && node_stat(h->node->base, &bst) == 0 && fstat(h->fd, &cst) == 0 &&
+	    (uint64_t)bst.st_blocks > (uint64_t)cst.st_blocks &&
+	    (uint64_t)(bst.st_blocks - cst.st_blocks) * 512 > need)
+		need = (uint64_t)(bst.st_blocks - cst.st_blocks) * 512;
+	return need;
+}
+
+/* A staging copy of the node's base version: empty, or its first len bytes. */
+static int stage_from_base(struct node *stg, bool empty, off_t *len, int *fd)
+{
+	struct stat bst;
+	int err, rdfd = node_rdfd_hold(stg->base);
+
+	if (rdfd < 0)
+		return rdfd;
+	if (fstat(rdfd, &bst) < 0) {
+		err = -errno;
+		goto out;
+	}
+	if (!empty && (*len < 0 || *len > bst.st_size))
+		*len = bst.st_size;
+	if (empty)
+		*len = 0;
+	err = store_stage_create(&fs.store, rdfd, &bst, *len, fd);
+	if (err == -ENOSPC) {
+		yield_for(stg->name, (uint64_t)bst.st_blocks * 512);
+		err = store_stage_create(&fs.store, rdfd, &bst, *len, fd);
+	}
+out:
+	node_rdfd_release(stg->base);
+	return err;
+}
+
+int handle_open_staging(struct node *stg, bool trunc, pid_t opener_tgid, struct handle **out)
+{
+	struct handle *h;
+	struct stat bst;
+	off_t len = -1;
+	int fd, err;
+
+	err = stage_from_base(stg, trunc, &len, &fd);
+	if (err)
+		return err;
+	h = handle_new(H_STAGE, stg, fd);
+	if (!h) {
+		close(fd);
+		return -ENOMEM;
+	}
+	node_open(stg, false); /* the writer's copy stays on the daemon's write path */
+	h->dirty = trunc && node_stat(stg->base, &bst) == 0 && bst.st_size > 0;
+	h->opener_tgid = opener_tgid;
+	*out = h;
+	return 0;
+}
+
+/* Writes after a publish start a new copy-on-write from what was published. h->lock held. */
+static int handle_unpublish(struct handle *h)
+{
+	struct stat st;
+	int fd, err;
+
+	if (!h->published)
+		return 0;
+	if (fstat(h->fd, &st) < 0)
+		return -errno;
+	err = store_stage_create(&fs.store, h->fd, &st, st.st_size, &fd);
+	if (err)
+		return err;
+	close(h->fd);
+	h->fd = fd;
+	h->published = false;
+	node_set_cur_fd(h->node, fd);
+	return 0;
+}
+
+/* The staging copy can no longer become a complete version: drop its space now, publish
+ * nothing, and tell the writer at close. h->lock held. */
+static void handle_fail(struct handle *h, int err)
+{
+	if (h->kind != H_STAGE || h->failed)
+		return;
+	h->failed = err;
+	if (ftruncate(h->fd, 0) < 0)
+		log_warn("truncate staging of %s", h->node->name);
+	errno = err;
+	log_warn("write to %s failed: nothing will be published", h->node->name);
+}
+
+/* Publish the staging copy at the staging node's name; h->lock held. */
+static int handle_publish(struct handle *h)
+{
+	struct node *stg = h->node, *parent = stg->parent;
+	struct store_change ch;
+	struct stat sst, cst = {.st_mode = 0};
+	int err, cfd;
+
+	if (!fs.store.nosync && fdatasync(h->fd) < 0)
+		return -errno;
+	if (fstat(h->fd, &sst) < 0)
+		return -errno;
+	store_lock(&fs.store);
+	cfd = openat(node_fd(parent), stg->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (cfd >= 0 && fstat(cfd, &cst) == 0 && S_ISREG(cst.st_mode) &&
+	    cst.st_size == sst.st_size && store_same_content(cfd, h->fd, sst.st_size)) {
+		/* nothing changed: no version, but metadata the writer set applies in place */
+		struct stat meta;
+		int valid = node_meta_take(stg, &meta);
+		store_unlock(&fs.store);
+		if (valid && meta_apply(NULL, cfd, &meta, valid) < 0)
+			log_warn("apply metadata to %s", stg->name);
+		close(cfd);
+		h->dirty = false;
+		log_debug("close %s: content unchanged, nothing published", stg->name);
+		return 0;
+	}
+	if (cfd >= 0)
+		close(cfd);
+	/* a reader, or a stat() in flight, that found the name before the rename holds the file
+	 * it replaces: that file keeps its one link for them (node_stat) */
+	bool held = S_ISREG(cst.st_mode) && cst.st_nlink == 1;
+	if (held)
+		node_mark_replaced(cst.st_dev, cst.st_ino, true);
+	err = store_publish(&fs.store, node_fd(parent), stg->name, h->fd, &ch, node_defer_prune,
+			    NULL);
+	if (err && held)
+		node_mark_replaced(cst.st_dev, cst.st_ino, false);
+	store_unlock(&fs.store);
+	if (err) {
+		store_change_done(&ch);
+		errno = -err;
+		log_warn("publish %s failed, current version unchanged", stg->name);
+		return err;
+	}
+	struct stat meta;
+	node_meta_take(stg, &meta); /* it is in the published copy */
+	if (!ch.orphaned) {
+		/* The name now answers another version: drop what the kernel caches for it before
+		 * close() returns (cacheable() in ops_entry.c). The closer holds no directory lock,
+		 * and any request that does is served by another worker. */
+		__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
+		fuse_lowlevel_notify_inval_entry(fs.se, node_id(parent), stg->name,
+						 strlen(stg->name));
+	}
+	h->published = true;
+	h->dirty = false;
+	if (ch.orphaned)
+		log_info("publish %s: the name was removed meanwhile; kept as %s/%s", stg->name,
+			 STORE_DIR, ch.vrel);
+	else if (ch.kept)
+		log_info("publish %s (%lld bytes): previous kept as %s/%s", stg->name,
+			 (long long)sst.st_size, STORE_DIR, ch.vrel);
+	else
+		log_info("publish %s (%lld bytes)", stg->name, (long long)sst.st_size);
+	versions_after_change(&ch);
+	store_change_done(&ch);
+	return 0;
+}
+
+/* The writer changed only metadata (touch, chmod through its fd): apply it in place to the
+ * current version, which makes no version. */
+static void handle_apply_meta(struct handle *h)
+{
+	struct node *stg = h->node;
+	struct stat meta;
+	int valid = node_meta_take(stg, &meta), fd;
+
+	if (!valid)
+		return;
+	fd =
+	    openat(node_fd(stg->parent), stg->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0 || meta_apply(NULL, fd, &meta, valid) < 0)
+		log_warn("apply metadata to %s", stg->name);
+	if (fd >= 0)
+		close(fd);
+}
+
+int staging_truncate(struct node *stg, off_t size)
+{
+	struct handle h = {.kind = H_STAGE, .node = stg, .dirty = true};
+	off_t len = size;
+	int err;
+
+	err = stage_from_base(stg, false, &len, &h.fd);
+	if (err)
+		return err;
+	if (ftruncate(h.fd, size) < 0)
+		err = -errno;
+	if (!err)
+		err = handle_publish(&h);
+	close(h.fd);
+	return err;
+}
+
+/* Metadata a writer sets is also remembered for the case its content turns out unchanged
+ * (then it applies in place, handle_apply_meta). */
+int staging_setattr(struct node *stg, int fd, const struct stat *attr, int valid)
+{
+	const int meta = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
+			 FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
+			 FUSE_SET_ATTR_MTIME_NOW;
+	struct stat st;
+	int err;
+
+	if (fd < 0) /* no copy open: the change applies in place to the current version */
+		return meta_apply(stg->base, -1, attr, valid);
+	err = meta_apply(NULL, fd, attr, valid);
+	if (err || !(valid & meta))
+		return err;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	valid &= meta;
+	if (valid & FUSE_SET_ATTR_ATIME_NOW)
+		valid = (valid & ~FUSE_SET_ATTR_ATIME_NOW) | FUSE_SET_ATTR_ATIME;
+	if (valid & FUSE_SET_ATTR_MTIME_NOW)
+		valid = (valid & ~FUSE_SET_ATTR_MTIME_NOW) | FUSE_SET_ATTR_MTIME;
+	node_meta_add(stg, valid, &st); /* the resolved values */
+	return 0;
+}
+
+int handle_setattr(struct handle *h, struct stat *attr, int valid)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&h->lock);
+	if (valid & FUSE_SET_ATTR_SIZE) {
+		err = handle_unpublish(h);
+		if (!err && ftruncate(h->fd, attr->st_size) < 0) {
+			err = -errno;
+			handle_fail(h, -err);
+		}
+		if (!err)
+			h->dirty = true;
+	}
+	if (!err && h->kind == H_STAGE)
+		err = staging_setattr(h->node, h->fd, attr, valid & ~FUSE_SET_ATTR_SIZE);
+	else if (!err)
+		err = meta_apply(NULL, h->fd, attr, valid & ~FUSE_SET_ATTR_SIZE);
+	pthread_mutex_unlock(&h->lock);
+	return err;
+}
+
+int handle_stat(struct handle *h, struct stat *st)
+{
+	return h->kind == H_STAGE ? staging_stat(h->node, h->fd, st) : node_stat(h->node, st);
+}
+
+ssize_t handle_write(struct handle *h, struct fuse_bufvec *in, off_t off)
+{
+	struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+	ssize_t res;
+
+	pthread_mutex_lock(&h->lock);
+	res = handle_unpublish(h);
+	if (res) {
+		pthread_mutex_unlock(&h->lock);
+		return res;
+	}
+	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	out.buf[0].fd = h->fd;
+	out.buf[0].pos = off;
+	res = fuse_buf_copy(&out, in, 0);
+	if (res == -ENOSPC) {
+		/* nothing of the buffer was consumed (a partial write returns its count) */
+		yield_for(handle_name(h), writer_need(h, fuse_buf_size(in)));
+		res = fuse_buf_copy(&out, in, 0);
+	}
+	if (res > 0)
+		h->dirty = true;
+	else if (res < 0)
+		handle_fail(h, (int)-res);
+	pthread_mutex_unlock(&h->lock);
+	return res;
+}
+
+int handle_fallocate(struct handle *h, int mode, off_t offset, off_t length)
+{
+	int err;
+
+	pthread_mutex_lock(&h->lock);
+	err = -handle_unpublish(h);
+	if (!err && fallocate(h->fd, mode, offset, length) < 0) {
+		err = errno;
+		if (err == ENOSPC) {
+			yield_for(handle_name(h), (uint64_t)length);
+			err = fallocate(h->fd, mode, offset, length) < 0 ? errno : 0;
+		}
+		if (err == ENOSPC || err == EDQUOT || err == EIO)
+			handle_fail(h, err);
+	}
+	if (!err)
+		h->dirty = true;
+	pthread_mutex_unlock(&h->lock);
+	return -err;
+}
+
+int handle_fsync(struct handle *h, bool datasync)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&h->lock);
+	if ((datasync ? fdatasync(h->fd) : fsync(h->fd)) < 0)
+		err = -errno;
+	pthread_mutex_unlock(&h->lock);
+	return err;
+}
+
+/* Open staging handles of the same file (base) that process tgid opened, other than h. */
+static unsigned other_writers(struct handle *h, pid_t tgid)
+{
+	unsigned n = 0;
+
+	pthread_mutex_lock(&handles_lock);
+	for (struct list *l = handles.next; l != &handles; l = l->next) {
+		struct handle *o = list_entry(l, struct handle, open);
+		n += o != h && o->kind == H_STAGE && o->node->base == h->node->base &&
+		     o->opener_tgid == tgid;
+	}
+	pthread_mutex_unlock(&handles_lock);
+	return n;
+}
+
+/* A FLUSH is not the end of the writer when the closing process still holds another write
+ * fd on the file: a shell's `cmd > f` closes its first fd after dup2, before any write. Every
+ * staging node shows its base's inode number (staging_stat: what the writer opened), so the
+ * process's own other write opens of the file show it too: they are discounted, and only an
+ * fd beyond them (a dup of this one) means this close is not the last. */
+static bool still_writing(struct handle *h, pid_t pid)
+{
+	struct stat st;
+	ino_t cur = fstat(h->fd, &st) == 0 ? st.st_ino : 0;
+	unsigned fds = closer_write_fds(pid, fs.mnt_id, h->node->base->ino, cur);
+
+	return fds && fds > other_writers(h, closer_tgid(pid));
+}
+
+/* A writer killed by a signal (kernel-notes §8b) publishes nothing: its copy may be half
+ * written. Its space is freed now; the handle goes at RELEASE. h->lock held. */
+static void drop_killed_writer(struct handle *h)
+{
+	h->abandoned = true;
+	if (ftruncate(h->fd, 0) < 0)
+		log_warn("truncate staging of %s", h->node->name);
+	log_info("writer of %s killed by a signal: nothing published", h->node->name);
+}
+
+int handle_flush(struct handle *h, pid_t pid)
+{
+	int err = 0;
+
+	if (h->kind != H_STAGE)
+		return 0;
+	pthread_mutex_lock(&h->lock);
+	if (h->failed) {
+		err = -h->failed;
+	} else if (!h->dirty && !h->abandoned) {
+		handle_apply_meta(h);
+	} else if (h->dirty && !h->abandoned && !still_writing(h, pid)) {
+		switch (closer_of(pid, h->opener_tgid)) {
+		case CLOSER_OTHER:
+			break; /* a child that inherited the fd: the opener is not done */
+		case CLOSER_KILLED:
+			drop_killed_writer(h);
+			break;
+		case CLOSER_OPENER:
+			err = handle_publish(h);
+			if (err)
+				handle_fail(h, -err);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&h->lock);
+	return err;
+}
+
+/* The end of a handle: publish what is still dirty (writes through a shared mmap, a child
+ * that outlived the opener), else apply metadata the writer set. */
+void handle_close(struct handle *h)
+{
+	if (h->kind == H_STAGE) {
+		pthread_mutex_lock(&h->lock);
+		if (h->dirty && !h->abandoned && !h->failed)
+			handle_publish(h);
+		else if (!h->abandoned && !h->failed)
+			handle_apply_meta(h);
+		pthread_mutex_unlock(&h->lock);
+	}
+	handle_free(h);
+}
+
+void handles_shutdown(void)
+{
+	for (;;) {
+		pthread_mutex_lock(&handles_lock);
+		struct list *l = list_first(&handles);
+		pthread_mutex_unlock(&handles_lock);
+		if (!l)
+			break;
+		handle_close(list_entry(l, struct handle, open));
+	}
+}

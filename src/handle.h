@@ -1,0 +1,62 @@
+/* handle.h - the open files the daemon serves itself: a writer's private staging copy,
+ * published when its writer closes it, and a new file its creator writes in place.
+ * No FUSE requests here: the ops files call these and reply. */
+#ifndef BINVFS_HANDLE_H
+#define BINVFS_HANDLE_H
+
+#include "fs.h"
+
+enum handle_kind {
+	H_DIRECT, /* a file this open created: written in place, like natively */
+	H_STAGE,  /* a writer's private staging copy, published at close */
+};
+
+struct handle {
+	enum handle_kind kind;
+	struct node *node;    /* the nodeid opened (holds an open count: node_open) */
+	int fd;		      /* owned */
+	pthread_mutex_t lock; /* protects fd and everything below */
+	bool dirty;	      /* changed since the last publish */
+	bool published;	      /* fd is now a published version: copy before writing again */
+	bool abandoned;	      /* its writer was killed: never publish */
+	struct list open;     /* every open handle, for the end of the session */
+	int failed;	      /* a write into the staging copy failed (ENOSPC, EIO): never publish,
+			       * report it at every FLUSH */
+	pid_t opener_tgid;
+};
+
+static inline struct handle *handle_of(struct fuse_file_info *fi)
+{
+	return fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
+}
+
+/* A write open of a writer's staging nodeid: a private copy of its base version (empty with
+ * `trunc`), opened by process opener_tgid. Takes the node's open (node_open). */
+int handle_open_staging(struct node *stg, bool trunc, pid_t opener_tgid, struct handle **out);
+/* The file a CREATE made, fd open on it; the caller takes the node's open. */
+struct handle *handle_new_direct(struct node *n, int fd);
+/* Undo an open the kernel never saw (its requester was interrupted): nothing is published. */
+void handle_free(struct handle *h);
+
+/* Write the buffer at off; the count written, or -errno. */
+ssize_t handle_write(struct handle *h, struct fuse_bufvec *in, off_t off);
+int handle_fallocate(struct handle *h, int mode, off_t offset, off_t length);
+int handle_fsync(struct handle *h, bool datasync);
+/* SETATTR through an open file: truncate the copy, chmod/chown/utimes. */
+int handle_setattr(struct handle *h, struct stat *attr, int valid);
+int handle_stat(struct handle *h, struct stat *st);
+
+/* FLUSH by thread `pid`: the opener's last close publishes the copy; a child's close does not,
+ * and a writer killed by a signal publishes nothing. Returns a failed write's error. */
+int handle_flush(struct handle *h, pid_t pid);
+/* RELEASE: publish what is still dirty, then free the handle and its node's open. */
+void handle_close(struct handle *h);
+/* After the request loop: the handles whose RELEASE the unmount dropped. */
+void handles_shutdown(void);
+
+/* truncate(2) of a name by a routed thread: copy, truncate and publish at once. */
+int staging_truncate(struct node *stg, off_t size);
+/* chmod/chown/utimes by a writer: to its copy (fd), or in place if it has none (-1). */
+int staging_setattr(struct node *stg, int fd, const struct stat *attr, int valid);
+
+#endif
