@@ -19,6 +19,10 @@
 
 #define ROOT_ID 1
 
+/* The table lock. Lock order: a handle's lock, then the store lock, then this one; a route's
+ * lock, then this one (docs/design.md §9). Nothing is taken under it but the ring locks
+ * (nodefd.c) and the backing-open ioctl: it is dropped before a prune (the store lock) or an
+ * unref of another node. */
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct node **buckets; /* protected by table_lock */
 static size_t nbuckets, ncount;
@@ -122,7 +126,7 @@ void node_table_init(int rootfd)
 	root.nlookup = 2;
 }
 
-static void free_node(struct node *n)
+static void node_free(struct node *n)
 {
 	if (n->fd >= 0 && n != &root) {
 		close(n->fd);
@@ -152,7 +156,7 @@ void node_table_destroy(void)
 		/* the session is over: every user of a version whose prune waited is gone */
 		if (n->prune_vrel && node_prune_hook)
 			node_prune_hook(n->prune_vrel, n->dev, n->ino);
-		free_node(n);
+		node_free(n);
 	}
 	free(buckets);
 	buckets = NULL;
@@ -211,9 +215,35 @@ static bool same_object(const struct node *n, const struct file_handle *fh)
 	return n->fd >= 0 || nodefd_same(n->fh, fh);
 }
 
+/* A node of no object yet: the caller sets its kind, object and references. */
+static struct node *node_alloc(void)
+{
+	struct node *n = calloc(1, sizeof(*n));
+
+	if (!n)
+		return NULL;
+	n->fd = -1;
+	n->rdfd = -1;
+	n->cur_fd = -1;
+	return n;
+}
+
+/* LOOKUP found n: one more kernel reference. Called with table_lock held; unlocks it. */
+static struct node *found_locked(struct node *n, struct node *parent, const char *name)
+{
+	struct node *oldp;
+
+	n->nlookup++;
+	oldp = set_dir_parent_locked(n, parent, name);
+	pthread_mutex_unlock(&table_lock);
+	if (oldp)
+		node_unref(oldp);
+	return n;
+}
+
 struct node *node_lookup(struct node *parent, const char *name, struct stat *st, bool in_versions)
 {
-	struct node *n, *oldp = NULL;
+	struct node *n;
 	struct file_handle *fh = NULL;
 	struct stat fst;
 	int fd, dirfd = node_fd(parent);
@@ -221,14 +251,8 @@ struct node *node_lookup(struct node *parent, const char *name, struct stat *st,
 
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(st->st_dev, st->st_ino);
-	if (n && n->kind == kind_of(st->st_mode) && n->fd >= 0) {
-		n->nlookup++;
-		oldp = set_dir_parent_locked(n, parent, name);
-		pthread_mutex_unlock(&table_lock);
-		if (oldp)
-			node_unref(oldp);
-		return n;
-	}
+	if (n && n->kind == kind_of(st->st_mode) && n->fd >= 0)
+		return found_locked(n, parent, name);
 	pthread_mutex_unlock(&table_lock);
 
 	fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
@@ -251,16 +275,11 @@ struct node *node_lookup(struct node *parent, const char *name, struct stat *st,
 		n = NULL;
 	}
 	if (n && n->kind == kind_of(st->st_mode)) {
-		n->nlookup++;
-		oldp = set_dir_parent_locked(n, parent, name);
-		pthread_mutex_unlock(&table_lock);
 		close(fd);
 		free(fh);
-		if (oldp)
-			node_unref(oldp);
-		return n;
+		return found_locked(n, parent, name);
 	}
-	n = calloc(1, sizeof(*n));
+	n = node_alloc();
 	if (!n) {
 		pthread_mutex_unlock(&table_lock);
 		close(fd);
@@ -277,13 +296,10 @@ struct node *node_lookup(struct node *parent, const char *name, struct stat *st,
 		nodefd_count(1);
 		free(fh);
 	} else {
-		n->fd = -1;
 		n->fh = fh;
 		close(fd);
 		nodefd_note_handles();
 	}
-	n->rdfd = -1;
-	n->cur_fd = -1;
 	n->nlookup = 1;
 	set_dir_parent_locked(n, parent, name);
 	hash_insert(n);
@@ -338,16 +354,15 @@ char *node_dir_path(dev_t dev, ino_t ino)
 
 struct node *node_new_staging(struct node *base, struct node *parent, const char *name)
 {
-	struct node *n = calloc(1, sizeof(*n));
+	struct node *n = node_alloc();
 
-	if (!n || !(n->name = strdup(name))) {
-		free(n);
-		return NULL;
+	if (n && !(n->name = strdup(name))) {
+		node_free(n);
+		n = NULL;
 	}
+	if (!n)
+		return NULL;
 	n->kind = NODE_STAGING;
-	n->fd = -1;
-	n->rdfd = -1;
-	n->cur_fd = -1;
 	n->dev = base->dev;
 	n->ino = base->ino;
 	n->base = base;
@@ -392,7 +407,7 @@ static void release_locked(struct node *n)
 	n->prune_vrel = NULL;
 	base = n->base;
 	parent = n->kind == NODE_STAGING ? n->parent : n->dparent;
-	free_node(n);
+	node_free(n);
 	if (base)
 		node_unref(base);
 	if (parent)
@@ -405,10 +420,26 @@ prune:
 	}
 }
 
+/* A count would go below zero: a reference was dropped twice, a bug. Said, the count kept at
+ * zero; a debug build (the sanitizer builds the tests run) stops here. */
+static void count_broken(const struct node *n, const char *what, uint64_t have, uint64_t drop)
+{
+	log_warnx("bug: %s of node %llu (inode %llu) dropped by %llu, it had %llu", what,
+		  (unsigned long long)node_id(n), (unsigned long long)n->ino,
+		  (unsigned long long)drop, (unsigned long long)have);
+#ifdef BINVFS_DEBUG
+	abort();
+#endif
+}
+
 void node_forget(struct node *n, uint64_t nlookup)
 {
 	pthread_mutex_lock(&table_lock);
-	n->nlookup = nlookup > n->nlookup ? 0 : n->nlookup - nlookup;
+	if (nlookup > n->nlookup) {
+		count_broken(n, "lookup count", n->nlookup, nlookup);
+		nlookup = n->nlookup;
+	}
+	n->nlookup -= nlookup;
 	release_locked(n);
 }
 
@@ -422,7 +453,10 @@ void node_ref(struct node *n)
 void node_unref(struct node *n)
 {
 	pthread_mutex_lock(&table_lock);
-	n->refs--;
+	if (n->refs)
+		n->refs--;
+	else
+		count_broken(n, "reference count", 0, 1);
 	release_locked(n);
 }
 
@@ -492,7 +526,10 @@ void node_close(struct node *n)
 	int id = 0;
 
 	pthread_mutex_lock(&table_lock);
-	n->opens--;
+	if (n->opens)
+		n->opens--;
+	else
+		count_broken(n, "open count", 0, 1);
 	if (!n->opens) {
 		/* the kernel has released every file of it: none can still use the id */
 		id = n->backing_id;

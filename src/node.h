@@ -35,8 +35,9 @@ struct node {
 	unsigned rdholds; /* opens and copies using rdfd, table lock */
 	/* protected by the table lock: */
 	uint64_t nlookup; /* the kernel's references (LOOKUP replies minus FORGET) */
-	unsigned refs;	  /* ours: open handles, staging bases, routes */
-	unsigned opens;	  /* open files on this nodeid (read, exec, write) */
+	unsigned refs;	  /* ours: a staging node's base and parent, a directory's dparent, a
+			   * route, a queued invalidation (not opens: those are `opens`) */
+	unsigned opens;	  /* open files on this nodeid (read, exec, write): node_open/close */
 	int backing_id;	  /* passthrough id shared by all its opens (kernel-notes §10), 0 none */
 	char *prune_vrel; /* version to remove from the store once unused */
 	uint64_t cached_dir; /* the name the kernel may cache for it (tree LOOKUP), table lock */
@@ -75,7 +76,10 @@ char *node_dir_path(dev_t dev, ino_t ino);
 struct node *node_new_staging(struct node *base, struct node *parent, const char *name);
 void node_add_lookup(struct node *n);
 
-/* Drop references; frees the node (and removes a deferred version) when the last is gone. */
+/* Drop references; the last one frees the node. Either may then remove a version whose
+ * prune waited for it (node_prune_hook: takes the store lock, deletes the file): so a FORGET,
+ * the end of a LOOKUP or a route, or a RELEASE (node_close) can delete a file. Call them
+ * holding neither the store lock nor the table lock. */
 void node_forget(struct node *n, uint64_t nlookup);
 void node_ref(struct node *n);
 void node_unref(struct node *n);
