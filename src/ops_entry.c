@@ -36,20 +36,44 @@ static bool cacheable(struct node *parent, struct node *n, const struct stat *st
 	       __atomic_load_n(&fs.gen, __ATOMIC_ACQUIRE) == gen;
 }
 
-static void reply_negative(fuse_req_t req, bool cache)
+/* A name that is a regular file, found as node n (one lookup): the node this thread gets. A
+ * writer's thread is routed to a staging node of its own (kernel-notes §3); `links`: the
+ * links the name had when it was read. */
+static struct node *file_for(fuse_req_t req, struct node *parent, const char *name, struct node *n,
+			     const struct stat *st, nlink_t links)
 {
-	struct fuse_entry_param e;
+	pid_t tid = fuse_req_ctx(req)->pid;
 
-	memset(&e, 0, sizeof(e));
-	e.entry_timeout = cache ? TIMEOUT_LONG : 0; /* names appear in .versions/ behind our back */
-	fuse_reply_entry(req, &e);
+	if (parent->in_versions) {
+		/* A writer sent back here walks to the same node again, and its second open is
+		 * refused (route_arm); an error here would only make the kernel look the name up
+		 * once more. */
+		if (links == 0) { /* no name in the tree */
+			node_set_old(n, true);
+			__atomic_store_n(&n->replaced, false, __ATOMIC_RELEASE);
+		}
+		return n;
+	}
+	/* Only a name with an execute bit can be running (execve needs one, root included), so
+	 * only those need the syscall read (kernel-notes §9). */
+	bool writer = (st->st_mode & 0111) && route_thread_writes(tid);
+	struct node *stg = route_staging(tid, fuse_req_ctx(req)->uid, n, parent, name, writer);
+
+	if (node_old(n))
+		node_set_old(n, false); /* reachable by name again (a hard link) */
+	if (!stg)
+		return n;
+	log_debug("lookup %s: thread %d routed to staging", name, tid);
+	node_forget(n, 1);
+	return stg;
 }
 
-void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
+/* LOOKUP of parent/name for this request's thread: *np (one kernel lookup) and its stat, or
+ * NULL for a negative answer; *cache: may the kernel keep the answer. */
+static int lookup_name(fuse_req_t req, struct node *parent, const char *name, struct node **np,
+		       struct stat *st, bool *cache)
 {
-	struct node *parent = inode_of(pino), *n;
-	struct fuse_entry_param e;
-	struct stat st;
+	struct node *n;
 	int dirfd = node_fd(parent);
 	bool view_root = versions_is_view_root(parent, name);
 	unsigned long gen = __atomic_load_n(&fs.gen, __ATOMIC_ACQUIRE);
@@ -57,65 +81,56 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 	ino_t ino;
 	int err;
 
+	*np = NULL;
+	*cache = false; /* names appear in .versions/ behind our back */
 	if (!parent->in_versions && !view_root)
 		route_saw_lookup(fuse_req_ctx(req)->pid); /* (a walk into .versions/ is not) */
-
-	if (!view_root && versions_hidden(parent, name)) {
-		reply_negative(req, false);
-		return;
-	}
+	if (!view_root && versions_hidden(parent, name))
+		return 0;
 	/* the links the file had when the name was read: natively, stat() of a name that a rename
 	 * replaces sees the old or the new file, each with its one link */
-	err = dirfd < 0 ? -errno : links_fstatat(dirfd, name, &st, parent->in_versions);
-	if (err) {
-		if (err == -ENOENT)
-			reply_negative(req, !parent->in_versions);
-		else
-			fuse_reply_err(req, -err);
-		return;
-	}
-	links = st.st_nlink;
-	ino = st.st_ino;
-	n = node_lookup(parent, name, &st, parent->in_versions || view_root);
-	if (!n) {
-		fuse_reply_err(req, errno);
-		return;
-	}
-	if (n->kind == NODE_FILE) {
-		if (parent->in_versions) {
-			/* A writer sent back here walks to the same node again, and its second
-			 * open is refused (route_arm); an error here would only make the
-			 * kernel look the name up once more. */
-			if (links == 0) { /* no name in the tree */
-				node_set_old(n, true);
-				__atomic_store_n(&n->replaced, false, __ATOMIC_RELEASE);
-			}
-		} else {
-			pid_t tid = fuse_req_ctx(req)->pid;
-			/* Only a name with an execute bit can be running (execve needs one, root
-			 * included), so only those need the syscall read (kernel-notes §9). */
-			bool writer = (st.st_mode & 0111) && route_thread_writes(tid);
-			struct node *stg =
-			    route_staging(tid, fuse_req_ctx(req)->uid, n, parent, name, writer);
-
-			if (node_old(n))
-				node_set_old(n, false); /* reachable by name again (a hard link) */
-			if (stg) {
-				log_debug("lookup %s: thread %d routed to staging", name, tid);
-				node_forget(n, 1);
-				n = stg;
-			}
-		}
-	}
-	if (view_root || st.st_ino != ino)
-		node_stat(n, &st); /* the node's own (the name changed meanwhile) */
+	err = dirfd < 0 ? -errno : links_fstatat(dirfd, name, st, parent->in_versions);
+	if (err == -ENOENT)
+		*cache = !parent->in_versions;
+	if (err)
+		return err == -ENOENT ? 0 : err;
+	links = st->st_nlink;
+	ino = st->st_ino;
+	n = node_lookup(parent, name, st, parent->in_versions || view_root);
+	if (!n)
+		return -errno;
+	if (n->kind == NODE_FILE)
+		n = file_for(req, parent, name, n, st, links);
+	if (view_root || st->st_ino != ino)
+		node_stat(n, st); /* the node's own (the name changed meanwhile) */
 	else
-		st.st_nlink = links; /* (node_lookup stats again when it makes a node) */
-	bool cache = cacheable(parent, n, &st, gen);
-	if (cache)
+		st->st_nlink = links; /* (node_lookup stats again when it makes a node) */
+	*cache = cacheable(parent, n, st, gen);
+	if (*cache)
 		node_set_cached_name(n, node_id(parent), name);
-	fill_entry(&e, n, &st, cache);
-	if (fuse_reply_entry(req, &e) == -ENOENT)
+	*np = n;
+	return 0;
+}
+
+void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
+{
+	struct fuse_entry_param e;
+	struct node *n;
+	struct stat st;
+	bool cache;
+	int err = lookup_name(req, inode_of(pino), name, &n, &st, &cache);
+
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	if (n) {
+		fill_entry(&e, n, &st, cache);
+	} else { /* a negative entry */
+		memset(&e, 0, sizeof(e));
+		e.entry_timeout = cache ? TIMEOUT_LONG : 0;
+	}
+	if (fuse_reply_entry(req, &e) == -ENOENT && n)
 		node_forget(n, 1); /* the requester was interrupted: the kernel took no ref */
 }
 
@@ -293,13 +308,20 @@ static void reply_new_entry(fuse_req_t req, struct node *parent, const char *nam
 		node_forget(n, 1);
 }
 
-void bv_mknod(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode, dev_t rdev)
+/* MKNOD, MKDIR and SYMLINK (mode's type says which; link: a symlink's target). */
+static void make_new(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode, dev_t rdev,
+		     const char *link)
 {
 	struct node *parent = inode_of(pino);
-	int err = check_new_name(parent, name, "mknod of");
+	const char *op = S_ISDIR(mode) ? "mkdir of" : S_ISLNK(mode) ? "symlink" : "mknod of";
+	int err = check_new_name(parent, name, op), dirfd = node_fd(parent), r;
 
-	if (!err && mknodat(node_fd(parent), name, mode, rdev) < 0)
-		err = -errno;
+	if (!err) {
+		r = S_ISDIR(mode)   ? mkdirat(dirfd, name, mode & ~S_IFMT)
+		    : S_ISLNK(mode) ? symlinkat(link, dirfd, name)
+				    : mknodat(dirfd, name, mode, rdev);
+		err = r < 0 ? -errno : 0;
+	}
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
@@ -308,34 +330,19 @@ void bv_mknod(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode, de
 	reply_new_entry(req, parent, name);
 }
 
+void bv_mknod(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode, dev_t rdev)
+{
+	make_new(req, pino, name, mode, rdev, NULL);
+}
+
 void bv_mkdir(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode)
 {
-	struct node *parent = inode_of(pino);
-	int err = check_new_name(parent, name, "mkdir of");
-
-	if (!err && mkdirat(node_fd(parent), name, mode) < 0)
-		err = -errno;
-	if (err) {
-		fuse_reply_err(req, -err);
-		return;
-	}
-	own_new(req, parent, name, S_IFDIR | mode);
-	reply_new_entry(req, parent, name);
+	make_new(req, pino, name, S_IFDIR | mode, 0, NULL);
 }
 
 void bv_symlink(fuse_req_t req, const char *link, fuse_ino_t pino, const char *name)
 {
-	struct node *parent = inode_of(pino);
-	int err = check_new_name(parent, name, "symlink");
-
-	if (!err && symlinkat(link, node_fd(parent), name) < 0)
-		err = -errno;
-	if (err) {
-		fuse_reply_err(req, -err);
-		return;
-	}
-	own_new(req, parent, name, S_IFLNK);
-	reply_new_entry(req, parent, name);
+	make_new(req, pino, name, S_IFLNK, 0, link);
 }
 
 void bv_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t pino, const char *name)
