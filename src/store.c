@@ -1,17 +1,17 @@
-/* store.c - the version store on disk.
+/* store.c - the version store on disk: opening it, its lock, staging, versions directories.
  *
  * SOURCE/<path>                    the current version of every file, a plain file
  * SOURCE/.versions/<dir>/<name>.~N~ old versions: hard links to the replaced inodes
  * SOURCE/.versions/.binvfs-format   the format marker
  * SOURCE/.versions/.binvfs-staging/<instance>/ each daemon's publish links in flight
  *
- * Every access is relative to a directory fd and never follows a symlink. */
+ * Keeping versions is keep.c, removing them retention.c. Every access is relative to a
+ * directory fd and never follows a symlink. */
 #define _GNU_SOURCE
 #include "store.h"
 #include "history.h"
 #include "links.h"
 #include "log.h"
-#include "space.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -25,7 +25,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-static int open_dir_nofollow(int dirfd, const char *name, int flags)
+int store_open_dir(int dirfd, const char *name, int flags)
 {
 	return openat(dirfd, name, flags | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 }
@@ -33,7 +33,7 @@ static int open_dir_nofollow(int dirfd, const char *name, int flags)
 /* Remove every entry of a directory (staging leftovers); not recursive. */
 static void empty_dir(int dirfd)
 {
-	int fd = open_dir_nofollow(dirfd, ".", O_RDONLY);
+	int fd = store_open_dir(dirfd, ".", O_RDONLY);
 	DIR *d;
 	struct dirent *e;
 
@@ -98,7 +98,7 @@ static int write_marker(int vfd)
  * while programs run from it) keeps its own. */
 static void staging_sweep(struct store *s)
 {
-	int fd = open_dir_nofollow(s->lockfd, ".", O_RDONLY);
+	int fd = store_open_dir(s->lockfd, ".", O_RDONLY);
 	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	struct dirent *e;
 
@@ -111,7 +111,7 @@ static void staging_sweep(struct store *s)
 		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") ||
 		    !strcmp(e->d_name, s->stagename))
 			continue;
-		int sub = open_dir_nofollow(s->lockfd, e->d_name, O_RDONLY);
+		int sub = store_open_dir(s->lockfd, e->d_name, O_RDONLY);
 		if (sub < 0) {
 			if (unlinkat(s->lockfd, e->d_name, 0) == 0)
 				log_info("removed staging leftover %s", e->d_name);
@@ -143,7 +143,7 @@ static int staging_open(struct store *s)
 			break;
 		if (s->lockfd >= 0)
 			close(s->lockfd);
-		s->lockfd = open_dir_nofollow(s->vfd, STORE_STAGING, O_RDONLY);
+		s->lockfd = store_open_dir(s->vfd, STORE_STAGING, O_RDONLY);
 		if (s->lockfd < 0)
 			break;
 		/* under the store's flock: another daemon's sweep must not take our directory
@@ -156,7 +156,7 @@ static int staging_open(struct store *s)
 				continue;
 			break;
 		}
-		s->stagefd = open_dir_nofollow(s->lockfd, s->stagename, O_RDONLY);
+		s->stagefd = store_open_dir(s->lockfd, s->stagename, O_RDONLY);
 		if (s->stagefd < 0 || flock(s->stagefd, LOCK_EX | LOCK_NB) < 0) {
 			flock(s->lockfd, LOCK_UN);
 			break;
@@ -203,7 +203,7 @@ int store_open(struct store *s, const char *source, unsigned keep, bool nosync)
 		log_warn("%s/%s", source, STORE_DIR);
 		return -1;
 	}
-	s->vfd = open_dir_nofollow(s->rootfd, STORE_DIR, O_PATH);
+	s->vfd = store_open_dir(s->rootfd, STORE_DIR, O_PATH);
 	if (s->vfd < 0) {
 		log_warn("%s/%s", source, STORE_DIR);
 		return -1;
@@ -389,7 +389,7 @@ int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, cha
 	for (comp = strtok_r(path, "/", &save); comp; comp = strtok_r(NULL, "/", &save)) {
 		struct stat tst;
 		const char *mirror = mirror_name(comp, mbuf, sizeof(mbuf));
-		int vnext, tnext = open_dir_nofollow(tcur, comp, O_PATH);
+		int vnext, tnext = store_open_dir(tcur, comp, O_PATH);
 		char *nrel;
 
 		if (tnext < 0 || fstat(tnext, &tst) < 0) {
@@ -410,13 +410,13 @@ int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, cha
 		}
 		free(vrel);
 		vrel = nrel;
-		vnext = open_dir_nofollow(vcur, mirror, O_PATH);
+		vnext = store_open_dir(vcur, mirror, O_PATH);
 		if (vnext < 0 && errno == ENOENT && create) {
 			if (mkdirat(vcur, mirror, tst.st_mode & 07777) < 0 && errno != EEXIST) {
 				err = -errno;
 				goto out;
 			}
-			vnext = open_dir_nofollow(vcur, mirror, O_PATH);
+			vnext = store_open_dir(vcur, mirror, O_PATH);
 			if (vnext >= 0)
 				store_sync_dir(s, vcur);
 		}
@@ -453,24 +453,6 @@ out:
 	if (tcur >= 0)
 		close(tcur);
 	return err;
-}
-
-/* The sorted version numbers of name (a copy the caller frees), from the history index. */
-int store_list_versions(int vdirfd, const char *name, uint32_t **ns, size_t *count)
-{
-	const uint32_t *h;
-	size_t cnt;
-	int err = history_get(vdirfd, name, &h, &cnt);
-
-	if (err)
-		return err;
-	*ns = malloc((cnt ? cnt : 1) * sizeof(**ns));
-	if (!*ns)
-		return -ENOMEM;
-	if (cnt)
-		memcpy(*ns, h, cnt * sizeof(**ns));
-	*count = cnt;
-	return 0;
 }
 
 static void copy_xattrs(int src, int dst)
@@ -520,7 +502,7 @@ int store_sync_dir(struct store *s, int dirfd)
 
 	if (s->nosync)
 		return 0;
-	fd = open_dir_nofollow(dirfd, ".", O_RDONLY);
+	fd = store_open_dir(dirfd, ".", O_RDONLY);
 	if (fd < 0)
 		return -errno;
 	if (fsync(fd) < 0) {
@@ -530,426 +512,4 @@ int store_sync_dir(struct store *s, int dirfd)
 	}
 	close(fd);
 	return 0;
-}
-
-int store_unlink_version(int vdirfd, const char *vname, ino_t ino)
-{
-	links_begin();
-	int r = unlinkat(vdirfd, vname, 0);
-	links_end(ino, r == 0 ? -1 : 0);
-	return r;
-}
-
-/* name: the stored name (names_stored) */
-static int prune(int vdirfd, const char *rel, const char *name, uint32_t *ns, size_t cnt,
-		 unsigned keep, store_in_use_fn in_use, void *arg)
-{
-	char vname[300], *vrel;
-	int removed = 0;
-
-	for (size_t i = 0; cnt > keep && i < cnt - keep; i++) {
-		struct stat st;
-		snprintf(vname, sizeof(vname), NAMES_VERSION_FMT, name, ns[i]);
-		if (fstatat(vdirfd, vname, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-			if (errno == ENOENT)
-				history_del(vdirfd, name, ns[i]); /* gone already */
-			continue;
-		}
-		if (!(vrel = store_join(rel, vname)))
-			break;
-		if (in_use && in_use(arg, &st, vrel, vdirfd, vname)) {
-			log_info("keep %s/%s: in use, removed when its last user is gone",
-				 STORE_DIR, vrel);
-		} else if (store_unlink_version(vdirfd, vname, st.st_ino) == 0) {
-			history_del(vdirfd, name, ns[i]);
-			log_info("prune %s/%s", STORE_DIR, vrel);
-			removed++;
-		} else {
-			log_warn("prune %s/%s", STORE_DIR, vrel);
-		}
-		free(vrel);
-	}
-	return removed;
-}
-
-/* Apply retention now: keep the newest `keep` versions of dirfd/name, or of every name with
- * versions in that directory when name is NULL. Returns the number removed or -errno. */
-int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, store_in_use_fn in_use,
-		void *arg)
-{
-	char *rel;
-	int vdirfd, err, removed = 0;
-	char **names = NULL;
-	size_t nnames = 0;
-
-	err = store_versions_dir(s, dirfd, false, &vdirfd, &rel);
-	if (err)
-		return err == -ENOENT ? 0 : err;
-	if (name) {
-		char stored[NAMES_STORED_MAX + 1];
-		names_stored(name, stored);
-		names = malloc(sizeof(*names));
-		if (names && (names[0] = strdup(stored)))
-			nnames = 1;
-	} else {
-		int fd = open_dir_nofollow(vdirfd, ".", O_RDONLY);
-		DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-		struct dirent *e;
-		while (d && (e = readdir(d))) {
-			size_t len;
-			if (!names_version_parse(e->d_name, &len))
-				continue;
-			char **nn = realloc(names, (nnames + 1) * sizeof(*names));
-			if (!nn)
-				break;
-			names = nn;
-			names[nnames] = strndup(e->d_name, len);
-			if (names[nnames])
-				nnames++;
-		}
-		if (d)
-			closedir(d);
-		else if (fd >= 0)
-			close(fd);
-	}
-	for (size_t i = 0; i < nnames; i++) {
-		uint32_t *ns = NULL;
-		size_t cnt = 0;
-		bool seen = false;
-		for (size_t j = 0; j < i && !seen; j++)
-			seen = !strcmp(names[j], names[i]);
-		if (!seen && store_list_versions(vdirfd, names[i], &ns, &cnt) == 0)
-			removed += prune(vdirfd, rel, names[i], ns, cnt, keep, in_use, arg);
-		free(ns);
-	}
-	for (size_t i = 0; i < nnames; i++)
-		free(names[i]);
-	free(names);
-	free(rel);
-	close(vdirfd);
-	return removed;
-}
-
-/* A file whose name is shortened in its versions dir (names_stored) has its whole name
- * recorded there once, as "<stored>.~~" holding exactly the name: tools show and accept the
- * real name, and a second name with the same stored form (a SHA-256 prefix collision) is
- * refused instead of mixing its versions with the first one's. */
-static int keep_record(struct store *s, int vdirfd, const char *stored, const char *name)
-{
-	char rec[NAMES_STORED_MAX + sizeof(NAMES_MIRROR_SUFFIX)], buf[NAME_MAX + 2];
-	size_t len = strlen(name);
-	ssize_t n;
-	int fd;
-
-	snprintf(rec, sizeof(rec), "%s" NAMES_MIRROR_SUFFIX, stored);
-	fd = openat(vdirfd, rec, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-	if (fd >= 0) {
-		int err = 0;
-		errno = 0;
-		if (write(fd, name, len) != (ssize_t)len)
-			err = errno ? -errno : -ENOSPC; /* a short write: the disk is full */
-		else if (!s->nosync && fsync(fd) < 0)
-			err = -errno;
-		close(fd);
-		if (err)
-			unlinkat(vdirfd, rec, 0);
-		return err;
-	}
-	if (errno != EEXIST)
-		return -errno;
-	fd = openat(vdirfd, rec, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, sizeof(buf));
-	close(fd);
-	if (n == (ssize_t)len && !memcmp(buf, name, len))
-		return 0;
-	log_warnx("%s: its shortened name %s is recorded for another name; no version kept", name,
-		  stored);
-	return -ENAMETOOLONG;
-}
-
-/* ch->vname was linked into the versions dir rel: the change kept it. */
-static int set_vrel(struct store_change *ch, const char *rel)
-{
-	free(ch->vrel);
-	ch->vrel = store_join(rel, ch->vname);
-	ch->kept = ch->vrel != NULL;
-	return ch->kept ? 0 : -ENOMEM;
-}
-
-void store_change_done(struct store_change *ch)
-{
-	free(ch->vrel);
-	ch->vrel = NULL;
-}
-
-/* Link the regular file at dirfd/name as its next version; the caller holds s->lock. */
-static int keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
-			store_in_use_fn in_use, void *arg)
-{
-	char *rel;
-	uint32_t *ns = NULL, next;
-	size_t cnt = 0;
-	int vdirfd, err;
-	struct stat last;
-
-	char stored[NAMES_STORED_MAX + 1];
-
-	if (fstatat(dirfd, name, &ch->old, AT_SYMLINK_NOFOLLOW) < 0)
-		return -errno;
-	if (!S_ISREG(ch->old.st_mode))
-		return 0;
-	err = store_versions_dir(s, dirfd, true, &vdirfd, &rel);
-	if (err)
-		return err;
-	if (names_stored(name, stored)) {
-		err = keep_record(s, vdirfd, stored, name);
-		if (err)
-			goto out;
-	}
-	err = store_list_versions(vdirfd, stored, &ns, &cnt);
-	if (err)
-		goto out;
-	if (cnt && ns[cnt - 1] == UINT32_MAX) {
-		err = -EOVERFLOW; /* no number left for this path */
-		goto out;
-	}
-	next = cnt ? ns[cnt - 1] + 1 : 1;
-	snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, stored, next - 1);
-	if (cnt && fstatat(vdirfd, ch->vname, &last, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    last.st_ino == ch->old.st_ino && last.st_dev == ch->old.st_dev) {
-		/* a crash between link and rename left it linked already */
-		err = set_vrel(ch, rel);
-		goto out;
-	}
-	for (;; next++) {
-		/* (a stored name always fits: names_stored) */
-		if (snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, stored, next) >=
-		    (int)sizeof(ch->vname)) {
-			err = -ENAMETOOLONG;
-			goto out;
-		}
-		links_begin();
-		int r = linkat(dirfd, name, vdirfd, ch->vname, 0);
-		links_end(ch->old.st_ino, r == 0 ? 1 : 0);
-		if (r == 0) {
-			history_add(vdirfd, stored, next);
-			break;
-		}
-		if (errno != EEXIST || next == UINT32_MAX) {
-			/* (another daemon on the store, or a stray entry, took the number) */
-			err = errno == EEXIST ? -EOVERFLOW : -errno;
-			goto out;
-		}
-	}
-	err = set_vrel(ch, rel);
-	if (err)
-		goto out;
-	uint32_t *nn = realloc(ns, (cnt + 1) * sizeof(*ns));
-	if (nn) {
-		ns = nn;
-		ns[cnt++] = next;
-		if (s->keep)
-			prune(vdirfd, rel, stored, ns, cnt, s->keep, in_use, arg);
-	}
-	err = store_sync_dir(s, vdirfd);
-out:
-	free(ns);
-	free(rel);
-	close(vdirfd);
-	return err;
-}
-
-/* A link into .versions/ can need a directory block, a new mirror directory an inode and a
- * block: what old versions yield for one try more. */
-#define YIELD_STEP (1u << 20)
-
-static bool no_space(int err)
-{
-	return err == -ENOSPC || err == -EDQUOT;
-}
-
-int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
-		       store_in_use_fn in_use, void *arg)
-{
-	int err = keep_version(s, dirfd, name, ch, in_use, arg);
-
-	if (no_space(err)) {
-		space_yield(s, space_avail(s) + YIELD_STEP, name);
-		err = keep_version(s, dirfd, name, ch, in_use, arg);
-	}
-	if (no_space(err)) {
-		/* the current file must change anyway: do it without keeping this version */
-		errno = -err;
-		log_warn("%s: no space to keep the replaced file; it goes without a version", name);
-		ch->kept = false;
-		ch->dropped = true;
-		return 0;
-	}
-	return err;
-}
-
-int store_keep_removed(struct store *s, int dirfd, const char *name, struct store_change *ch,
-		       store_in_use_fn in_use, void *arg)
-{
-	struct stat st;
-
-	if (space_short(s) && fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    S_ISREG(st.st_mode) && st.st_nlink == 1 &&
-	    !space_yield(s, space_avail(s) + (uint64_t)st.st_blocks * 512, name)) {
-		log_warnx("%s: below the reserve; removed without keeping a version, to free its "
-			  "space",
-			  name);
-		ch->old = st;
-		ch->kept = false;
-		ch->dropped = true;
-		return 0;
-	}
-	return store_keep_version(s, dirfd, name, ch, in_use, arg);
-}
-
-/* Publish the staging file stfd at dirfd/name with one rename; the replaced file becomes the
- * next version. The caller has synced stfd and holds s->lock. */
-int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
-		  store_in_use_fn in_use, void *arg)
-{
-	char tmp[64], proc[64];
-	int err;
-
-	memset(ch, 0, sizeof(*ch));
-	snprintf(tmp, sizeof(tmp), "p%d.%llu", getpid(), (unsigned long long)s->seq++);
-	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", stfd);
-	if (linkat(AT_FDCWD, proc, s->stagefd, tmp, AT_SYMLINK_FOLLOW) < 0) {
-		if (!no_space(-errno))
-			return -errno;
-		space_yield(s, space_avail(s) + YIELD_STEP, name);
-		if (linkat(AT_FDCWD, proc, s->stagefd, tmp, AT_SYMLINK_FOLLOW) < 0)
-			return -errno;
-	}
-	err = store_keep_version(s, dirfd, name, ch, in_use, arg);
-	if (err == -ENOENT) {
-		/* The name is gone (removed while being written): keep the new content as a
-		 * version rather than resurrect the name. */
-		int vdirfd;
-		char *rel = NULL, stored[NAMES_STORED_MAX + 1];
-		uint32_t *ns = NULL;
-		size_t cnt = 0;
-		bool shortened = names_stored(name, stored);
-
-		err = store_versions_dir(s, dirfd, true, &vdirfd, &rel);
-		if (!err && shortened)
-			err = keep_record(s, vdirfd, stored, name);
-		if (!err)
-			err = store_list_versions(vdirfd, stored, &ns, &cnt);
-		if (!err) {
-			if (cnt && ns[cnt - 1] == UINT32_MAX)
-				err = -EOVERFLOW;
-			/* NOREPLACE: another daemon on the store may have taken the number */
-			uint32_t next = cnt ? ns[cnt - 1] + 1 : 1;
-			bool yielded = false;
-			struct stat cst;
-			if (!err && fstat(stfd, &cst) < 0)
-				err = -errno;
-			for (; !err; next++) {
-				snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, stored,
-					 next);
-				links_begin();
-				int r =
-				    renameat2(s->stagefd, tmp, vdirfd, ch->vname, RENAME_NOREPLACE);
-				links_end(cst.st_ino, r == 0 ? 1 : 0);
-				if (r == 0)
-					break;
-				if (no_space(-errno) && !yielded) {
-					/* a directory block: versions yield it; same N */
-					yielded = true;
-					space_yield(s, space_avail(s) + YIELD_STEP, name);
-					next--;
-					continue;
-				}
-				if (errno != EEXIST || next == UINT32_MAX)
-					err = errno == EEXIST ? -EOVERFLOW : -errno;
-			}
-			if (!err) {
-				history_add(vdirfd, stored, next);
-				ch->orphaned = true;
-				ch->vrel = store_join(rel, ch->vname);
-			}
-			free(ns);
-			free(rel);
-			close(vdirfd);
-		}
-		if (err)
-			unlinkat(s->stagefd, tmp, 0);
-		return err;
-	}
-	if (err) {
-		unlinkat(s->stagefd, tmp, 0);
-		return err;
-	}
-	/* No reader may stat the name between the moment ext4 takes the replaced inode's link
-	 * and the moment the name shows the new one: it would count 0 links for a name that
-	 * was never missing (natively an in-place write renames nothing). */
-	links_begin();
-	err = renameat(s->stagefd, tmp, dirfd, name) < 0 ? -errno : 0;
-	links_end(0, 0);
-	if (err) {
-		unlinkat(s->stagefd, tmp, 0);
-		return err;
-	}
-	err = store_sync_dir(s, dirfd);
-	space_keep_reserve(s);
-	return err;
-}
-
-/* Remove a deferred version once unused, if it still is the same inode; never follows links. */
-int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino)
-{
-	char *path = strdup(vrel), *slash, *base;
-	int dirfd;
-	struct stat st;
-	int err = 0;
-
-	if (!path)
-		return -ENOMEM;
-	slash = strrchr(path, '/');
-	dirfd = dup(s->vfd);
-	if (dirfd < 0) {
-		free(path);
-		return -errno;
-	}
-	if (slash) {
-		char *save = NULL;
-		*slash = 0;
-		for (char *c = strtok_r(path, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
-			int next = open_dir_nofollow(dirfd, c, O_PATH);
-			err = next < 0 ? -errno : 0;
-			close(dirfd);
-			if (next < 0) {
-				free(path);
-				return err;
-			}
-			dirfd = next;
-		}
-		base = slash + 1;
-	} else {
-		base = path;
-	}
-	if (fstatat(dirfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_dev == dev &&
-	    st.st_ino == ino) {
-		size_t len;
-		uint32_t n = names_version_parse(base, &len);
-		if (store_unlink_version(dirfd, base, ino) < 0) {
-			err = -errno;
-		} else if (n) {
-			base[len] = 0;
-			history_del(dirfd, base, n);
-			base[len] = '.';
-		}
-		if (!err)
-			log_info("prune %s/%s (its last user is gone)", STORE_DIR, vrel);
-	}
-	close(dirfd);
-	free(path);
-	return err;
 }

@@ -22,8 +22,8 @@ struct store {
 	unsigned keep; /* old versions kept per path, 0 = no limit */
 	bool nosync;
 	pthread_mutex_t lock; /* serialises every change to names that keeps a version; taken
-			       * through store_lock(); first in the lock order (then the node
-			       * table's) */
+			       * through store_lock(). Lock order: a handle's lock, then this,
+			       * then the node table's and the links lock (docs/design.md §9) */
 	uint64_t seq;	      /* staging link names; protected by lock */
 	uint64_t reserve;     /* bytes kept free by pruning unused versions (space.c), 0 = none */
 	/* set by main: does the kernel still hold a node of this inode? (its space cannot be
@@ -64,7 +64,7 @@ int store_stage_create(struct store *s, int srcfd, const struct stat *base, off_
 int store_copy(int srcfd, int dstfd, off_t len);
 int store_same_content(int a, int b, off_t size);
 
-/* The callers below hold s->lock. */
+/* The callers below hold s->lock. keep.c: keep the file at dirfd/name as its next version. */
 int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
 		       store_in_use_fn in_use, void *arg);
 /* Same for a file that rm or mv is about to remove: below the reserve, the removal frees what
@@ -73,11 +73,17 @@ int store_keep_removed(struct store *s, int dirfd, const char *name, struct stor
 		       store_in_use_fn in_use, void *arg);
 int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
 		  store_in_use_fn in_use, void *arg);
+/* retention.c */
 int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, store_in_use_fn in_use,
 		void *arg);
 int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino);
 /* unlinkat(vdirfd, vname) of a version of inode ino, counted (links.h). */
 int store_unlink_version(int vdirfd, const char *vname, ino_t ino);
 int store_sync_dir(struct store *s, int dirfd);
+
+/* Within the store (store.c, keep.c, retention.c): */
+int store_open_dir(int dirfd, const char *name, int flags); /* O_DIRECTORY | O_NOFOLLOW */
+int retention_apply(int vdirfd, const char *rel, const char *name, uint32_t *ns, size_t cnt,
+		    unsigned keep, store_in_use_fn in_use, void *arg);
 
 #endif
