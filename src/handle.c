@@ -23,8 +23,8 @@
 /* Open handles (the node's open count is taken by the caller). On unmount the kernel drops
  * RELEASEs it has not sent yet, so the end of the session publishes and frees what is left
  * (handles_shutdown). */
-static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct list handles = LIST_HEAD_INIT(handles); /* handles_lock */
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER; /* a leaf: nothing under it */
+static struct list handles = LIST_HEAD_INIT(handles);		 /* handles_lock */
 
 static struct handle *handle_new(enum handle_kind kind, struct node *n, int fd)
 {

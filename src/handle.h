@@ -15,7 +15,8 @@ struct handle {
 	enum handle_kind kind;
 	struct node *node;    /* the nodeid opened (holds an open count: node_open) */
 	int fd;		      /* owned */
-	pthread_mutex_t lock; /* protects fd and everything below */
+	pthread_mutex_t lock; /* protects fd and everything below. Lock order: this, then the
+			       * store lock, then the node table's (docs/design.md §9) */
 	bool dirty;	      /* changed since the last publish */
 	bool published;	      /* fd is now a published version: copy before writing again */
 	bool abandoned;	      /* its writer was killed: never publish */

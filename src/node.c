@@ -215,6 +215,17 @@ static bool same_object(const struct node *n, const struct file_handle *fh)
 	return n->fd >= 0 || nodefd_same(n->fh, fh);
 }
 
+/* A field of a node that the table lock protects, read under it. */
+static int read_locked(const int *field)
+{
+	int v;
+
+	pthread_mutex_lock(&table_lock);
+	v = *field;
+	pthread_mutex_unlock(&table_lock);
+	return v;
+}
+
 /* A node of no object yet: the caller sets its kind, object and references. */
 static struct node *node_alloc(void)
 {
@@ -509,12 +520,7 @@ int node_open(struct node *n, bool pt)
  * too, unless it was a passthrough open, which never held one (node_open decided). */
 void node_close_read(struct node *n)
 {
-	int id;
-
-	pthread_mutex_lock(&table_lock);
-	id = n->backing_id;
-	pthread_mutex_unlock(&table_lock);
-	if (!id)
+	if (!read_locked(&n->backing_id))
 		node_rdfd_release(n->kind == NODE_STAGING ? n->base : n);
 	node_close(n);
 }
@@ -780,10 +786,5 @@ int node_meta_take(struct node *n, struct stat *meta)
 
 int node_cur_fd(struct node *n)
 {
-	int fd;
-
-	pthread_mutex_lock(&table_lock);
-	fd = n->cur_fd;
-	pthread_mutex_unlock(&table_lock);
-	return fd;
+	return read_locked(&n->cur_fd);
 }
