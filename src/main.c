@@ -262,10 +262,94 @@ static void raise_nofile(void)
 	setrlimit(RLIMIT_NOFILE, &rl);
 }
 
+/* The store under the mount, and the node table on it. */
+static int open_store(const struct options *o)
+{
+	struct stat vst;
+
+	if (store_open(&fs.store, o->source, o->keep, o->nosync) < 0)
+		return -1;
+	if (fstat(fs.store.vfd, &vst) == 0) {
+		fs.view_dev = vst.st_dev;
+		fs.view_ino = vst.st_ino;
+	}
+	store_setup(&fs.store, o);
+	node_table_init(fs.store.rootfd);
+	node_prune_hook = prune_deferred;
+	node_inval_hook = inval_entry_queue;
+	return 0;
+}
+
+/* The mount is up: answer INIT, set passthrough up, go to the background, start the threads.
+ * -1 if the mount must go again. */
+static int start_serving(const struct options *o)
+{
+	int r;
+
+	fs.mnt_id = binvfs_mount_id(o->mountpoint, fs.bdi, sizeof(fs.bdi));
+	fs.readahead_kb = o->readahead_kb;
+	fs.readahead_asked = o->readahead_asked;
+	r = pt_install(fs.se, o->passthrough);
+	if (r < 0) {
+		errno = -r;
+		log_warn("cannot hook the session for passthrough");
+		return -1;
+	}
+	r = serve_init(fs.se);
+	if (r < 0) {
+		errno = -r;
+		log_warn("no INIT from the kernel");
+		return -1;
+	}
+	if (!start_passthrough(o->passthrough))
+		return -1;
+	if (!o->foreground)
+		log_init(true, o->debug);
+	fuse_daemonize(o->foreground);
+	if (inval_start(fs.se) < 0)
+		log_warnx("cannot start the invalidation thread: deferred prunes wait for FORGET");
+	log_info("serving %s at %s (keep=%u, reserve=%llu KiB%s)", o->source, o->mountpoint,
+		 o->keep, (unsigned long long)(fs.store.reserve >> 10),
+		 o->nosync ? ", nosync" : "");
+	log_info("passthrough %s", pt_status());
+	store_index_start(&fs.store);
+	systemd_ready();
+	return 0;
+}
+
+/* The request loop, until the unmount or a signal: libfuse's worker pool, or one thread. */
+static int serve_requests(bool single_thread)
+{
+	struct fuse_loop_config *cfg;
+	int ret;
+
+	if (single_thread)
+		return fuse_session_loop(fs.se);
+	cfg = fuse_loop_cfg_create();
+	fuse_loop_cfg_set_clone_fd(cfg, 0);
+	fuse_loop_cfg_set_idle_threads(cfg, 10);
+	/* libfuse's default of 10 workers lets ten slow /proc reads stall every request */
+	fuse_loop_cfg_set_max_threads(cfg, 128);
+	ret = fuse_session_loop_mt(fs.se, cfg);
+	fuse_loop_cfg_destroy(cfg);
+	return ret;
+}
+
+/* After the loop: what the unmount left (handles whose RELEASE it dropped, pending prunes). */
+static void end_session(const char *mountpoint)
+{
+	inval_stop();
+	unmount_if_ours(mountpoint);
+	handles_shutdown();
+	dirs_shutdown();
+	log_info("unmounted %s", mountpoint);
+	route_clear_all();
+	node_table_destroy();
+}
+
 int main(int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
-	struct fuse_loop_config *cfg;
 	struct options o;
 	char fsname[4200];
 	int r, ret = 1;
@@ -296,69 +380,18 @@ int main(int argc, char **argv)
 	fs.se = fuse_session_new(&args, &bv_ops, sizeof(bv_ops), &fs);
 	if (!fs.se)
 		goto out_args; /* libfuse said which option it did not know */
-	if (store_open(&fs.store, o.source, o.keep, o.nosync) < 0)
+	if (open_store(&o) < 0)
 		goto out_session;
-	struct stat vst;
-	if (fstat(fs.store.vfd, &vst) == 0) {
-		fs.view_dev = vst.st_dev;
-		fs.view_ino = vst.st_ino;
-	}
-	store_setup(&fs.store, &o);
-	node_table_init(fs.store.rootfd);
-	node_prune_hook = prune_deferred;
-	node_inval_hook = inval_entry_queue;
 	if (fuse_set_signal_handlers(fs.se) != 0)
 		goto out_store;
 	if (fuse_session_mount(fs.se, o.mountpoint) != 0)
 		goto out_signals;
-	fs.mnt_id = binvfs_mount_id(o.mountpoint, fs.bdi, sizeof(fs.bdi));
-	fs.readahead_kb = o.readahead_kb;
-	fs.readahead_asked = o.readahead_asked;
-	r = pt_install(fs.se, o.passthrough);
-	if (r < 0) {
-		errno = -r;
-		log_warn("cannot hook the session for passthrough");
-		goto out_unmount;
+	if (start_serving(&o) < 0) {
+		fuse_session_unmount(fs.se);
+		goto out_signals;
 	}
-	r = serve_init(fs.se);
-	if (r < 0) {
-		errno = -r;
-		log_warn("no INIT from the kernel");
-		goto out_unmount;
-	}
-	if (!start_passthrough(o.passthrough))
-		goto out_unmount;
-	if (!o.foreground)
-		log_init(true, o.debug);
-	fuse_daemonize(o.foreground);
-	if (inval_start(fs.se) < 0)
-		log_warnx("cannot start the invalidation thread: deferred prunes wait for FORGET");
-	log_info("serving %s at %s (keep=%u, reserve=%llu KiB%s)", o.source, o.mountpoint, o.keep,
-		 (unsigned long long)(fs.store.reserve >> 10), o.nosync ? ", nosync" : "");
-	log_info("passthrough %s", pt_status());
-	store_index_start(&fs.store);
-	systemd_ready();
-	if (o.single_thread) {
-		ret = fuse_session_loop(fs.se);
-	} else {
-		cfg = fuse_loop_cfg_create();
-		fuse_loop_cfg_set_clone_fd(cfg, 0);
-		fuse_loop_cfg_set_idle_threads(cfg, 10);
-		/* libfuse's default of 10 workers lets ten slow /proc reads stall every request */
-		fuse_loop_cfg_set_max_threads(cfg, 128);
-		ret = fuse_session_loop_mt(fs.se, cfg);
-		fuse_loop_cfg_destroy(cfg);
-	}
-	inval_stop();
-	unmount_if_ours(o.mountpoint);
-	handles_shutdown();
-	dirs_shutdown();
-	log_info("unmounted %s", o.mountpoint);
-	route_clear_all();
-	node_table_destroy();
-	goto out_signals;
-out_unmount:
-	fuse_session_unmount(fs.se);
+	ret = serve_requests(o.single_thread);
+	end_session(o.mountpoint);
 out_signals:
 	fuse_remove_signal_handlers(fs.se);
 out_store:
