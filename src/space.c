@@ -203,6 +203,41 @@ static int add_names(struct walk *w, size_t dir, struct entry *e, size_t ne)
 	return 0;
 }
 
+/* A version entry (name without ".~N~", N) of the directory walk_dir reads. */
+static int push_entry(struct entry **e, size_t *ne, size_t *cap, const char *name, size_t len,
+		      uint32_t n)
+{
+	if (*ne == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 64;
+		struct entry *ee = realloc(*e, ncap * sizeof(**e));
+		if (!ee)
+			return -ENOMEM;
+		*e = ee;
+		*cap = ncap;
+	}
+	(*e)[*ne].n = n;
+	if (!((*e)[*ne].name = strndup(name, len)))
+		return -ENOMEM;
+	(*ne)++;
+	return 0;
+}
+
+/* A subdirectory of the directory walk_dir reads, walked after it. */
+static int push_sub(char ***subs, size_t *nsubs, const char *name)
+{
+	char **ns = realloc(*subs, (*nsubs + 1) * sizeof(*ns));
+
+	if (!ns)
+		return -ENOMEM;
+	*subs = ns;
+	if (!(ns[*nsubs] = strdup(name)))
+		return -ENOMEM;
+	(*nsubs)++;
+	return 0;
+}
+
+static int walk_sub(struct walk *w, int dfd, const char *rel, const char *name, unsigned depth);
+
 /* Read the versions dir fd (rel below .versions/) and, below it, every mirror dir. */
 static int walk_dir(struct walk *w, int fd, const char *rel, unsigned depth)
 {
@@ -229,20 +264,7 @@ static int walk_dir(struct walk *w, int fd, const char *rel, unsigned depth)
 		struct stat st;
 
 		if (n) {
-			if (ne == cap) {
-				struct entry *ee =
-				    realloc(e, (cap = cap ? cap * 2 : 64) * sizeof(*e));
-				if (!ee) {
-					err = -ENOMEM;
-					break;
-				}
-				e = ee;
-			}
-			e[ne].n = n;
-			if (!(e[ne].name = strndup(de->d_name, len)))
-				err = -ENOMEM;
-			else
-				ne++;
+			err = push_entry(&e, &ne, &cap, de->d_name, len, n);
 			continue;
 		}
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
@@ -252,15 +274,7 @@ static int walk_dir(struct walk *w, int fd, const char *rel, unsigned depth)
 		    (de->d_type == DT_UNKNOWN &&
 		     fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 		     S_ISDIR(st.st_mode))) {
-			char **ns = realloc(subs, (nsubs + 1) * sizeof(*ns));
-			if (!ns || !(ns[nsubs] = strdup(de->d_name))) {
-				if (ns)
-					subs = ns;
-				err = -ENOMEM;
-				break;
-			}
-			subs = ns;
-			nsubs++;
+			err = push_sub(&subs, &nsubs, de->d_name);
 		}
 	}
 	if (!err)
@@ -269,25 +283,33 @@ static int walk_dir(struct walk *w, int fd, const char *rel, unsigned depth)
 		free(e[i].name);
 	free(e);
 	for (size_t i = 0; i < nsubs; i++) {
-		int sub = err ? -1
-			      : openat(dirfd(d), subs[i],
-				       O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		if (sub >= 0) {
-			size_t rl = strlen(rel) + strlen(subs[i]) + 2;
-			char *srel = malloc(rl);
-			if (srel) {
-				snprintf(srel, rl, "%s%s%s", rel, *rel ? "/" : "", subs[i]);
-				err = walk_dir(w, sub, srel, depth + 1);
-				free(srel);
-			} else {
-				close(sub);
-				err = -ENOMEM;
-			}
-		}
+		if (!err)
+			err = walk_sub(w, dirfd(d), rel, subs[i], depth);
 		free(subs[i]);
 	}
 	free(subs);
 	closedir(d);
+	return err;
+}
+
+/* walk_dir of the subdirectory name of the versions dir dfd (rel). */
+static int walk_sub(struct walk *w, int dfd, const char *rel, const char *name, unsigned depth)
+{
+	int sub = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	size_t rl = strlen(rel) + strlen(name) + 2;
+	char *srel;
+	int err;
+
+	if (sub < 0)
+		return 0; /* gone meanwhile */
+	srel = malloc(rl);
+	if (!srel) {
+		close(sub);
+		return -ENOMEM;
+	}
+	snprintf(srel, rl, "%s%s%s", rel, *rel ? "/" : "", name);
+	err = walk_dir(w, sub, srel, depth + 1);
+	free(srel);
 	return err;
 }
 

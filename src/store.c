@@ -363,13 +363,53 @@ static void sync_mirror_meta(int vfd, const struct stat *tst)
 	}
 }
 
+/* One component of store_versions_dir: from tree directory *tcur and its mirror *vcur (rel
+ * *vrel) down to comp and its mirror, made (with comp's mode) if `create`. */
+static int mirror_step(struct store *s, const char *comp, bool create, int *tcur, int *vcur,
+		       char **vrel)
+{
+	char mbuf[260], *nrel;
+	const char *mirror = mirror_name(comp, mbuf, sizeof(mbuf));
+	struct stat tst;
+	int vnext, tnext = store_open_dir(*tcur, comp, O_PATH);
+
+	if (tnext < 0 || fstat(tnext, &tst) < 0) {
+		int err = -errno;
+		if (tnext >= 0)
+			close(tnext);
+		return err;
+	}
+	close(*tcur);
+	*tcur = tnext;
+	if (!mirror)
+		return -ENAMETOOLONG;
+	if (!(nrel = store_join(*vrel, mirror)))
+		return -ENOMEM;
+	free(*vrel);
+	*vrel = nrel;
+	vnext = store_open_dir(*vcur, mirror, O_PATH);
+	if (vnext < 0 && errno == ENOENT && create) {
+		if (mkdirat(*vcur, mirror, tst.st_mode & 07777) < 0 && errno != EEXIST)
+			return -errno;
+		vnext = store_open_dir(*vcur, mirror, O_PATH);
+		if (vnext >= 0)
+			store_sync_dir(s, *vcur);
+	}
+	if (vnext < 0)
+		return -errno;
+	sync_mirror_meta(vnext, &tst);
+	close(*vcur);
+	*vcur = vnext;
+	return 0;
+}
+
 /* Open (creating if asked) the mirror of the tree directory dirfd in .versions/, one
  * component at a time, copying each tree directory's mode and owner onto its mirror. rel (if
  * not NULL) gets the mirror's path below .versions/, malloc'd. Any depth: every call takes one
  * component. */
 int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, char **rel)
 {
-	char *save = NULL, *comp, *path, *vrel = NULL, mbuf[260];
+	char *save = NULL, *comp, *path, *vrel = NULL;
 	bool from_nodes;
 	int vcur = -1, tcur = -1, err;
 
@@ -386,48 +426,10 @@ int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, cha
 		err = -errno;
 		goto out;
 	}
-	for (comp = strtok_r(path, "/", &save); comp; comp = strtok_r(NULL, "/", &save)) {
-		struct stat tst;
-		const char *mirror = mirror_name(comp, mbuf, sizeof(mbuf));
-		int vnext, tnext = store_open_dir(tcur, comp, O_PATH);
-		char *nrel;
-
-		if (tnext < 0 || fstat(tnext, &tst) < 0) {
-			err = -errno;
-			if (tnext >= 0)
-				close(tnext);
-			goto out;
-		}
-		close(tcur);
-		tcur = tnext;
-		if (!mirror) {
-			err = -ENAMETOOLONG;
-			goto out;
-		}
-		if (!(nrel = store_join(vrel, mirror))) {
-			err = -ENOMEM;
-			goto out;
-		}
-		free(vrel);
-		vrel = nrel;
-		vnext = store_open_dir(vcur, mirror, O_PATH);
-		if (vnext < 0 && errno == ENOENT && create) {
-			if (mkdirat(vcur, mirror, tst.st_mode & 07777) < 0 && errno != EEXIST) {
-				err = -errno;
-				goto out;
-			}
-			vnext = store_open_dir(vcur, mirror, O_PATH);
-			if (vnext >= 0)
-				store_sync_dir(s, vcur);
-		}
-		if (vnext < 0) {
-			err = -errno;
-			goto out;
-		}
-		sync_mirror_meta(vnext, &tst);
-		close(vcur);
-		vcur = vnext;
-	}
+	for (comp = strtok_r(path, "/", &save); comp && !err; comp = strtok_r(NULL, "/", &save))
+		err = mirror_step(s, comp, create, &tcur, &vcur, &vrel);
+	if (err)
+		goto out;
 	if (from_nodes) {
 		/* the node table's path must still lead to dirfd (not if it was removed or moved
 		 * behind the mount) */
