@@ -75,17 +75,35 @@ void store_change_done(struct store_change *ch)
 	ch->vrel = NULL;
 }
 
+/* Link dirfd/name into vdirfd as <stored>.~N~, N from *next up: a number that another daemon
+ * on the store (or a stray entry) took is passed over. ch->vname: the name linked. */
+static int link_next(int dirfd, const char *name, int vdirfd, const char *stored, uint32_t *next,
+		     struct store_change *ch)
+{
+	for (;; (*next)++) {
+		/* (a stored name always fits: names_stored) */
+		if (snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, stored, *next) >=
+		    (int)sizeof(ch->vname))
+			return -ENAMETOOLONG;
+		links_begin();
+		int r = linkat(dirfd, name, vdirfd, ch->vname, 0);
+		links_end(ch->old.st_ino, r == 0 ? 1 : 0);
+		if (r == 0)
+			return 0;
+		if (errno != EEXIST || *next == UINT32_MAX)
+			return errno == EEXIST ? -EOVERFLOW : -errno;
+	}
+}
+
 /* Link the regular file at dirfd/name as its next version; the caller holds s->lock. */
 static int keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
 			store_in_use_fn in_use, void *arg)
 {
-	char *rel;
+	char *rel, stored[NAMES_STORED_MAX + 1];
 	uint32_t *ns = NULL, next;
 	size_t cnt = 0;
 	int vdirfd, err;
 	struct stat last;
-
-	char stored[NAMES_STORED_MAX + 1];
 
 	if (fstatat(dirfd, name, &ch->old, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
@@ -114,26 +132,10 @@ static int keep_version(struct store *s, int dirfd, const char *name, struct sto
 		err = set_vrel(ch, rel);
 		goto out;
 	}
-	for (;; next++) {
-		/* (a stored name always fits: names_stored) */
-		if (snprintf(ch->vname, sizeof(ch->vname), NAMES_VERSION_FMT, stored, next) >=
-		    (int)sizeof(ch->vname)) {
-			err = -ENAMETOOLONG;
-			goto out;
-		}
-		links_begin();
-		int r = linkat(dirfd, name, vdirfd, ch->vname, 0);
-		links_end(ch->old.st_ino, r == 0 ? 1 : 0);
-		if (r == 0) {
-			history_add(vdirfd, stored, next);
-			break;
-		}
-		if (errno != EEXIST || next == UINT32_MAX) {
-			/* (another daemon on the store, or a stray entry, took the number) */
-			err = errno == EEXIST ? -EOVERFLOW : -errno;
-			goto out;
-		}
-	}
+	err = link_next(dirfd, name, vdirfd, stored, &next, ch);
+	if (err)
+		goto out;
+	history_add(vdirfd, stored, next);
 	err = set_vrel(ch, rel);
 	if (err)
 		goto out;
