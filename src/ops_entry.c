@@ -290,14 +290,10 @@ static void reply_new_entry(fuse_req_t req, struct node *parent, const char *nam
 {
 	struct fuse_entry_param e;
 	struct stat st;
-	struct node *n;
+	struct node *n = NULL;
 
-	if (fstatat(node_fd(parent), name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-		fuse_reply_err(req, errno);
-		return;
-	}
-	n = node_lookup(parent, name, &st, false);
-	if (!n) {
+	if (fstatat(node_fd(parent), name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    !(n = node_lookup(parent, name, &st, false))) {
 		fuse_reply_err(req, errno);
 		return;
 	}
@@ -361,38 +357,60 @@ void bv_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t pino, const char *name)
 	reply_new_entry(req, parent, name);
 }
 
-void bv_unlink(fuse_req_t req, fuse_ino_t pino, const char *name)
+/* rm and mv over a file keep it: under the store lock, before the name changes, the file there
+ * becomes the next version of its path (store_keep_removed, keep.c). Without `keep` (a rename
+ * that replaces nothing) only the lock is taken. */
+static int keep_removed_begin(struct node *dir, const char *name, bool keep,
+			      struct store_change *ch)
 {
-	struct node *parent = inode_of(pino);
-	struct store_change ch;
-	int err = 0;
-
-	if (parent->in_versions) {
-		fuse_reply_err(req, -versions_refuse("unlink of", name));
-		return;
-	}
-	memset(&ch, 0, sizeof(ch));
+	memset(ch, 0, sizeof(*ch));
 	store_lock(&fs.store);
-	err = store_keep_removed(&fs.store, node_fd(parent), name, &ch, node_defer_prune, NULL);
-	if (!err && unlinkat(node_fd(parent), name, 0) < 0) {
-		err = -errno;
-		if (ch.kept)
-			store_remove_version(&fs.store, ch.vrel, ch.old.st_dev, ch.old.st_ino);
-		ch.kept = false;
-	}
-	if (!err) {
-		store_sync_dir(&fs.store, node_fd(parent));
+	return keep ? store_keep_removed(&fs.store, node_fd(dir), name, ch, node_defer_prune, NULL)
+		    : 0;
+}
+
+/* The name changed (`changed`), or the change failed (`undo`: the version kept for it goes
+ * again); the store lock is dropped and what was kept is said. */
+static void keep_removed_end(struct store_change *ch, bool undo, bool changed, const char *what,
+			     const char *name)
+{
+	if (undo && ch->kept)
+		store_remove_version(&fs.store, ch->vrel, ch->old.st_dev, ch->old.st_ino);
+	if (undo)
+		ch->kept = false;
+	if (changed)
 		space_keep_reserve(&fs.store);
-	}
 	store_unlock(&fs.store);
+	if (ch->kept) {
+		log_info("%s %s: kept as %s/%s", what, name, STORE_DIR, ch->vrel);
+		versions_after_change(ch);
+	}
+	store_change_done(ch);
+}
+
+static int unlink_keeping(struct node *parent, const char *name)
+{
+	struct store_change ch;
+	bool undo;
+	int err;
+
+	if (parent->in_versions)
+		return versions_refuse("unlink of", name);
+	err = keep_removed_begin(parent, name, true, &ch);
+	undo = !err && unlinkat(node_fd(parent), name, 0) < 0;
+	if (undo)
+		err = -errno;
+	if (!err)
+		store_sync_dir(&fs.store, node_fd(parent));
+	keep_removed_end(&ch, undo, !err, "rm", name);
 	if (err == -ENAMETOOLONG)
 		log_warnx("rm %s: name too long to keep a version; refused", name);
-	if (ch.kept) {
-		log_info("rm %s: kept as %s/%s", name, STORE_DIR, ch.vrel);
-		versions_after_change(&ch);
-	}
-	store_change_done(&ch);
-	fuse_reply_err(req, -err);
+	return err;
+}
+
+void bv_unlink(fuse_req_t req, fuse_ino_t pino, const char *name)
+{
+	fuse_reply_err(req, -unlink_keeping(inode_of(pino), name));
 }
 
 void bv_rmdir(fuse_req_t req, fuse_ino_t pino, const char *name)
@@ -405,11 +423,32 @@ void bv_rmdir(fuse_req_t req, fuse_ino_t pino, const char *name)
 	fuse_reply_err(req, -err);
 }
 
-void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npino,
-	       const char *newname, unsigned int flags)
+/* After a rename: the whiteout is the caller's, a moved directory's node knows its place,
+ * both directories are synced. Store lock held. */
+static void renamed(fuse_req_t req, struct node *parent, const char *name, struct node *nparent,
+		    const char *newname, unsigned int flags)
 {
-	struct node *parent = inode_of(pino), *nparent = inode_of(npino);
+	struct stat st;
+
+	if (flags & RENAME_WHITEOUT) /* as natively */
+		own_new(req, parent, name, S_IFCHR);
+	/* a directory's node remembers where it is (node_dir_path) */
+	if (fstatat(node_fd(nparent), newname, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISDIR(st.st_mode))
+		node_dir_moved(st.st_dev, st.st_ino, nparent, newname);
+	if ((flags & RENAME_EXCHANGE) &&
+	    fstatat(node_fd(parent), name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
+		node_dir_moved(st.st_dev, st.st_ino, parent, name);
+	store_sync_dir(&fs.store, node_fd(nparent));
+	if (nparent != parent)
+		store_sync_dir(&fs.store, node_fd(parent));
+}
+
+static int rename_keeping(fuse_req_t req, struct node *parent, const char *name,
+			  struct node *nparent, const char *newname, unsigned int flags)
+{
 	struct store_change ch;
+	bool undo;
 	int err;
 
 	err = check_new_name(parent, name, "rename of");
@@ -417,47 +456,26 @@ void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npi
 		err = check_new_name(nparent, newname, "rename to");
 	if (!err && (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT)))
 		err = -EINVAL; /* the kernel checks CAP_MKNOD for a whiteout before we are asked */
-	if (err) {
-		fuse_reply_err(req, -err);
-		return;
-	}
-	memset(&ch, 0, sizeof(ch));
-	store_lock(&fs.store);
-	if (!(flags & (RENAME_NOREPLACE | RENAME_EXCHANGE)))
-		err = store_keep_removed(&fs.store, node_fd(nparent), newname, &ch,
-					 node_defer_prune, NULL);
+	if (err)
+		return err;
+	err = keep_removed_begin(nparent, newname, !(flags & (RENAME_NOREPLACE | RENAME_EXCHANGE)),
+				 &ch);
 	if (err == -ENOENT)
-		err = 0;
-	if (!err && renameat2(node_fd(parent), name, node_fd(nparent), newname, flags) < 0) {
+		err = 0; /* nothing to replace */
+	undo = !err && renameat2(node_fd(parent), name, node_fd(nparent), newname, flags) < 0;
+	if (undo)
 		err = -errno;
-		if (ch.kept)
-			store_remove_version(&fs.store, ch.vrel, ch.old.st_dev, ch.old.st_ino);
-		ch.kept = false;
-	}
-	if (!err) {
-		struct stat st;
-		if (flags & RENAME_WHITEOUT) /* the whiteout is the caller's, as natively */
-			own_new(req, parent, name, S_IFCHR);
-		/* a directory's node remembers where it is (node_dir_path) */
-		if (fstatat(node_fd(nparent), newname, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-		    S_ISDIR(st.st_mode))
-			node_dir_moved(st.st_dev, st.st_ino, nparent, newname);
-		if ((flags & RENAME_EXCHANGE) &&
-		    fstatat(node_fd(parent), name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-		    S_ISDIR(st.st_mode))
-			node_dir_moved(st.st_dev, st.st_ino, parent, name);
-		store_sync_dir(&fs.store, node_fd(nparent));
-		if (nparent != parent)
-			store_sync_dir(&fs.store, node_fd(parent));
-		space_keep_reserve(&fs.store);
-	}
-	store_unlock(&fs.store);
-	if (ch.kept) {
-		log_info("mv over %s: kept as %s/%s", newname, STORE_DIR, ch.vrel);
-		versions_after_change(&ch);
-	}
-	store_change_done(&ch);
-	fuse_reply_err(req, -err);
+	if (!err)
+		renamed(req, parent, name, nparent, newname, flags);
+	keep_removed_end(&ch, undo, !err, "mv over", newname);
+	return err;
+}
+
+void bv_rename(fuse_req_t req, fuse_ino_t pino, const char *name, fuse_ino_t npino,
+	       const char *newname, unsigned int flags)
+{
+	fuse_reply_err(req,
+		       -rename_keeping(req, inode_of(pino), name, inode_of(npino), newname, flags));
 }
 
 void bv_statfs(fuse_req_t req, fuse_ino_t ino)
