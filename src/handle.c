@@ -171,6 +171,48 @@ static void handle_fail(struct handle *h, int err)
 	log_warn("write to %s failed: nothing will be published", h->node->name);
 }
 
+/* The copy equals the current file (cfd, closed here): no version, but metadata the writer set
+ * applies in place. h->lock held. */
+static void publish_unchanged(struct handle *h, int cfd)
+{
+	struct stat meta;
+	int valid = node_meta_take(h->node, &meta);
+
+	if (valid && meta_apply(NULL, cfd, &meta, valid) < 0)
+		log_warn("apply metadata to %s", h->node->name);
+	close(cfd);
+	h->dirty = false;
+	log_debug("close %s: content unchanged, nothing published", h->node->name);
+}
+
+/* The copy (size bytes) is now the current version (or, its name gone, an old one). */
+static void published(struct handle *h, const struct store_change *ch, off_t size)
+{
+	struct node *stg = h->node;
+	struct stat meta;
+
+	node_meta_take(stg, &meta); /* it is in the published copy */
+	if (!ch->orphaned) {
+		/* The name now answers another version: drop what the kernel caches for it before
+		 * close() returns (cacheable() in ops_entry.c). The closer holds no directory lock,
+		 * and any request that does is served by another worker. */
+		__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
+		fuse_lowlevel_notify_inval_entry(fs.se, node_id(stg->parent), stg->name,
+						 strlen(stg->name));
+	}
+	h->published = true;
+	h->dirty = false;
+	if (ch->orphaned)
+		log_info("publish %s: the name was removed meanwhile; kept as %s/%s", stg->name,
+			 STORE_DIR, ch->vrel);
+	else if (ch->kept)
+		log_info("publish %s (%lld bytes): previous kept as %s/%s", stg->name,
+			 (long long)size, STORE_DIR, ch->vrel);
+	else
+		log_info("publish %s (%lld bytes)", stg->name, (long long)size);
+	versions_after_change(ch);
+}
+
 /* Publish the staging copy at the staging node's name; h->lock held. */
 static int handle_publish(struct handle *h)
 {
@@ -187,15 +229,8 @@ static int handle_publish(struct handle *h)
 	cfd = openat(node_fd(parent), stg->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (cfd >= 0 && fstat(cfd, &cst) == 0 && S_ISREG(cst.st_mode) &&
 	    cst.st_size == sst.st_size && store_same_content(cfd, h->fd, sst.st_size)) {
-		/* nothing changed: no version, but metadata the writer set applies in place */
-		struct stat meta;
-		int valid = node_meta_take(stg, &meta);
 		store_unlock(&fs.store);
-		if (valid && meta_apply(NULL, cfd, &meta, valid) < 0)
-			log_warn("apply metadata to %s", stg->name);
-		close(cfd);
-		h->dirty = false;
-		log_debug("close %s: content unchanged, nothing published", stg->name);
+		publish_unchanged(h, cfd);
 		return 0;
 	}
 	if (cfd >= 0)
@@ -216,27 +251,7 @@ static int handle_publish(struct handle *h)
 		log_warn("publish %s failed, current version unchanged", stg->name);
 		return err;
 	}
-	struct stat meta;
-	node_meta_take(stg, &meta); /* it is in the published copy */
-	if (!ch.orphaned) {
-		/* The name now answers another version: drop what the kernel caches for it before
-		 * close() returns (cacheable() in ops_entry.c). The closer holds no directory lock,
-		 * and any request that does is served by another worker. */
-		__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
-		fuse_lowlevel_notify_inval_entry(fs.se, node_id(parent), stg->name,
-						 strlen(stg->name));
-	}
-	h->published = true;
-	h->dirty = false;
-	if (ch.orphaned)
-		log_info("publish %s: the name was removed meanwhile; kept as %s/%s", stg->name,
-			 STORE_DIR, ch.vrel);
-	else if (ch.kept)
-		log_info("publish %s (%lld bytes): previous kept as %s/%s", stg->name,
-			 (long long)sst.st_size, STORE_DIR, ch.vrel);
-	else
-		log_info("publish %s (%lld bytes)", stg->name, (long long)sst.st_size);
-	versions_after_change(&ch);
+	published(h, &ch, sst.st_size);
 	store_change_done(&ch);
 	return 0;
 }

@@ -168,51 +168,32 @@ void bv_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	 FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |                     \
 	 FUSE_SET_ATTR_MTIME_NOW)
 
-void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
-		struct fuse_file_info *fi)
+/* SETATTR of a writer's staging nodeid without an open file: truncate(2) by a routed thread
+ * copies, truncates and publishes at once; chmod/chown/utimes go to its copy. */
+static int setattr_staging(pid_t tid, struct node *n, const struct stat *attr, int valid,
+			   struct stat *st)
 {
-	struct node *n = inode_of(ino);
-	struct handle *h = handle_of(fi);
-	pid_t tid = fuse_req_ctx(req)->pid;
-	struct stat st;
 	int err = 0;
 
-	if (h) {
-		err = handle_setattr(h, attr, valid);
-		if (!err)
-			err = handle_stat(h, &st);
-		goto reply;
-	}
-	if (n->kind == NODE_STAGING) {
-		/* truncate(2) by a routed thread: copy, truncate and publish at once */
-		if (valid & FUSE_SET_ATTR_SIZE) {
-			route_done(tid);
-			err = staging_truncate(n, attr->st_size);
-		}
-		if (!err)
-			err = staging_setattr(n, node_cur_fd(n), attr, valid & ~FUSE_SET_ATTR_SIZE);
-		if (!err)
-			err = node_stat(n, &st);
-		if (!err && (valid & FUSE_SET_ATTR_SIZE))
-			st.st_size = attr->st_size; /* what was published */
-		goto reply;
-	}
-	if (n->in_versions) {
-		err = versions_refuse("setattr of", "a directory");
-		goto reply;
-	}
-	if (n->kind == NODE_FILE && ((valid & FUSE_SET_ATTR_SIZE) || node_old(n))) {
-		/* A truncate reached a published version, or a change reached a version that was
-		 * replaced since its LOOKUP: send the thread back to walk again (bv_open). */
-		err = route_arm(tid, fuse_req_ctx(req)->uid, n)
-			  ? -ESTALE
-			  : versions_refuse("change of", "an old version");
-		goto reply;
-	}
 	if (valid & FUSE_SET_ATTR_SIZE) {
-		err = n->kind == NODE_DIR ? -EISDIR : -EINVAL;
-		goto reply;
+		route_done(tid);
+		err = staging_truncate(n, attr->st_size);
 	}
+	if (!err)
+		err = staging_setattr(n, node_cur_fd(n), attr, valid & ~FUSE_SET_ATTR_SIZE);
+	if (!err)
+		err = node_stat(n, st);
+	if (!err && (valid & FUSE_SET_ATTR_SIZE))
+		st->st_size = attr->st_size; /* what was published */
+	return err;
+}
+
+/* SETATTR by name of a directory, symlink or current file: metadata in place (no version). A
+ * directory's mirror in .versions/ follows, so old versions stay as closed as the tree. */
+static int setattr_in_place(struct node *n, const struct stat *attr, int valid)
+{
+	int err = 0, vdirfd;
+
 	if (!(valid & CHANGES_SOMETHING)) {
 		/* chown(path, -1, -1): nothing but its ctime changes, as ext4 and tmpfs do */
 		int flags = AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW;
@@ -223,16 +204,44 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 	}
 	if (!err && n->kind == NODE_DIR &&
 	    (valid & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
-		/* its mirror in .versions/ follows, so old versions stay as closed as the tree */
-		int vdirfd;
 		store_lock(&fs.store);
 		if (store_versions_dir(&fs.store, node_fd(n), false, &vdirfd, NULL) == 0)
 			close(vdirfd);
 		store_unlock(&fs.store);
 	}
-	if (!err)
-		err = node_stat(n, &st);
-reply:
+	return err;
+}
+
+void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
+		struct fuse_file_info *fi)
+{
+	struct node *n = inode_of(ino);
+	struct handle *h = handle_of(fi);
+	pid_t tid = fuse_req_ctx(req)->pid;
+	struct stat st;
+	int err;
+
+	if (h) {
+		err = handle_setattr(h, attr, valid);
+		if (!err)
+			err = handle_stat(h, &st);
+	} else if (n->kind == NODE_STAGING) {
+		err = setattr_staging(tid, n, attr, valid, &st);
+	} else if (n->in_versions) {
+		err = versions_refuse("setattr of", "a directory");
+	} else if (n->kind == NODE_FILE && ((valid & FUSE_SET_ATTR_SIZE) || node_old(n))) {
+		/* A truncate reached a published version, or a change reached a version that was
+		 * replaced since its LOOKUP: send the thread back to walk again (bv_open). */
+		err = route_arm(tid, fuse_req_ctx(req)->uid, n)
+			  ? -ESTALE
+			  : versions_refuse("change of", "an old version");
+	} else if (valid & FUSE_SET_ATTR_SIZE) {
+		err = n->kind == NODE_DIR ? -EISDIR : -EINVAL;
+	} else {
+		err = setattr_in_place(n, attr, valid);
+		if (!err)
+			err = node_stat(n, &st);
+	}
 	if (err)
 		fuse_reply_err(req, -err);
 	else
