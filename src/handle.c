@@ -240,8 +240,7 @@ static int handle_publish(struct handle *h)
 	bool held = S_ISREG(cst.st_mode) && cst.st_nlink == 1;
 	if (held)
 		node_mark_replaced(cst.st_dev, cst.st_ino, true);
-	err = store_publish(&fs.store, node_fd(parent), stg->name, h->fd, &ch, node_defer_prune,
-			    NULL);
+	err = store_publish(&fs.store, node_fd(parent), stg->name, h->fd, &ch);
 	if (err && held)
 		node_mark_replaced(cst.st_dev, cst.st_ino, false);
 	store_unlock(&fs.store);

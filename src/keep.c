@@ -96,8 +96,7 @@ static int link_next(int dirfd, const char *name, int vdirfd, const char *stored
 }
 
 /* Link the regular file at dirfd/name as its next version; the caller holds s->lock. */
-static int keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
-			store_in_use_fn in_use, void *arg)
+static int keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch)
 {
 	char *rel, stored[NAMES_STORED_MAX + 1];
 	uint32_t *ns = NULL, next;
@@ -144,7 +143,7 @@ static int keep_version(struct store *s, int dirfd, const char *name, struct sto
 		ns = nn;
 		ns[cnt++] = next;
 		if (s->keep)
-			retention_apply(vdirfd, rel, stored, ns, cnt, s->keep, in_use, arg);
+			retention_apply(s, vdirfd, rel, stored, ns, cnt, s->keep);
 	}
 	err = store_sync_dir(s, vdirfd);
 out:
@@ -163,14 +162,13 @@ static bool no_space(int err)
 	return err == -ENOSPC || err == -EDQUOT;
 }
 
-int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
-		       store_in_use_fn in_use, void *arg)
+int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch)
 {
-	int err = keep_version(s, dirfd, name, ch, in_use, arg);
+	int err = keep_version(s, dirfd, name, ch);
 
 	if (no_space(err)) {
 		space_yield(s, space_avail(s) + YIELD_STEP, name);
-		err = keep_version(s, dirfd, name, ch, in_use, arg);
+		err = keep_version(s, dirfd, name, ch);
 	}
 	if (no_space(err)) {
 		/* the current file must change anyway: do it without keeping this version */
@@ -183,8 +181,7 @@ int store_keep_version(struct store *s, int dirfd, const char *name, struct stor
 	return err;
 }
 
-int store_keep_removed(struct store *s, int dirfd, const char *name, struct store_change *ch,
-		       store_in_use_fn in_use, void *arg)
+int store_keep_removed(struct store *s, int dirfd, const char *name, struct store_change *ch)
 {
 	struct stat st;
 
@@ -199,7 +196,7 @@ int store_keep_removed(struct store *s, int dirfd, const char *name, struct stor
 		ch->dropped = true;
 		return 0;
 	}
-	return store_keep_version(s, dirfd, name, ch, in_use, arg);
+	return store_keep_version(s, dirfd, name, ch);
 }
 
 /* Publish found the name gone (removed while being written): the new content, linked in
@@ -259,8 +256,7 @@ fail:
 
 /* Publish the staging file stfd at dirfd/name with one rename; the replaced file becomes the
  * next version. The caller has synced stfd and holds s->lock. */
-int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
-		  store_in_use_fn in_use, void *arg)
+int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch)
 {
 	char tmp[64], proc[64];
 	int err;
@@ -275,7 +271,7 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 		if (linkat(AT_FDCWD, proc, s->stagefd, tmp, AT_SYMLINK_FOLLOW) < 0)
 			return -errno;
 	}
-	err = store_keep_version(s, dirfd, name, ch, in_use, arg);
+	err = store_keep_version(s, dirfd, name, ch);
 	if (err == -ENOENT)
 		return publish_orphan(s, dirfd, name, tmp, stfd, ch);
 	if (err) {

@@ -230,6 +230,7 @@ static void store_setup(struct store *s, const struct options *o)
 
 	s->busy = node_busy;
 	s->dir_path = node_dir_path;
+	s->in_use = node_defer_prune;
 	s->reserve = o->reserve;
 	if (o->reserve_pct)
 		s->reserve = fstatvfs(s->rootfd, &sv) == 0

@@ -690,14 +690,12 @@ uint64_t node_known(dev_t dev, ino_t ino)
 	return id;
 }
 
-bool node_defer_prune(void *arg, const struct stat *st, const char *vrel, int vdirfd,
-		      const char *vname)
+bool node_defer_prune(const struct stat *st, const char *vrel, int vdirfd, const char *vname)
 {
 	struct node *n, *dir = NULL;
 	struct stat dst;
 	bool used = false;
 
-	(void)arg;
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(st->st_dev, st->st_ino);
 	if (n && n->kind == NODE_FILE && (n->nlookup || n->opens)) {

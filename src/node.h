@@ -124,8 +124,7 @@ void node_mark_replaced(dev_t dev, ino_t ino, bool replaced);
 /* The nodeid of the file node of that inode if the kernel holds it, else 0. */
 uint64_t node_known(dev_t dev, ino_t ino);
 /* For retention: true if a node of that inode is in use; it then removes vrel when unused. */
-bool node_defer_prune(void *arg, const struct stat *st, const char *vrel, int vdirfd,
-		      const char *vname);
+bool node_defer_prune(const struct stat *st, const char *vrel, int vdirfd, const char *vname);
 /* Set by main: asks the kernel to drop a cached entry (inval.c). */
 extern void (*node_inval_hook)(struct node *dir, const char *name);
 void node_set_cur_fd(struct node *n, int fd);

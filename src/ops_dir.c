@@ -230,8 +230,7 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 	    keep > 1000000)
 		return -EINVAL;
 	store_lock(&fs.store);
-	n = store_prune(&fs.store, node_fd(dir), *end ? end + 1 : NULL, (unsigned)keep,
-			node_defer_prune, NULL);
+	n = store_prune(&fs.store, node_fd(dir), *end ? end + 1 : NULL, (unsigned)keep);
 	store_unlock(&fs.store);
 	if (n >= 0)
 		log_info("prune request (keep %lu%s%s): %d versions removed", keep,

@@ -374,8 +374,7 @@ static int keep_removed_begin(struct node *dir, const char *name, bool keep,
 {
 	memset(ch, 0, sizeof(*ch));
 	store_lock(&fs.store);
-	return keep ? store_keep_removed(&fs.store, node_fd(dir), name, ch, node_defer_prune, NULL)
-		    : 0;
+	return keep ? store_keep_removed(&fs.store, node_fd(dir), name, ch) : 0;
 }
 
 /* The name changed (`changed`), or the change failed (`undo`: the version kept for it goes

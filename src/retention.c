@@ -47,8 +47,8 @@ int store_unlink_version(int vdirfd, const char *vname, ino_t ino)
 /* Retention: remove the oldest of the versions ns[0..cnt) of name (its stored name,
  * names_stored) in vdirfd (rel below .versions/) until `keep` are left; one in use (in_use)
  * is removed when its last user is gone. Returns how many were removed. */
-int retention_apply(int vdirfd, const char *rel, const char *name, uint32_t *ns, size_t cnt,
-		    unsigned keep, store_in_use_fn in_use, void *arg)
+int retention_apply(struct store *s, int vdirfd, const char *rel, const char *name, uint32_t *ns,
+		    size_t cnt, unsigned keep)
 {
 	char vname[300], *vrel;
 	int removed = 0;
@@ -63,7 +63,7 @@ int retention_apply(int vdirfd, const char *rel, const char *name, uint32_t *ns,
 		}
 		if (!(vrel = store_join(rel, vname)))
 			break;
-		if (in_use && in_use(arg, &st, vrel, vdirfd, vname)) {
+		if (s->in_use && s->in_use(&st, vrel, vdirfd, vname)) {
 			log_info("keep %s/%s: in use, removed when its last user is gone",
 				 STORE_DIR, vrel);
 		} else if (store_unlink_version(vdirfd, vname, st.st_ino) == 0) {
@@ -80,8 +80,7 @@ int retention_apply(int vdirfd, const char *rel, const char *name, uint32_t *ns,
 
 /* Apply retention now: keep the newest `keep` versions of dirfd/name, or of every name with
  * versions in that directory when name is NULL. Returns the number removed or -errno. */
-int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, store_in_use_fn in_use,
-		void *arg)
+int store_prune(struct store *s, int dirfd, const char *name, unsigned keep)
 {
 	char *rel;
 	int vdirfd, err, removed = 0;
@@ -125,8 +124,7 @@ int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, sto
 		for (size_t j = 0; j < i && !seen; j++)
 			seen = !strcmp(names[j], names[i]);
 		if (!seen && store_list_versions(vdirfd, names[i], &ns, &cnt) == 0)
-			removed +=
-			    retention_apply(vdirfd, rel, names[i], ns, cnt, keep, in_use, arg);
+			removed += retention_apply(s, vdirfd, rel, names[i], ns, cnt, keep);
 		free(ns);
 	}
 	for (size_t i = 0; i < nnames; i++)

@@ -32,13 +32,11 @@ struct store {
 	/* set by main: the path below SOURCE of a directory the kernel knows, malloc'd; for a
 	 * directory deeper than /proc/self/fd can say (PATH_MAX) */
 	char *(*dir_path)(dev_t dev, ino_t ino);
+	/* set by main: asked by retention for each version beyond `keep` (st: the version;
+	 * vdirfd/vname: where it is): true if it is in use; its user's node then removes it once
+	 * unused (store_remove_version) */
+	bool (*in_use)(const struct stat *st, const char *vrel, int vdirfd, const char *vname);
 };
-
-/* Asked by store_prune for each version beyond `keep` (st: the version; vdirfd/vname: where
- * it is): return true if it is in use; the caller then removes it later
- * (store_remove_version). */
-typedef bool (*store_in_use_fn)(void *arg, const struct stat *st, const char *vrel, int vdirfd,
-				const char *vname);
 
 struct store_change {
 	bool kept;	 /* a version was added */
@@ -65,17 +63,13 @@ int store_copy(int srcfd, int dstfd, off_t len);
 int store_same_content(int a, int b, off_t size);
 
 /* The callers below hold s->lock. keep.c: keep the file at dirfd/name as its next version. */
-int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
-		       store_in_use_fn in_use, void *arg);
+int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch);
 /* Same for a file that rm or mv is about to remove: below the reserve, the removal frees what
  * it removes, as natively (older unused versions yield first, then its own version). */
-int store_keep_removed(struct store *s, int dirfd, const char *name, struct store_change *ch,
-		       store_in_use_fn in_use, void *arg);
-int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
-		  store_in_use_fn in_use, void *arg);
+int store_keep_removed(struct store *s, int dirfd, const char *name, struct store_change *ch);
+int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch);
 /* retention.c */
-int store_prune(struct store *s, int dirfd, const char *name, unsigned keep, store_in_use_fn in_use,
-		void *arg);
+int store_prune(struct store *s, int dirfd, const char *name, unsigned keep);
 int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino);
 /* unlinkat(vdirfd, vname) of a version of inode ino, counted (links.h). */
 int store_unlink_version(int vdirfd, const char *vname, ino_t ino);
@@ -83,7 +77,7 @@ int store_sync_dir(struct store *s, int dirfd);
 
 /* Within the store (store.c, keep.c, retention.c): */
 int store_open_dir(int dirfd, const char *name, int flags); /* O_DIRECTORY | O_NOFOLLOW */
-int retention_apply(int vdirfd, const char *rel, const char *name, uint32_t *ns, size_t cnt,
-		    unsigned keep, store_in_use_fn in_use, void *arg);
+int retention_apply(struct store *s, int vdirfd, const char *rel, const char *name, uint32_t *ns,
+		    size_t cnt, unsigned keep);
 
 #endif
