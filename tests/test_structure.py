@@ -1,0 +1,47 @@
+"""The daemon's layering, checked on the objects the build made: the FUSE operation files
+(ops_*.c) call down to the modules below them and never each other, and the modules below
+them (everything but ops_*.c, main.c, passthrough.c, inval.c) take no FUSE request."""
+import glob
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import BINS, ROOT
+
+OBJDIR = os.path.join(os.path.dirname(BINS[0]), "binvfs.p")
+OPS = ("ops_entry", "ops_file", "ops_dir")
+
+
+def symbols(obj, kind):
+    out = subprocess.run(["nm", obj], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1] for line in out.splitlines() if line.split()[-2:-1] == [kind]}
+
+
+@pytest.fixture(scope="module")
+def objects():
+    objs = {os.path.basename(o)[len("src_"):-len(".c.o")]: o
+            for o in glob.glob(os.path.join(OBJDIR, "src_*.c.o"))}
+    if not all(op in objs for op in OPS):
+        pytest.skip(f"no objects of the daemon in {OBJDIR}")
+    return objs
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_an_ops_file_calls_no_other_ops_file(objects, op):
+    used = symbols(objects[op], "U")
+    for other in OPS:
+        if other != op:
+            across = used & symbols(objects[other], "T")
+            assert not across, f"{op}.c calls {other}.c: {sorted(across)}"
+
+
+def test_no_fuse_request_below_the_ops_files():
+    below = [f for f in glob.glob(os.path.join(ROOT, "src", "*.c"))
+             if not re.search(r"/(ops_\w+|main|passthrough|inval)\.c$", f)]
+    assert len(below) > 10
+    for f in below:
+        with open(f) as fh:
+            text = fh.read()
+        assert "fuse_req_t" not in text, f"{os.path.basename(f)} takes a FUSE request"
