@@ -3,6 +3,7 @@
 #include "buildid.h"
 
 #include <elf.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,47 +110,60 @@ static int scan_notes(const struct ef *e, uint64_t off, uint64_t size, uint64_t 
 	return found;
 }
 
-static int from_phdrs(const struct ef *e, const unsigned char *eh, char out[BUILD_ID_HEX])
+/* A table of headers that can point at notes: the program headers (PT_NOTE segments) or the
+ * section headers (SHT_NOTE sections). Where things are, as byte offsets, [0] for ELF32 and
+ * [1] for ELF64: in the ELF header, the table's file offset, entry size and entry count; in an
+ * entry, its type and the file offset, size and alignment of the notes it points at. */
+struct note_table {
+	uint32_t notes; /* the type of an entry that points at notes */
+	size_t table[2], entsize[2], count[2];
+	size_t type[2], offset[2], size[2], align[2];
+	size_t min_entsize[2];
+};
+
+static const struct note_table program_headers = {
+    .notes = PT_NOTE,
+    .table = {offsetof(Elf32_Ehdr, e_phoff), offsetof(Elf64_Ehdr, e_phoff)},
+    .entsize = {offsetof(Elf32_Ehdr, e_phentsize), offsetof(Elf64_Ehdr, e_phentsize)},
+    .count = {offsetof(Elf32_Ehdr, e_phnum), offsetof(Elf64_Ehdr, e_phnum)},
+    .type = {offsetof(Elf32_Phdr, p_type), offsetof(Elf64_Phdr, p_type)},
+    .offset = {offsetof(Elf32_Phdr, p_offset), offsetof(Elf64_Phdr, p_offset)},
+    .size = {offsetof(Elf32_Phdr, p_filesz), offsetof(Elf64_Phdr, p_filesz)},
+    .align = {offsetof(Elf32_Phdr, p_align), offsetof(Elf64_Phdr, p_align)},
+    .min_entsize = {sizeof(Elf32_Phdr), sizeof(Elf64_Phdr)},
+};
+
+static const struct note_table section_headers = {
+    .notes = SHT_NOTE,
+    .table = {offsetof(Elf32_Ehdr, e_shoff), offsetof(Elf64_Ehdr, e_shoff)},
+    .entsize = {offsetof(Elf32_Ehdr, e_shentsize), offsetof(Elf64_Ehdr, e_shentsize)},
+    .count = {offsetof(Elf32_Ehdr, e_shnum), offsetof(Elf64_Ehdr, e_shnum)},
+    .type = {offsetof(Elf32_Shdr, sh_type), offsetof(Elf64_Shdr, sh_type)},
+    .offset = {offsetof(Elf32_Shdr, sh_offset), offsetof(Elf64_Shdr, sh_offset)},
+    .size = {offsetof(Elf32_Shdr, sh_size), offsetof(Elf64_Shdr, sh_size)},
+    .align = {offsetof(Elf32_Shdr, sh_addralign), offsetof(Elf64_Shdr, sh_addralign)},
+    .min_entsize = {sizeof(Elf32_Shdr), sizeof(Elf64_Shdr)},
+};
+
+/* Scan the notes that the entries of table t point at; 1 when the build-id was found. */
+static int from_table(const struct ef *e, const unsigned char *eh, const struct note_table *t,
+		      char out[BUILD_ID_HEX])
 {
-	uint64_t phoff = uw(e, eh + (e->is64 ? 32 : 28));
-	uint16_t phentsize = u16(e, eh + (e->is64 ? 54 : 42));
-	uint16_t phnum = u16(e, eh + (e->is64 ? 56 : 44));
-	unsigned char ph[64];
+	int c = e->is64;
+	uint64_t off = uw(e, eh + t->table[c]);
+	uint16_t entsize = u16(e, eh + t->entsize[c]);
+	uint16_t count = u16(e, eh + t->count[c]);
+	unsigned char ent[64];
 
-	if (!phoff || phentsize < (e->is64 ? 56 : 32) || phentsize > sizeof(ph))
+	if (!off || entsize < t->min_entsize[c] || entsize > sizeof(ent))
 		return 0;
-	for (unsigned i = 0; i < phnum; i++) {
-		if (!full_pread(e->fd, ph, phentsize, phoff + (uint64_t)i * phentsize))
+	for (unsigned i = 0; i < count; i++) {
+		if (!full_pread(e->fd, ent, entsize, off + (uint64_t)i * entsize))
 			return 0;
-		if (u32(e, ph) != PT_NOTE)
+		if (u32(e, ent + t->type[c]) != t->notes)
 			continue;
-		uint64_t off = e->is64 ? u64(e, ph + 8) : u32(e, ph + 4);
-		uint64_t sz = e->is64 ? u64(e, ph + 32) : u32(e, ph + 16);
-		uint64_t align = e->is64 ? u64(e, ph + 48) : u32(e, ph + 28);
-		if (scan_notes(e, off, sz, align, out))
-			return 1;
-	}
-	return 0;
-}
-
-static int from_shdrs(const struct ef *e, const unsigned char *eh, char out[BUILD_ID_HEX])
-{
-	uint64_t shoff = uw(e, eh + (e->is64 ? 40 : 32));
-	uint16_t shentsize = u16(e, eh + (e->is64 ? 58 : 46));
-	uint16_t shnum = u16(e, eh + (e->is64 ? 60 : 48));
-	unsigned char sh[64];
-
-	if (!shoff || shentsize < (e->is64 ? 64 : 40) || shentsize > sizeof(sh))
-		return 0;
-	for (unsigned i = 0; i < shnum; i++) {
-		if (!full_pread(e->fd, sh, shentsize, shoff + (uint64_t)i * shentsize))
-			return 0;
-		if (u32(e, sh + 4) != SHT_NOTE)
-			continue;
-		uint64_t off = e->is64 ? u64(e, sh + 24) : u32(e, sh + 16);
-		uint64_t sz = e->is64 ? u64(e, sh + 32) : u32(e, sh + 20);
-		uint64_t align = e->is64 ? u64(e, sh + 48) : u32(e, sh + 32);
-		if (scan_notes(e, off, sz, align, out))
+		if (scan_notes(e, uw(e, ent + t->offset[c]), uw(e, ent + t->size[c]),
+			       uw(e, ent + t->align[c]), out))
 			return 1;
 	}
 	return 0;
@@ -169,5 +183,6 @@ int elf_build_id(int fd, char out[BUILD_ID_HEX])
 	e.swap = (eh[EI_DATA] == ELFDATA2LSB) != little_host;
 	if (!full_pread(fd, eh, e.is64 ? 64 : 52, 0))
 		return 0;
-	return from_phdrs(&e, eh, out) || from_shdrs(&e, eh, out);
+	return from_table(&e, eh, &program_headers, out) ||
+	       from_table(&e, eh, &section_headers, out);
 }
