@@ -214,22 +214,32 @@ static void print_units(const struct orows *rs)
 	ogroups_free(&gs);
 }
 
-static void json_row(const struct orow *r)
+void orow_json_fields(const struct orow *r, bool all)
 {
-	json_obj();
 	json_kint("pid", r->p.pid);
-	json_kstr("user", r->p.user);
+	if (all)
+		json_kstr("user", r->p.user);
 	json_kstr("command", r->p.comm);
-	json_kstr("cmdline", r->p.cmdline);
+	if (all)
+		json_kstr("cmdline", r->p.cmdline);
 	json_kstr("unit", r->u.unit);
 	json_kstr("manager", r->u.manager);
-	json_kstr("cgroup", r->u.cgroup);
+	if (all)
+		json_kstr("cgroup", r->u.cgroup);
 	json_kstr("file", r->file);
 	json_kint("running", r->running);
 	json_key("current");
 	r->current ? json_int(r->current) : json_null();
-	json_key("how");
-	json_how(r->how);
+	if (all) {
+		json_key("how");
+		json_how(r->how);
+	}
+}
+
+static void json_row(const struct orow *r)
+{
+	json_obj();
+	orow_json_fields(r, true);
 	json_obj_end();
 }
 

@@ -121,14 +121,7 @@ static void print_skipped(const struct orow *r, const char *why)
 static void json_skipped(const struct orow *r, const char *why)
 {
 	json_obj();
-	json_kint("pid", r->p.pid);
-	json_kstr("command", r->p.comm);
-	json_kstr("unit", r->u.unit);
-	json_kstr("manager", r->u.manager);
-	json_kstr("file", r->file);
-	json_kint("running", r->running);
-	json_key("current");
-	r->current ? json_int(r->current) : json_null();
+	orow_json_fields(r, false);
 	json_kstr("why", why);
 	json_obj_end();
 }

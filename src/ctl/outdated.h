@@ -23,6 +23,11 @@ struct orows {
 int outdated_collect(char **dirs, int ndirs, struct orows *out);
 void outdated_free(struct orows *rs);
 
+/* A row's fields in a JSON object the caller opened: pid, command, unit, manager, file,
+ * running and current (null: the name was removed); with all, also user, cmdline, cgroup and
+ * how, in the order `outdated --json` gives them. restart lists the rows it skips without. */
+void orow_json_fields(const struct orow *r, bool all);
+
 /* A unit as shown: "app.service", "user@1000.service/foo.service"; NULL for none (owned). */
 char *unit_label(const struct punit *u);
 
