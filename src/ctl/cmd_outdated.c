@@ -146,6 +146,15 @@ void ogroups_free(struct ogroups *gs)
 	gs->n = 0;
 }
 
+const char *orow_current(const struct orow *r, char *buf, size_t len)
+{
+	if (r->current)
+		snprintf(buf, len, "%u", r->current);
+	else
+		snprintf(buf, len, "removed");
+	return buf;
+}
+
 static void print_rows(const struct orows *rs)
 {
 	struct table t;
@@ -157,20 +166,15 @@ static void print_rows(const struct orows *rs)
 		char pid[16], run[16], cur[16], how[32], *unit = unit_label(&r->u);
 		snprintf(pid, sizeof(pid), "%d", (int)r->p.pid);
 		snprintf(run, sizeof(run), "%u", r->running);
-		if (r->current)
-			snprintf(cur, sizeof(cur), "%u", r->current);
-		else
-			snprintf(cur, sizeof(cur), "removed");
-		table_add(&t, pid, r->p.user, r->p.comm, unit, r->file, run, cur,
-			  use_how(r->how, how, sizeof(how)));
+		table_add(&t, pid, r->p.user, r->p.comm, unit, r->file, run,
+			  orow_current(r, cur, sizeof(cur)), use_how(r->how, how, sizeof(how)));
 		free(unit);
 	}
 	table_print(&t);
 	table_free(&t);
 }
 
-/* "a b c": the distinct strings of a group's rows, in order */
-static char *join_distinct(const struct orows *rs, const struct ogroup *g, bool pids)
+char *ogroup_join(const struct orows *rs, const struct ogroup *g, bool pids)
 {
 	char *out = xstrdup("");
 
@@ -202,8 +206,8 @@ static void print_units(const struct orows *rs)
 	table_add(&t, "UNIT", "RESTART", "PIDS", "FILES");
 	for (size_t i = 0; i < gs.n; i++) {
 		const char *why;
-		char *pids = join_distinct(rs, &gs.g[i], true);
-		char *files = join_distinct(rs, &gs.g[i], false);
+		char *pids = ogroup_join(rs, &gs.g[i], true);
+		char *files = ogroup_join(rs, &gs.g[i], false);
 		table_add(&t, gs.g[i].label, punit_restartable(gs.g[i].u, &why) ? "yes" : "no",
 			  pids, files);
 		free(pids);

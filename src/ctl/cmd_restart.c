@@ -86,36 +86,13 @@ static void json_ints(const struct orows *rs, const struct ogroup *g)
 	json_arr_end();
 }
 
-/* "7734 8203" */
-static char *pids_of(const struct orows *rs, const struct ogroup *g)
-{
-	char *out = xstrdup("");
-
-	for (size_t k = 0; k < g->n; k++) {
-		bool seen = false;
-		for (size_t j = 0; j < k && !seen; j++)
-			seen = rs->r[g->rows[j]].p.pid == rs->r[g->rows[k]].p.pid;
-		if (!seen) {
-			char *next =
-			    xasprintf("%s%s%d", out, *out ? " " : "", (int)rs->r[g->rows[k]].p.pid);
-			free(out);
-			out = next;
-		}
-	}
-	return out;
-}
-
 static void print_skipped(const struct orow *r, const char *why)
 {
 	char cur[16];
 
-	if (r->current)
-		snprintf(cur, sizeof(cur), "%u", r->current);
-	else
-		snprintf(cur, sizeof(cur), "removed");
 	printf("# not restarted: pid %d (%s%s%s) uses %s version %u (current %s): %s\n",
 	       (int)r->p.pid, r->p.comm, r->u.unit ? ", " : "", r->u.unit ? r->u.unit : "", r->file,
-	       r->running, cur, why);
+	       r->running, orow_current(r, cur, sizeof(cur)), why);
 }
 
 static void json_skipped(const struct orow *r, const char *why)
@@ -180,7 +157,7 @@ int cmd_restart(int argc, char **argv)
 			continue;
 		char *cmd[] = {(char *)systemctl, (char *)action, g->u->unit, NULL};
 		char *w0 = shell_word(systemctl), *w2 = shell_word(g->u->unit);
-		char *pids = pids_of(&rs, g);
+		char *pids = ogroup_join(&rs, g, true);
 		int rc = -1;
 		if (!ctl_json)
 			printf("%s %s %s  # pid %s\n", w0, action, w2, pids);

@@ -27,6 +27,8 @@ void outdated_free(struct orows *rs);
  * running and current (null: the name was removed); with all, also user, cmdline, cgroup and
  * how, in the order `outdated --json` gives them. restart lists the rows it skips without. */
 void orow_json_fields(const struct orow *r, bool all);
+/* A row's current version as shown: "N", or "removed"; buf. */
+const char *orow_current(const struct orow *r, char *buf, size_t len);
 
 /* A unit as shown: "app.service", "user@1000.service/foo.service"; NULL for none (owned). */
 char *unit_label(const struct punit *u);
@@ -43,5 +45,7 @@ struct ogroups {
 };
 void outdated_group(const struct orows *rs, struct ogroups *out);
 void ogroups_free(struct ogroups *gs);
+/* "a b c": the distinct pids (pids) or files of g's rows, in order; malloc'd. */
+char *ogroup_join(const struct orows *rs, const struct ogroup *g, bool pids);
 
 #endif
