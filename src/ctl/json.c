@@ -2,6 +2,7 @@
 #include "json.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #define MAXDEPTH 32
 
@@ -96,6 +97,9 @@ static int utf8_len(const unsigned char *p)
  * same. binvfsctl(8), JSON OUTPUT. */
 static void put_string(const char *s)
 {
+	/* written as a backslash and the letter below it */
+	static const char escaped[] = "\"\\\n\t\r", escape[] = "\"\\ntr";
+
 	putchar('"');
 	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
 		if (*p >= 0x80) {
@@ -108,27 +112,14 @@ static void put_string(const char *s)
 			}
 			continue;
 		}
-		switch (*p) {
-		case '"':
-			fputs("\\\"", stdout);
-			break;
-		case '\\':
-			fputs("\\\\", stdout);
-			break;
-		case '\n':
-			fputs("\\n", stdout);
-			break;
-		case '\t':
-			fputs("\\t", stdout);
-			break;
-		case '\r':
-			fputs("\\r", stdout);
-			break;
-		default:
-			if (*p < 0x20 || *p == 0x7f)
-				printf("\\u%04x", *p);
-			else
-				putchar(*p);
+		const char *e = strchr(escaped, *p); /* *p is not 0 here */
+		if (e) {
+			putchar('\\');
+			putchar(escape[e - escaped]);
+		} else if (*p < 0x20 || *p == 0x7f) {
+			printf("\\u%04x", *p);
+		} else {
+			putchar(*p);
 		}
 	}
 	putchar('"');
