@@ -103,21 +103,21 @@ static void json_skipped(const struct orow *r, const char *why)
 	json_obj_end();
 }
 
-int cmd_restart(int argc, char **argv)
+/* How each unit is restarted. */
+struct restart {
+	const char *systemctl, *action; /* argv[0] and [1] of the command */
+	bool dry;			/* print the commands, run none */
+};
+
+/* The DIRs among argv (options end at "--"); 1 after printing each unknown option. */
+static int restart_dirs(int argc, char **argv, char ***dirs, int *ndirs)
 {
-	bool dry = cmd_flag(&argc, argv, "--dry-run");
-	bool reload = cmd_flag(&argc, argv, "--reload");
-	const char *systemctl = getenv(SYSTEMCTL_ENV);
 	const char *synopsis = "restart [--dry-run] [--reload] [DIR...]";
-	const char *action = reload ? "try-reload-or-restart" : "try-restart";
-	struct orows rs;
-	struct ogroups gs;
+	bool dashdash = false;
 	int failed = 0;
 
-	char **dirs = xmalloc(((size_t)argc + 1) * sizeof(*dirs));
-	int ndirs = 0;
-	bool dashdash = false;
-
+	*dirs = xmalloc(((size_t)argc + 1) * sizeof(**dirs));
+	*ndirs = 0;
 	for (int i = 0; i < argc; i++) {
 		if (!dashdash && !strcmp(argv[i], "--"))
 			dashdash = true;
@@ -125,19 +125,126 @@ int cmd_restart(int argc, char **argv)
 			failed =
 			    ctl_err("unknown option %s; usage: binvfsctl %s", argv[i], synopsis);
 		else
-			dirs[ndirs++] = argv[i];
+			(*dirs)[(*ndirs)++] = argv[i];
 	}
 	if (failed) {
-		free(dirs);
-		return 1;
+		free(*dirs);
+		*dirs = NULL;
 	}
-	if (!dry && !systemctl && !systemd_running()) {
+	return failed;
+}
+
+/* "systemctl try-restart app.service  # pid 7734 8203", each word as the shell reads it */
+static void print_command(const struct restart *how, const struct orows *rs, const struct ogroup *g)
+{
+	char *w0 = shell_word(how->systemctl), *w2 = shell_word(g->u->unit);
+	char *pids = ogroup_join(rs, g, true);
+
+	printf("%s %s %s  # pid %s\n", w0, how->action, w2, pids);
+	free(w0);
+	free(w2);
+	free(pids);
+}
+
+/* {"unit", "command", "pids", "status"}: status null for a dry run */
+static void json_command(const struct restart *how, const struct orows *rs, const struct ogroup *g,
+			 char *const cmd[], int rc)
+{
+	json_obj();
+	json_kstr("unit", g->u->unit);
+	json_key("command");
+	json_arr();
+	for (int k = 0; cmd[k]; k++)
+		json_str(cmd[k]);
+	json_arr_end();
+	json_key("pids");
+	json_ints(rs, g);
+	json_key("status");
+	how->dry ? json_null() : json_int(rc);
+	json_obj_end();
+}
+
+/* Print and (unless dry) run `systemctl ACTION UNIT` for g's unit; 1 if it failed. */
+static int restart_unit(const struct restart *how, const struct orows *rs, const struct ogroup *g)
+{
+	char *cmd[] = {(char *)how->systemctl, (char *)how->action, g->u->unit, NULL};
+	int rc = -1;
+
+	if (!ctl_json)
+		print_command(how, rs, g);
+	if (!how->dry) {
+		rc = run(cmd);
+		if (rc)
+			ctl_err("%s %s %s failed (exit status %d)", how->systemctl, how->action,
+				g->u->unit, rc);
+	}
+	if (ctl_json)
+		json_command(how, rs, g, cmd, rc);
+	return !how->dry && rc != 0;
+}
+
+/* Each restartable unit in turn (--json: "units": [...]); how many failed. */
+static int restart_units(const struct restart *how, const struct orows *rs,
+			 const struct ogroups *gs)
+{
+	int failed = 0;
+
+	if (ctl_json) {
+		json_key("units");
+		json_arr();
+	}
+	for (size_t i = 0; i < gs->n; i++) {
+		const char *why;
+		if (punit_restartable(gs->g[i].u, &why))
+			failed += restart_unit(how, rs, &gs->g[i]);
+	}
+	if (ctl_json)
+		json_arr_end();
+	return failed;
+}
+
+/* Each process of a unit that is not restarted, with why (--json: "not_restarted": [...]). */
+static void list_not_restarted(const struct orows *rs, const struct ogroups *gs)
+{
+	if (ctl_json) {
+		json_key("not_restarted");
+		json_arr();
+	}
+	for (size_t i = 0; i < gs->n; i++) {
+		const char *why;
+		if (punit_restartable(gs->g[i].u, &why))
+			continue;
+		for (size_t k = 0; k < gs->g[i].n; k++) {
+			const struct orow *r = &rs->r[gs->g[i].rows[k]];
+			if (ctl_json)
+				json_skipped(r, why);
+			else
+				print_skipped(r, why);
+		}
+	}
+	if (ctl_json)
+		json_arr_end();
+}
+
+int cmd_restart(int argc, char **argv)
+{
+	struct restart how = {.dry = cmd_flag(&argc, argv, "--dry-run")};
+	bool reload = cmd_flag(&argc, argv, "--reload");
+	const char *systemctl = getenv(SYSTEMCTL_ENV);
+	struct orows rs;
+	struct ogroups gs;
+	char **dirs;
+	int ndirs, failed;
+
+	if (restart_dirs(argc, argv, &dirs, &ndirs))
+		return 1;
+	if (!how.dry && !systemctl && !systemd_running()) {
 		free(dirs);
 		return ctl_err("systemd is not running here (no /run/systemd/system): there is no "
 			       "unit to restart; binvfsctl restart --dry-run prints the commands");
 	}
-	if (!systemctl || !*systemctl)
-		systemctl = "systemctl";
+	how.systemctl = systemctl && *systemctl ? systemctl : "systemctl";
+	how.action = reload ? "try-reload-or-restart" : "try-restart";
 	failed = outdated_collect(dirs, ndirs, &rs);
 	free(dirs);
 	if (failed)
@@ -145,71 +252,15 @@ int cmd_restart(int argc, char **argv)
 	outdated_group(&rs, &gs);
 	if (ctl_json) {
 		json_obj();
-		json_kbool("dry_run", dry);
-		json_kstr("action", action);
-		json_key("units");
-		json_arr();
+		json_kbool("dry_run", how.dry);
+		json_kstr("action", how.action);
 	}
-	for (size_t i = 0; i < gs.n; i++) {
-		const struct ogroup *g = &gs.g[i];
-		const char *why;
-		if (!punit_restartable(g->u, &why))
-			continue;
-		char *cmd[] = {(char *)systemctl, (char *)action, g->u->unit, NULL};
-		char *w0 = shell_word(systemctl), *w2 = shell_word(g->u->unit);
-		char *pids = ogroup_join(&rs, g, true);
-		int rc = -1;
-		if (!ctl_json)
-			printf("%s %s %s  # pid %s\n", w0, action, w2, pids);
-		if (!dry) {
-			rc = run(cmd);
-			if (rc) {
-				ctl_err("%s %s %s failed (exit status %d)", systemctl, action,
-					g->u->unit, rc);
-				failed++;
-			}
-		}
-		if (ctl_json) {
-			json_obj();
-			json_kstr("unit", g->u->unit);
-			json_key("command");
-			json_arr();
-			for (int k = 0; cmd[k]; k++)
-				json_str(cmd[k]);
-			json_arr_end();
-			json_key("pids");
-			json_ints(&rs, g);
-			json_key("status");
-			dry ? json_null() : json_int(rc);
-			json_obj_end();
-		}
-		free(w0);
-		free(w2);
-		free(pids);
-	}
-	if (ctl_json) {
-		json_arr_end();
-		json_key("not_restarted");
-		json_arr();
-	}
-	for (size_t i = 0; i < gs.n; i++) {
-		const char *why;
-		if (punit_restartable(gs.g[i].u, &why))
-			continue;
-		for (size_t k = 0; k < gs.g[i].n; k++) {
-			const struct orow *r = &rs.r[gs.g[i].rows[k]];
-			if (ctl_json)
-				json_skipped(r, why);
-			else
-				print_skipped(r, why);
-		}
-	}
-	if (ctl_json) {
-		json_arr_end();
+	failed = restart_units(&how, &rs, &gs);
+	list_not_restarted(&rs, &gs);
+	if (ctl_json)
 		json_obj_end();
-	} else if (!rs.n) {
+	else if (!rs.n)
 		printf("# no process runs or maps a replaced version\n");
-	}
 	ogroups_free(&gs);
 	outdated_free(&rs);
 	return failed ? 1 : 0;
