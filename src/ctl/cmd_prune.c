@@ -182,12 +182,127 @@ static void settle(const struct plan *p, const struct target *t, struct vcount *
 	}
 }
 
+/* keep= from the command line of the mount's daemon; 1 after printing that it is not found. */
+static int daemon_keep(const struct target *t, unsigned *keep)
+{
+	struct daemon d;
+
+	daemon_find(&t->mnt, &d);
+	*keep = d.keep;
+	daemon_free(&d);
+	if (!d.pid)
+		return ctl_err("%s: cannot find the daemon's keep=; give --keep N", t->arg);
+	return 0;
+}
+
+/* The requests for t: a directory and every one below it, or the name of a file, current or
+ * removed; 1 after printing why t has none. */
+static int plan_target(struct plan *p, const struct target *t)
+{
+	struct vcount c;
+
+	if (t->exists && S_ISDIR(t->st.st_mode)) {
+		plan_tree(p, t->mnt.point, t->rel);
+		return 0;
+	}
+	/* a file, current or removed: no stat of its versions, as a LOOKUP makes the kernel
+	 * reference a version for a while, and the daemon then keeps it */
+	if (t->exists && !S_ISREG(t->st.st_mode))
+		return ctl_err("%s: not a regular file or directory", t->arg);
+	char *slash = strrchr(t->rel, '/');
+	char *dir = slash ? strndup(t->rel, (size_t)(slash - t->rel)) : xstrdup("");
+	plan_add(p, t->mnt.point, dir, slash ? slash + 1 : t->rel);
+	free(dir);
+	tally(p, &c);
+	bool none = !t->exists && !c.total;
+	vcount_free(&c);
+	return none ? ctl_err("%s: no such file", t->arg) : 0;
+}
+
+/* Count the old versions, ask the daemon to prune to p->keep (unless the mount keeps every
+ * version and no --keep was given) and count again; 1 after printing a failed request. */
+static int prune(const struct plan *p, const struct target *t, bool given, struct vcount *before,
+		 struct vcount *after)
+{
+	tally(p, before);
+	if (!given && !p->keep) {
+		/* a keep=0 mount keeps every version; 0 in a request would mean "keep none" */
+		*after = *before;
+		before->excess = NULL;
+		after->nexcess = 0;
+		return 0;
+	}
+	if (request(p, t->arg))
+		return 1;
+	tally(p, after);
+	settle(p, t, after);
+	return 0;
+}
+
+/* What a prune did, in old versions. */
+struct outcome {
+	size_t before, after, removed;
+	size_t in_use; /* beyond keep and used by a process: removed when the last user is gone */
+	char *pids;    /* the processes that use them, "7734 8203" */
+	size_t held;   /* beyond keep, no process uses them: the kernel still references them */
+};
+
+static void outcome_get(const struct target *t, const struct vcount *before,
+			const struct vcount *after, struct outcome *o)
+{
+	struct uses u;
+
+	uses_scan(t->mnt.dev, t->mnt.point, &u);
+	o->before = before->total;
+	o->after = after->total;
+	o->removed = before->total > after->total ? before->total - after->total : 0;
+	o->in_use = used_by_processes(after, &u, &o->pids);
+	o->held = after->nexcess - o->in_use;
+	uses_free(&u);
+}
+
+static void json_outcome(const struct target *t, unsigned keep, bool no_limit,
+			 const struct outcome *o)
+{
+	json_obj();
+	json_kstr("path", t->abs);
+	json_kint("keep", keep);
+	json_kbool("no_limit", no_limit);
+	json_kint("before", (long long)o->before);
+	json_kint("after", (long long)o->after);
+	json_kint("removed", (long long)o->removed);
+	json_kint("in_use", (long long)o->in_use);
+	json_kint("held_by_kernel", (long long)o->held);
+	json_obj_end();
+}
+
+static void print_outcome(const struct target *t, unsigned keep, bool no_limit,
+			  const struct outcome *o)
+{
+	if (no_limit) {
+		printf("%s: the mount keeps every version (keep=0); %zu old version%s, nothing "
+		       "removed (give --keep N)\n",
+		       t->abs, o->before, o->before == 1 ? "" : "s");
+		return;
+	}
+	printf("%s: keep %u: %zu old version%s removed, %zu left\n", t->abs, keep, o->removed,
+	       o->removed == 1 ? "" : "s", o->after);
+	if (o->in_use)
+		printf("  %zu in use (pid %s): removed when the last user is gone\n", o->in_use,
+		       o->pids);
+	if (o->held)
+		printf("  %zu no process uses, still referenced by the kernel: removed when the "
+		       "kernel forgets %s\n",
+		       o->held, o->held == 1 ? "it" : "them");
+}
+
 int cmd_prune(int argc, char **argv)
 {
 	char *pos[1];
 	struct target t = {0};
 	struct plan p = {0};
 	struct vcount before = {0}, after = {0};
+	struct outcome o;
 	bool given = false;
 	int ret = 1;
 
@@ -200,83 +315,15 @@ int cmd_prune(int argc, char **argv)
 		ctl_err("%s: inside .versions/ (read-only); give the path in the tree", pos[0]);
 		goto out;
 	}
-	if (!given) {
-		struct daemon d;
-		daemon_find(&t.mnt, &d);
-		p.keep = d.keep;
-		daemon_free(&d);
-		if (!d.pid) {
-			ctl_err("%s: cannot find the daemon's keep=; give --keep N", pos[0]);
-			goto out;
-		}
-	}
-	if (t.exists && S_ISDIR(t.st.st_mode)) {
-		plan_tree(&p, t.mnt.point, t.rel);
-	} else {
-		/* a file, current or removed: no stat of its versions, as a LOOKUP makes the
-		 * kernel reference a version for a while, and the daemon then keeps it */
-		if (t.exists && !S_ISREG(t.st.st_mode)) {
-			ctl_err("%s: not a regular file or directory", pos[0]);
-			goto out;
-		}
-		char *slash = strrchr(t.rel, '/');
-		char *dir = slash ? strndup(t.rel, (size_t)(slash - t.rel)) : xstrdup("");
-		plan_add(&p, t.mnt.point, dir, slash ? slash + 1 : t.rel);
-		free(dir);
-		tally(&p, &before);
-		if (!t.exists && !before.total) {
-			ctl_err("%s: no such file", pos[0]);
-			goto out;
-		}
-		vcount_free(&before);
-	}
-	tally(&p, &before);
-	if (given || p.keep) {
-		if (request(&p, pos[0]))
-			goto out;
-		tally(&p, &after);
-		settle(&p, &t, &after);
-	} else {
-		/* a keep=0 mount keeps every version; 0 in a request would mean "keep none" */
-		after = before;
-		before.excess = NULL;
-		after.nexcess = 0;
-	}
-	struct uses u;
-	char *pids;
-	uses_scan(t.mnt.dev, t.mnt.point, &u);
-	size_t removed = before.total > after.total ? before.total - after.total : 0;
-	size_t in_use = used_by_processes(&after, &u, &pids);
-	size_t held = after.nexcess - in_use;
-	uses_free(&u);
-	if (ctl_json) {
-		json_obj();
-		json_kstr("path", t.abs);
-		json_kint("keep", p.keep);
-		json_kbool("no_limit", !given && p.keep == 0);
-		json_kint("before", (long long)before.total);
-		json_kint("after", (long long)after.total);
-		json_kint("removed", (long long)removed);
-		json_kint("in_use", (long long)in_use);
-		json_kint("held_by_kernel", (long long)held);
-		json_obj_end();
-	} else if (!given && p.keep == 0) {
-		printf("%s: the mount keeps every version (keep=0); %zu old version%s, nothing "
-		       "removed (give --keep N)\n",
-		       t.abs, before.total, before.total == 1 ? "" : "s");
-	} else {
-		printf("%s: keep %u: %zu old version%s removed, %zu left\n", t.abs, p.keep, removed,
-		       removed == 1 ? "" : "s", after.total);
-		if (in_use)
-			printf("  %zu in use (pid %s): removed when the last user is gone\n",
-			       in_use, pids);
-		if (held)
-			printf(
-			    "  %zu no process uses, still referenced by the kernel: removed when "
-			    "the kernel forgets %s\n",
-			    held, held == 1 ? "it" : "them");
-	}
-	free(pids);
+	if ((!given && daemon_keep(&t, &p.keep)) || plan_target(&p, &t) ||
+	    prune(&p, &t, given, &before, &after))
+		goto out;
+	outcome_get(&t, &before, &after, &o);
+	if (ctl_json)
+		json_outcome(&t, p.keep, !given && p.keep == 0, &o);
+	else
+		print_outcome(&t, p.keep, !given && p.keep == 0, &o);
+	free(o.pids);
 	ret = 0;
 out:
 	vcount_free(&before);
