@@ -249,7 +249,8 @@ def test_prune_keep1_removes_older_versions_but_not_one_in_use(mnt, procs, cbuil
     assert versions(mnt) == ["app.~1~", "app.~2~", "app.~3~"]
 
     j = ctlj("prune", "--keep", "1", app)
-    assert (j["before"], j["removed"], j["after"], j["in_use"]) == (3, 1, 2, 1)
+    assert (j["before"], j["removed"], j["after"], j["in_use"], j["held_by_kernel"]) == \
+        (3, 1, 2, 1, 0)
     assert versions(mnt) == ["app.~1~", "app.~3~"]
     assert p1.poll() is None
     assert run([mnt.p(".versions", "app.~3~")]).stdout == "version 3\n"
