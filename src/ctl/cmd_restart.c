@@ -183,33 +183,23 @@ static int restart_unit(const struct restart *how, const struct orows *rs, const
 	return !how->dry && rc != 0;
 }
 
-/* Each restartable unit in turn (--json: "units": [...]); how many failed. */
+/* Each restartable unit in turn; how many failed. */
 static int restart_units(const struct restart *how, const struct orows *rs,
 			 const struct ogroups *gs)
 {
 	int failed = 0;
 
-	if (ctl_json) {
-		json_key("units");
-		json_arr();
-	}
 	for (size_t i = 0; i < gs->n; i++) {
 		const char *why;
 		if (punit_restartable(gs->g[i].u, &why))
 			failed += restart_unit(how, rs, &gs->g[i]);
 	}
-	if (ctl_json)
-		json_arr_end();
 	return failed;
 }
 
-/* Each process of a unit that is not restarted, with why (--json: "not_restarted": [...]). */
+/* Each process of a unit that is not restarted, with why. */
 static void list_not_restarted(const struct orows *rs, const struct ogroups *gs)
 {
-	if (ctl_json) {
-		json_key("not_restarted");
-		json_arr();
-	}
 	for (size_t i = 0; i < gs->n; i++) {
 		const char *why;
 		if (punit_restartable(gs->g[i].u, &why))
@@ -222,8 +212,6 @@ static void list_not_restarted(const struct orows *rs, const struct ogroups *gs)
 				print_skipped(r, why);
 		}
 	}
-	if (ctl_json)
-		json_arr_end();
 }
 
 int cmd_restart(int argc, char **argv)
@@ -254,13 +242,22 @@ int cmd_restart(int argc, char **argv)
 		json_obj();
 		json_kbool("dry_run", how.dry);
 		json_kstr("action", how.action);
+		json_key("units");
+		json_arr();
 	}
 	failed = restart_units(&how, &rs, &gs);
+	if (ctl_json) {
+		json_arr_end();
+		json_key("not_restarted");
+		json_arr();
+	}
 	list_not_restarted(&rs, &gs);
-	if (ctl_json)
+	if (ctl_json) {
+		json_arr_end();
 		json_obj_end();
-	else if (!rs.n)
+	} else if (!rs.n) {
 		printf("# no process runs or maps a replaced version\n");
+	}
 	ogroups_free(&gs);
 	outdated_free(&rs);
 	return failed ? 1 : 0;
