@@ -1,145 +1,21 @@
 """Test harness: mount binvfs for real over a fresh temporary directory, always unmount.
 
-Like libfuse's test/util.py: the daemon must exit 0 within 30 s of the unmount (a daemon that
-hangs or crashes at unmount is a bug the test reports), and its log is scanned for sanitizer
-reports. Processes a test starts go through `procs` and are killed by pid at teardown.
+Like libfuse's test/util.py (util.Mount): the daemon must exit 0 within 30 s of the unmount (a
+daemon that hangs or crashes at unmount is a bug the test reports), and its log is scanned for
+sanitizer reports. Processes a test starts go through `procs` and are killed by pid at teardown.
 """
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
-import time
-from typing import NamedTuple
 
 import pytest
 
-from util import run, write
+from util import Mount, mountinfo, run, write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINS = os.environ.get("BINVFS_BINS", os.path.join(ROOT, "build", "binvfs")).split()
-
-
-class MountEntry(NamedTuple):
-    point: str
-    opts: str  # per-mount options (rw,nosuid,...)
-    fstype: str
-    source: str
-    super_opts: str  # the filesystem's (for FUSE, the connection's)
-
-
-def _unescape(field):
-    """mountinfo writes space, tab, newline and backslash in paths as \\ooo."""
-    return re.sub(r"\\([0-3][0-7][0-7])", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mountinfo(fstype=None):
-    """Every mount in /proc/self/mountinfo (of fstype if given), the newest last, with its
-    paths unescaped: the one Python reader of the mount table, for tests and scripts."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, right = line.rstrip("\n").split(" - ", 1)
-            fields, tail = left.split(), right.split()
-            e = MountEntry(_unescape(fields[4]), fields[5], tail[0], _unescape(tail[1]),
-                           tail[2] if len(tail) > 2 else "")
-            if fstype is None or e.fstype == fstype:
-                out.append(e)
-    return out
-
-
-def is_mounted(path):
-    return any(e.point == path for e in mountinfo("fuse.binvfs"))
-
-
-def wait_for(cond, timeout=10.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Mount:
-    """A running binvfs over `src` (mounted at `path`, which is `src` unless given)."""
-
-    extra = []  # options of the current test's variant (the `binary` fixture sets them)
-
-    def __init__(self, binary, src, opts=("nosync",), path=None):
-        self.binary = binary
-        self.src = str(src)
-        self.path = str(path or src)
-        self.opts = list(opts)
-        if not any(o.startswith("passthrough=") for o in self.opts):
-            self.opts += Mount.extra
-        self.log_path = tempfile.mktemp(prefix="binvfs-log-")
-        self.proc = None
-
-    def start(self):
-        cmd = [self.binary, "-f"]
-        if self.opts:
-            cmd += ["-o", ",".join(self.opts)]
-        cmd += [self.src] + ([self.path] if self.path != self.src else [])
-        self.log = open(self.log_path, "w+")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: is_mounted(self.path) or self.proc.poll() is not None,
-                     what="mount")
-        except AssertionError:
-            self.stop(check=False)
-            raise
-        if self.proc.poll() is not None:
-            raise AssertionError("binvfs exited at startup:\n" + self.logtext())
-        return self
-
-    def logtext(self):
-        self.log.flush()
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-    def stop(self, check=True, unmount=True):
-        """Unmount (lazily if busy) and require the daemon to exit 0 within 30 s. unmount=False:
-        the mount was detached already (umount -l; another may now be at the same path)."""
-        if self.proc is None:
-            return
-        if unmount and is_mounted(self.path):
-            r = subprocess.run(["fusermount3", "-u", self.path], capture_output=True)
-            if r.returncode != 0:
-                subprocess.run(["fusermount3", "-uz", self.path], capture_output=True)
-        try:
-            rc = self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            if unmount:
-                subprocess.run(["fusermount3", "-uz", self.path], capture_output=True)
-            rc = "hung"
-        self.proc = None
-        text = self.logtext()
-        self.log.close()
-        os.unlink(self.log_path)
-        if check:
-            for word in ("AddressSanitizer", "runtime error", "LeakSanitizer", "ThreadSanitizer"):
-                assert word not in text, text
-            assert rc == 0, f"binvfs exited with {rc}:\n{text}"
-        return text
-
-    def kill(self):
-        """SIGKILL the daemon (crash), then clean the dead mount up."""
-        self.proc.kill()
-        self.proc.wait()
-        subprocess.run(["fusermount3", "-uz", self.path], capture_output=True)
-        self.proc = None
-        self.log.close()
-        os.unlink(self.log_path)
-
-    def p(self, *parts):
-        return os.path.join(self.path, *parts)
-
-    def s(self, *parts):
-        return os.path.join(self.src, *parts)
 
 
 def source_made_through(binary, workdir, fill):

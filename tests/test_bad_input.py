@@ -18,8 +18,8 @@ import subprocess
 
 import pytest
 
-from conftest import Mount, is_mounted, program, source_made_through
-from util import read, reopen_for_write, run, versions, write
+from conftest import program, source_made_through
+from util import Mount, is_mounted, read, reopen_for_write, run, versions, write
 
 MARKER = b"binvfs store format 1\n"
 

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import time
 
-from conftest import Mount, program
+from conftest import program
+from util import Mount
 
 STAGING = ".versions/.binvfs-staging"
 MARKER = ".versions/.binvfs-format"

@@ -13,8 +13,8 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, ctl_path, is_mounted, program, wait_for
-from util import cp, read, run, versions, write
+from conftest import ROOT, ctl_path, program
+from util import cp, is_mounted, read, run, versions, wait_for, write
 
 
 def sha(path):

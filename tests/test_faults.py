@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from conftest import Mount, is_mounted, program
+from conftest import program
+from util import Mount, is_mounted
 
 
 def daemon_fds(m):

@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from conftest import Mount
-from util import NOBODY, on_both, outcome, read, run, versions, write
+from util import Mount, NOBODY, on_both, outcome, read, run, versions, write
 
 libc = ctypes.CDLL(None, use_errno=True)
 

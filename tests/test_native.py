@@ -12,8 +12,9 @@ import subprocess
 
 import pytest
 
-from conftest import Mount, is_mounted, mountinfo, program
-from util import NOBODY, as_user, on_both, outcome, read, run, versions, write
+from conftest import program
+from util import (Mount, NOBODY, as_user, is_mounted, mountinfo, on_both, outcome, read, run,
+                  versions, write)
 
 libc = ctypes.CDLL(None, use_errno=True)
 

@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, is_mounted
-from util import read, run, write
+from conftest import ROOT
+from util import is_mounted, read, run, write
 
 TOOLS = ("dpkg-buildpackage", "dpkg-checkbuilddeps", "dh", "lintian", "dpkg-deb", "unshare",
          "mount.fuse3")

@@ -13,8 +13,7 @@ import sys
 
 import pytest
 
-from conftest import Mount, is_mounted, wait_for
-from util import read, run, write
+from util import Mount, is_mounted, read, run, wait_for, write
 
 LIBZ = "/lib/x86_64-linux-gnu/libz.so.1"
 

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from conftest import program, wait_for
-from util import read, run
+from conftest import program
+from util import read, run, wait_for
 
 
 def sha(data):

@@ -7,8 +7,8 @@ import subprocess
 import threading
 import time
 
-from conftest import Mount, program
-from util import make_store, read, write
+from conftest import program
+from util import Mount, make_store, read, write
 
 RACE_SECONDS = float(os.environ.get("BINVFS_RACE_SECONDS", "15"))
 

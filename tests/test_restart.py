@@ -8,8 +8,8 @@ import json
 import os
 import subprocess
 
-from conftest import Mount, is_mounted, program, wait_for
-from util import read, run
+from conftest import program
+from util import Mount, is_mounted, read, run, wait_for
 
 RESTARTS = int(os.environ.get("BINVFS_RESTARTS", "6"))  # more for a soak
 

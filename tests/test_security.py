@@ -21,8 +21,8 @@ import time
 
 import pytest
 
-from conftest import mountinfo, program
-from util import NOBODY, as_user, open_world, read, reopen_for_write, run
+from conftest import program
+from util import NOBODY, as_user, mountinfo, open_world, read, reopen_for_write, run
 MODES = (0o600, 0o640, 0o644, 0o700, 0o750, 0o755, 0o711)
 
 

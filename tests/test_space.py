@@ -15,8 +15,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
-from util import cp, read, run, versions, write
+from util import cp, read, run, versions, wait_for, write
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 

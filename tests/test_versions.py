@@ -18,8 +18,9 @@ import tempfile
 
 import pytest
 
-from conftest import Mount, is_mounted, program, source_made_through, wait_for
-from util import as_user, cp, make_store, open_world, read, run, versions, write
+from conftest import program, source_made_through
+from util import (Mount, as_user, cp, is_mounted, make_store, open_world, read, run, versions,
+                  wait_for, write)
 
 VERSION_RE = re.compile(r"^.+\.~[1-9][0-9]*~$")
 
