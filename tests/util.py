@@ -106,64 +106,84 @@ def mountinfo(fstype=None):
     return out
 
 
-def is_mounted(path):
-    return any(e.point == path for e in mountinfo("fuse.binvfs"))
+def is_mounted(path, fstype="fuse.binvfs"):
+    return any(e.point == path for e in mountinfo(fstype))
 
 
-def wait_for(cond, timeout=10.0, what="condition"):
+def wait_for(cond, timeout=10.0, what="condition", poll=0.01):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if cond():
             return
-        time.sleep(0.01)
+        time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}")
 
 
 class Mount:
-    """A running binvfs over `src` (mounted at `path`, which is `src` unless given)."""
+    """A running binvfs over `src` (mounted at `path`, which is `src` unless given), with the
+    -o options opts and the further arguments args (such as -s). Another FUSE daemon: a
+    subclass with its own command() and fstype (scripts/bench: libfuse's passthrough_ll)."""
 
     extra = []  # options of the current test's variant (the `binary` fixture sets them)
+    fstype = "fuse.binvfs"  # in the mount table
 
-    def __init__(self, binary, src, opts=("nosync",), path=None):
+    def __init__(self, binary, src, opts=("nosync",), path=None, args=()):
         self.binary = binary
         self.src = str(src)
         self.path = str(path or src)
         self.opts = list(opts)
+        self.args = list(args)
         if not any(o.startswith("passthrough=") for o in self.opts):
             self.opts += Mount.extra
         self.log_path = tempfile.mktemp(prefix="binvfs-log-")
         self.proc = None
 
-    def start(self):
+    def command(self):
         cmd = [self.binary, "-f"]
         if self.opts:
             cmd += ["-o", ",".join(self.opts)]
-        cmd += [self.src] + ([self.path] if self.path != self.src else [])
+        return cmd + self.args + [self.src] + ([self.path] if self.path != self.src else [])
+
+    def start(self, timeout=10.0, poll=0.01, **popen):
+        """Start the daemon (popen: more arguments for subprocess.Popen) and wait until it is
+        in the mount table, looking every poll s."""
         self.log = open(self.log_path, "w+")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT,
+                                     **popen)
         try:
-            wait_for(lambda: is_mounted(self.path) or self.proc.poll() is not None,
-                     what="mount")
+            wait_for(lambda: is_mounted(self.path, self.fstype) or self.proc.poll() is not None,
+                     timeout, "mount", poll)
         except AssertionError:
             self.stop(check=False)
             raise
         if self.proc.poll() is not None:
-            raise AssertionError("binvfs exited at startup:\n" + self.logtext())
+            raise AssertionError(f"{self.name()} exited at startup:\n" + self.logtext())
         return self
+
+    def name(self):
+        return os.path.basename(self.binary)
 
     def logtext(self):
         self.log.flush()
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
-    def stop(self, check=True, unmount=True):
-        """Unmount (lazily if busy) and require the daemon to exit 0 within 30 s. unmount=False:
-        the mount was detached already (umount -l; another may now be at the same path)."""
+    def stop(self, check=True, unmount=True, tries=1):
+        """Unmount (lazily if still busy after `tries` tries, 0.1 s apart) and require the
+        daemon to exit 0 within 30 s. unmount=False: the mount was detached already (umount -l;
+        another may now be at the same path)."""
         if self.proc is None:
             return
-        if unmount and is_mounted(self.path):
-            r = subprocess.run(["fusermount3", "-u", self.path], capture_output=True)
-            if r.returncode != 0:
+        if unmount:
+            for i in range(tries):
+                if not is_mounted(self.path, self.fstype):
+                    break
+                r = subprocess.run(["fusermount3", "-u", self.path], capture_output=True)
+                if r.returncode == 0:
+                    break
+                if i + 1 < tries:
+                    time.sleep(0.1)
+            else:
                 subprocess.run(["fusermount3", "-uz", self.path], capture_output=True)
         try:
             rc = self.proc.wait(timeout=30)
@@ -180,7 +200,7 @@ class Mount:
         if check:
             for word in ("AddressSanitizer", "runtime error", "LeakSanitizer", "ThreadSanitizer"):
                 assert word not in text, text
-            assert rc == 0, f"binvfs exited with {rc}:\n{text}"
+            assert rc == 0, f"{self.name()} exited with {rc}:\n{text}"
         return text
 
     def kill(self):
