@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from util import Mount, NOBODY, on_both, outcome, read, run, versions, write
+from util import CAP_MKNOD, Mount, NOBODY, as_user, on_both, outcome, read, run, versions, write
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -344,31 +344,6 @@ def renameat2(a, b, flags):
         raise OSError(e, os.strerror(e))
 
 
-def whiteout_as_nobody(a, b):
-    """renameat2(a, b, RENAME_WHITEOUT) by uid and gid nobody holding CAP_MKNOD, which the
-    kernel asks of a whiteout; returns 0 or the errno."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS: keep the permitted set over setuid
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-            mknod = 1 << 27  # CAP_MKNOD: effective, permitted (inheritable 0), then caps 32-63
-            if libc.capset(header, (ctypes.c_uint32 * 6)(mknod, mknod, 0, 0, 0, 0)) != 0:
-                raise OSError(ctypes.get_errno(), "capset")
-            renameat2(a, b, RENAME_WHITEOUT)
-        except OSError as e:
-            code = e.errno or 255
-        except BaseException:
-            code = 254
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 def test_rename_whiteout(both, workdir):
     os.chmod(workdir, 0o755)  # nobody walks to both trees
 
@@ -396,7 +371,9 @@ def test_rename_whiteout(both, workdir):
         os.chmod(p("w"), 0o777)
         write(p("w", "n"), "N")
         os.chown(p("w", "n"), NOBODY, NOBODY)
-        out.append(whiteout_as_nobody(p("w", "n"), p("w", "n2")))
+        # by nobody holding CAP_MKNOD, which the kernel asks of a whiteout
+        out.append(as_user(lambda: renameat2(p("w", "n"), p("w", "n2"), RENAME_WHITEOUT),
+                           caps=[CAP_MKNOD]))
         st = os.lstat(p("w", "n"))                 # the whiteout belongs to its maker
         out.append((stat.S_IFMT(st.st_mode), st.st_rdev, st.st_uid, st.st_gid))
         os.unlink(p("a"))

@@ -1,5 +1,6 @@
 """Helpers shared by the tests and scripts/bench (standard library only): files, users, the
 mount table, and a binvfs daemon mounted for real (`Mount`)."""
+import ctypes
 import errno
 import os
 import re
@@ -9,6 +10,8 @@ import time
 from typing import NamedTuple
 
 NOBODY = 65534
+CAP_MKNOD = 27
+libc = ctypes.CDLL(None, use_errno=True)
 
 
 def write(path, data, mode=None):
@@ -58,15 +61,24 @@ def open_world(workdir):
     os.chmod(workdir, 0o755)
 
 
-def as_user(fn, uid=NOBODY, gid=NOBODY):
-    """Run fn() in a forked child as uid/gid; returns 0 if it succeeded, else the errno."""
+def as_user(fn, uid=NOBODY, gid=NOBODY, caps=()):
+    """Run fn() in a forked child as uid/gid, holding the capabilities caps (numbers < 32, such
+    as CAP_MKNOD) and no other; returns 0 if it succeeded, else the errno."""
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
+            if caps:
+                libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS: keep the permitted set over setuid
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
+            if caps:
+                header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+                mask = sum(1 << c for c in caps)
+                # effective, permitted, inheritable of capabilities 0-31, then of 32-63
+                if libc.capset(header, (ctypes.c_uint32 * 6)(mask, mask, 0, 0, 0, 0)) != 0:
+                    raise OSError(ctypes.get_errno(), "capset")
             fn()
         except OSError as e:
             code = e.errno or 255
