@@ -12,7 +12,8 @@ import tempfile
 
 import pytest
 
-from util import Mount, mountinfo, run, write
+pytest.register_assert_rewrite("util")  # its asserts (same_on_both's) show what differs
+from util import Mount, mountinfo, run, write  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINS = os.environ.get("BINVFS_BINS", os.path.join(ROOT, "build", "binvfs")).split()

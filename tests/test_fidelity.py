@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from util import CAP_MKNOD, Mount, NOBODY, as_user, on_both, outcome, read, run, versions, write
+from util import (CAP_MKNOD, Mount, NOBODY, as_user, on_both, outcome, read, run, same_on_both,
+                  versions, write)
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -36,8 +37,7 @@ def nlink_asked(fd):
 # st_nlink: the names a file has in the tree, not its versions
 
 def test_link_counts_as_natively(both):
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         out = []
         write(p("a"), "A")
         os.link(p("a"), p("b"))
@@ -80,20 +80,18 @@ def test_link_counts_as_natively(both):
             out.append(nlink(p("d2")))
         os.mkdir(p("dir"))
         os.mkdir(p("dir", "sub"))
-        out.append((nlink(p("dir")), nlink(root)))  # the root: .versions/ is not counted
+        out.append((nlink(p("dir")), nlink(p())))  # the root: .versions/ is not counted
         os.rmdir(p("dir", "sub"))
-        out.append((nlink(p("dir")), nlink(root)))
+        out.append((nlink(p("dir")), nlink(p())))
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    n = same_on_both(both, seq)
     assert n[1] == 1 and n[4] == 0  # what the issue saw wrong: 3 and 1
 
 
 def test_a_writer_sees_the_inode_it_opened(both):
     """stat before the open and fstat of the write fd agree on st_ino and st_nlink (vim's E949
     test); the new version's number shows at the name once it is published."""
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         write(p("f"), "old\n")
         os.link(p("f"), p("g"))
         before = os.stat(p("f"))
@@ -111,8 +109,7 @@ def test_a_writer_sees_the_inode_it_opened(both):
         out += [st.st_ino == before.st_ino, st.st_size, st.st_nlink]
         os.close(fd)
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    same_on_both(both, seq)
 
 
 def test_link_counts_of_versions(mnt):
@@ -197,8 +194,7 @@ def test_dd_o_direct(both, workdir):
     data = os.path.join(workdir, "data")
     write(data, os.urandom(64 * 4096))
 
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         out = []
         for args in (["of=" + p("new"), "oflag=direct", "bs=16k", "count=8"],
                      ["of=" + p("new"), "oflag=direct", "bs=4k", "seek=40", "skip=3",
@@ -210,8 +206,7 @@ def test_dd_o_direct(both, workdir):
                  "bs=8k"])
         out.append((r.returncode, read(p("copy"))))
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    n = same_on_both(both, seq)
     assert all(o[0] == 0 for o in n)
 
 
@@ -238,18 +233,17 @@ def test_vim_saves(both, case):
                                 "normal Gothree", "wq"]:
         cmds += ["-c", c]
 
-    def seq(root):
-        f = os.path.join(root, "t.txt")
+    def seq(p):
+        f = p("t.txt")
         write(f, "line 1\n")
         os.chmod(f, 0o640)
         if case == "hard link":
-            os.link(f, os.path.join(root, "t2.txt"))
+            os.link(f, p("t2.txt"))
         # -es: no vimrc, Debian's defaults (backupskip has /tmp/*, and the test dirs are there)
         r = run(["vim.basic", "-es", "-N", *cmds, f])
         return (r.returncode, r.stdout, r.stderr, read(f), oct(os.stat(f).st_mode),
-                sorted(n for n in os.listdir(root) if n != ".versions"))
-    n, m = on_both(both, seq)
-    assert n == m
+                sorted(n for n in os.listdir(p()) if n != ".versions"))
+    n = same_on_both(both, seq)
     assert n[0] == 0 and n[3] == b"line 1\none\ntwo\nthree\n", n
     mnt = both[1]
     # in place: one version for each of the three saves that changed something; by rename:
@@ -301,11 +295,11 @@ def test_nano_save(both):
     if not shutil.which("nano"):
         pytest.skip("nano is not installed (scripts/deps installs it)")
 
-    def seq(root):
-        f = os.path.join(root, "n.txt")
+    def seq(p):
+        f = p("n.txt")
         write(f, "one\n")
         rc, _ = nano_append(f, "two\n")
-        return rc, read(f), oct(os.stat(f).st_mode), sorted(os.listdir(root))
+        return rc, read(f), oct(os.stat(f).st_mode), sorted(os.listdir(p()))
     n, m = on_both(both, seq)
     m = (m[0], m[1], m[2], [x for x in m[3] if x != ".versions"])
     assert n == m
@@ -317,8 +311,7 @@ def test_nano_save(both):
                                   ["sed", "-i", "--follow-symlinks", "s/b/B/"]])
 def test_in_place_editing_tools(both, tool):
     """sed -i and perl -i write a new file and rename it over the old one."""
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         write(p("f"), "a\nb\n", 0o751)
         os.link(p("f"), p("g"))
         os.symlink("f", p("link"))
@@ -326,8 +319,7 @@ def test_in_place_editing_tools(both, tool):
         st = os.stat(p("f"))
         return (r.returncode, r.stderr, read(p("f")), read(p("g")), oct(st.st_mode),
                 st.st_nlink, nlink(p("g")), os.path.islink(p("link")))
-    n, m = on_both(both, seq)
-    assert n == m
+    n = same_on_both(both, seq)
     assert n[2] == b"a\nB\n" and n[3] == b"a\nb\n" and n[5:7] == (1, 1), n
     assert versions(both[1]) == ["f.~1~"]
 
@@ -347,8 +339,7 @@ def renameat2(a, b, flags):
 def test_rename_whiteout(both, workdir):
     os.chmod(workdir, 0o755)  # nobody walks to both trees
 
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         write(p("a"), "A")
         write(p("b"), "B")
         write(p("c"), "C")
@@ -377,10 +368,9 @@ def test_rename_whiteout(both, workdir):
         st = os.lstat(p("w", "n"))                 # the whiteout belongs to its maker
         out.append((stat.S_IFMT(st.st_mode), st.st_rdev, st.st_uid, st.st_gid))
         os.unlink(p("a"))
-        out.append(sorted(x for x in os.listdir(root) if x != ".versions"))
+        out.append(sorted(x for x in os.listdir(p()) if x != ".versions"))
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    n = same_on_both(both, seq)
     assert n[0] == ("ok", None) and stat.S_ISCHR(n[5][1]), n
     assert n[-3:-1] == [0, (stat.S_IFCHR, 0, NOBODY, NOBODY)], n
     assert versions(both[1]) == ["c.~1~"]  # the file the whiteout rename replaced
@@ -388,11 +378,11 @@ def test_rename_whiteout(both, workdir):
 
 def test_chown_to_minus_one_and_rename_change_ctime(both):
     """As ext4 does (POSIX allows either); pjdfstest's rename/22.t runs on ext4 only."""
-    def seq(root):
+    def seq(p):
         out = []
-        for name, make in (("f", lambda p: write(p, "x")), ("d", os.mkdir),
-                           ("l", lambda p: os.symlink("f", p)), ("p", os.mkfifo)):
-            path = os.path.join(root, name)
+        for name, make in (("f", lambda at: write(at, "x")), ("d", os.mkdir),
+                           ("l", lambda at: os.symlink("f", at)), ("p", os.mkfifo)):
+            path = p(name)
             make(path)
             before = os.lstat(path).st_ctime_ns
             time.sleep(0.01)
@@ -402,6 +392,5 @@ def test_chown_to_minus_one_and_rename_change_ctime(both):
             os.rename(path, path + "2")
             out.append((name, after > before, os.lstat(path + "2").st_ctime_ns > after))
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    n = same_on_both(both, seq)
     assert all(chown and rename for _, chown, rename in n), n

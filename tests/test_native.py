@@ -14,7 +14,7 @@ import pytest
 
 from conftest import program
 from util import (Mount, NOBODY, as_user, is_mounted, mountinfo, on_both, outcome, read, run,
-                  versions, write)
+                  same_on_both, versions, write)
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -75,13 +75,13 @@ int main(int argc, char **argv) {
 def test_readdir_2000_files_with_offsets(both, cbuild):
     lister = cbuild("readdir_offsets", READDIR_C)
 
-    def fill(root):
-        os.mkdir(os.path.join(root, "big"))
+    def fill(p):
+        os.mkdir(p("big"))
         for i in range(2000):
             name = f"file-{i:04d}-" + "x" * (i % 60)
-            write(os.path.join(root, "big", name), str(i))
-        os.mkdir(os.path.join(root, "big", "subdir"))
-        os.symlink("file-0000-", os.path.join(root, "big", "link"))
+            write(p("big", name), str(i))
+        os.mkdir(p("big", "subdir"))
+        os.symlink("file-0000-", p("big", "link"))
         return None
 
     on_both(both, fill)
@@ -112,9 +112,9 @@ def test_readdir_2000_files_with_offsets(both, cbuild):
 
 
 def test_readdir_sees_changes(both):
-    def seq(root):
-        os.mkdir(os.path.join(root, "d"))
-        d = os.path.join(root, "d")
+    def seq(p):
+        os.mkdir(p("d"))
+        d = p("d")
         out = [sorted(os.listdir(d))]
         write(os.path.join(d, "a"), "a")
         write(os.path.join(d, "b"), "b")
@@ -125,16 +125,14 @@ def test_readdir_sees_changes(both):
         write(os.path.join(d, "c"), "changed")  # a new version: still one entry
         out.append(sorted(os.listdir(d)))
         return out
-    n, m = on_both(both, seq)
-    assert n == m == [[], ["a", "b"], ["c"], ["c"]]
+    assert same_on_both(both, seq) == [[], ["a", "b"], ["c"], ["c"]]
 
 
 # ---------------------------------------------------------------------------------------------
 # create, mkdir, rmdir, unlink, rename, mknod: results and errnos
 
 def test_namespace_operations_and_errors(both):
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         out = []
         out.append(outcome(os.mkdir, p("d"), 0o777))
         out.append(outcome(os.mkdir, p("d")))
@@ -171,10 +169,9 @@ def test_namespace_operations_and_errors(both):
         out.append(oct(os.stat(p("created600")).st_mode))
         out.append(oct(os.stat(p("d")).st_mode))
         out.append(outcome(os.rmdir, p("full", "x")))
-        out.append(tree(root))
+        out.append(tree(p()))
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    same_on_both(both, seq)
 
 
 def test_renameat2_noreplace_and_exchange(both):
@@ -185,8 +182,7 @@ def test_renameat2_noreplace_and_exchange(both):
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e))
 
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         write(p("a"), "A")
         write(p("b"), "B")
         os.mkdir(p("dir"))
@@ -196,18 +192,16 @@ def test_renameat2_noreplace_and_exchange(both):
                outcome(renameat2, p("c"), p("missing"), RENAME_EXCHANGE),
                outcome(renameat2, p("b"), p("dir"), RENAME_EXCHANGE)]
         out.append({n: (read(p(n)) if os.path.isfile(p(n)) else "dir")
-                    for n in sorted(os.listdir(root)) if n != ".versions"})
+                    for n in sorted(os.listdir(p())) if n != ".versions"})
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    same_on_both(both, seq)
 
 
 # ---------------------------------------------------------------------------------------------
 # symlinks and hard links
 
 def test_symlink_and_readlink(both):
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         os.mkdir(p("dir"))
         write(p("dir", "target"), "content")
         os.symlink("dir/target", p("rel"))
@@ -221,7 +215,7 @@ def test_symlink_and_readlink(both):
                outcome(os.symlink, "x", p("rel")),
                outcome(open, p("dangling")),
                outcome(os.stat, p("dangling")),
-               os.path.realpath(p("rel")) == os.path.join(os.path.realpath(root), "dir",
+               os.path.realpath(p("rel")) == os.path.join(os.path.realpath(p()), "dir",
                                                           "target"),
                oct(stat.S_IMODE(os.lstat(p("rel")).st_mode))]
         # writing through a symlink writes its target; removing a symlink removes the link
@@ -233,8 +227,7 @@ def test_symlink_and_readlink(both):
         os.rename(p("rel"), p("rel2"))
         out.append(os.readlink(p("rel2")))
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    same_on_both(both, seq)
     mnt = both[1]
     # the write through the link made a version of the target, not of the link
     assert versions(mnt) == ["dir"]
@@ -253,8 +246,7 @@ def test_absolute_symlink_into_mount(mnt, workdir):
 
 
 def test_hard_links(both):
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         write(p("a"), "A")
         os.link(p("a"), p("b"))
         r = run(["ln", p("a"), p("c")])
@@ -271,8 +263,7 @@ def test_hard_links(both):
         os.rename(p("c"), p("dir", "c"))
         out.append(os.stat(p("a")).st_nlink)
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    same_on_both(both, seq)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,8 +275,7 @@ def test_chmod_chown_utime_apply_in_place_and_make_no_version(both, procs, cbuil
     runner = procs.start([mnt.p("app"), "30"], stdout=subprocess.PIPE, text=True)
     assert runner.stdout.readline() == "version 1\n"
 
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         if not os.path.exists(p("app")):
             shutil.copy(program(cbuild, 1), p("app"))
         write(p("data"), "data\n")
@@ -317,8 +307,7 @@ def test_chmod_chown_utime_apply_in_place_and_make_no_version(both, procs, cbuil
         out.append(oct(os.stat(p("data")).st_mode))
         out.append(read(p("data")))
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    same_on_both(both, seq)
     assert versions(mnt) == []
     # the running program was not replaced by any of it
     assert os.readlink(f"/proc/{runner.pid}/exe") == mnt.p("app")
@@ -328,8 +317,7 @@ def test_chmod_chown_utime_apply_in_place_and_make_no_version(both, procs, cbuil
 def test_touch_and_metadata_through_a_write_fd(both):
     """`touch` opens the file O_WRONLY and sets the times with futimens(fd): the times (and
     anything else set through a write fd without writing data) change the file in place."""
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         out = []
         for name, mode in (("data", 0o644), ("exe", 0o755)):
             write(p(name), name, mode)
@@ -348,8 +336,7 @@ def test_touch_and_metadata_through_a_write_fd(both):
             out.append((name, st.st_mtime_ns, oct(st.st_mode),
                         outcome(os.getxattr, p(name), "user.viafd"), read(p(name))))
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    same_on_both(both, seq)
     assert versions(both[1]) == []
 
 
@@ -371,8 +358,7 @@ def test_touch_of_a_running_binary_is_not_a_replacement(mnt, procs, cbuild):
 
 
 def test_xattrs(both):
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         write(p("f"), "f")
         os.mkdir(p("d"))
         ino = os.stat(p("f")).st_ino
@@ -400,8 +386,7 @@ def test_xattrs(both):
         r = run(["getfattr", "-d", p("f")]) if shutil.which("getfattr") else None
         out.append(r.stdout.split("\n", 1)[1] if r else None)
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    same_on_both(both, seq)
     mnt = both[1]
     assert versions(mnt) == ["f.~1~"]  # only the content change made one
     assert os.getxattr(mnt.p(".versions", "f.~1~"), "user.a") == b"22"
@@ -431,8 +416,7 @@ def test_statfs(both):
 # file I/O
 
 def test_append(both):
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         write(p("log"), "a\n")
         fd = os.open(p("log"), os.O_WRONLY | os.O_APPEND)
         os.write(fd, b"b\n")
@@ -456,8 +440,7 @@ def test_append(both):
         os.close(fd)
         out += [read(p("log")), read(p("new"))]
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    n = same_on_both(both, seq)
     assert n[-2] == b"a\nb\nc\nd\ne\nf\ng\n"
 
 
@@ -465,8 +448,8 @@ def test_two_appenders_at_once(both):
     """Two fds appending to one file at the same time: natively every line lands. In binvfs
     each write open has its own copy and the last close wins; the other writer's content is
     kept as a version, so nothing is lost (docs/semantics.md)."""
-    def seq(root):
-        log = os.path.join(root, "log")
+    def seq(p):
+        log = p("log")
         write(log, "start\n")
         fd1 = os.open(log, os.O_WRONLY | os.O_APPEND)
         fd2 = os.open(log, os.O_WRONLY | os.O_APPEND)
@@ -485,8 +468,7 @@ def test_two_appenders_at_once(both):
 def test_seek_and_read(both):
     data = os.urandom(1 << 20) + b"tail"
 
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         write(p("big"), data)
         out = []
         fd = os.open(p("big"), os.O_RDONLY)
@@ -526,13 +508,11 @@ def test_seek_and_read(both):
             f.seek(-8, os.SEEK_END)
             out.append(f.read())
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    same_on_both(both, seq)
 
 
 def test_mmap(both):
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         data = bytes(range(256)) * 64
         write(p("f"), data)
         out = []
@@ -568,13 +548,11 @@ def test_mmap(both):
         out.append(read(p("f"))[98:106])
         out.append(len(read(p("f"))))
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    same_on_both(both, seq)
 
 
 def test_fsync_and_fdatasync(both):
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         out = []
         fd = os.open(p("new"), os.O_WRONLY | os.O_CREAT, 0o644)
         os.write(fd, b"one")
@@ -590,15 +568,14 @@ def test_fsync_and_fdatasync(both):
         fd = os.open(p("new"), os.O_RDONLY)
         out.append(outcome(os.fsync, fd))
         os.close(fd)
-        dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        dfd = os.open(p(), os.O_RDONLY | os.O_DIRECTORY)
         out.append(outcome(os.fsync, dfd))
         os.close(dfd)
         out.append(read(p("new")))
         r = run(["sync", p("new")])
         out.append(r.returncode)
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    same_on_both(both, seq)
 
 
 def test_fallocate(both):
@@ -609,8 +586,7 @@ def test_fallocate(both):
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e))
 
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         out = []
         fd = os.open(p("new"), os.O_RDWR | os.O_CREAT, 0o644)
         os.posix_fallocate(fd, 0, 1 << 20)
@@ -632,13 +608,11 @@ def test_fallocate(both):
         with open(p("new"), "rb") as f:
             out.append(f.read().count(0))
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    same_on_both(both, seq)
 
 
 def test_truncate_and_ftruncate(both):
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         write(p("f"), "0123456789")
         out = []
         os.truncate(p("f"), 4)
@@ -653,15 +627,14 @@ def test_truncate_and_ftruncate(both):
         out.append(read(p("f")))
         out.append(outcome(os.truncate, p("missing"), 0))
         return out
-    n, m = on_both(both, seq)
-    assert n == m
+    same_on_both(both, seq)
 
 
 def test_large_file_roundtrip(both):
     data = os.urandom(8 << 20)
 
-    def seq(root):
-        f = os.path.join(root, "large")
+    def seq(p):
+        f = p("large")
         write(f, data)
         first = read(f) == data
         with open(f, "r+b") as fh:
@@ -669,8 +642,7 @@ def test_large_file_roundtrip(both):
             fh.write(b"\xff" * 70000)
         got = read(f)
         return first, len(got), got[(3 << 20) - 2:(3 << 20) + 70002]
-    n, m = on_both(both, seq)
-    assert n == m
+    n = same_on_both(both, seq)
     assert n[0] is True
 
 
@@ -678,8 +650,7 @@ def test_large_file_roundtrip(both):
 # subdirectories at any depth
 
 def test_nested_subdirs(both, workdir):
-    def seq(root):
-        p = lambda *a: os.path.join(root, *a)  # noqa: E731
+    def seq(p):
         os.makedirs(p("lib", "a", "b", "c"))
         write(p("lib", "a", "b", "c", "x"), "x0\n")
         new = os.path.join(workdir, "newx")
@@ -693,9 +664,8 @@ def test_nested_subdirs(both, workdir):
         os.rmdir(p("x", "y", "z"))
         return [read(p("lib", "a", "b", "c", "x")),
                 read(p("lib", "moved", "e", "f", "g", "h", "deep")),
-                outcome(os.rmdir, p("lib", "moved")), tree(root)]
-    n, m = on_both(both, seq)
-    assert n == m
+                outcome(os.rmdir, p("lib", "moved")), tree(p())]
+    same_on_both(both, seq)
     mnt = both[1]
     vx = mnt.p(".versions", "lib", "a", "b", "c", "x.~1~")
     assert read(vx) == b"x0\n"
@@ -715,8 +685,8 @@ def test_nested_subdirs(both, workdir):
 def test_nobody_cannot_create_in_root_owned_0755_dir(both, workdir):
     os.chmod(workdir, 0o755)
 
-    def seq(root):
-        d = os.path.join(root, "rootdir")
+    def seq(p):
+        d = p("rootdir")
         os.mkdir(d, 0o755)
         write(os.path.join(d, "rootfile"), "r\n", 0o644)
         write(os.path.join(d, "secret"), "s\n", 0o600)
@@ -737,9 +707,8 @@ def test_nobody_cannot_create_in_root_owned_0755_dir(both, workdir):
             sorted(os.listdir(d)),
             read(os.path.join(d, "rootfile")),
         ]
-    n, m = on_both(both, seq)
+    n = same_on_both(both, seq)
     assert n[0] == errno.EACCES
-    assert n == m
     r = run(["runuser", "-u", "nobody", "--", "touch", both[1].p("rootdir", "new")])
     assert r.returncode != 0 and "Permission denied" in r.stderr
     assert versions(both[1]) == []
@@ -748,8 +717,8 @@ def test_nobody_cannot_create_in_root_owned_0755_dir(both, workdir):
 def test_nobody_files_in_sticky_1777_dir(both, workdir):
     os.chmod(workdir, 0o755)
 
-    def seq(root):
-        d = os.path.join(root, "tmp")
+    def seq(p):
+        d = p("tmp")
         os.mkdir(d)
         os.chmod(d, 0o1777)
         write(os.path.join(d, "rootfile"), "r\n", 0o666)
@@ -773,9 +742,8 @@ def test_nobody_files_in_sticky_1777_dir(both, workdir):
                 as_user(lambda: os.unlink(f)),
                 sorted(os.listdir(d))]
         return out
-    n, m = on_both(both, seq)
+    n = same_on_both(both, seq)
     assert n[3][1:3] == (NOBODY, NOBODY)
-    assert n == m
     r = run(["runuser", "-u", "nobody", "--", "sh", "-c",
              f"echo hi > '{both[1].p('tmp', 'viarunuser')}'"])
     assert r.returncode == 0, r.stderr

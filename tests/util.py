@@ -262,6 +262,14 @@ def outcome(fn, *args, **kw):
 
 
 def on_both(both, fn):
-    """fn(root) on the native dir and on the mount (the `both` fixture); both results."""
+    """fn(p) on the native dir and on the mount (the `both` fixture), where p(*parts) is a path
+    below the dir it runs on (p() the dir itself, as Mount.p); both results."""
     nat, m = both
-    return fn(nat), fn(m.p())
+    return fn(lambda *parts: os.path.join(nat, *parts)), fn(m.p)
+
+
+def same_on_both(both, fn):
+    """on_both's result, which must be the same on both."""
+    n, m = on_both(both, fn)
+    assert n == m
+    return n
