@@ -401,7 +401,7 @@ static void release_locked(struct node *n)
 	dev_t dev = n->dev;
 	ino_t ino = n->ino;
 
-	if (n == &root || n->nlookup || n->refs || n->opens) {
+	if (n == &root || n->nlookup || n->refs || n->opens || n->pinned) {
 		if (n != &root && n->prune_vrel && !n->opens && !n->nlookup) {
 			/* only internal references left: nobody uses the version any more */
 			vrel = n->prune_vrel;
@@ -432,7 +432,8 @@ prune:
 }
 
 /* A count would go below zero: a reference was dropped twice, a bug. Said, the count kept at
- * zero; a debug build (the sanitizer builds the tests run) stops here. */
+ * zero (a reference or open count also pins the node: whoever still points to it keeps a valid
+ * node); a debug build (the sanitizer builds the tests run) stops here. */
 static void count_broken(const struct node *n, const char *what, uint64_t have, uint64_t drop)
 {
 	log_warnx("bug: %s of node %llu (inode %llu) dropped by %llu, it had %llu", what,
@@ -466,8 +467,10 @@ void node_unref(struct node *n)
 	pthread_mutex_lock(&table_lock);
 	if (n->refs)
 		n->refs--;
-	else
+	else {
 		count_broken(n, "reference count", 0, 1);
+		n->pinned = true;
+	}
 	release_locked(n);
 }
 
@@ -534,8 +537,10 @@ void node_close(struct node *n)
 	pthread_mutex_lock(&table_lock);
 	if (n->opens)
 		n->opens--;
-	else
+	else {
 		count_broken(n, "open count", 0, 1);
+		n->pinned = true;
+	}
 	if (!n->opens) {
 		/* the kernel has released every file of it: none can still use the id */
 		id = n->backing_id;

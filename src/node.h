@@ -23,6 +23,8 @@ struct node {
 	bool old;	  /* file: no longer current at any tree name; node_old() */
 	bool replaced;	  /* file: replaced at its one name by a publish, and not looked up in
 			   * .versions/ since: still counts that link (node_stat); atomic */
+	bool pinned;	  /* a reference or open count was dropped below zero (a bug): never
+			   * freed, a leak rather than a use after free; table lock */
 	dev_t dev;
 	ino_t ino;
 	/* How the node reaches its backing object (nodefd.c): a pinned node keeps an O_PATH fd;
