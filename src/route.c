@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,7 +111,18 @@ bool route_thread_writes(pid_t tid)
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return false;
-	n = read(fd, buf, sizeof(buf) - 1);
+	/* The kernel queues the LOOKUP and wakes us before the requester goes to sleep: read
+	 * while it is still on a CPU, the file says "running" (it can tell only a task that
+	 * sleeps). It sleeps within microseconds; ask again, for up to ~2 ms. */
+	for (int i = 0;; i++) {
+		n = pread(fd, buf, sizeof(buf) - 1, 0);
+		if (n <= 0 || strncmp(buf, "running", 7) != 0 || i == 40)
+			break;
+		if (i < 8)
+			sched_yield();
+		else
+			usleep(50);
+	}
 	close(fd);
 	if (n <= 0)
 		return false;
