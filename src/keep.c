@@ -162,7 +162,7 @@ static bool no_space(int err)
 	return err == -ENOSPC || err == -EDQUOT;
 }
 
-int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch)
+static int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch)
 {
 	int err = keep_version(s, dirfd, name, ch);
 

@@ -105,13 +105,11 @@ int node_proc_path(struct node *n, char *buf, size_t len);
 /* nodefd.c */
 struct file_handle;
 void nodefd_init(int rootfd);
-void nodefd_thread_done(void);
 void nodefd_destroy(void);
 bool nodefd_may_pin(void);
 bool nodefd_may_cache(void);
 void nodefd_count(long delta);
 void nodefd_note_handles(void);
-long nodefd_held(void);
 struct file_handle *nodefd_handle(int fd);
 bool nodefd_same(const struct file_handle *a, const struct file_handle *b);
 int nodefd_open(const struct file_handle *fh, int flags);

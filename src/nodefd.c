@@ -111,7 +111,7 @@ void nodefd_init(int rootfd)
 }
 
 /* The calling thread's ring (at exit of the request loop, the main thread's). */
-void nodefd_thread_done(void)
+static void nodefd_thread_done(void)
 {
 	struct ring *r = pthread_getspecific(ring_key);
 
@@ -138,7 +138,7 @@ static long fd_limit(void)
 	return (long)rl.rlim_cur;
 }
 
-long nodefd_held(void)
+static long nodefd_held(void)
 {
 	return __atomic_load_n(&node_fds, __ATOMIC_RELAXED);
 }

@@ -62,9 +62,8 @@ int store_stage_create(struct store *s, int srcfd, const struct stat *base, off_
 int store_copy(int srcfd, int dstfd, off_t len);
 int store_same_content(int a, int b, off_t size);
 
-/* The callers below hold s->lock. keep.c: keep the file at dirfd/name as its next version. */
-int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch);
-/* Same for a file that rm or mv is about to remove: below the reserve, the removal frees what
+/* The callers below hold s->lock. keep.c: keep the file that rm or mv is about to remove at
+ * dirfd/name as its next version; below the reserve, the removal frees what
  * it removes, as natively (older unused versions yield first, then its own version). */
 int store_keep_removed(struct store *s, int dirfd, const char *name, struct store_change *ch);
 int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch);
