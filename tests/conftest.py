@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 pytest.register_assert_rewrite("util")  # its asserts (same_on_both's) show what differs
-from util import Mount, mountinfo, run, write  # noqa: E402
+from util import Actor, Mount, mountinfo, run, write  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINS = os.environ.get("BINVFS_BINS", os.path.join(ROOT, "build", "binvfs")).split()
@@ -349,3 +349,35 @@ def loopfs(binary, workdir):
         if subprocess.run(["umount", fsdir], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", fsdir], capture_output=True)
     assert not errors, "\n".join(errors)
+
+
+# Real local users for attacks (tests/test_security*.py): two unprivileged users in one group.
+@pytest.fixture(scope="session")
+def team():
+    """{"alice", "mallory": Actor, "gid": the group they share}: a group and two users made
+    with groupadd/useradd (system accounts, no home, nologin), each with a group of its own,
+    both members of the shared one; removed at the end of the session."""
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        pytest.skip("needs root and useradd")
+    tag = f"{os.getpid() % 100000}"
+    group, names = f"bvteam{tag}", {"alice": f"bvalice{tag}", "mallory": f"bvmal{tag}"}
+    made = []
+    try:
+        subprocess.run(["groupadd", "--system", group], check=True, capture_output=True)
+        made.append(("groupdel", group))
+        for login in names.values():
+            subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", "-G",
+                            group, "--shell", "/usr/sbin/nologin", login], check=True,
+                           capture_output=True)
+            made.append(("userdel", login))
+        import grp
+        import pwd
+        gid = grp.getgrnam(group).gr_gid
+        team = {"gid": gid}
+        for who, login in names.items():
+            pw = pwd.getpwnam(login)
+            team[who] = Actor(who, pw.pw_uid, pw.pw_gid, [gid])
+        yield team
+    finally:
+        for cmd, name in reversed(made):
+            subprocess.run([cmd, name], capture_output=True)

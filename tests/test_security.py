@@ -22,68 +22,13 @@ import time
 import pytest
 
 from conftest import program
-from util import NOBODY, as_user, mountinfo, open_world, read, reopen_for_write, run
+from util import (NOBODY, Actor, as_actor, as_user, attempt, err_name, mountinfo, open_world,
+                  read, reopen_for_write, run)
 MODES = (0o600, 0o640, 0o644, 0o700, 0o750, 0o755, 0o711)
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-class Actor:
-    def __init__(self, name, uid, gid, groups=()):
-        self.name, self.uid, self.gid, self.groups = name, uid, gid, list(groups)
-
-    def popen_kw(self):
-        return {"user": self.uid, "group": self.gid, "extra_groups": self.groups}
-
-
-def err_name(e):
-    return errno.errorcode.get(e.errno, str(e.errno))
-
-
-def attempt(fn):
-    """'ok', or the errno name of the OSError fn() raised."""
-    try:
-        fn()
-        return "ok"
-    except OSError as e:
-        return err_name(e)
-
-
-def as_actor(actor, fn, timeout=50):
-    """Run fn() in a forked child with actor's uids, gids and groups (setgroups, setresgid,
-    setresuid); returns what fn returned (JSON through a pipe)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        out = b""
-        try:
-            os.close(r)
-            os.setgroups(actor.groups)
-            os.setresgid(actor.gid, actor.gid, actor.gid)
-            os.setresuid(actor.uid, actor.uid, actor.uid)
-            out = json.dumps({"result": fn()}).encode()
-        except BaseException as e:  # noqa: B902 - reported to the parent
-            out = json.dumps({"error": repr(e)}).encode()
-        finally:
-            try:
-                os.write(w, out)
-            finally:
-                os._exit(0)
-    os.close(w)
-    chunks = []
-    while True:
-        b = os.read(r, 1 << 16)
-        if not b:
-            break
-        chunks.append(b)
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status), status
-    msg = json.loads(b"".join(chunks) or b'{"error": "no answer"}')
-    assert "error" not in msg, f"{actor.name}: {msg['error']}"
-    return msg["result"]
-
 
 def free_id(start, taken):
     for i in range(start, start + 2000):

@@ -2,6 +2,7 @@
 mount table, and a binvfs daemon mounted for real (`Mount`)."""
 import ctypes
 import errno
+import json
 import os
 import re
 import subprocess
@@ -88,6 +89,64 @@ def as_user(fn, uid=NOBODY, gid=NOBODY, caps=()):
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status), status
     return os.WEXITSTATUS(status)
+
+
+# Users: real uids and gids, as an attacker would be.
+class Actor:
+    def __init__(self, name, uid, gid, groups=()):
+        self.name, self.uid, self.gid, self.groups = name, uid, gid, list(groups)
+
+    def popen_kw(self):
+        return {"user": self.uid, "group": self.gid, "extra_groups": self.groups}
+
+
+def err_name(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+
+
+def attempt(fn):
+    """'ok', or the errno name of the OSError fn() raised."""
+    try:
+        fn()
+        return "ok"
+    except OSError as e:
+        return err_name(e)
+
+
+def as_actor(actor, fn, timeout=50):
+    """Run fn() in a forked child with actor's uids, gids and groups (setgroups, setresgid,
+    setresuid); returns what fn returned (JSON through a pipe)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        out = b""
+        try:
+            os.close(r)
+            os.setgroups(actor.groups)
+            os.setresgid(actor.gid, actor.gid, actor.gid)
+            os.setresuid(actor.uid, actor.uid, actor.uid)
+            out = json.dumps({"result": fn()}).encode()
+        except BaseException as e:  # noqa: B902 - reported to the parent
+            out = json.dumps({"error": repr(e)}).encode()
+        finally:
+            try:
+                os.write(w, out)
+            finally:
+                os._exit(0)
+    os.close(w)
+    chunks = []
+    while True:
+        b = os.read(r, 1 << 16)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), status
+    msg = json.loads(b"".join(chunks) or b'{"error": "no answer"}')
+    assert "error" not in msg, f"{actor.name}: {msg['error']}"
+    return msg["result"]
+
 
 
 class MountEntry(NamedTuple):
