@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 /* Open handles (the node's open count is taken by the caller). On unmount the kernel drops
@@ -26,7 +27,70 @@
 static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER; /* a leaf: nothing under it */
 static struct list handles = LIST_HEAD_INIT(handles);		 /* handles_lock */
 
-static struct handle *handle_new(enum handle_kind kind, struct node *n, int fd)
+/* Handles held per unprivileged user (handle_share_take); handles_lock. Few users write at
+ * once: a short array searched in order. */
+static struct share {
+	uid_t uid;
+	unsigned held;
+} * shares;
+static size_t nshares;
+
+static unsigned share_cap(void)
+{
+	struct rlimit rl;
+	rlim_t lim = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+
+	if (lim == RLIM_INFINITY || lim > (1u << 30))
+		lim = 1u << 30;
+	return lim / 8 > 64 ? (unsigned)(lim / 8) : 64;
+}
+
+int handle_share_take(uid_t uid)
+{
+	size_t i;
+	int err = 0;
+
+	if (uid == 0)
+		return 0;
+	pthread_mutex_lock(&handles_lock);
+	for (i = 0; i < nshares && shares[i].uid != uid; i++)
+		;
+	if (i == nshares) {
+		struct share *g = realloc(shares, (nshares + 1) * sizeof(*g));
+		if (g) {
+			shares = g;
+			shares[nshares++] = (struct share){.uid = uid};
+		} else {
+			err = -ENOMEM;
+		}
+	}
+	if (!err && shares[i].held >= share_cap())
+		err = -EMFILE;
+	if (!err)
+		shares[i].held++;
+	pthread_mutex_unlock(&handles_lock);
+	if (err == -EMFILE)
+		log_warnx("uid %u holds %u open files of the daemon's, its share: EMFILE",
+			  (unsigned)uid, share_cap());
+	return err;
+}
+
+void handle_share_put(uid_t uid)
+{
+	if (uid == 0)
+		return;
+	pthread_mutex_lock(&handles_lock);
+	for (size_t i = 0; i < nshares; i++) {
+		if (shares[i].uid == uid) {
+			if (!--shares[i].held)
+				shares[i] = shares[--nshares];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&handles_lock);
+}
+
+static struct handle *handle_new(enum handle_kind kind, struct node *n, int fd, uid_t uid)
 {
 	struct handle *h = calloc(1, sizeof(*h));
 
@@ -35,6 +99,7 @@ static struct handle *handle_new(enum handle_kind kind, struct node *n, int fd)
 	h->kind = kind;
 	h->node = n;
 	h->fd = fd;
+	h->uid = uid;
 	pthread_mutex_init(&h->lock, NULL);
 	if (kind == H_STAGE)
 		node_set_cur_fd(n, fd);
@@ -53,21 +118,22 @@ void handle_free(struct handle *h)
 		node_set_cur_fd(h->node, -1);
 	close(h->fd);
 	node_close(h->node);
+	handle_share_put(h->uid);
 	pthread_mutex_destroy(&h->lock);
 	free(h);
 }
 
-struct handle *handle_new_direct(struct node *n, int fd)
+struct handle *handle_new_direct(struct node *n, int fd, uid_t uid)
 {
-	return handle_new(H_DIRECT, n, fd);
+	return handle_new(H_DIRECT, n, fd, uid);
 }
 
-/* A writer's copy lacked space: old versions that nobody uses yield at least `need` bytes
- * (space.c) before the write is tried once more. */
-static void yield_for(const char *name, uint64_t need)
+/* A writer's copy lacked space: old versions of the writer's own that nobody uses yield until
+ * `want` bytes are free (space.c) before the write is tried once more. */
+static void yield_for(const char *name, uint64_t want, uid_t uid)
 {
 	store_lock(&fs.store);
-	space_yield(&fs.store, space_avail(&fs.store) + need, name);
+	space_yield(&fs.store, want, uid, name);
 	store_unlock(&fs.store);
 }
 
@@ -90,8 +156,8 @@ static uint64_t writer_need(struct handle *h, size_t len)
 	return need;
 }
 
-/* A staging copy of the node's base version: empty, or its first len bytes. */
-static int stage_from_base(struct node *stg, bool empty, off_t *len, int *fd)
+/* A staging copy of the node's base version for user uid: empty, or its first len bytes. */
+static int stage_from_base(struct node *stg, bool empty, off_t *len, uid_t uid, int *fd)
 {
 	struct stat bst;
 	int err, rdfd = node_rdfd_hold(stg->base);
@@ -108,7 +174,7 @@ static int stage_from_base(struct node *stg, bool empty, off_t *len, int *fd)
 		*len = 0;
 	err = store_stage_create(&fs.store, rdfd, &bst, *len, fd);
 	if (err == -ENOSPC) {
-		yield_for(stg->name, (uint64_t)bst.st_blocks * 512);
+		yield_for(stg->name, space_avail(&fs.store) + (uint64_t)bst.st_blocks * 512, uid);
 		err = store_stage_create(&fs.store, rdfd, &bst, *len, fd);
 	}
 out:
@@ -116,24 +182,33 @@ out:
 	return err;
 }
 
-int handle_open_staging(struct node *stg, bool trunc, pid_t opener_tgid, struct handle **out)
+int handle_open_staging(struct node *stg, bool trunc, pid_t opener_tgid, uid_t uid,
+			struct handle **out)
 {
 	struct handle *h;
 	struct stat bst;
 	off_t len = -1;
 	int fd, err;
 
-	err = stage_from_base(stg, trunc, &len, &fd);
+	err = handle_share_take(uid);
 	if (err)
 		return err;
-	h = handle_new(H_STAGE, stg, fd);
+	err = stage_from_base(stg, trunc, &len, uid, &fd);
+	if (err) {
+		handle_share_put(uid);
+		return err;
+	}
+	h = handle_new(H_STAGE, stg, fd, uid);
 	if (!h) {
 		close(fd);
+		handle_share_put(uid);
 		return -ENOMEM;
 	}
 	node_open(stg, false); /* the writer's copy stays on the daemon's write path */
 	h->dirty = trunc && node_stat(stg->base, &bst) == 0 && bst.st_size > 0;
 	h->opener_tgid = opener_tgid;
+	h->own_dev = stg->base->dev;
+	h->own_ino = stg->base->ino;
 	*out = h;
 	return 0;
 }
@@ -171,16 +246,63 @@ static void handle_fail(struct handle *h, int err)
 	log_warn("write to %s failed: nothing will be published", h->node->name);
 }
 
+/* The regular file now at stg's name, opened O_RDONLY, if it is the inode (dev, ino): else
+ * -1 (-ESTALE in *err). The name is opened O_PATH first, so a FIFO or device renamed onto it
+ * is never opened; the check and every later change go through the fd, never the name again,
+ * so a rename after the check cannot redirect them. */
+static int current_if_own(struct node *stg, dev_t dev, ino_t ino, int *err)
+{
+	char proc[32];
+	struct stat st;
+	int pfd, fd = -1;
+
+	*err = -ESTALE;
+	pfd = openat(node_fd(stg->parent), stg->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (pfd < 0)
+		return -1;
+	if (fstat(pfd, &st) == 0 && S_ISREG(st.st_mode) && st.st_dev == dev && st.st_ino == ino) {
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd);
+		fd = open(proc, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+		*err = fd < 0 ? -errno : 0;
+	}
+	close(pfd);
+	return fd;
+}
+
+/* Metadata a writer set (fchmod, fchown, futimens on its fd) with no new content to carry it:
+ * it applies in place to the file the writer opened, as natively, if that file still holds
+ * the name. If the name now holds another file (renamed there meanwhile), the change is
+ * dropped: natively it went to the writer's own inode, never to whatever took its name.
+ * cfd: the current file if the caller has it open (closed here), else -1. */
+static void apply_own_meta(struct handle *h, int cfd)
+{
+	struct node *stg = h->node;
+	struct stat meta, cst;
+	int valid = node_meta_take(stg, &meta), err;
+
+	if (cfd >= 0 &&
+	    (fstat(cfd, &cst) < 0 || cst.st_dev != h->own_dev || cst.st_ino != h->own_ino)) {
+		close(cfd);
+		cfd = -1;
+	} else if (cfd < 0 && valid) {
+		cfd = current_if_own(stg, h->own_dev, h->own_ino, &err);
+	}
+	if (valid && cfd < 0)
+		log_info(
+		    "close %s: another file holds the name now; the writer's chmod/chown/utimes "
+		    "dropped",
+		    stg->name);
+	else if (valid && meta_apply(NULL, cfd, &meta, valid) < 0)
+		log_warn("apply metadata to %s", stg->name);
+	if (cfd >= 0)
+		close(cfd);
+}
+
 /* The copy equals the current file (cfd, closed here): no version, but metadata the writer set
  * applies in place. h->lock held. */
 static void publish_unchanged(struct handle *h, int cfd)
 {
-	struct stat meta;
-	int valid = node_meta_take(h->node, &meta);
-
-	if (valid && meta_apply(NULL, cfd, &meta, valid) < 0)
-		log_warn("apply metadata to %s", h->node->name);
-	close(cfd);
+	apply_own_meta(h, cfd);
 	h->dirty = false;
 	log_debug("close %s: content unchanged, nothing published", h->node->name);
 }
@@ -240,7 +362,7 @@ static int handle_publish(struct handle *h)
 	bool held = S_ISREG(cst.st_mode) && cst.st_nlink == 1;
 	if (held)
 		node_mark_replaced(cst.st_dev, cst.st_ino, true);
-	err = store_publish(&fs.store, node_fd(parent), stg->name, h->fd, &ch);
+	err = store_publish(&fs.store, node_fd(parent), stg->name, h->fd, &ch, h->uid);
 	if (err && held)
 		node_mark_replaced(cst.st_dev, cst.st_ino, false);
 	store_unlock(&fs.store);
@@ -251,6 +373,10 @@ static int handle_publish(struct handle *h)
 		return err;
 	}
 	published(h, &ch, sst.st_size);
+	if (!ch.orphaned) {
+		h->own_dev = sst.st_dev;
+		h->own_ino = sst.st_ino;
+	}
 	store_change_done(&ch);
 	return 0;
 }
@@ -259,27 +385,16 @@ static int handle_publish(struct handle *h)
  * current version, which makes no version. */
 static void handle_apply_meta(struct handle *h)
 {
-	struct node *stg = h->node;
-	struct stat meta;
-	int valid = node_meta_take(stg, &meta), fd;
-
-	if (!valid)
-		return;
-	fd =
-	    openat(node_fd(stg->parent), stg->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0 || meta_apply(NULL, fd, &meta, valid) < 0)
-		log_warn("apply metadata to %s", stg->name);
-	if (fd >= 0)
-		close(fd);
+	apply_own_meta(h, -1);
 }
 
-int staging_truncate(struct node *stg, off_t size)
+int staging_truncate(struct node *stg, off_t size, uid_t uid)
 {
-	struct handle h = {.kind = H_STAGE, .node = stg, .dirty = true};
+	struct handle h = {.kind = H_STAGE, .node = stg, .dirty = true, .uid = uid};
 	off_t len = size;
 	int err;
 
-	err = stage_from_base(stg, false, &len, &h.fd);
+	err = stage_from_base(stg, false, &len, uid, &h.fd);
 	if (err)
 		return err;
 	if (ftruncate(h.fd, size) < 0)
@@ -300,10 +415,18 @@ int staging_setattr(struct node *stg, int fd, const struct stat *attr, int valid
 	struct stat st;
 	int err;
 
-	if (fd < 0) /* no copy open: the change applies in place to the current version */
-		return meta_apply(stg->base, -1, attr, valid);
+	if (!(valid & meta))
+		return 0;
+	if (fd < 0) { /* no copy open: in place, to the version it opened if still current */
+		int cfd = current_if_own(stg, stg->base->dev, stg->base->ino, &err);
+		if (cfd < 0)
+			return err; /* ESTALE: the kernel walks the name again (kernel-notes §3) */
+		err = meta_apply(NULL, cfd, attr, valid);
+		close(cfd);
+		return err;
+	}
 	err = meta_apply(NULL, fd, attr, valid);
-	if (err || !(valid & meta))
+	if (err)
 		return err;
 	if (fstat(fd, &st) < 0)
 		return -errno;
@@ -360,7 +483,8 @@ ssize_t handle_write(struct handle *h, struct fuse_bufvec *in, off_t off)
 	res = fuse_buf_copy(&out, in, 0);
 	if (res == -ENOSPC) {
 		/* nothing of the buffer was consumed (a partial write returns its count) */
-		yield_for(handle_name(h), writer_need(h, fuse_buf_size(in)));
+		yield_for(handle_name(h),
+			  space_avail(&fs.store) + writer_need(h, fuse_buf_size(in)), h->uid);
 		res = fuse_buf_copy(&out, in, 0);
 	}
 	if (res > 0)
@@ -380,7 +504,8 @@ int handle_fallocate(struct handle *h, int mode, off_t offset, off_t length)
 	if (!err && fallocate(h->fd, mode, offset, length) < 0) {
 		err = errno;
 		if (err == ENOSPC) {
-			yield_for(handle_name(h), (uint64_t)length);
+			/* the space it lacks, not what it asks for: free space counts */
+			yield_for(handle_name(h), (uint64_t)length, h->uid);
 			err = fallocate(h->fd, mode, offset, length) < 0 ? errno : 0;
 		}
 		if (err == ENOSPC || err == EDQUOT || err == EIO)

@@ -24,6 +24,10 @@ struct handle {
 	int failed;	      /* a write into the staging copy failed (ENOSPC, EIO): never publish,
 			       * report it at every FLUSH */
 	pid_t opener_tgid;
+	uid_t uid;     /* the opener: its share of the daemon's fds (handle_share_take), and whose
+			* versions may yield space to it (space_yield) */
+	dev_t own_dev; /* the file the writer's metadata belongs to: the version it opened, */
+	ino_t own_ino; /* then the copy it last published (see current_if_own) */
 };
 
 static inline struct handle *handle_of(struct fuse_file_info *fi)
@@ -31,11 +35,22 @@ static inline struct handle *handle_of(struct fuse_file_info *fi)
 	return fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
 }
 
-/* A write open of a writer's staging nodeid: a private copy of its base version (empty with
- * `trunc`), opened by process opener_tgid. Takes the node's open (node_open). */
-int handle_open_staging(struct node *stg, bool trunc, pid_t opener_tgid, struct handle **out);
-/* The file a CREATE made, fd open on it; the caller takes the node's open. */
-struct handle *handle_new_direct(struct node *n, int fd);
+/* Fair shares: every open handle holds an fd of the daemon's (and a staging copy's space).
+ * An unprivileged user may hold at most an eighth of the daemon's fd limit in handles, so one
+ * user at her limit gets EMFILE and leaves everyone else working; root is not limited. Take a
+ * share before the open that needs it (0 or -EMFILE); a handle gives its share back when it
+ * is freed, and handle_share_put gives back one no handle took. */
+int handle_share_take(uid_t uid);
+void handle_share_put(uid_t uid);
+
+/* A write open of a writer's staging nodeid by user uid, whose share is taken here: a private
+ * copy of its base version (empty with `trunc`), opened by process opener_tgid. Takes the
+ * node's open (node_open). */
+int handle_open_staging(struct node *stg, bool trunc, pid_t opener_tgid, uid_t uid,
+			struct handle **out);
+/* The file a CREATE by uid made (its share taken by the caller), fd open on it; the caller
+ * takes the node's open. */
+struct handle *handle_new_direct(struct node *n, int fd, uid_t uid);
 /* Undo an open the kernel never saw (its requester was interrupted): nothing is published. */
 void handle_free(struct handle *h);
 
@@ -55,8 +70,8 @@ void handle_close(struct handle *h);
 /* After the request loop: the handles whose RELEASE the unmount dropped. */
 void handles_shutdown(void);
 
-/* truncate(2) of a name by a routed thread: copy, truncate and publish at once. */
-int staging_truncate(struct node *stg, off_t size);
+/* truncate(2) of a name by a routed thread of user uid: copy, truncate and publish at once. */
+int staging_truncate(struct node *stg, off_t size, uid_t uid);
 /* chmod/chown/utimes by a writer: to its copy (fd), or in place if it has none (-1). */
 int staging_setattr(struct node *stg, int fd, const struct stat *attr, int valid);
 

@@ -162,12 +162,13 @@ static bool no_space(int err)
 	return err == -ENOSPC || err == -EDQUOT;
 }
 
-static int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch)
+static int store_keep_version(struct store *s, int dirfd, const char *name, struct store_change *ch,
+			      uid_t uid)
 {
 	int err = keep_version(s, dirfd, name, ch);
 
 	if (no_space(err)) {
-		space_yield(s, space_avail(s) + YIELD_STEP, name);
+		space_yield(s, space_avail(s) + YIELD_STEP, uid, name);
 		err = keep_version(s, dirfd, name, ch);
 	}
 	if (no_space(err)) {
@@ -181,13 +182,14 @@ static int store_keep_version(struct store *s, int dirfd, const char *name, stru
 	return err;
 }
 
-int store_keep_removed(struct store *s, int dirfd, const char *name, struct store_change *ch)
+int store_keep_removed(struct store *s, int dirfd, const char *name, struct store_change *ch,
+		       uid_t uid)
 {
 	struct stat st;
 
 	if (space_short(s) && fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 	    S_ISREG(st.st_mode) && st.st_nlink == 1 &&
-	    !space_yield(s, space_avail(s) + (uint64_t)st.st_blocks * 512, name)) {
+	    !space_yield(s, space_avail(s) + (uint64_t)st.st_blocks * 512, uid, name)) {
 		log_warnx("%s: below the reserve; removed without keeping a version, to free its "
 			  "space",
 			  name);
@@ -196,13 +198,13 @@ int store_keep_removed(struct store *s, int dirfd, const char *name, struct stor
 		ch->dropped = true;
 		return 0;
 	}
-	return store_keep_version(s, dirfd, name, ch);
+	return store_keep_version(s, dirfd, name, ch, uid);
 }
 
 /* Publish found the name gone (removed while being written): the new content, linked in
  * staging as tmp, becomes the next version of the name rather than resurrect it. */
 static int publish_orphan(struct store *s, int dirfd, const char *name, const char *tmp, int stfd,
-			  struct store_change *ch)
+			  struct store_change *ch, uid_t uid)
 {
 	char *rel = NULL, stored[NAMES_STORED_MAX + 1];
 	bool shortened = names_stored(name, stored), yielded = false;
@@ -233,7 +235,7 @@ static int publish_orphan(struct store *s, int dirfd, const char *name, const ch
 		if (no_space(-errno) && !yielded) {
 			/* a directory block: versions yield it; same N */
 			yielded = true;
-			space_yield(s, space_avail(s) + YIELD_STEP, name);
+			space_yield(s, space_avail(s) + YIELD_STEP, uid, name);
 			next--;
 			continue;
 		}
@@ -256,7 +258,8 @@ fail:
 
 /* Publish the staging file stfd at dirfd/name with one rename; the replaced file becomes the
  * next version. The caller has synced stfd and holds s->lock. */
-int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch)
+int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
+		  uid_t uid)
 {
 	char tmp[64], proc[64];
 	int err;
@@ -267,13 +270,13 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 	if (linkat(AT_FDCWD, proc, s->stagefd, tmp, AT_SYMLINK_FOLLOW) < 0) {
 		if (!no_space(-errno))
 			return -errno;
-		space_yield(s, space_avail(s) + YIELD_STEP, name);
+		space_yield(s, space_avail(s) + YIELD_STEP, uid, name);
 		if (linkat(AT_FDCWD, proc, s->stagefd, tmp, AT_SYMLINK_FOLLOW) < 0)
 			return -errno;
 	}
-	err = store_keep_version(s, dirfd, name, ch);
+	err = store_keep_version(s, dirfd, name, ch, uid);
 	if (err == -ENOENT)
-		return publish_orphan(s, dirfd, name, tmp, stfd, ch);
+		return publish_orphan(s, dirfd, name, tmp, stfd, ch, uid);
 	if (err) {
 		unlinkat(s->stagefd, tmp, 0);
 		return err;
@@ -289,6 +292,6 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 		return err;
 	}
 	err = store_sync_dir(s, dirfd);
-	space_keep_reserve(s);
+	space_keep_reserve(s, uid);
 	return err;
 }

@@ -170,14 +170,14 @@ void bv_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 /* SETATTR of a writer's staging nodeid without an open file: truncate(2) by a routed thread
  * copies, truncates and publishes at once; chmod/chown/utimes go to its copy. */
-static int setattr_staging(pid_t tid, struct node *n, const struct stat *attr, int valid,
-			   struct stat *st)
+static int setattr_staging(pid_t tid, uid_t uid, struct node *n, const struct stat *attr,
+			   int valid, struct stat *st)
 {
 	int err = 0;
 
 	if (valid & FUSE_SET_ATTR_SIZE) {
 		route_done(tid);
-		err = staging_truncate(n, attr->st_size);
+		err = staging_truncate(n, attr->st_size, uid);
 	}
 	if (!err)
 		err = staging_setattr(n, node_cur_fd(n), attr, valid & ~FUSE_SET_ATTR_SIZE);
@@ -226,7 +226,7 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		if (!err)
 			err = handle_stat(h, &st);
 	} else if (n->kind == NODE_STAGING) {
-		err = setattr_staging(tid, n, attr, valid, &st);
+		err = setattr_staging(tid, fuse_req_ctx(req)->uid, n, attr, valid, &st);
 	} else if (n->in_versions) {
 		err = versions_refuse("setattr of", "a directory");
 	} else if (n->kind == NODE_FILE && ((valid & FUSE_SET_ATTR_SIZE) || node_old(n))) {
@@ -370,24 +370,24 @@ void bv_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t pino, const char *name)
  * becomes the next version of its path (store_keep_removed, keep.c). Without `keep` (a rename
  * that replaces nothing) only the lock is taken. */
 static int keep_removed_begin(struct node *dir, const char *name, bool keep,
-			      struct store_change *ch)
+			      struct store_change *ch, uid_t uid)
 {
 	memset(ch, 0, sizeof(*ch));
 	store_lock(&fs.store);
-	return keep ? store_keep_removed(&fs.store, node_fd(dir), name, ch) : 0;
+	return keep ? store_keep_removed(&fs.store, node_fd(dir), name, ch, uid) : 0;
 }
 
 /* The name changed (`changed`), or the change failed (`undo`: the version kept for it goes
  * again); the store lock is dropped and what was kept is said. */
 static void keep_removed_end(struct store_change *ch, bool undo, bool changed, const char *what,
-			     const char *name)
+			     const char *name, uid_t uid)
 {
 	if (undo && ch->kept)
 		store_remove_version(&fs.store, ch->vrel, ch->old.st_dev, ch->old.st_ino);
 	if (undo)
 		ch->kept = false;
 	if (changed)
-		space_keep_reserve(&fs.store);
+		space_keep_reserve(&fs.store, uid);
 	store_unlock(&fs.store);
 	if (ch->kept) {
 		log_info("%s %s: kept as %s/%s", what, name, STORE_DIR, ch->vrel);
@@ -396,7 +396,8 @@ static void keep_removed_end(struct store_change *ch, bool undo, bool changed, c
 	store_change_done(ch);
 }
 
-static int unlink_keeping(struct node *parent, const char *name)
+/* uid: the user who asks, for whom versions yield space (space_yield: only her own) */
+static int unlink_keeping(struct node *parent, const char *name, uid_t uid)
 {
 	struct store_change ch;
 	bool undo;
@@ -404,13 +405,13 @@ static int unlink_keeping(struct node *parent, const char *name)
 
 	if (parent->in_versions)
 		return versions_refuse("unlink of", name);
-	err = keep_removed_begin(parent, name, true, &ch);
+	err = keep_removed_begin(parent, name, true, &ch, uid);
 	undo = !err && unlinkat(node_fd(parent), name, 0) < 0;
 	if (undo)
 		err = -errno;
 	if (!err)
 		store_sync_dir(&fs.store, node_fd(parent));
-	keep_removed_end(&ch, undo, !err, "rm", name);
+	keep_removed_end(&ch, undo, !err, "rm", name, uid);
 	if (err == -ENAMETOOLONG)
 		log_warnx("rm %s: name too long to keep a version; refused", name);
 	return err;
@@ -418,7 +419,7 @@ static int unlink_keeping(struct node *parent, const char *name)
 
 void bv_unlink(fuse_req_t req, fuse_ino_t pino, const char *name)
 {
-	fuse_reply_err(req, -unlink_keeping(inode_of(pino), name));
+	fuse_reply_err(req, -unlink_keeping(inode_of(pino), name, fuse_req_ctx(req)->uid));
 }
 
 void bv_rmdir(fuse_req_t req, fuse_ino_t pino, const char *name)
@@ -467,7 +468,7 @@ static int rename_keeping(fuse_req_t req, struct node *parent, const char *name,
 	if (err)
 		return err;
 	err = keep_removed_begin(nparent, newname, !(flags & (RENAME_NOREPLACE | RENAME_EXCHANGE)),
-				 &ch);
+				 &ch, fuse_req_ctx(req)->uid);
 	if (err == -ENOENT)
 		err = 0; /* nothing to replace */
 	undo = !err && renameat2(node_fd(parent), name, node_fd(nparent), newname, flags) < 0;
@@ -475,7 +476,7 @@ static int rename_keeping(fuse_req_t req, struct node *parent, const char *name,
 		err = -errno;
 	if (!err)
 		renamed(req, parent, name, nparent, newname, flags);
-	keep_removed_end(&ch, undo, !err, "mv over", newname);
+	keep_removed_end(&ch, undo, !err, "mv over", newname, fuse_req_ctx(req)->uid);
 	return err;
 }
 

@@ -83,7 +83,8 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 	if (!err && n->kind == NODE_STAGING && names_write_flags(fi->flags)) {
 		pid_t opener = closer_tgid(fuse_req_ctx(req)->pid);
-		err = handle_open_staging(n, fi->flags & O_TRUNC, opener, &h);
+		err =
+		    handle_open_staging(n, fi->flags & O_TRUNC, opener, fuse_req_ctx(req)->uid, &h);
 		fi->fh = (uintptr_t)h;
 	} else if (!err) {
 		err = open_version(n, fi, &id);
@@ -114,9 +115,15 @@ static int create_file(fuse_req_t req, struct node *parent, const char *name, mo
 	 * would make our own unaligned copies fail with EINVAL */
 	oflags = (oflags & ~(O_ACCMODE | FMODE_EXEC | O_DIRECT)) | O_RDWR | O_CREAT | O_NOFOLLOW |
 		 O_CLOEXEC;
+	err = handle_share_take(ctx->uid); /* before the file exists, as natively */
+	if (err)
+		return err;
 	fd = openat(node_fd(parent), name, oflags, mode);
-	if (fd < 0)
-		return -errno;
+	if (fd < 0) {
+		err = -errno;
+		handle_share_put(ctx->uid);
+		return err;
+	}
 	gid_t gid =
 	    fstat(node_fd(parent), &pst) == 0 && (pst.st_mode & S_ISGID) ? pst.st_gid : ctx->gid;
 	if (fchown(fd, ctx->uid, gid) == 0 && (mode & (S_ISUID | S_ISGID)))
@@ -124,12 +131,14 @@ static int create_file(fuse_req_t req, struct node *parent, const char *name, mo
 	if (fstat(fd, st) < 0 || !(n = node_lookup(parent, name, st, false))) {
 		err = -errno;
 		close(fd);
+		handle_share_put(ctx->uid);
 		return err;
 	}
-	*hp = handle_new_direct(n, fd);
+	*hp = handle_new_direct(n, fd, ctx->uid);
 	if (!*hp) {
 		close(fd);
 		node_forget(n, 1);
+		handle_share_put(ctx->uid);
 		return -ENOMEM;
 	}
 	return 0;

@@ -328,11 +328,71 @@ static void walk_free(struct walk *w)
 		close(w->cur_fd);
 }
 
-bool space_yield(struct store *s, uint64_t want, const char *why)
+/* May this version yield? Only if removing it frees its blocks (no other link, no node of the
+ * kernel's), and only a version of the user the space is for: one user's need never removes
+ * another user's history (root's, uid 0, may remove anyone's). */
+static bool may_yield(struct store *s, const struct stat *st, uid_t uid)
+{
+	return st->st_nlink == 1 && (uid == 0 || st->st_uid == uid) &&
+	       !(s->busy && s->busy(st->st_dev, st->st_ino));
+}
+
+struct victim {
+	size_t dir; /* index into the walk's rels */
+	char name[300];
+	const char *stored; /* the walk's name, for the history index */
+	uint32_t n;
+	ino_t ino;
+};
+
+/* The oldest versions that may yield, until their blocks cover `need` bytes: *out (count in
+ * *cnt). If all of them together cannot cover it, none: a version is removed only when that
+ * makes the change fit, never for a need that cannot be met (fallocate -l 1T). */
+static int plan_victims(struct store *s, struct walk *w, uint64_t need, uid_t uid,
+			struct victim **out, size_t *cnt)
+{
+	struct victim *vs = NULL;
+	size_t n = 0, cap = 0;
+	uint64_t sum = 0;
+
+	while (sum < need && w->nheap) {
+		size_t i = heap_pop(w);
+		struct vname *v = &w->v[i];
+
+		if (may_yield(s, &v->st, uid)) {
+			if (n == cap) {
+				struct victim *g =
+				    realloc(vs, (cap = cap ? 2 * cap : 16) * sizeof(*g));
+				if (!g) {
+					free(vs);
+					return -ENOMEM;
+				}
+				vs = g;
+			}
+			vs[n] = (struct victim){.dir = v->dir,
+						.stored = v->name,
+						.n = v->ns[v->pos],
+						.ino = v->st.st_ino};
+			vname_str(v, vs[n].name, sizeof(vs[n].name));
+			sum += (uint64_t)v->st.st_blocks * 512;
+			n++;
+		}
+		v->pos++;
+		advance(s, w, i);
+	}
+	if (sum < need)
+		n = 0;
+	*out = vs;
+	*cnt = n;
+	return 0;
+}
+
+bool space_yield(struct store *s, uint64_t want, uid_t uid, const char *why)
 {
 	struct walk w = {.cur_dir = -1, .cur_fd = -1};
 	uint64_t avail = space_avail(s), start = avail;
-	size_t removed = 0;
+	struct victim *vs = NULL;
+	size_t removed = 0, nv = 0;
 	int fd, err;
 
 	if (avail >= want)
@@ -341,42 +401,39 @@ bool space_yield(struct store *s, uint64_t want, const char *why)
 	err = fd < 0 ? -errno : walk_dir(&w, fd, "", 0);
 	if (!err && w.nv && !(w.heap = malloc(w.nv * sizeof(*w.heap))))
 		err = -ENOMEM;
+	for (size_t i = 0; !err && i < w.nv; i++)
+		advance(s, &w, i);
+	if (!err)
+		err = plan_victims(s, &w, want - avail, uid, &vs, &nv);
 	if (err) {
 		errno = -err;
 		log_warn("cannot read the store to free space for %s", why);
 		walk_free(&w);
 		return false;
 	}
-	for (size_t i = 0; i < w.nv; i++)
-		advance(s, &w, i);
-	while (avail < want && w.nheap) {
-		size_t i = heap_pop(&w);
-		struct vname *v = &w.v[i];
-		char vn[300];
-		int dfd = dir_fd(s, &w, v->dir);
-
-		vname_str(v, vn, sizeof(vn));
-		if (dfd >= 0 && v->st.st_nlink == 1 &&
-		    !(s->busy && s->busy(v->st.st_dev, v->st.st_ino)) &&
-		    store_unlink_version(dfd, vn, v->st.st_ino) == 0) {
-			history_del(dfd, v->name, v->ns[v->pos]);
-			log_info("prune %s/%s%s%s: space for %s", STORE_DIR, w.rels[v->dir],
-				 *w.rels[v->dir] ? "/" : "", vn, why);
+	for (size_t k = 0; k < nv && avail < want; k++) {
+		int dfd = dir_fd(s, &w, vs[k].dir);
+		if (dfd >= 0 && store_unlink_version(dfd, vs[k].name, vs[k].ino) == 0) {
+			history_del(dfd, vs[k].stored, vs[k].n);
+			log_info("prune %s/%s%s%s: space for %s", STORE_DIR, w.rels[vs[k].dir],
+				 *w.rels[vs[k].dir] ? "/" : "", vs[k].name, why);
 			removed++;
 			avail = space_avail(s);
 		}
-		v->pos++;
-		advance(s, &w, i);
 	}
 	log_info("low on space for %s: %zu old versions removed, %llu KiB -> %llu KiB free%s", why,
 		 removed, (unsigned long long)(start >> 10), (unsigned long long)(avail >> 10),
-		 avail < want ? " (no unused version left)" : "");
+		 avail < want
+		     ? (nv ? " (no unused version left)"
+			   : " (unused versions of this user cannot cover it: none removed)")
+		     : "");
+	free(vs);
 	walk_free(&w);
 	return avail >= want;
 }
 
-void space_keep_reserve(struct store *s)
+void space_keep_reserve(struct store *s, uid_t uid)
 {
 	if (space_short(s))
-		space_yield(s, s->reserve, "the reserve");
+		space_yield(s, s->reserve, uid, "the reserve");
 }

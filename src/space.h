@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct store;
 
@@ -14,9 +15,12 @@ uint64_t space_avail(struct store *s);
 /* Is the filesystem below the reserve (reserve=SIZE|PCT)? */
 bool space_short(struct store *s);
 /* Remove unused old versions, oldest first across the store, until `want` bytes are available;
- * `why` goes in the log. Returns true if `want` is available at the end. */
-bool space_yield(struct store *s, uint64_t want, const char *why);
-/* After a change that kept a version: while below the reserve, yield until it is free again. */
-void space_keep_reserve(struct store *s);
+ * `why` goes in the log. Fair shares: a change made for user `uid` removes only versions that
+ * uid owns (0, root: anyone's), and nothing at all if those cannot cover the shortfall.
+ * Returns true if `want` is available at the end. */
+bool space_yield(struct store *s, uint64_t want, uid_t uid, const char *why);
+/* After a change made for `uid` that kept a version: while below the reserve, yield (as
+ * space_yield) until it is free again. */
+void space_keep_reserve(struct store *s, uid_t uid);
 
 #endif

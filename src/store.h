@@ -64,9 +64,13 @@ int store_same_content(int a, int b, off_t size);
 
 /* The callers below hold s->lock. keep.c: keep the file that rm or mv is about to remove at
  * dirfd/name as its next version; below the reserve, the removal frees what
- * it removes, as natively (older unused versions yield first, then its own version). */
-int store_keep_removed(struct store *s, int dirfd, const char *name, struct store_change *ch);
-int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch);
+ * it removes, as natively (older unused versions yield first, then its own version).
+ * uid: the user the change is made for; space it lacks is yielded only by that user's
+ * versions (root's: anyone's; space_yield). */
+int store_keep_removed(struct store *s, int dirfd, const char *name, struct store_change *ch,
+		       uid_t uid);
+int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
+		  uid_t uid);
 /* retention.c */
 int store_prune(struct store *s, int dirfd, const char *name, unsigned keep);
 int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino);
