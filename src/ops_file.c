@@ -118,9 +118,12 @@ static int create_file(fuse_req_t req, struct node *parent, const char *name, mo
 	err = handle_share_take(ctx->uid); /* before the file exists, as natively */
 	if (err)
 		return err;
-	fd = openat(node_fd(parent), name, oflags, mode);
+	/* O_EXCL: the file given to the caller below is one this CREATE made. A name already on
+	 * disk means the kernel's negative entry was stale (another daemon on the store made it):
+	 * never open or chown that file as root for the caller; walk again (kernel-notes §3). */
+	fd = openat(node_fd(parent), name, oflags | O_EXCL, mode);
 	if (fd < 0) {
-		err = -errno;
+		err = errno == EEXIST && !(oflags & O_EXCL) ? -ESTALE : -errno;
 		handle_share_put(ctx->uid);
 		return err;
 	}
