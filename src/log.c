@@ -14,9 +14,76 @@
 static bool use_syslog;
 bool log_debug_enabled;
 
+/* Length of the well-formed UTF-8 sequence at p (Unicode's table 3-7), 0 if there is none. */
+static int utf8_seq(const unsigned char *p)
+{
+	unsigned char lo = 0x80, hi = 0xbf; /* the range of the second byte */
+	int n;
+
+	if (p[0] >= 0xc2 && p[0] <= 0xdf)
+		n = 2;
+	else if (p[0] >= 0xe0 && p[0] <= 0xef)
+		n = 3;
+	else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+		n = 4;
+	else
+		return 0;
+	if (p[0] == 0xe0)
+		lo = 0xa0;
+	else if (p[0] == 0xed)
+		hi = 0x9f;
+	else if (p[0] == 0xf0)
+		lo = 0x90;
+	else if (p[0] == 0xf4)
+		hi = 0x8f;
+	if (p[1] < lo || p[1] > hi)
+		return 0;
+	for (int i = 2; i < n; i++)
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	return n;
+}
+
+/* The message as one line of data: file names in it are anybody's, and a newline, CR or ESC
+ * in one must neither forge a line of its own nor reach a terminal raw. A backslash becomes
+ * \\, \t \n \r as such, every other control byte (C0, DEL, each byte of a C1 control) and
+ * every byte of no UTF-8 character \xNN; as binvfsctl(8) escapes names. NULL: out of memory. */
+static char *escape_line(const char *s)
+{
+	static const char hex[] = "0123456789abcdef", named[] = "\\\t\n\r", letter[] = "\\tnr";
+	char *out = malloc(4 * strlen(s) + 1), *o = out;
+
+	if (!out)
+		return NULL;
+	for (const unsigned char *p = (const unsigned char *)s; *p;) {
+		int n = *p >= 0x80 ? utf8_seq(p) : 1;
+		const char *k = strchr(named, *p); /* *p is not 0 here */
+		if (k) {
+			*o++ = '\\';
+			*o++ = letter[k - named];
+			p++;
+		} else if (n == 1 && *p >= 0x20 && *p != 0x7f) {
+			*o++ = (char)*p++;
+		} else if (n > 1 && !(n == 2 && p[0] == 0xc2 && p[1] < 0xa0)) {
+			memcpy(o, p, (size_t)n);
+			o += n;
+			p += n;
+		} else {
+			for (int i = 0; i < (n ? n : 1); i++, p++) {
+				*o++ = '\\';
+				*o++ = 'x';
+				*o++ = hex[*p >> 4];
+				*o++ = hex[*p & 15];
+			}
+		}
+	}
+	*o = 0;
+	return out;
+}
+
 static void vlog(int pri, const char *fmt, va_list ap, const char *err)
 {
-	char small[1024], *buf = small;
+	char small[1024], *buf = small, *line;
 	va_list again;
 	int n;
 
@@ -29,14 +96,21 @@ static void vlog(int pri, const char *fmt, va_list ap, const char *err)
 	else
 		buf = small;
 	va_end(again);
+	line = escape_line(buf);
+	if (!line) /* out of memory: plain text only, every other byte as '?' */
+		for (char *c = buf; *c; c++)
+			if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f)
+				*c = '?';
+	const char *text = line ? line : buf;
 	if (use_syslog && err)
-		syslog(pri, "%s: %s", buf, err);
+		syslog(pri, "%s: %s", text, err);
 	else if (use_syslog)
-		syslog(pri, "%s", buf);
+		syslog(pri, "%s", text);
 	else if (err)
-		fprintf(stderr, "binvfs: %s: %s\n", buf, err);
+		fprintf(stderr, "binvfs: %s: %s\n", text, err);
 	else
-		fprintf(stderr, "binvfs: %s\n", buf);
+		fprintf(stderr, "binvfs: %s\n", text);
+	free(line);
 	if (buf != small)
 		free(buf);
 }

@@ -9,9 +9,20 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Bounds: a file's content is anybody's (a version is what a user wrote), and `log` reads every
+ * version as root. Real files have a dozen program headers, under a hundred sections (a few
+ * thousand with -ffunction-sections objects) and a few hundred bytes of notes (build-id 36,
+ * ABI tag 32, property 48, package metadata some hundred). So: at most MAX_HEADERS entries of
+ * each table, read in one pread, and at most NOTE_BUDGET bytes of notes per file, all tables
+ * together. A hostile file with 65535 note headers, each pointing at a MiB of notes, costs
+ * about 256 KiB of header reads and 64 KiB of notes, not 64 GiB. */
+#define MAX_HEADERS 4096
+#define NOTE_BUDGET (64 * 1024)
+
 struct ef {
 	int fd;
 	bool is64, swap;
+	uint64_t budget; /* note bytes still to read in this file */
 };
 
 static uint16_t u16(const struct ef *e, const void *p)
@@ -41,17 +52,23 @@ static uint64_t uw(const struct ef *e, const void *p)
 	return e->is64 ? u64(e, p) : u32(e, p);
 }
 
-static bool full_pread(int fd, void *buf, size_t len, uint64_t off)
+/* pread until len bytes, the end of the file or an error: the bytes read */
+static size_t some_pread(int fd, void *buf, size_t len, uint64_t off)
 {
 	size_t done = 0;
 
 	while (done < len) {
 		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
 		if (n <= 0)
-			return false;
+			break;
 		done += (size_t)n;
 	}
-	return true;
+	return done;
+}
+
+static bool full_pread(int fd, void *buf, size_t len, uint64_t off)
+{
+	return some_pread(fd, buf, len, off) == len;
 }
 
 static int read_ident(int fd, unsigned char id[EI_NIDENT])
@@ -72,7 +89,7 @@ bool elf_is(int fd)
 }
 
 /* Walk the notes in [off, off+size), aligned to 4 or 8; 1 when the build-id was found. */
-static int scan_notes(const struct ef *e, uint64_t off, uint64_t size, uint64_t align,
+static int scan_notes(struct ef *e, uint64_t off, uint64_t size, uint64_t align,
 		      char out[BUILD_ID_HEX])
 {
 	static const char hex[] = "0123456789abcdef";
@@ -80,8 +97,11 @@ static int scan_notes(const struct ef *e, uint64_t off, uint64_t size, uint64_t 
 	uint64_t p = 0, a = align == 8 ? 7 : 3;
 	int found = 0;
 
-	if (size < 12 || size > (1u << 20))
+	if (size > e->budget)
+		size = e->budget; /* the notes that fit; a note cut off ends the walk */
+	if (size < 12)
 		return 0;
+	e->budget -= size;
 	buf = malloc(size);
 	if (!buf || !full_pread(e->fd, buf, size, off)) {
 		free(buf);
@@ -145,34 +165,40 @@ static const struct note_table section_headers = {
     .min_entsize = {sizeof(Elf32_Shdr), sizeof(Elf64_Shdr)},
 };
 
-/* Scan the notes that the entries of table t point at; 1 when the build-id was found. */
-static int from_table(const struct ef *e, const unsigned char *eh, const struct note_table *t,
+/* Scan the notes that the first MAX_HEADERS entries of table t point at, while the note
+ * budget lasts; 1 when the build-id was found. */
+static int from_table(struct ef *e, const unsigned char *eh, const struct note_table *t,
 		      char out[BUILD_ID_HEX])
 {
-	int c = e->is64;
+	int c = e->is64, found = 0;
 	uint64_t off = uw(e, eh + t->table[c]);
 	uint16_t entsize = u16(e, eh + t->entsize[c]);
-	uint16_t count = u16(e, eh + t->count[c]);
-	unsigned char ent[64];
+	unsigned count = u16(e, eh + t->count[c]);
+	unsigned char *tab;
 
-	if (!off || entsize < t->min_entsize[c] || entsize > sizeof(ent))
+	if (!off || entsize < t->min_entsize[c] || entsize > 64)
 		return 0;
-	for (unsigned i = 0; i < count; i++) {
-		if (!full_pread(e->fd, ent, entsize, off + (uint64_t)i * entsize))
-			return 0;
-		if (u32(e, ent + t->type[c]) != t->notes)
-			continue;
-		if (scan_notes(e, uw(e, ent + t->offset[c]), uw(e, ent + t->size[c]),
-			       uw(e, ent + t->align[c]), out))
-			return 1;
+	if (count > MAX_HEADERS)
+		count = MAX_HEADERS;
+	tab = malloc((size_t)count * entsize + 1);
+	/* one read for the table; where the file ends, so does the table */
+	if (!tab) /* out of memory: no build-id shown */
+		return 0;
+	count = (unsigned)(some_pread(e->fd, tab, (size_t)count * entsize, off) / entsize);
+	for (unsigned i = 0; i < count && !found && e->budget >= 12; i++) {
+		const unsigned char *ent = tab + (size_t)i * entsize;
+		if (u32(e, ent + t->type[c]) == t->notes)
+			found = scan_notes(e, uw(e, ent + t->offset[c]), uw(e, ent + t->size[c]),
+					   uw(e, ent + t->align[c]), out);
 	}
-	return 0;
+	free(tab);
+	return found;
 }
 
 int elf_build_id(int fd, char out[BUILD_ID_HEX])
 {
 	unsigned char eh[64];
-	struct ef e = {.fd = fd};
+	struct ef e = {.fd = fd, .budget = NOTE_BUDGET};
 	uint16_t one = 1;
 	bool little_host = *(unsigned char *)&one == 1;
 

@@ -31,16 +31,11 @@ struct bdiff {
 };
 
 /* Text: no NUL in the first 64 KiB and not ELF. */
-static bool is_text(const char *path)
+static bool is_text(int fd)
 {
 	char buf[1 << 16];
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
+	ssize_t n = pread(fd, buf, sizeof(buf), 0);
 
-	if (fd < 0)
-		return false;
-	n = read(fd, buf, sizeof(buf));
-	close(fd);
 	return n >= 0 && !memchr(buf, 0, (size_t)n) && !(n >= 4 && !memcmp(buf, "\177ELF", 4));
 }
 
@@ -66,13 +61,13 @@ static void add_range(struct bdiff *d, unsigned long long off, unsigned long lon
 	d->is_open = true;
 }
 
-/* read until len bytes or end of file */
-static ssize_t read_full(int fd, char *buf, size_t len)
+/* read at off until len bytes or end of file */
+static ssize_t read_full(int fd, char *buf, size_t len, unsigned long long off)
 {
 	size_t done = 0;
 
 	while (done < len) {
-		ssize_t n = read(fd, buf + done, len - done);
+		ssize_t n = pread(fd, buf + done, len - done, (off_t)(off + done));
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
@@ -84,20 +79,16 @@ static ssize_t read_full(int fd, char *buf, size_t len)
 	return (ssize_t)done;
 }
 
-static int compare(const char *pa, const char *pb, struct bdiff *d)
+static int compare(int fa, int fb, struct bdiff *d)
 {
 	static char a[1 << 16], b[1 << 16];
-	int fa = open(pa, O_RDONLY | O_CLOEXEC), fb = open(pb, O_RDONLY | O_CLOEXEC);
 	unsigned long long off = 0;
 	int err = 0;
 
 	memset(d, 0, sizeof(*d));
-	if (fa < 0 || fb < 0) {
-		err = -errno;
-		goto out;
-	}
 	for (;;) {
-		ssize_t na = read_full(fa, a, sizeof(a)), nb = read_full(fb, b, sizeof(b));
+		ssize_t na = read_full(fa, a, sizeof(a), off),
+			nb = read_full(fb, b, sizeof(b), off);
 		if (na < 0 || nb < 0) {
 			err = -errno;
 			break;
@@ -124,25 +115,26 @@ static int compare(const char *pa, const char *pb, struct bdiff *d)
 			break;
 	}
 	flush_range(d);
-out:
-	if (fa >= 0)
-		close(fa);
-	if (fb >= 0)
-		close(fb);
 	return err;
 }
 
+/* A --label of diff -u: the name escaped, so that it cannot forge a line of the diff. */
 static char *label(const struct vlist *l, const struct version *v)
 {
-	return xasprintf("%s (version %u%s)", l->file, v->n, v->current ? ", current" : "");
+	char *file = esc(l->file);
+	char *s = xasprintf("%s (version %u%s)", file, v->n, v->current ? ", current" : "");
+
+	free(file);
+	return s;
 }
 
-/* diff -u, to stdout or (for --json) into *out */
-static int run_diff(const struct vlist *l, const struct version *a, const struct version *b,
-		    char **out)
+/* diff -u of the open versions fa and fb, to stdout or (for --json) into *out. diff reads
+ * them as /proc/self/fd/N: the very files checked here, never a path again. */
+static int run_diff(const struct vlist *l, const struct version *a, const struct version *b, int fa,
+		    int fb, char **out)
 {
-	char *la = label(l, a), *lb = label(l, b);
-	char *argv[] = {"diff", "-u", "--label", la, "--label", lb, a->path, b->path, NULL};
+	char *la = label(l, a), *lb = label(l, b), pa[32], pb[32];
+	char *argv[] = {"diff", "-u", "--label", la, "--label", lb, pa, pb, NULL};
 	int pfd[2] = {-1, -1}, status;
 	size_t len = 0, cap = 0;
 	pid_t pid;
@@ -163,6 +155,10 @@ static int run_diff(const struct vlist *l, const struct version *a, const struct
 	if (pid == 0) {
 		if (out)
 			dup2(pfd[1], 1);
+		fcntl(fa, F_SETFD, 0); /* diff inherits them */
+		fcntl(fb, F_SETFD, 0);
+		snprintf(pa, sizeof(pa), "/proc/self/fd/%d", fa);
+		snprintf(pb, sizeof(pb), "/proc/self/fd/%d", fb);
 		execvp("diff", argv);
 		fprintf(stderr, "binvfsctl: cannot run diff: %s\n", strerror(errno));
 		_exit(127);
@@ -205,8 +201,10 @@ static void json_side(const char *key, const struct version *v, const struct vin
 static void text_binary(const struct vlist *l, const struct version *a, const struct version *b,
 			const struct vinfo *ia, const struct vinfo *ib, const struct bdiff *d)
 {
-	printf("%s: version %u -> version %u%s, binary\n", l->file, a->n, b->n,
+	char *file = esc(l->file);
+	printf("%s: version %u -> version %u%s, binary\n", file, a->n, b->n,
 	       b->current ? " (current)" : "");
+	free(file);
 	printf("size:      %lld -> %lld bytes\n", (long long)a->st.st_size,
 	       (long long)b->st.st_size);
 	printf("sha256:    %s\n        -> %s\n", ia->sha256, ib->sha256);
@@ -256,24 +254,27 @@ int cmd_diff(int argc, char **argv)
 	struct version *a = NULL, *b = NULL;
 	struct vinfo ia, ib;
 	struct bdiff *d = NULL;
-	int ret = 1, err;
+	int ret = 1, err, fa = -1, fb = -1;
 
 	if (cmd_args(argc, argv, 1, 3, "diff PATH [N [M]]", pos))
 		return 1;
 	if (target_resolve(pos[0], &t) || vlist_load(&t, &l) || pick(&l, pos + 1, pos[0], &a, &b))
 		goto out;
-	if ((err = vinfo_get(a->path, &ia)) || (err = vinfo_get(b->path, &ib))) {
+	/* each opened once (a regular file, no symlink on the way): all reads through these */
+	if ((fa = version_open(&l, a, pos[0])) < 0 || (fb = version_open(&l, b, pos[0])) < 0)
+		goto out;
+	if ((err = vinfo_fd(fa, &ia)) || (err = vinfo_fd(fb, &ib))) {
 		ctl_err("%s: %s", pos[0], strerror(-err));
 		goto out;
 	}
-	bool binary = !is_text(a->path) || !is_text(b->path);
+	bool binary = !is_text(fa) || !is_text(fb);
 	if (binary) {
 		d = xmalloc(sizeof(*d));
-		if ((err = compare(a->path, b->path, d))) {
+		if ((err = compare(fa, fb, d))) {
 			ctl_err("%s: %s", pos[0], strerror(-err));
 			goto out;
 		}
-	} else if (run_diff(&l, a, b, ctl_json ? &text : NULL)) {
+	} else if (run_diff(&l, a, b, fa, fb, ctl_json ? &text : NULL)) {
 		goto out;
 	}
 	bool same = !strcmp(ia.sha256, ib.sha256);
@@ -303,10 +304,16 @@ int cmd_diff(int argc, char **argv)
 	} else if (binary) {
 		text_binary(&l, a, b, &ia, &ib, d);
 	} else if (same) {
-		printf("%s: versions %u and %u are identical\n", l.file, a->n, b->n);
+		char *file = esc(l.file);
+		printf("%s: versions %u and %u are identical\n", file, a->n, b->n);
+		free(file);
 	}
 	ret = 0;
 out:
+	if (fa >= 0)
+		close(fa);
+	if (fb >= 0)
+		close(fb);
 	free(text);
 	free(d);
 	vlist_free(&l);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* "4711(app) 4712(python3,map)": each user of ino; exe alone is the usual case */
 static char *pids_text(const struct uses *u, ino_t ino)
@@ -104,7 +105,9 @@ int cmd_log(int argc, char **argv)
 		json_key("versions");
 		json_arr();
 	} else {
-		printf("%s: %zu version%s", l.file, l.n, l.n == 1 ? "" : "s");
+		char *file = esc(l.file);
+		printf("%s: %zu version%s", file, l.n, l.n == 1 ? "" : "s");
+		free(file);
 		if (l.current)
 			printf(", current %u\n", l.current);
 		else
@@ -113,9 +116,14 @@ int cmd_log(int argc, char **argv)
 		table_add(&tab, "N", "REPLACED", "SIZE", "SHA256", "BUILD-ID", "PIDS");
 	}
 	for (size_t i = l.n; i-- > 0;) {
-		const struct version *v = &l.v[i];
+		struct version *v = &l.v[i];
 		struct vinfo in;
-		int err = vinfo_get(v->path, &in);
+		/* opened once (no symlink, no FIFO): hashed, read and stat'ed through that fd */
+		int fd = version_open(&l, v, pos[0]), err;
+		if (fd < 0)
+			continue;
+		err = vinfo_fd(fd, &in);
+		close(fd);
 		if (err) {
 			ctl_err("%s: %s", v->path, strerror(-err));
 			continue;

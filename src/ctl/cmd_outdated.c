@@ -9,9 +9,11 @@
 #include "mounts.h"
 #include "vlist.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static bool have_row(const struct orows *rs, pid_t pid, const char *file, unsigned running)
 {
@@ -22,13 +24,14 @@ static bool have_row(const struct orows *rs, pid_t pid, const char *file, unsign
 	return false;
 }
 
-static void scan_mount(const struct bmount *m, const char *under, struct orows *out)
+/* root: the mount's root fd */
+static void scan_mount(const struct bmount *m, int root, const char *under, struct orows *out)
 {
 	const char *sep = strcmp(m->point, "/") ? "/" : "";
 	struct vindex ix;
 	struct uses u;
 
-	vindex_build(m->point, under, &ix);
+	vindex_build(root, under, false, &ix);
 	if (!ix.n) {
 		vindex_free(&ix);
 		return;
@@ -40,7 +43,10 @@ static void scan_mount(const struct bmount *m, const char *under, struct orows *
 		if (!e)
 			continue;
 		char *file = xasprintf("%s%s%s", m->point, sep, e->rel);
-		bool exists = lstat(file, &cur) == 0 && S_ISREG(cur.st_mode);
+		int fd = open_beneath(root, e->rel, O_PATH, 0, S_IFREG, &cur); /* no symlink */
+		bool exists = fd >= 0;
+		if (fd >= 0)
+			close(fd);
 		if ((exists && cur.st_ino == u.u[i].ino) || have_row(out, u.u[i].pid, file, e->n)) {
 			free(file); /* also linked as the current file: not outdated */
 			continue;
@@ -74,7 +80,7 @@ int outdated_collect(char **dirs, int ndirs, struct orows *out)
 			else
 				bad = 0;
 			if (!bad)
-				scan_mount(&t.mnt, t.rel, out);
+				scan_mount(&t.mnt, t.root, t.rel, out);
 		}
 		target_free(&t);
 		if (bad) {
@@ -86,8 +92,13 @@ int outdated_collect(char **dirs, int ndirs, struct orows *out)
 		struct mtab m;
 		if (mtab_read(&m))
 			return 1;
-		for (size_t i = 0; i < m.n; i++)
-			scan_mount(&m.m[i], NULL, out);
+		for (size_t i = 0; i < m.n; i++) {
+			int root = mount_root(&m.m[i]);
+			if (root >= 0) {
+				scan_mount(&m.m[i], root, NULL, out);
+				close(root);
+			}
+		}
 		mtab_free(&m);
 	}
 	return 0;

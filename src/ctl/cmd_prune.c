@@ -22,12 +22,14 @@
 
 /* One directory of the tree (rel below the mount point), or one name in it. */
 struct req {
-	char *dir;  /* MOUNT/rel */
-	char *vdir; /* rel's mirror: MOUNT/.versions/rel, escaped (names.h) */
-	char *name; /* NULL: every name in dir */
+	char *dir;	/* MOUNT/rel, for messages */
+	char *rel;	/* below the mount's root */
+	char *vdir_rel; /* rel's mirror: .versions/rel, escaped (names.h) */
+	char *name;	/* NULL: every name in dir */
 };
 
 struct plan {
+	int root; /* the mount's root (the target's) */
 	struct req *r;
 	size_t n;
 	unsigned keep;
@@ -41,21 +43,26 @@ static void plan_add(struct plan *p, const char *point, const char *rel, const c
 	p->r = xrealloc(p->r, (p->n + 1) * sizeof(*p->r));
 	p->r[p->n++] = (struct req){
 	    .dir = xasprintf("%s%s%s", point, *rel ? sep : "", rel),
-	    .vdir = xasprintf("%s%s%s%s", point, sep, STORE_DIR, mirror),
+	    .rel = xstrdup(rel),
+	    .vdir_rel = xasprintf("%s%s", STORE_DIR, mirror),
 	    .name = name ? xstrdup(name) : NULL,
 	};
 	free(mirror);
 }
 
-/* DIR and every directory below it (not following symlinks) */
+/* DIR and every directory below it (each opened below the mount's root: no symlink
+ * followed) */
 static void plan_tree(struct plan *p, const char *point, const char *rel)
 {
-	char *path;
+	struct stat dst;
+	int fd;
 	DIR *d;
 
 	plan_add(p, point, rel, NULL);
-	path = xasprintf("%s%s%s", point, *rel && strcmp(point, "/") ? "/" : "", rel);
-	d = opendir(path);
+	fd = open_beneath(p->root, rel, O_RDONLY | O_DIRECTORY, 0, S_IFDIR, &dst);
+	d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d && fd >= 0)
+		close(fd);
 	for (struct dirent *e; d && (e = readdir(d));) {
 		struct stat st;
 		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
@@ -71,14 +78,14 @@ static void plan_tree(struct plan *p, const char *point, const char *rel)
 	}
 	if (d)
 		closedir(d);
-	free(path);
 }
 
 static void plan_free(struct plan *p)
 {
 	for (size_t i = 0; i < p->n; i++) {
 		free(p->r[i].dir);
-		free(p->r[i].vdir);
+		free(p->r[i].rel);
+		free(p->r[i].vdir_rel);
 		free(p->r[i].name);
 	}
 	free(p->r);
@@ -88,19 +95,29 @@ static void tally(const struct plan *p, struct vcount *c)
 {
 	memset(c, 0, sizeof(*c));
 	for (size_t i = 0; i < p->n; i++)
-		versions_tally(p->r[i].vdir, p->r[i].name, p->keep, c);
+		versions_tally(p->root, p->r[i].vdir_rel, p->r[i].name, p->keep, c);
 }
 
+/* Each request as fsetxattr on its directory, opened once below the mount's root: a
+ * directory (not a symlink on the way or at the end, not a FIFO) in the mount. */
 static int request(const struct plan *p, const char *arg)
 {
 	for (size_t i = 0; i < p->n; i++) {
 		const struct req *r = &p->r[i];
+		struct stat st;
+		int fd = open_beneath(p->root, r->rel, O_RDONLY | O_DIRECTORY, 0, S_IFDIR, &st);
+		if (fd == -ENOENT)
+			continue; /* the directory went away meanwhile */
+		if (fd < 0)
+			return ctl_err("%s: prune request on %s refused: %s", arg, r->dir,
+				       open_error(fd, S_IFDIR));
 		char *val =
 		    r->name ? xasprintf("%u/%s", p->keep, r->name) : xasprintf("%u", p->keep);
-		int rc = setxattr(r->dir, PRUNE_XATTR, val, strlen(val), 0);
+		int rc = fsetxattr(fd, PRUNE_XATTR, val, strlen(val), 0);
 		int err = errno;
 		free(val);
-		if (rc < 0 && err != ENOENT) /* ENOENT: the directory went away meanwhile */
+		close(fd);
+		if (rc < 0 && err != ENOENT)
 			return ctl_err("%s: prune request on %s failed: %s", arg, r->dir,
 				       strerror(err));
 	}
@@ -208,7 +225,9 @@ static int plan_target(struct plan *p, const struct target *t)
 	/* a file, current or removed: no stat of its versions, as a LOOKUP makes the kernel
 	 * reference a version for a while, and the daemon then keeps it */
 	if (t->exists && !S_ISREG(t->st.st_mode))
-		return ctl_err("%s: not a regular file or directory", t->arg);
+		return ctl_err("%s: not a regular file or directory (a symbolic link is never "
+			       "followed), refused",
+			       t->arg);
 	char *slash = strrchr(t->rel, '/');
 	char *dir = slash ? strndup(t->rel, (size_t)(slash - t->rel)) : xstrdup("");
 	plan_add(p, t->mnt.point, dir, slash ? slash + 1 : t->rel);
@@ -279,14 +298,18 @@ static void json_outcome(const struct target *t, unsigned keep, bool no_limit,
 static void print_outcome(const struct target *t, unsigned keep, bool no_limit,
 			  const struct outcome *o)
 {
+	char *abs = esc(t->abs);
+
 	if (no_limit) {
 		printf("%s: the mount keeps every version (keep=0); %zu old version%s, nothing "
 		       "removed (give --keep N)\n",
-		       t->abs, o->before, o->before == 1 ? "" : "s");
+		       abs, o->before, o->before == 1 ? "" : "s");
+		free(abs);
 		return;
 	}
-	printf("%s: keep %u: %zu old version%s removed, %zu left\n", t->abs, keep, o->removed,
+	printf("%s: keep %u: %zu old version%s removed, %zu left\n", abs, keep, o->removed,
 	       o->removed == 1 ? "" : "s", o->after);
+	free(abs);
 	if (o->in_use)
 		printf("  %zu in use (pid %s): removed when the last user is gone\n", o->in_use,
 		       o->pids);
@@ -299,7 +322,7 @@ static void print_outcome(const struct target *t, unsigned keep, bool no_limit,
 int cmd_prune(int argc, char **argv)
 {
 	char *pos[1];
-	struct target t = {0};
+	struct target t = {.root = -1};
 	struct plan p = {0};
 	struct vcount before = {0}, after = {0};
 	struct outcome o;
@@ -315,6 +338,7 @@ int cmd_prune(int argc, char **argv)
 		ctl_err("%s: inside .versions/ (read-only); give the path in the tree", pos[0]);
 		goto out;
 	}
+	p.root = t.root;
 	if ((!given && daemon_keep(&t, &p.keep)) || plan_target(&p, &t) ||
 	    prune(&p, &t, given, &before, &after))
 		goto out;

@@ -26,29 +26,6 @@ static bool systemd_running(void)
 	return access("/run/systemd/system", F_OK) == 0;
 }
 
-/* s as one shell word: as is when it only has safe characters, otherwise single-quoted
- * (systemd escapes odd characters in unit names as \xNN) */
-static char *shell_word(const char *s)
-{
-	if (*s &&
-	    strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789@%+=:,./_-") ==
-		strlen(s))
-		return xstrdup(s);
-	char *out = xmalloc(4 * strlen(s) + 3), *o = out;
-	*o++ = '\'';
-	for (; *s; s++) {
-		if (*s == '\'') {
-			memcpy(o, "'\\''", 4);
-			o += 4;
-		} else {
-			*o++ = *s;
-		}
-	}
-	*o++ = '\'';
-	*o = 0;
-	return out;
-}
-
 /* Run argv with its stdout on our stderr (--json keeps stdout to itself); the exit status,
  * 128+N for a signal, 127 if it could not be run. */
 static int run(char *const argv[])
@@ -86,13 +63,19 @@ static void json_ints(const struct orows *rs, const struct ogroup *g)
 	json_arr_end();
 }
 
+/* A comment line of the script: every name escaped (esc), so none can end the comment and
+ * start a command of its own, or reach the terminal raw. */
 static void print_skipped(const struct orow *r, const char *why)
 {
 	char cur[16];
+	char *comm = esc(r->p.comm), *unit = esc(r->u.unit ? r->u.unit : ""), *file = esc(r->file);
 
 	printf("# not restarted: pid %d (%s%s%s) uses %s version %u (current %s): %s\n",
-	       (int)r->p.pid, r->p.comm, r->u.unit ? ", " : "", r->u.unit ? r->u.unit : "", r->file,
-	       r->running, orow_current(r, cur, sizeof(cur)), why);
+	       (int)r->p.pid, comm, r->u.unit ? ", " : "", unit, file, r->running,
+	       orow_current(r, cur, sizeof(cur)), why);
+	free(comm);
+	free(unit);
+	free(file);
 }
 
 static void json_skipped(const struct orow *r, const char *why)
@@ -134,7 +117,8 @@ static int restart_dirs(int argc, char **argv, char ***dirs, int *ndirs)
 	return failed;
 }
 
-/* "systemctl try-restart app.service  # pid 7734 8203", each word as the shell reads it */
+/* "systemctl try-restart app.service  # pid 7734 8203", each word as the shell reads it
+ * (shell_word; a unit is restarted only with a valid systemd name, punit_restartable) */
 static void print_command(const struct restart *how, const struct orows *rs, const struct ogroup *g)
 {
 	char *w0 = shell_word(how->systemctl), *w2 = shell_word(g->u->unit);

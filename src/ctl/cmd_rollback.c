@@ -14,41 +14,30 @@
 #include <string.h>
 #include <unistd.h>
 
-static int same_content(const char *a, const char *b)
+static bool same_content(int a, int b)
 {
 	struct vinfo ia, ib;
 
-	if (vinfo_get(a, &ia) || vinfo_get(b, &ib))
-		return 0;
+	if (vinfo_fd(a, &ia) || vinfo_fd(b, &ib))
+		return false;
 	return !strcmp(ia.sha256, ib.sha256);
 }
 
-/* open(O_WRONLY|O_TRUNC) + write + close: one publish */
-static int copy_over(const struct version *v, const char *file, bool exists)
+/* Write everything of in (from offset 0) to out; 0 or -errno. */
+static int copy_fd(int in, int out)
 {
-	int in = open(v->path, O_RDONLY | O_CLOEXEC), out, err = 0;
 	char buf[1 << 16];
+	off_t off = 0;
 	ssize_t n;
+	int err = 0;
 
-	if (in < 0)
-		return -errno;
-	if (exists)
-		out = open(file, O_WRONLY | O_TRUNC | O_CLOEXEC);
-	else
-		out = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, v->st.st_mode & 07777);
-	if (out < 0) {
-		err = -errno;
-		close(in);
-		return err;
-	}
-	if (!exists)
-		fchmod(out, v->st.st_mode & 07777); /* not the umask's */
-	while (!err && (n = read(in, buf, sizeof(buf))) != 0) {
+	while (!err && (n = pread(in, buf, sizeof(buf), off)) != 0) {
 		if (n < 0) {
 			if (errno != EINTR)
 				err = -errno;
 			continue;
 		}
+		off += n;
 		for (ssize_t done = 0; !err && done < n;) {
 			ssize_t w = write(out, buf + done, (size_t)(n - done));
 			if (w < 0 && errno != EINTR)
@@ -57,10 +46,46 @@ static int copy_over(const struct version *v, const char *file, bool exists)
 				done += w;
 		}
 	}
-	close(in);
+	return err;
+}
+
+/* The content of the version (fd in) as the file l->file_rel, in one publish: open the
+ * target once below the mount's root (no symlink on the way or at the end, never blocking on
+ * a FIFO; O_WRONLY without O_TRUNC: nothing is cut before the check), check through that fd
+ * that it is a regular file, and the file checked before (cur; NULL: a removed file, created
+ * here with O_EXCL), then ftruncate, write and close that fd. binvfs gives the write open a
+ * private copy (an executed file too: the daemon reads openat2's flags) and publishes it at
+ * close. 0, or 1 after printing why not. */
+static int copy_over(const struct vlist *l, int in, const struct stat *cur, mode_t mode,
+		     const char *arg, unsigned n)
+{
+	struct stat st;
+	int out, err;
+
+	if (cur)
+		out = open_beneath(l->root, l->file_rel, O_WRONLY, 0, S_IFREG, &st);
+	else
+		out = open_beneath(l->root, l->file_rel, O_WRONLY | O_CREAT | O_EXCL, mode, S_IFREG,
+				   &st);
+	if (out < 0)
+		return ctl_err("%s: rollback to version %u refused: %s", arg, n,
+			       open_error(out, S_IFREG));
+	if (cur && (st.st_dev != cur->st_dev || st.st_ino != cur->st_ino)) {
+		close(out); /* nothing written: binvfs publishes nothing for it */
+		return ctl_err("%s: rollback to version %u refused: the file was replaced while "
+			       "binvfsctl checked it; try again",
+			       arg, n);
+	}
+	if (!cur)
+		fchmod(out, mode); /* not the umask's */
+	err = cur && ftruncate(out, 0) < 0 ? -errno : 0;
+	if (!err)
+		err = copy_fd(in, out);
 	if (close(out) < 0 && !err)
 		err = -errno; /* binvfs reports a failed publish here */
-	return err;
+	if (err)
+		return ctl_err("%s: rollback to version %u failed: %s", arg, n, strerror(-err));
+	return 0;
 }
 
 int cmd_rollback(int argc, char **argv)
@@ -68,9 +93,9 @@ int cmd_rollback(int argc, char **argv)
 	char *pos[2];
 	struct target t;
 	struct vlist l = {0}, after = {0};
-	struct version *v;
+	struct version *v, *cur = NULL;
 	unsigned n, was;
-	int ret = 1, err;
+	int ret = 1, vfd = -1, cfd = -1;
 
 	if (cmd_args(argc, argv, 1, 2, "rollback PATH [N]", pos))
 		return 1;
@@ -90,7 +115,12 @@ int cmd_rollback(int argc, char **argv)
 		goto out;
 	}
 	was = l.current;
-	if (was && same_content(v->path, l.file)) {
+	/* each opened once, below the mount's root; all later work goes through these fds */
+	if ((vfd = version_open(&l, v, pos[0])) < 0)
+		goto out;
+	if (was && (cfd = version_open(&l, cur = vlist_get(&l, was), pos[0])) < 0)
+		goto out;
+	if (was && same_content(vfd, cfd)) {
 		if (ctl_json) {
 			json_obj();
 			json_kstr("path", l.file);
@@ -99,17 +129,17 @@ int cmd_rollback(int argc, char **argv)
 			json_kbool("changed", false);
 			json_obj_end();
 		} else {
+			char *file = esc(l.file);
 			printf("%s: version %u has the content of the current version %u; nothing "
 			       "to do\n",
-			       l.file, n, was);
+			       file, n, was);
+			free(file);
 		}
 		ret = 0;
 		goto out;
 	}
-	if ((err = copy_over(v, l.file, was != 0))) {
-		ctl_err("%s: rollback to version %u failed: %s", pos[0], n, strerror(-err));
+	if (copy_over(&l, vfd, cur ? &cur->st : NULL, v->st.st_mode & 07777, pos[0], n))
 		goto out;
-	}
 	if (vlist_load(&t, &after))
 		goto out;
 	if (ctl_json) {
@@ -122,15 +152,26 @@ int cmd_rollback(int argc, char **argv)
 		json_kbool("changed", true);
 		json_obj_end();
 	} else if (was) {
+		/* the undo hint is a command: its PATH one shell word, then escaped as a name */
+		char *file = esc(l.file), *word = shell_word(pos[0]), *arg = esc(word);
 		printf("%s: rolled back to version %u, now current as version %u (version %u kept; "
 		       "binvfsctl rollback %s %u undoes this)\n",
-		       l.file, n, after.current, was, pos[0], was);
+		       file, n, after.current, was, arg, was);
+		free(file);
+		free(word);
+		free(arg);
 	} else {
-		printf("%s: restored version %u, now current as version %u\n", l.file, n,
+		char *file = esc(l.file);
+		printf("%s: restored version %u, now current as version %u\n", file, n,
 		       after.current);
+		free(file);
 	}
 	ret = 0;
 out:
+	if (vfd >= 0)
+		close(vfd);
+	if (cfd >= 0)
+		close(cfd);
 	vlist_free(&after);
 	vlist_free(&l);
 	target_free(&t);

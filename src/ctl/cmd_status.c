@@ -12,16 +12,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct stats {
 	unsigned long long files, versions, bytes;
 };
 
-/* Regular files in the tree (readdir only; the root's .versions/ is not listed). */
-static void count_files(const char *path, unsigned long long *files)
+/* Regular files in the tree below the directory d (closed here; readdir only, each
+ * subdirectory opened through d, never through a symlink; the root's .versions/ is not
+ * listed). */
+static void count_files(DIR *d, unsigned long long *files)
 {
-	DIR *d = opendir(path);
-
 	if (!d)
 		return;
 	for (struct dirent *e; (e = readdir(d));) {
@@ -29,9 +30,13 @@ static void count_files(const char *path, unsigned long long *files)
 		if (type == DT_REG) {
 			(*files)++;
 		} else if (type == DT_DIR) {
-			char *sub = xasprintf("%s/%s", path, e->d_name);
+			int fd =
+			    openat(dirfd(d), e->d_name,
+				   O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+			DIR *sub = fd >= 0 ? fdopendir(fd) : NULL;
+			if (!sub && fd >= 0)
+				close(fd);
 			count_files(sub, files);
-			free(sub);
 		}
 	}
 	closedir(d);
@@ -39,22 +44,27 @@ static void count_files(const char *path, unsigned long long *files)
 
 static void gather(const struct bmount *m, struct stats *s)
 {
-	const char *sep = strcmp(m->point, "/") ? "/" : "";
 	struct vindex ix;
+	struct stat st;
+	int root = mount_root(m), fd;
 
 	memset(s, 0, sizeof(*s));
-	count_files(m->point, &s->files);
-	vindex_build(m->point, NULL, &ix);
+	if (root < 0)
+		return;
+	fd = open_beneath(root, "", O_RDONLY | O_DIRECTORY, 0, S_IFDIR, &st);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d && fd >= 0)
+		close(fd);
+	count_files(d, &s->files);
+	vindex_build(root, NULL, true, &ix);
 	s->versions = ix.n;
 	for (size_t i = 0; i < ix.n; i++) {
-		char *p = xasprintf("%s%s%s/%s", m->point, sep, STORE_DIR, ix.e[i].vrel);
-		struct stat st;
 		/* sorted by inode: a hard-linked inode counts once */
-		if ((i == 0 || ix.e[i].ino != ix.e[i - 1].ino) && lstat(p, &st) == 0)
-			s->bytes += (unsigned long long)st.st_size;
-		free(p);
+		if ((i == 0 || ix.e[i].ino != ix.e[i - 1].ino) && ix.e[i].size > 0)
+			s->bytes += (unsigned long long)ix.e[i].size;
 	}
 	vindex_free(&ix);
+	close(root);
 }
 
 static void show(const struct bmount *m)
@@ -83,17 +93,27 @@ static void show(const struct bmount *m)
 		d.pid ? json_int(d.staging) : json_null();
 		json_obj_end();
 	} else {
-		printf("mount     %s\n", m->point);
-		printf("source    %s\n", m->source);
+		char *point = esc(m->point), *source = esc(m->source),
+		     *opts = esc(d.opts ? d.opts : "-");
+		char *mntopts = esc(m->mntopts), *superopts = esc(m->superopts);
+		printf("mount     %s\n", point);
+		printf("source    %s\n", source);
 		if (d.pid)
 			printf("daemon    pid %d, keep=%u%s%s\n", (int)d.pid, d.keep,
 			       d.nosync ? ", nosync" : "", d.debug ? ", debug" : "");
 		else
 			printf("daemon    not found in /proc (another pid namespace?)\n");
-		printf("options   %s (mount: %s; fuse: %s)\n", d.opts ? d.opts : "-", m->mntopts,
-		       m->superopts);
-		if (d.passthrough)
-			printf("passthrough %s\n", d.passthrough);
+		printf("options   %s (mount: %s; fuse: %s)\n", opts, mntopts, superopts);
+		if (d.passthrough) {
+			char *pt = esc(d.passthrough);
+			printf("passthrough %s\n", pt);
+			free(pt);
+		}
+		free(point);
+		free(source);
+		free(opts);
+		free(mntopts);
+		free(superopts);
 		printf("files     %llu\n", s.files);
 		printf("versions  %llu, %llu bytes in .versions/\n", s.versions, s.bytes);
 		if (d.pid)

@@ -5,14 +5,39 @@
 #include <dirent.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define CTL_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
 extern bool ctl_json; /* --json: machine-readable output */
 
-/* Print "binvfsctl: <message>" on stderr; returns 1, the exit status of bad input. */
+/* Print "binvfsctl: <message>" on stderr, escaped as esc() does (a name in it cannot end the
+ * line or reach the terminal raw); returns 1, the exit status of bad input. */
 int ctl_err(const char *fmt, ...) CTL_PRINTF(1, 2);
+
+/* Names are data: s as human output shows it, one line with no control character, like
+ * `ls -b`: a backslash as \\, \a \b \t \n \v \f \r, every other byte below 0x20, DEL, a
+ * C1 control (U+0080-U+009F) and every byte that is not well-formed UTF-8 as \xNN (each
+ * byte); printable UTF-8 as is. binvfsctl(8), NAMES IN OUTPUT. malloc'd. */
+char *esc(const char *s);
+/* s as one word that sh reads back as s: as is if it has only [A-Za-z0-9@%+=:,./_-], else in
+ * single quotes (a ' as '\''). malloc'd. */
+char *shell_word(const char *s);
+
+/* Root on a tree that others write (binvfsctl(8), HOSTILE TREES): every file or directory in
+ * a mount is opened once, below an fd of the mount's root, and all later work goes through
+ * that fd. rel: a path below root with no "." or ".." component ("" or "." for root itself).
+ * openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS (on kernels without it, a walk of
+ * O_NOFOLLOW opens): no symlink is followed, not even as a directory on the way; flags gets
+ * O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY (a FIFO never blocks the open; O_NONBLOCK is
+ * cleared again on a regular file). Then fstat: want S_IFREG or S_IFDIR refuses any other
+ * type (-CTL_EBADTYPE), 0 takes any (with O_PATH, a symlink itself). The fd, *st filled; or
+ * -errno. */
+#define CTL_EBADTYPE 4096
+int open_beneath(int root, const char *rel, int flags, mode_t mode, mode_t want, struct stat *st);
+/* Why open_beneath failed, for "PATH: <why>". */
+const char *open_error(int err, mode_t want);
 
 void *xmalloc(size_t n);
 void *xrealloc(void *p, size_t n);

@@ -7,7 +7,7 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <libgen.h>
+#include <fcntl.h>
 #include <libmount.h>
 #include <limits.h>
 #include <stdio.h>
@@ -109,6 +109,11 @@ void mtab_free(struct mtab *t)
 	t->n = 0;
 }
 
+static char *join(const char *dir, const char *name)
+{
+	return xasprintf("%s%s%s", dir, strcmp(dir, "/") ? "/" : "", name);
+}
+
 /* Is path at or below dir (component-wise)? Returns the length of dir's prefix, or -1. */
 static long below(const char *path, const char *dir)
 {
@@ -121,84 +126,181 @@ static long below(const char *path, const char *dir)
 	return (long)l;
 }
 
-/* The absolute path of arg without following its last component. */
-static char *absolute(const char *arg)
+int mount_root(const struct bmount *m)
 {
-	char *copy = xstrdup(arg), *d, *b, *dir, *out;
-	size_t l = strlen(copy);
+	int fd = open(m->point, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	struct stat st;
 
-	while (l > 1 && copy[l - 1] == '/')
-		copy[--l] = 0;
-	b = basename(copy);
-	if (!strcmp(b, ".") || !strcmp(b, "..") || !strcmp(b, "/")) {
-		out = realpath(copy, NULL);
-		free(copy);
-		return out;
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0 || st.st_dev != m->dev) {
+		close(fd);
+		return -ESTALE; /* unmounted, or another mount on top meanwhile */
 	}
-	b = xstrdup(b);
-	d = xstrdup(copy);
-	dir = realpath(dirname(d), NULL);
-	out = dir ? xasprintf("%s%s%s", dir, strcmp(dir, "/") ? "/" : "", b) : NULL;
-	free(dir);
-	free(d);
-	free(b);
-	free(copy);
-	return out;
+	return fd;
+}
+
+/* The binvfs mount canonical path p is at or below (the innermost mount there), or -1;
+ * the length of its point's prefix in *len. */
+static long mount_of(const struct mtab *all, char **types, const char *p, long *len)
+{
+	long best = -1, bi = -1;
+
+	for (size_t i = 0; i < all->n; i++) {
+		long l = below(p, all->m[i].point);
+		if (l >= 0 && l >= best) {
+			best = l;
+			bi = (long)i;
+		}
+	}
+	if (bi < 0 || strcmp(types[bi], BINVFS_FSTYPE) != 0)
+		return -1;
+	*len = best;
+	return bi;
+}
+
+/* Append component c to the lexical path rel ("" or "a/b"): "." is nothing, ".." drops the
+ * last component; false if it would climb above the mount's root. */
+static bool rel_push(char **rel, const char *c, size_t n)
+{
+	if (!n || (n == 1 && c[0] == '.'))
+		return true;
+	if (n == 2 && c[0] == '.' && c[1] == '.') {
+		char *slash = strrchr(*rel, '/');
+		if (!**rel)
+			return false;
+		if (slash)
+			*slash = 0;
+		else
+			**rel = 0;
+		return true;
+	}
+	char *next = xasprintf("%s%s%.*s", *rel, **rel ? "/" : "", (int)n, c);
+	free(*rel);
+	*rel = next;
+	return true;
+}
+
+/* Where arg enters a binvfs mount: the directories of arg are resolved one prefix at a time
+ * (realpath, as the kernel would: the tree outside mounts is the operator's), until one is
+ * in a binvfs mount; the rest of arg is then taken as it is, below that mount. *mi: the
+ * mount, *rel the path below it; 0, or 1 after printing why not. */
+static int enter_mount(const char *arg, const struct mtab *all, char **types, long *mi, char **rel)
+{
+	char *cur = arg[0] == '/' ? xstrdup("/") : getcwd(NULL, 0);
+	const char *p = arg, *last = NULL;
+	long len = 0;
+	int ret = 0;
+
+	*mi = -1;
+	*rel = NULL;
+	if (!cur)
+		return ctl_err("%s: %s", arg, strerror(errno));
+	for (;;) {
+		if ((*mi = mount_of(all, types, cur, &len)) >= 0)
+			break;
+		p += strspn(p, "/");
+		size_t n = strcspn(p, "/");
+		if (!n)
+			break;
+		if (!p[n + strspn(p + n, "/")]) {
+			last = p; /* the last component: not followed */
+			break;
+		}
+		char *next = xasprintf("%s%s%.*s", cur, strcmp(cur, "/") ? "/" : "", (int)n, p);
+		char *real = realpath(next, NULL);
+		int err = errno;
+		free(next);
+		if (!real) {
+			free(cur);
+			return ctl_err("%s: %s", arg, strerror(err));
+		}
+		free(cur);
+		cur = real;
+		p += n;
+	}
+	if (*mi < 0 && last) {
+		/* "." or "..": the directory it names; else the name in cur, not followed */
+		size_t n = strcspn(last, "/");
+		char *whole = xasprintf("%s%s%.*s", cur, strcmp(cur, "/") ? "/" : "", (int)n, last);
+		if ((n == 1 && last[0] == '.') || (n == 2 && !strncmp(last, "..", 2))) {
+			char *real = realpath(whole, NULL);
+			free(whole);
+			whole = real ? real : xstrdup(cur);
+		}
+		free(cur);
+		cur = whole;
+		p = last + n;
+		*mi = mount_of(all, types, cur, &len);
+	}
+	if (*mi < 0) {
+		free(cur);
+		return ctl_err("%s: not in a binvfs mount", arg);
+	}
+	*rel = xstrdup("");
+	for (const char *c = cur + len; *c;) { /* cur is canonical: no "." or ".." */
+		c += strspn(c, "/");
+		size_t n = strcspn(c, "/");
+		rel_push(rel, c, n);
+		c += n;
+	}
+	while (*p && !ret) {
+		p += strspn(p, "/");
+		size_t n = strcspn(p, "/");
+		if (!rel_push(rel, p, n))
+			ret = ctl_err("%s: leads out of the mount, refused", arg);
+		p += n;
+	}
+	free(cur);
+	return ret;
 }
 
 int target_resolve(const char *arg, struct target *t)
 {
 	struct mtab all;
 	char **types;
-	long best = -1;
-	size_t bi = 0;
+	long mi;
+	int fd;
 
 	memset(t, 0, sizeof(*t));
+	t->root = -1;
 	t->arg = arg;
 	if (!*arg)
 		return ctl_err("empty path");
-	t->abs = absolute(arg);
-	if (!t->abs)
-		return ctl_err("%s: %s", arg, strerror(errno));
-	if (lstat(t->abs, &t->st) == 0)
-		t->exists = true;
-	else if (errno != ENOENT)
-		return ctl_err("%s: %s", arg, strerror(errno));
 	if (read_all(&all, &types))
 		return 1;
-	for (size_t i = 0; i < all.n; i++) {
-		long l = below(t->abs, all.m[i].point);
-		if (l >= 0 && l >= best) {
-			best = l;
-			bi = i;
-		}
-	}
-	if (best < 0 || strcmp(types[bi], BINVFS_FSTYPE) != 0) {
-		int r = ctl_err("%s: not in a binvfs mount", arg);
+	if (enter_mount(arg, &all, types, &mi, &t->rel)) {
 		free_types(types, all.n);
 		mtab_free(&all);
-		return r;
+		return 1;
 	}
-	bmount_copy(&t->mnt, &all.m[bi]);
+	bmount_copy(&t->mnt, &all.m[mi]);
 	free_types(types, all.n);
 	mtab_free(&all);
-	t->rel = xstrdup(t->abs + best + (t->abs[best] == '/'));
-	if (!strcmp(t->mnt.point, "/"))
-		memmove(t->rel, t->rel[0] == '/' ? t->rel + 1 : t->rel, strlen(t->rel) + 1);
+	t->abs = *t->rel ? join(t->mnt.point, t->rel) : xstrdup(t->mnt.point);
+	t->root = mount_root(&t->mnt);
+	if (t->root < 0)
+		return ctl_err("%s: %s: %s", arg, t->mnt.point, strerror(-t->root));
+	/* the object itself: O_PATH opens nothing, and with O_NOFOLLOW a symlink is itself */
+	fd = open_beneath(t->root, t->rel, O_PATH, 0, 0, &t->st);
+	if (fd >= 0) {
+		t->exists = true;
+		close(fd);
+	} else if (fd != -ENOENT) {
+		return ctl_err("%s: %s", arg, open_error(fd, 0));
+	}
 	return 0;
 }
 
 void target_free(struct target *t)
 {
+	if (t->root >= 0)
+		close(t->root);
 	bmount_free(&t->mnt);
 	free(t->abs);
 	free(t->rel);
 	memset(t, 0, sizeof(*t));
-}
-
-static char *join(const char *dir, const char *name)
-{
-	return xasprintf("%s%s%s", dir, strcmp(dir, "/") ? "/" : "", name);
+	t->root = -1;
 }
 
 /* Does arg, given to process pid, name the directory source? */

@@ -214,16 +214,21 @@ void procinfo_get(pid_t pid, struct procinfo *p)
 	p->pid = pid;
 	snprintf(path, sizeof(path), "/proc/%d/status", pid);
 	f = fopen(path, "re");
-	while (f && fgets(line, sizeof(line), f)) {
-		if (!strncmp(line, "Name:\t", 6)) {
-			snprintf(p->comm, sizeof(p->comm), "%.63s", line + 6);
-			p->comm[strcspn(p->comm, "\n")] = 0;
-		} else if (!strncmp(line, "Uid:", 4)) {
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, "Uid:", 4))
 			uid = strtol(line + 4, NULL, 10);
-		}
-	}
 	if (f)
 		fclose(f);
+	/* the name as the process set it (status's Name: is the kernel's escaped form): bytes,
+	 * escaped or not as each output wants */
+	snprintf(path, sizeof(path), "/proc/%d/comm", pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, p->comm, sizeof(p->comm) - 1) : -1;
+	if (fd >= 0)
+		close(fd);
+	p->comm[n > 0 ? n : 0] = 0;
+	if (n > 0 && p->comm[n - 1] == '\n')
+		p->comm[n - 1] = 0; /* the kernel's line end */
 	struct passwd *pw = uid >= 0 ? getpwuid((uid_t)uid) : NULL;
 	if (pw)
 		snprintf(p->user, sizeof(p->user), "%s", pw->pw_name);
@@ -362,6 +367,10 @@ void punit_free(struct punit *u)
 	memset(u, 0, sizeof(*u));
 }
 
+/* The bytes of a valid unit name (systemd's unit_name_is_valid): a cgroup named otherwise
+ * was made by someone else, and its name never goes into a command. */
+#define UNIT_NAME_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:-_.\\@"
+
 bool punit_restartable(const struct punit *u, const char **why)
 {
 	size_t len = u->unit ? strlen(u->unit) : 0;
@@ -377,6 +386,8 @@ bool punit_restartable(const struct punit *u, const char **why)
 		*why = "in a scope (a login session or a transient group), not a service";
 	else if (len <= 8 || strcmp(u->unit + len - 8, ".service"))
 		*why = "not a service";
+	else if (strspn(u->unit, UNIT_NAME_CHARS) != len)
+		*why = "not a valid systemd unit name";
 	return *why == NULL;
 }
 

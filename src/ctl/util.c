@@ -3,8 +3,10 @@
 #include "ctl.h"
 
 #include <sys/stat.h>
+#include <sys/syscall.h>
 
 #include <fcntl.h>
+#include <linux/openat2.h>
 
 #include <dirent.h>
 
@@ -13,19 +15,28 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 bool ctl_json;
 
 int ctl_err(const char *fmt, ...)
 {
 	va_list ap;
+	char *msg, *e;
+	int r;
 
 	fflush(stdout);
-	fputs("binvfsctl: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	r = vasprintf(&msg, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	if (r < 0) {
+		fputs("binvfsctl: out of memory\n", stderr);
+		return 1;
+	}
+	e = esc(msg);
+	fprintf(stderr, "binvfsctl: %s\n", e);
+	free(e);
+	free(msg);
 	return 1;
 }
 
@@ -159,7 +170,7 @@ void table_add(struct table *t, ...)
 	va_start(ap, t);
 	for (size_t c = 0; c < t->cols; c++) {
 		const char *s = va_arg(ap, const char *);
-		t->cells[t->rows * t->cols + c] = xstrdup(s ? s : "-");
+		t->cells[t->rows * t->cols + c] = esc(s ? s : "-"); /* names are data */
 	}
 	va_end(ap);
 	t->rows++;
@@ -208,4 +219,191 @@ unsigned char entry_type(DIR *d, const struct dirent *e)
 	if (e->d_type != DT_UNKNOWN || fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return 0;
 	return S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : 0;
+}
+
+/* Length of the well-formed UTF-8 sequence at p (Unicode's table 3-7: no overlong form, no
+ * surrogate, nothing above U+10FFFF), 0 if there is none; as json.c reads names. */
+static int utf8_seq(const unsigned char *p)
+{
+	unsigned char lo = 0x80, hi = 0xbf; /* the range of the second byte */
+	int n;
+
+	if (p[0] >= 0xc2 && p[0] <= 0xdf)
+		n = 2;
+	else if (p[0] >= 0xe0 && p[0] <= 0xef)
+		n = 3;
+	else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+		n = 4;
+	else
+		return 0;
+	if (p[0] == 0xe0)
+		lo = 0xa0;
+	else if (p[0] == 0xed)
+		hi = 0x9f;
+	else if (p[0] == 0xf0)
+		lo = 0x90;
+	else if (p[0] == 0xf4)
+		hi = 0x8f;
+	if (p[1] < lo || p[1] > hi)
+		return 0;
+	for (int i = 2; i < n; i++)
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	return n;
+}
+
+char *esc(const char *s)
+{
+	static const char hex[] = "0123456789abcdef";
+	static const char named[] = "\\\a\b\t\n\v\f\r", letter[] = "\\abtnvfr";
+	char *out = xmalloc(4 * strlen(s) + 1), *o = out;
+
+	for (const unsigned char *p = (const unsigned char *)s; *p;) {
+		int n = *p >= 0x80 ? utf8_seq(p) : 1;
+		const char *k = *p ? strchr(named, *p) : NULL;
+		bool c1 = n == 2 && p[0] == 0xc2 && p[1] < 0xa0; /* U+0080-U+009F: CSI and co. */
+		if (k) {
+			*o++ = '\\';
+			*o++ = letter[k - named];
+			p++;
+		} else if (n == 1 && *p >= 0x20 && *p != 0x7f) {
+			*o++ = (char)*p++;
+		} else if (n > 1 && !c1) {
+			memcpy(o, p, (size_t)n);
+			o += n;
+			p += n;
+		} else {
+			/* a control byte, or each byte of a C1 control, or a byte of no character
+			 */
+			for (int i = 0; i < (n ? n : 1); i++, p++) {
+				*o++ = '\\';
+				*o++ = 'x';
+				*o++ = hex[*p >> 4];
+				*o++ = hex[*p & 15];
+			}
+		}
+	}
+	*o = 0;
+	return out;
+}
+
+char *shell_word(const char *s)
+{
+	if (*s &&
+	    strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789@%+=:,./_-") ==
+		strlen(s))
+		return xstrdup(s);
+	char *out = xmalloc(4 * strlen(s) + 3), *o = out;
+	*o++ = '\'';
+	for (; *s; s++) {
+		if (*s == '\'') {
+			memcpy(o, "'\\''", 4);
+			o += 4;
+		} else {
+			*o++ = *s;
+		}
+	}
+	*o++ = '\'';
+	*o = 0;
+	return out;
+}
+
+/* The fallback of kernels before 5.6 (no openat2): one component at a time, each directory
+ * with O_PATH | O_NOFOLLOW, so a symlink anywhere on the way fails the walk (ELOOP). */
+static int open_walk(int root, const char *rel, int flags, mode_t mode)
+{
+	char *copy = xstrdup(rel), *save = NULL, *c, *next;
+	int dir = openat(root, ".", O_PATH | O_DIRECTORY | O_CLOEXEC), fd = -1;
+
+	if (dir < 0) {
+		free(copy);
+		return -errno;
+	}
+	c = strtok_r(copy, "/", &save);
+	if (!c) { /* root itself */
+		fd = openat(dir, ".", flags, mode);
+		fd = fd < 0 ? -errno : fd;
+	}
+	for (; c; c = next) {
+		next = strtok_r(NULL, "/", &save);
+		if (!strcmp(c, "..") || !strcmp(c, ".")) {
+			fd = -EXDEV;
+			break;
+		}
+		if (!next) {
+			fd = openat(dir, c, flags, mode);
+			fd = fd < 0 ? -errno : fd;
+			break;
+		}
+		int sub = openat(dir, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (sub < 0) {
+			struct stat st;
+			fd = errno == ENOTDIR && !fstatat(dir, c, &st, AT_SYMLINK_NOFOLLOW) &&
+				     S_ISLNK(st.st_mode)
+				 ? -ELOOP
+				 : -errno;
+			break;
+		}
+		close(dir);
+		dir = sub;
+	}
+	close(dir);
+	free(copy);
+	return fd;
+}
+
+int open_beneath(int root, const char *rel, int flags, mode_t mode, mode_t want, struct stat *st)
+{
+	static bool no_openat2;
+	struct open_how how = {
+	    /* openat2 takes no other flag with O_PATH (which opens nothing) */
+	    .flags = (unsigned long long)(flags | O_NOFOLLOW | O_CLOEXEC |
+					  (flags & O_PATH ? 0 : O_NONBLOCK | O_NOCTTY)),
+	    .mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
+	    .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+	};
+	int fd = -ENOSYS;
+
+	if (!*rel)
+		rel = ".";
+	if (!no_openat2) {
+		fd = (int)syscall(SYS_openat2, root, rel, &how, sizeof(how));
+		fd = fd < 0 ? -errno : fd;
+		no_openat2 = fd == -ENOSYS;
+	}
+	if (fd == -ENOSYS)
+		fd = open_walk(root, rel, (int)how.flags, (mode_t)how.mode);
+	if (fd < 0)
+		return fd;
+	if (fstat(fd, st) < 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	if (want && (st->st_mode & S_IFMT) != want) {
+		close(fd);
+		return -CTL_EBADTYPE;
+	}
+	if (S_ISREG(st->st_mode) && !(flags & O_PATH))
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	return fd;
+}
+
+const char *open_error(int err, mode_t want)
+{
+	if (err < 0)
+		err = -err;
+	switch (err) {
+	case ELOOP:
+		return "a symbolic link on the way, refused (binvfsctl follows none in a mount)";
+	case EXDEV:
+		return "leads out of the mount, refused";
+	case ENXIO: /* O_WRONLY | O_NONBLOCK of a FIFO no one reads; a socket */
+	case CTL_EBADTYPE:
+		return want == S_IFDIR ? "not a directory, refused"
+				       : "not a regular file (a FIFO, device, socket or "
+					 "symbolic link), refused";
+	default:
+		return strerror(err);
+	}
 }

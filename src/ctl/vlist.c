@@ -35,14 +35,17 @@ char *vlist_mirror(const char *dir)
 	return out;
 }
 
-/* The whole name of the shortened stored name (len bytes) in the versions dir vdir, from its
- * record "<stored>.~~" (names.h); NULL if there is none, or it names another. */
-static char *recorded_name(const char *vdir, const char *stored, size_t len)
+/* The whole name of the shortened stored name (len bytes) in the versions dir (fd dir), from
+ * its record "<stored>.~~" (names.h); NULL if there is none, or it names another. */
+static char *recorded_name(int dir, const char *stored, size_t len)
 {
-	char *rec = xasprintf("%s/%.*s%s", vdir, (int)len, stored, NAMES_MIRROR_SUFFIX);
+	char *rec = xasprintf("%.*s%s", (int)len, stored, NAMES_MIRROR_SUFFIX);
 	char buf[NAME_MAX + 2], check[NAMES_STORED_MAX + 1];
-	int fd = open(rec, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+	int fd = openat(dir, rec, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	struct stat st;
+	ssize_t n = fd >= 0 && !fstat(fd, &st) && S_ISREG(st.st_mode)
+			? pread(fd, buf, sizeof(buf) - 1, 0)
+			: -1;
 
 	if (fd >= 0)
 		close(fd);
@@ -79,14 +82,22 @@ static char *tree_rel(const char *rel)
 	return out;
 }
 
+/* The mount's path of rel, for output. */
+static char *mount_path(const struct target *t, const char *rel)
+{
+	return xasprintf("%s%s%s", t->mnt.point, strcmp(t->mnt.point, "/") && *rel ? "/" : "", rel);
+}
+
 int vlist_load(const struct target *t, struct vlist *l)
 {
 	char *rel = tree_rel(t->rel), *slash, *dir, stored[NAMES_STORED_MAX + 1];
-	struct stat cur;
+	struct stat cur, dst;
 	bool exists;
-	DIR *d;
+	int fd, dfd = -1, bad = 0;
+	DIR *d = NULL;
 
 	memset(l, 0, sizeof(*l));
+	l->root = t->root;
 	if (!*rel || !strcmp(t->rel, STORE_DIR)) {
 		free(rel);
 		return ctl_err("%s: is a directory, not a file", t->arg);
@@ -100,11 +111,17 @@ int vlist_load(const struct target *t, struct vlist *l)
 		dir = xstrdup("");
 	}
 	l->name = xstrdup(slash ? slash + 1 : rel);
-	l->vdir = xasprintf("%s%s%s%s", t->mnt.point, strcmp(t->mnt.point, "/") ? "/" : "",
-			    STORE_DIR, dir);
-	if (names_is_shortened(l->name, strlen(l->name))) {
+	l->vdir_rel = xasprintf("%s%s", STORE_DIR, dir);
+	l->vdir = mount_path(t, l->vdir_rel);
+	free(dir);
+	dfd = open_beneath(t->root, l->vdir_rel, O_RDONLY | O_DIRECTORY, 0, S_IFDIR, &dst);
+	if (dfd < 0 && dfd != -ENOENT && dfd != -ENOTDIR) {
+		free(rel);
+		return ctl_err("%s: %s", l->vdir, open_error(dfd, S_IFDIR));
+	}
+	if (dfd >= 0 && names_is_shortened(l->name, strlen(l->name))) {
 		/* a version named by its shortened name: the file is the one its record names */
-		char *real = recorded_name(l->vdir, l->name, strlen(l->name));
+		char *real = recorded_name(dfd, l->name, strlen(l->name));
 		if (real) {
 			char *r =
 			    xasprintf("%.*s%s", slash ? (int)(slash - rel + 1) : 0, rel, real);
@@ -115,19 +132,26 @@ int vlist_load(const struct target *t, struct vlist *l)
 		}
 	}
 	names_stored(l->name, stored);
-	l->file = xasprintf("%s%s%s", t->mnt.point, strcmp(t->mnt.point, "/") ? "/" : "", rel);
-	free(dir);
-	free(rel);
-	exists = lstat(l->file, &cur) == 0;
-	if (!exists && errno != ENOENT)
-		return ctl_err("%s: %s", t->arg, strerror(errno));
-	if (exists && S_ISDIR(cur.st_mode))
-		return ctl_err("%s: is a directory, not a file", t->arg);
-	if (exists && !S_ISREG(cur.st_mode))
-		return ctl_err("%s: not a regular file", t->arg);
-	d = opendir(l->vdir);
-	if (!d && errno != ENOENT && errno != ENOTDIR)
-		return ctl_err("%s: %s", l->vdir, strerror(errno));
+	l->file_rel = rel;
+	l->file = mount_path(t, rel);
+	/* the current file itself (O_PATH: nothing is opened, a symlink is not followed) */
+	fd = open_beneath(t->root, l->file_rel, O_PATH, 0, 0, &cur);
+	exists = fd >= 0;
+	if (fd >= 0)
+		close(fd);
+	if (!exists && fd != -ENOENT)
+		bad = ctl_err("%s: %s", t->arg, open_error(fd, S_IFREG));
+	else if (exists && S_ISDIR(cur.st_mode))
+		bad = ctl_err("%s: is a directory, not a file", t->arg);
+	else if (exists && !S_ISREG(cur.st_mode))
+		bad = ctl_err("%s: %s", t->arg, open_error(-CTL_EBADTYPE, S_IFREG));
+	if (bad) {
+		if (dfd >= 0)
+			close(dfd);
+		return 1;
+	}
+	if (dfd >= 0 && !(d = fdopendir(dfd)))
+		close(dfd);
 	for (struct dirent *e; d && (e = readdir(d));) {
 		unsigned n = names_version_of(e->d_name, stored);
 		struct stat st;
@@ -135,8 +159,10 @@ int vlist_load(const struct target *t, struct vlist *l)
 		    !S_ISREG(st.st_mode))
 			continue;
 		l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
-		l->v[l->n++] = (struct version){
-		    .n = n, .path = xasprintf("%s/%s", l->vdir, e->d_name), .st = st};
+		l->v[l->n++] = (struct version){.n = n,
+						.path = xasprintf("%s/%s", l->vdir, e->d_name),
+						.rel = xasprintf("%s/%s", l->vdir_rel, e->d_name),
+						.st = st};
 	}
 	if (d)
 		closedir(d);
@@ -146,21 +172,37 @@ int vlist_load(const struct target *t, struct vlist *l)
 	if (exists) {
 		l->current = l->newest_old + 1;
 		l->v = xrealloc(l->v, (l->n + 1) * sizeof(*l->v));
-		l->v[l->n++] = (struct version){
-		    .n = l->current, .current = true, .path = xstrdup(l->file), .st = cur};
+		l->v[l->n++] = (struct version){.n = l->current,
+						.current = true,
+						.path = xstrdup(l->file),
+						.rel = xstrdup(l->file_rel),
+						.st = cur};
 	}
 	if (!l->n)
 		return ctl_err("%s: no such file", t->arg);
 	return 0;
 }
 
+int version_open(const struct vlist *l, struct version *v, const char *arg)
+{
+	int fd = open_beneath(l->root, v->rel, O_RDONLY, 0, S_IFREG, &v->st);
+
+	if (fd < 0)
+		ctl_err("%s: version %u: %s", arg, v->n, open_error(fd, S_IFREG));
+	return fd < 0 ? -1 : fd;
+}
+
 void vlist_free(struct vlist *l)
 {
-	for (size_t i = 0; i < l->n; i++)
+	for (size_t i = 0; i < l->n; i++) {
 		free(l->v[i].path);
+		free(l->v[i].rel);
+	}
 	free(l->v);
 	free(l->file);
 	free(l->vdir);
+	free(l->file_rel);
+	free(l->vdir_rel);
 	free(l->name);
 	memset(l, 0, sizeof(*l));
 }
@@ -196,15 +238,21 @@ static int cmp_tally(const void *a, const void *b)
 	return c ? c : x->n < y->n ? -1 : x->n > y->n;
 }
 
-int versions_tally(const char *vdir, const char *name, unsigned keep, struct vcount *c)
+int versions_tally(int root, const char *vdir_rel, const char *name, unsigned keep,
+		   struct vcount *c)
 {
 	struct tally_ent *v = NULL;
 	size_t nv = 0;
 	char stored[NAMES_STORED_MAX + 1];
-	DIR *d = opendir(vdir);
+	struct stat st;
+	int fd = open_beneath(root, vdir_rel, O_RDONLY | O_DIRECTORY, 0, S_IFDIR, &st);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 
-	if (!d)
-		return errno == ENOENT ? 0 : -errno;
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return fd == -ENOENT || fd == -ENOTDIR ? 0 : fd < 0 ? fd : -errno;
+	}
 	if (name) {
 		names_stored(name, stored);
 		name = stored;
@@ -260,16 +308,28 @@ static bool related(const char *rel, const char *under)
 	return !strncmp(rel, under, u) && rel[u] == '/';
 }
 
-/* path: a mirror directory, vrel its path below .versions/, rel its tree directory's */
-static void walk(const char *path, const char *vrel, const char *rel, const char *under,
+/* Open the subdirectory name of the directory fd dir, never through a symlink. */
+static DIR *opendir_at(int dir, const char *name)
+{
+	int fd = openat(dir, name,
+			O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+
+	if (!d && fd >= 0)
+		close(fd);
+	return d;
+}
+
+/* d: a mirror directory (closed here), vrel its path below .versions/, rel its tree
+ * directory's */
+static void walk(DIR *d, const char *vrel, const char *rel, const char *under, bool sizes,
 		 struct vindex *ix)
 {
-	DIR *d = opendir(path);
-
 	if (!d)
 		return;
 	for (struct dirent *e; (e = readdir(d));) {
 		unsigned char type = e->d_type;
+		struct stat st;
 		char *sub;
 		size_t nlen;
 		unsigned n;
@@ -279,11 +339,9 @@ static void walk(const char *path, const char *vrel, const char *rel, const char
 			size_t tlen = names_mirror_unescaped_len(e->d_name, strlen(e->d_name));
 			sub = xasprintf("%s%s%.*s", rel, *rel ? "/" : "", (int)tlen, e->d_name);
 			if (related(sub, under)) {
-				char *p = xasprintf("%s/%s", path, e->d_name);
 				char *vsub = xasprintf("%s%s%s", vrel, *vrel ? "/" : "", e->d_name);
-				walk(p, vsub, sub, under, ix);
+				walk(opendir_at(dirfd(d), e->d_name), vsub, sub, under, sizes, ix);
 				free(vsub);
-				free(p);
 			}
 			free(sub);
 			continue;
@@ -291,7 +349,7 @@ static void walk(const char *path, const char *vrel, const char *rel, const char
 		if (type != DT_REG || !(n = names_version_parse(e->d_name, &nlen)))
 			continue;
 		char *real = names_is_shortened(e->d_name, nlen)
-				 ? recorded_name(path, e->d_name, nlen)
+				 ? recorded_name(dirfd(d), e->d_name, nlen)
 				 : NULL;
 		if (real)
 			sub = xasprintf("%s%s%s", rel, *rel ? "/" : "", real);
@@ -302,12 +360,16 @@ static void walk(const char *path, const char *vrel, const char *rel, const char
 			free(sub);
 			continue;
 		}
+		long long size = -1;
+		if (sizes && !fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW))
+			size = S_ISREG(st.st_mode) ? (long long)st.st_size : -1;
 		ix->e = xrealloc(ix->e, (ix->n + 1) * sizeof(*ix->e));
 		ix->e[ix->n++] =
 		    (struct ventry){.ino = e->d_ino,
 				    .rel = sub,
 				    .vrel = xasprintf("%s%s%s", vrel, *vrel ? "/" : "", e->d_name),
-				    .n = n};
+				    .n = n,
+				    .size = size};
 	}
 	closedir(d);
 }
@@ -318,14 +380,17 @@ static int cmp_ventry(const void *a, const void *b)
 	return x->ino < y->ino ? -1 : x->ino > y->ino;
 }
 
-void vindex_build(const char *point, const char *under, struct vindex *ix)
+void vindex_build(int root, const char *under, bool sizes, struct vindex *ix)
 {
-	char *root = xasprintf("%s%s%s", point, strcmp(point, "/") ? "/" : "", STORE_DIR);
+	struct stat st;
+	int fd = open_beneath(root, STORE_DIR, O_RDONLY | O_DIRECTORY, 0, S_IFDIR, &st);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 
+	if (!d && fd >= 0)
+		close(fd);
 	ix->e = NULL;
 	ix->n = 0;
-	walk(root, "", "", under ? under : "", ix);
-	free(root);
+	walk(d, "", "", under ? under : "", sizes, ix);
 	if (ix->n)
 		qsort(ix->e, ix->n, sizeof(*ix->e), cmp_ventry);
 }
@@ -358,8 +423,9 @@ void vindex_free(struct vindex *ix)
 	ix->n = 0;
 }
 
-/* SHA-256 of everything readable from fd, in hex; 0 or -errno. libcrypto picks the CPU's
- * SHA instructions where there are some: `log` hashes every version at every call. */
+/* SHA-256 of everything readable from fd (from offset 0, with pread), in hex; 0 or -errno.
+ * libcrypto picks the CPU's SHA instructions where there are some: `log` hashes every version at
+ * every call. */
 static int sha256_fd(int fd, char out[SHA256_HEX])
 {
 	static const char hex[] = "0123456789abcdef";
@@ -368,16 +434,19 @@ static int sha256_fd(int fd, char out[SHA256_HEX])
 	EVP_MD_CTX *c = EVP_MD_CTX_new();
 	int err = 0;
 	ssize_t n;
+	off_t off = 0;
 
 	if (!c || !EVP_DigestInit_ex(c, EVP_sha256(), NULL)) {
 		EVP_MD_CTX_free(c);
 		return -ENOMEM;
 	}
-	while (!err && (n = read(fd, buf, sizeof(buf))) != 0) {
+	while (!err && (n = pread(fd, buf, sizeof(buf), off)) != 0) {
 		if (n < 0)
 			err = errno == EINTR ? 0 : -errno;
 		else if (!EVP_DigestUpdate(c, buf, (size_t)n))
 			err = -EIO;
+		else
+			off += n;
 	}
 	if (!err && (!EVP_DigestFinal_ex(c, d, &dlen) || dlen != SHA256_DIGEST_LENGTH))
 		err = -EIO;
@@ -391,17 +460,11 @@ static int sha256_fd(int fd, char out[SHA256_HEX])
 	return err;
 }
 
-int vinfo_get(const char *path, struct vinfo *i)
+int vinfo_fd(int fd, struct vinfo *i)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC), err;
-
 	memset(i, 0, sizeof(*i));
-	if (fd < 0)
-		return -errno;
 	i->elf = elf_is(fd);
 	if (i->elf)
 		elf_build_id(fd, i->build_id);
-	err = sha256_fd(fd, i->sha256);
-	close(fd);
-	return err;
+	return sha256_fd(fd, i->sha256);
 }

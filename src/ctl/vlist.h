@@ -15,13 +15,16 @@
 struct version {
 	unsigned n;
 	bool current;
-	char *path; /* through the mount */
+	char *path; /* through the mount, for output only */
+	char *rel;  /* below the mount's root: what version_open opens */
 	struct stat st;
 };
 
 struct vlist {
-	char *file; /* MOUNT/<dir>/<name> */
-	char *vdir; /* MOUNT/.versions/<dir> */
+	int root;		   /* the mount's root (the target's, not owned) */
+	char *file;		   /* MOUNT/<dir>/<name>, for output */
+	char *vdir;		   /* MOUNT/.versions/<dir>, for output */
+	char *file_rel, *vdir_rel; /* the same below the mount's root */
 	char *name;
 	struct version *v; /* ascending N; the current one (if the name exists) last */
 	size_t n;
@@ -39,6 +42,9 @@ char *vlist_mirror(const char *dir);
 struct version *vlist_get(struct vlist *l, unsigned n);
 /* Get version n, or print "no such version" and return NULL. */
 struct version *vlist_need(struct vlist *l, unsigned n, const char *arg);
+/* Open version v for reading, once (open_beneath: a regular file, no symlink on the way) and
+ * refresh v->st from that fd; the fd, or -1 after printing why not. */
+int version_open(const struct vlist *l, struct version *v, const char *arg);
 
 /* The versions in a .versions directory (readdir only: no LOOKUP, nothing pinned): total,
  * how many stay if each name keeps its newest `keep`, and the inode numbers of the others;
@@ -48,7 +54,8 @@ struct vcount {
 	unsigned long long *excess; /* inodes of the versions beyond keep (owned) */
 	size_t nexcess;
 };
-int versions_tally(const char *vdir, const char *name, unsigned keep, struct vcount *c);
+int versions_tally(int root, const char *vdir_rel, const char *name, unsigned keep,
+		   struct vcount *c);
 void vcount_free(struct vcount *c);
 
 /* Every old version in a mount, by inode number (readdir's d_ino is the backing inode, as
@@ -58,12 +65,14 @@ struct ventry {
 	char *rel;  /* the file's path below the mount point */
 	char *vrel; /* the version's path below MOUNT/.versions/ */
 	unsigned n;
+	long long size; /* with vindex_build's sizes, else -1 */
 };
 struct vindex {
 	struct ventry *e; /* sorted by ino */
 	size_t n;
 };
-void vindex_build(const char *point, const char *under, struct vindex *ix);
+/* root: the mount's root fd; sizes: also fstatat each version (a LOOKUP each). */
+void vindex_build(int root, const char *under, bool sizes, struct vindex *ix);
 const struct ventry *vindex_find(const struct vindex *ix, unsigned long long ino);
 /* the newest old version of rel */
 unsigned vindex_newest(const struct vindex *ix, const char *rel);
@@ -75,6 +84,6 @@ struct vinfo {
 	char build_id[BUILD_ID_HEX]; /* "" if none */
 	bool elf;
 };
-int vinfo_get(const char *path, struct vinfo *i); /* 0 or -errno */
+int vinfo_fd(int fd, struct vinfo *i); /* 0 or -errno; reads with pread from 0 */
 
 #endif
