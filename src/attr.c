@@ -17,7 +17,11 @@ double attr_timeout(const struct node *n)
 	case NODE_STAGING:
 		return 0;
 	case NODE_DIR:
-		return 1.0;
+		/* a mirror in .versions/ follows its tree directory's chmod and chown, and is
+		 * closed or moved aside when that directory goes or opens: the kernel checks
+		 * access with what we said last, so it must ask every time (docs/security.md,
+		 * History permissions) */
+		return n->in_versions ? 0 : 1.0;
 	default:
 		return TIMEOUT_LONG; /* a version's attributes change only through us */
 	}
@@ -41,11 +45,14 @@ void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *s
 	e->attr = *st;
 	attr_set_io_size(&e->attr);
 	e->attr_timeout = attr_timeout(n);
-	/* Directories and symlinks change only through operations the kernel sees. A regular
+	/* Directories and symlinks change only through operations the kernel sees, but for a
+	 * mirror in .versions/, which another directory's may replace at its name. A regular
 	 * file's name is answered another nodeid at a publish or for a writer: it is cached only
 	 * when `cache` says so (see cacheable()), else looked up every time (kernel-notes §4). */
 	e->entry_timeout =
-	    (n->kind == NODE_DIR || n->kind == NODE_OTHER || cache) ? TIMEOUT_LONG : 0;
+	    ((n->kind == NODE_DIR && !n->in_versions) || n->kind == NODE_OTHER || cache)
+		? TIMEOUT_LONG
+		: 0;
 }
 
 /* A writer's file as natively: its copy's size and times, but the inode number the name had

@@ -291,6 +291,7 @@ int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct
 		unlinkat(s->stagefd, tmp, 0);
 		return err;
 	}
+	store_kept_settle(s, dirfd, name, ch);
 	err = store_sync_dir(s, dirfd);
 	space_keep_reserve(s, uid);
 	return err;

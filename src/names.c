@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <stdio.h>
 #include <string.h>
 
 uint32_t names_version_parse(const char *entry, size_t *namelen)
@@ -109,6 +110,48 @@ bool names_mirror_escaped(const char *name)
 size_t names_mirror_unescaped_len(const char *c, size_t len)
 {
 	return ends_with_suffix(c, len) ? len - (sizeof(NAMES_MIRROR_SUFFIX) - 1) : len;
+}
+
+bool names_aside(const char *mirror, long long t, unsigned n, char *out, size_t len)
+{
+	size_t keep = strlen(mirror);
+	int r;
+
+	if (keep > 200) {
+		keep = 200;
+		/* do not end inside a UTF-8 character */
+		for (int i = 0; i < 3 && keep > 1 && ((unsigned char)mirror[keep] & 0xc0) == 0x80;
+		     i++)
+			keep--;
+	}
+	r = snprintf(out, len, "%.*s" NAMES_ASIDE_TAG "%lld-%u" NAMES_MIRROR_SUFFIX, (int)keep,
+		     mirror, t, n);
+	return r > 0 && (size_t)r < len && r <= 255;
+}
+
+/* "<anything>.~gone-<digits>-<digits>.~~" */
+bool names_is_aside(const char *entry)
+{
+	size_t len = strlen(entry), sl = sizeof(NAMES_MIRROR_SUFFIX) - 1;
+	const char *p, *tag;
+	int dashes = 0;
+
+	if (!ends_with_suffix(entry, len))
+		return false;
+	for (tag = NULL, p = strstr(entry, NAMES_ASIDE_TAG); p; p = strstr(p + 1, NAMES_ASIDE_TAG))
+		tag = p;
+	if (!tag)
+		return false;
+	p = tag + sizeof(NAMES_ASIDE_TAG) - 1;
+	if (p >= entry + len - sl || *p < '0' || *p > '9')
+		return false;
+	for (; p < entry + len - sl; p++) {
+		if (*p == '-' && p[-1] >= '0' && p[-1] <= '9' && !dashes)
+			dashes++;
+		else if (*p < '0' || *p > '9')
+			return false;
+	}
+	return dashes == 1 && p[-1] >= '0' && p[-1] <= '9';
 }
 
 bool names_store_entry(const char *name)

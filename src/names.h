@@ -55,6 +55,17 @@ bool names_mirror_escaped(const char *name);
 /* The length of the tree directory name that the mirror name c (len bytes, not
  * necessarily terminated) stands for. */
 size_t names_mirror_unescaped_len(const char *c, size_t len);
+/* A mirror whose tree directory was replaced by another one at its path is moved aside, out
+ * of the way of the new directory's mirror, to "<mirror cut to 200 bytes>.~gone-<T>-<N>.~~"
+ * (T: seconds since the epoch, N from 1). Such a name ends in the suffix, yet its prefix is
+ * none that gets escaped: it is never a mirror, a version, a record or a store entry.
+ * names_aside writes it to out (len bytes, NAME_MAX + 1 will do); false if it does not fit. */
+#define NAMES_ASIDE_TAG ".~gone-"
+bool names_aside(const char *mirror, long long t, unsigned n, char *out, size_t len);
+bool names_is_aside(const char *entry);
+/* The trusted.* attribute on each mirror directory naming the tree directory it mirrors
+ * (store.c, docs/format.md): its file handle, or its inode and birth time, or "gone". */
+#define NAMES_MIRROR_XATTR "trusted.binvfs.dir"
 /* Is name one of the store's own entries in the top of .versions/? */
 bool names_store_entry(const char *name);
 

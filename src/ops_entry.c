@@ -170,8 +170,8 @@ void bv_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 /* SETATTR of a writer's staging nodeid without an open file: truncate(2) by a routed thread
  * copies, truncates and publishes at once; chmod/chown/utimes go to its copy. */
-static int setattr_staging(pid_t tid, uid_t uid, struct node *n, const struct stat *attr,
-			   int valid, struct stat *st)
+static int setattr_staging(pid_t tid, uid_t uid, struct node *n, const struct stat *attr, int valid,
+			   struct stat *st)
 {
 	int err = 0;
 
@@ -189,7 +189,8 @@ static int setattr_staging(pid_t tid, uid_t uid, struct node *n, const struct st
 }
 
 /* SETATTR by name of a directory, symlink or current file: metadata in place (no version). A
- * directory's mirror in .versions/ follows, so old versions stay as closed as the tree. */
+ * directory's mirror in .versions/ follows, and a file's versions lose what the file no
+ * longer grants, before the reply: old versions are at once as closed as the tree. */
 static int setattr_in_place(struct node *n, const struct stat *attr, int valid)
 {
 	int err = 0, vdirfd;
@@ -202,10 +203,12 @@ static int setattr_in_place(struct node *n, const struct stat *attr, int valid)
 	} else {
 		err = meta_apply(n, -1, attr, valid);
 	}
-	if (!err && n->kind == NODE_DIR &&
+	if (!err && (n->kind == NODE_DIR || n->kind == NODE_FILE) &&
 	    (valid & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
 		store_lock(&fs.store);
-		if (store_versions_dir(&fs.store, node_fd(n), false, &vdirfd, NULL) == 0)
+		if (n->kind == NODE_FILE)
+			store_history_follow_fd(&fs.store, node_fd(n));
+		else if (store_versions_dir(&fs.store, node_fd(n), false, &vdirfd, NULL) == 0)
 			close(vdirfd);
 		store_unlock(&fs.store);
 	}
@@ -429,6 +432,12 @@ void bv_rmdir(fuse_req_t req, fuse_ino_t pino, const char *name)
 
 	if (!err && unlinkat(node_fd(parent), name, AT_REMOVEDIR) < 0)
 		err = -errno;
+	if (!err) {
+		/* its history is closed, and no later directory of that name gets it */
+		store_lock(&fs.store);
+		store_mirror_settle(&fs.store, node_fd(parent), name, true);
+		store_unlock(&fs.store);
+	}
 	fuse_reply_err(req, -err);
 }
 
@@ -438,16 +447,27 @@ static void renamed(fuse_req_t req, struct node *parent, const char *name, struc
 		    const char *newname, unsigned int flags)
 {
 	struct stat st;
+	bool dirs = false;
 
 	if (flags & RENAME_WHITEOUT) /* as natively */
 		own_new(req, parent, name, S_IFCHR);
 	/* a directory's node remembers where it is (node_dir_path) */
 	if (fstatat(node_fd(nparent), newname, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    S_ISDIR(st.st_mode))
+	    S_ISDIR(st.st_mode)) {
 		node_dir_moved(st.st_dev, st.st_ino, nparent, newname);
+		dirs = true;
+	}
 	if ((flags & RENAME_EXCHANGE) &&
-	    fstatat(node_fd(parent), name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
+	    fstatat(node_fd(parent), name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) {
 		node_dir_moved(st.st_dev, st.st_ino, parent, name);
+		dirs = true;
+	}
+	if (dirs) {
+		/* history stays with the path it was kept at: the mirror of the name left is
+		 * closed, the one of the name taken (an empty directory replaced) moved aside */
+		store_mirror_settle(&fs.store, node_fd(parent), name, false);
+		store_mirror_settle(&fs.store, node_fd(nparent), newname, false);
+	}
 	store_sync_dir(&fs.store, node_fd(nparent));
 	if (nparent != parent)
 		store_sync_dir(&fs.store, node_fd(parent));
@@ -474,8 +494,10 @@ static int rename_keeping(fuse_req_t req, struct node *parent, const char *name,
 	undo = !err && renameat2(node_fd(parent), name, node_fd(nparent), newname, flags) < 0;
 	if (undo)
 		err = -errno;
-	if (!err)
+	if (!err) {
 		renamed(req, parent, name, nparent, newname, flags);
+		store_kept_settle(&fs.store, node_fd(nparent), newname, &ch);
+	}
 	keep_removed_end(&ch, undo, !err, "mv over", newname, fuse_req_ctx(req)->uid);
 	return err;
 }

@@ -20,8 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/file.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -363,18 +365,205 @@ static void sync_mirror_meta(int vfd, const struct stat *tst)
 	}
 }
 
+/* Which permission classes (rwx triplets) of a file owned by uid:gid have every member granted
+ * `bit` (4: read) by a, the file now at its name? Group membership is not looked up (no NSS in
+ * the daemon): a member of the file's group may also be a's owner, and a user outside it may
+ * or may not be in a's group, so both are assumed. With the same owner and group this is
+ * exact: each class keeps its triplet if a's same class has the bit. (ACL entries are not
+ * read.) Root passes every check, so a root-owned file keeps its owner class. */
+static mode_t class_mask(uid_t uid, gid_t gid, const struct stat *a, unsigned bit)
+{
+	bool u = (a->st_mode >> 6) & bit, g = (a->st_mode >> 3) & bit, o = a->st_mode & bit;
+	bool same_owner = a->st_uid == uid, same_group = a->st_gid == gid;
+	mode_t keep = S_ISUID | S_ISGID | S_ISVTX;
+
+	if (uid == 0 || (same_owner ? u : (g && o)))
+		keep |= 0700;
+	if ((same_group ? g : (g && o)) && (same_owner || u))
+		keep |= 0070;
+	if ((same_group ? o : (g && o)) && (same_owner || u))
+		keep |= 0007;
+	return keep;
+}
+
+/* A mirror names the tree directory it mirrors in NAMES_MIRROR_XATTR (trusted.*: only root
+ * sets it): "h<type>:<hex>", its file handle (inode and generation: an inode number reused by
+ * a new directory does not match), or where the filesystem has no handles "i<ino>:<birth
+ * time>"; "gone" once the directory was removed. */
+static int dir_identity(int tfd, char *buf, size_t len)
+{
+	static const char hex[] = "0123456789abcdef";
+	union {
+		struct file_handle fh;
+		char space[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+	} h;
+	struct statx sx;
+	int mount_id;
+	size_t off;
+
+	h.fh.handle_bytes = MAX_HANDLE_SZ;
+	if (name_to_handle_at(tfd, "", &h.fh, &mount_id, AT_EMPTY_PATH) == 0 &&
+	    2 * h.fh.handle_bytes + 16 < len) {
+		off = (size_t)snprintf(buf, len, "h%d:", h.fh.handle_type);
+		for (unsigned i = 0; i < h.fh.handle_bytes; i++) {
+			buf[off++] = hex[h.fh.f_handle[i] >> 4];
+			buf[off++] = hex[h.fh.f_handle[i] & 15];
+		}
+		buf[off] = 0;
+		return 0;
+	}
+	if (statx(tfd, "", AT_EMPTY_PATH, STATX_INO | STATX_BTIME, &sx) < 0)
+		return -errno;
+	if (sx.stx_mask & STATX_BTIME)
+		snprintf(buf, len, "i%llu:%lld.%09u", (unsigned long long)sx.stx_ino,
+			 (long long)sx.stx_btime.tv_sec, sx.stx_btime.tv_nsec);
+	else
+		snprintf(buf, len, "i%llu", (unsigned long long)sx.stx_ino);
+	return 0;
+}
+
+#define IDENTITY_MAX  (2 * MAX_HANDLE_SZ + 32)
+#define IDENTITY_GONE "gone"
+
+static void mirror_set_identity(int vfd, const char *id)
+{
+	char proc[64];
+
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", vfd);
+	if (setxattr(proc, NAMES_MIRROR_XATTR, id, strlen(id), 0) < 0 && errno != ENOTSUP &&
+	    errno != EOPNOTSUPP)
+		log_warn("cannot record which directory a mirror mirrors");
+}
+
+/* Does the mirror vfd mirror the tree directory tfd (stat tst)? A mirror without the record
+ * (made by an earlier binvfs, or on a filesystem without trusted.* attributes) is taken to be
+ * the directory's if both have one owner, and then gets the record. */
+static bool mirror_is_of(int vfd, int tfd, const struct stat *tst)
+{
+	char have[IDENTITY_MAX], want[IDENTITY_MAX], proc[64];
+	struct stat vst;
+	ssize_t n;
+
+	if (dir_identity(tfd, want, sizeof(want)) < 0)
+		return false;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", vfd);
+	n = getxattr(proc, NAMES_MIRROR_XATTR, have, sizeof(have) - 1);
+	if (n >= 0) {
+		have[n] = 0;
+		return !strcmp(have, want);
+	}
+	int err = errno;
+	if ((err != ENODATA && err != ENOTSUP) || fstat(vfd, &vst) < 0 || vst.st_uid != tst->st_uid)
+		return false;
+	if (err == ENODATA)
+		mirror_set_identity(vfd, want);
+	return true;
+}
+
+/* A mirror whose directory is gone: only its owner (and root) may still enter it, as far as
+ * it could before; removed (`gone`): no directory can ever match it again. */
+static void mirror_freeze(int vfd, bool gone)
+{
+	struct stat vst;
+	char proc[64];
+
+	if (gone)
+		mirror_set_identity(vfd, IDENTITY_GONE);
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", vfd);
+	if (fstat(vfd, &vst) == 0 && (vst.st_mode & 07077))
+		chmod(proc, vst.st_mode & 0700);
+}
+
+/* Would giving mirror vfd the mode and owner tst let in anyone it kept out? Another owner or
+ * group, or a read or search bit it lacks. (Write bits open nothing: the view is read-only.)
+ * A mirror only ever closes: the versions in it were kept while its directory was as closed
+ * as the mirror is, and must stay so. */
+static bool opens(int vfd, const struct stat *tst)
+{
+	struct stat vst;
+
+	if (fstat(vfd, &vst) < 0)
+		return true;
+	return vst.st_uid != tst->st_uid || vst.st_gid != tst->st_gid ||
+	       (tst->st_mode & 0555 & ~vst.st_mode) != 0;
+}
+
+/* Another directory holds the name of mirror vfd (named `mirror` in vparent), or its own
+ * would open it: the old mirror, closed, goes to a reserved name (names_aside) and the
+ * directory gets a new mirror, never this one re-chowned or opened. */
+static int mirror_aside(struct store *s, int vparent, const char *mirror, int vfd)
+{
+	char aside[NAME_MAX + 1];
+	struct stat a, b;
+	long long t = (long long)time(NULL);
+
+	mirror_freeze(vfd, true);
+	if (fstat(vfd, &a) < 0 || fstatat(vparent, mirror, &b, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    a.st_ino != b.st_ino || a.st_dev != b.st_dev)
+		return -ESTALE;
+	for (unsigned n = 1; n < 1000; n++) {
+		if (!names_aside(mirror, t, n, aside, sizeof(aside)) || !names_is_aside(aside))
+			return -ENAMETOOLONG;
+		if (renameat2(vparent, mirror, vparent, aside, RENAME_NOREPLACE) == 0) {
+			log_info(
+			    "%s: another directory took its name, or its directory opened; its "
+			    "history moved aside to %s",
+			    mirror, aside);
+			store_sync_dir(s, vparent);
+			return 0;
+		}
+		if (errno != EEXIST)
+			return -errno;
+	}
+	return -EEXIST;
+}
+
+/* A new mirror for tree directory tfd in vparent: made 0700 root, recorded as tfd's, then
+ * given its directory's owner and mode (sync_mirror_meta). Returns its fd or -errno. A mirror
+ * another daemon made meanwhile is taken as it is (mirror_step checks it). */
+static int mirror_make(struct store *s, int vparent, const char *mirror, int tfd,
+		       const struct stat *tst)
+{
+	char id[IDENTITY_MAX];
+	int vfd;
+
+	if (mkdirat(vparent, mirror, 0700) < 0) {
+		if (errno != EEXIST)
+			return -errno;
+		/* another daemon on the store made it meanwhile */
+		vfd = store_open_dir(vparent, mirror, O_PATH);
+		if (vfd < 0)
+			return -errno;
+		if (!mirror_is_of(vfd, tfd, tst) || opens(vfd, tst)) {
+			close(vfd);
+			return -EEXIST;
+		}
+		return vfd;
+	}
+	vfd = store_open_dir(vparent, mirror, O_PATH);
+	if (vfd < 0)
+		return -errno;
+	if (dir_identity(tfd, id, sizeof(id)) == 0)
+		mirror_set_identity(vfd, id);
+	sync_mirror_meta(vfd, tst);
+	store_sync_dir(s, vparent);
+	return vfd;
+}
+
 /* One component of store_versions_dir: from tree directory *tcur and its mirror *vcur (rel
- * *vrel) down to comp and its mirror, made (with comp's mode) if `create`. */
+ * *vrel) down to comp and its mirror, made (with comp's mode) if `create`. A mirror that
+ * another directory had at this name, or that comp's mode or owner would open (opens()), is
+ * moved aside first and comp gets a new one: history is never more open than when kept. */
 static int mirror_step(struct store *s, const char *comp, bool create, int *tcur, int *vcur,
 		       char **vrel)
 {
 	char mbuf[260], *nrel;
 	const char *mirror = mirror_name(comp, mbuf, sizeof(mbuf));
 	struct stat tst;
-	int vnext, tnext = store_open_dir(*tcur, comp, O_PATH);
+	int err, vnext, tnext = store_open_dir(*tcur, comp, O_PATH);
 
 	if (tnext < 0 || fstat(tnext, &tst) < 0) {
-		int err = -errno;
+		err = -errno;
 		if (tnext >= 0)
 			close(tnext);
 		return err;
@@ -388,12 +577,18 @@ static int mirror_step(struct store *s, const char *comp, bool create, int *tcur
 	free(*vrel);
 	*vrel = nrel;
 	vnext = store_open_dir(*vcur, mirror, O_PATH);
+	if (vnext >= 0 && (!mirror_is_of(vnext, tnext, &tst) || opens(vnext, &tst))) {
+		err = mirror_aside(s, *vcur, mirror, vnext);
+		close(vnext);
+		if (err)
+			return err; /* never reuse another directory's mirror */
+		vnext = -1;
+		errno = ENOENT;
+	}
 	if (vnext < 0 && errno == ENOENT && create) {
-		if (mkdirat(*vcur, mirror, tst.st_mode & 07777) < 0 && errno != EEXIST)
-			return -errno;
-		vnext = store_open_dir(*vcur, mirror, O_PATH);
-		if (vnext >= 0)
-			store_sync_dir(s, *vcur);
+		vnext = mirror_make(s, *vcur, mirror, tnext, &tst);
+		if (vnext < 0)
+			return vnext;
 	}
 	if (vnext < 0)
 		return -errno;
@@ -454,6 +649,169 @@ out:
 		close(vcur);
 	if (tcur >= 0)
 		close(tcur);
+	return err;
+}
+
+void store_mirror_settle(struct store *s, int dirfd, const char *name, bool gone)
+{
+	char mbuf[260];
+	const char *mirror = mirror_name(name, mbuf, sizeof(mbuf));
+	struct stat tst;
+	int vparent, vfd, tfd;
+
+	if (!mirror || store_versions_dir(s, dirfd, false, &vparent, NULL) < 0)
+		return; /* no mirror of the parent: none of name */
+	vfd = store_open_dir(vparent, mirror, O_PATH);
+	if (vfd >= 0) {
+		tfd = store_open_dir(dirfd, name, O_PATH);
+		if (tfd >= 0 && fstat(tfd, &tst) == 0) {
+			if (!mirror_is_of(vfd, tfd, &tst) || opens(vfd, &tst))
+				mirror_aside(s, vparent, mirror, vfd);
+		} else {
+			mirror_freeze(vfd, gone);
+			log_debug("%s: its directory is %s; its history is closed to all but its "
+				  "owner",
+				  mirror, gone ? "removed" : "moved");
+		}
+		if (tfd >= 0)
+			close(tfd);
+		close(vfd);
+	}
+	close(vparent);
+}
+
+/* The version vname in vdirfd keeps only the classes in keep. Not when the inode still has a
+ * name in the tree (a hard link): its mode is that file's. */
+static void restrict_version(int vdirfd, const char *vname, mode_t keep)
+{
+	int fd = openat(vdirfd, vname, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+	char proc[64];
+
+	if (fd < 0)
+		return;
+	if (links_fstatat(fd, "", &st, false) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 0 &&
+	    (st.st_mode & 07777 & ~keep)) {
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+		if (chmod(proc, st.st_mode & 07777 & keep) < 0)
+			log_warn("cannot restrict %s", vname);
+	}
+	close(fd);
+}
+
+/* Every version of name in vdirfd loses the classes that cannot read cur. */
+static void restrict_all(int vdirfd, const char *name, const struct stat *cur)
+{
+	char stored[NAMES_STORED_MAX + 1], vname[NAME_MAX + 1];
+	const uint32_t *ns;
+	uint32_t *copy;
+	size_t cnt;
+	struct stat st;
+
+	names_stored(name, stored);
+	if (history_get(vdirfd, stored, &ns, &cnt) < 0 || !cnt)
+		return;
+	if (!(copy = malloc(cnt * sizeof(*copy))))
+		return;
+	memcpy(copy, ns, cnt * sizeof(*copy));
+	for (size_t i = 0; i < cnt; i++) {
+		snprintf(vname, sizeof(vname), NAMES_VERSION_FMT, stored, copy[i]);
+		if (fstatat(vdirfd, vname, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+			restrict_version(vdirfd, vname, class_mask(st.st_uid, st.st_gid, cur, 4));
+	}
+	free(copy);
+}
+
+/* Does b let some class read that a did not (or has it another owner or group)? */
+static bool grants_less(const struct stat *b, const struct stat *a)
+{
+	return b->st_uid != a->st_uid || b->st_gid != a->st_gid ||
+	       (a->st_mode & 0444 & ~b->st_mode) != 0;
+}
+
+void store_kept_settle(struct store *s, int dirfd, const char *name, const struct store_change *ch)
+{
+	struct stat cur;
+	int vdirfd;
+
+	if (!ch->kept || fstatat(dirfd, name, &cur, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    !S_ISREG(cur.st_mode) || !grants_less(&cur, &ch->old))
+		return; /* the usual case: nothing to take away */
+	if (store_versions_dir(s, dirfd, false, &vdirfd, NULL) < 0)
+		return;
+	restrict_all(vdirfd, name, &cur);
+	close(vdirfd);
+}
+
+int store_history_follow(struct store *s, int dirfd, const char *name)
+{
+	struct stat cur;
+	int vdirfd, err;
+
+	if (fstatat(dirfd, name, &cur, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(cur.st_mode))
+		return 0;
+	err = store_versions_dir(s, dirfd, false, &vdirfd, NULL);
+	if (err)
+		return err == -ENOENT ? 0 : err;
+	restrict_all(vdirfd, name, &cur);
+	close(vdirfd);
+	return 0;
+}
+
+/* The directory of the file fd and its name there, as the kernel says it through
+ * /proc/self/fd, checked to hold fd's inode: *dirfd (O_PATH) and name. */
+static int file_place(struct store *s, int fd, int *dirfd, char *name, size_t len)
+{
+	char root[PATH_MAX], path[PATH_MAX], *slash, *save = NULL, *comp;
+	struct stat a, b;
+	ssize_t rl, pl;
+	int cur, next;
+
+	if ((rl = fd_path(s->rootfd, root, sizeof(root))) < 0)
+		return (int)rl;
+	if ((pl = fd_path(fd, path, sizeof(path))) < 0)
+		return (int)pl;
+	if (rl == 1) /* SOURCE is "/" */
+		rl = 0;
+	if (strncmp(path, root, rl) != 0 || path[rl] != '/' || strstr(path + rl, " (deleted)"))
+		return -ENOENT;
+	slash = strrchr(path + rl, '/');
+	if (strlen(slash + 1) >= len || !slash[1])
+		return -ENOENT;
+	strcpy(name, slash + 1);
+	*slash = 0;
+	if ((cur = dup(s->rootfd)) < 0)
+		return -errno;
+	for (comp = strtok_r(path + rl, "/", &save); comp; comp = strtok_r(NULL, "/", &save)) {
+		next = store_open_dir(cur, comp, O_PATH);
+		int err = next < 0 ? -errno : 0;
+		close(cur);
+		if (err)
+			return err;
+		cur = next;
+	}
+	if (fstat(fd, &a) < 0 || fstatat(cur, name, &b, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    a.st_ino != b.st_ino || a.st_dev != b.st_dev) {
+		close(cur);
+		return -ENOENT;
+	}
+	*dirfd = cur;
+	return 0;
+}
+
+int store_history_follow_fd(struct store *s, int fd)
+{
+	char name[NAME_MAX + 1];
+	int dirfd, err = file_place(s, fd, &dirfd, name, sizeof(name));
+
+	if (err) {
+		errno = -err;
+		log_warn("a file's mode or owner changed, but its name is not known: its versions "
+			 "keep theirs");
+		return err;
+	}
+	err = store_history_follow(s, dirfd, name);
+	close(dirfd);
 	return err;
 }
 

@@ -78,6 +78,23 @@ int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino
 int store_unlink_version(int vdirfd, const char *vname, ino_t ino);
 int store_sync_dir(struct store *s, int dirfd);
 
+/* History is never more open than the file was when kept, nor than it is now
+ * (docs/security.md, "History permissions"). The callers hold s->lock.
+ * After the name changed (a publish, or mv over a file): if the file now at dirfd/name grants
+ * less than the one ch kept (a read bit gone, another owner or group), every version of the
+ * name loses the classes that cannot read the new one. */
+void store_kept_settle(struct store *s, int dirfd, const char *name, const struct store_change *ch);
+/* The mode or owner of the file at dirfd/name changed in place (chmod, chown, a writer's
+ * fchmod that published no content): every version of the name loses the classes that
+ * cannot read that file now. */
+int store_history_follow(struct store *s, int dirfd, const char *name);
+/* The same for the current file open as fd (an O_PATH fd will do), found through its name. */
+int store_history_follow_fd(struct store *s, int fd);
+/* The tree directory at dirfd/name was removed (gone) or renamed away, or another directory
+ * took the name: its mirror, if it no longer matches what is at the name, is closed (0700,
+ * and marked gone if removed) where it is, or moved aside if another directory is there. */
+void store_mirror_settle(struct store *s, int dirfd, const char *name, bool gone);
+
 /* Within the store (store.c, keep.c, retention.c): */
 int store_open_dir(int dirfd, const char *name, int flags); /* O_DIRECTORY | O_NOFOLLOW */
 int retention_apply(struct store *s, int vdirfd, const char *rel, const char *name, uint32_t *ns,
