@@ -269,6 +269,17 @@ static int current_if_own(struct node *stg, dev_t dev, ino_t ino, int *err)
 	return fd;
 }
 
+/* A chmod or chown applied in place to stg's name: its old versions lose at once what the
+ * file no longer grants (docs/security.md, History permissions). */
+static void history_follows(struct node *stg, int valid)
+{
+	if (!(valid & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)))
+		return;
+	store_lock(&fs.store);
+	store_history_follow(&fs.store, node_fd(stg->parent), stg->name);
+	store_unlock(&fs.store);
+}
+
 /* Metadata a writer set (fchmod, fchown, futimens on its fd) with no new content to carry it:
  * it applies in place to the file the writer opened, as natively, if that file still holds
  * the name. If the name now holds another file (renamed there meanwhile), the change is
@@ -294,6 +305,8 @@ static void apply_own_meta(struct handle *h, int cfd)
 		    stg->name);
 	else if (valid && meta_apply(NULL, cfd, &meta, valid) < 0)
 		log_warn("apply metadata to %s", stg->name);
+	else if (valid)
+		history_follows(stg, valid);
 	if (cfd >= 0)
 		close(cfd);
 }
@@ -423,6 +436,8 @@ int staging_setattr(struct node *stg, int fd, const struct stat *attr, int valid
 			return err; /* ESTALE: the kernel walks the name again (kernel-notes §3) */
 		err = meta_apply(NULL, cfd, attr, valid);
 		close(cfd);
+		if (!err)
+			history_follows(stg, valid);
 		return err;
 	}
 	err = meta_apply(NULL, fd, attr, valid);

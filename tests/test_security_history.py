@@ -173,6 +173,27 @@ def test_3_chmod_600_closes_versions_at_once(mounter, workdir, team):
     assert as_actor(al, lambda: try_read(v1)) == "ok:" + ALICE.decode()
 
 
+def test_3_fchmod_by_a_writer_closes_versions_at_once(mounter, workdir, team):
+    """The same through a writer's fd that writes nothing (`install -m 600` over a file, an
+    editor keeping the content): the chmod applies in place (handle.c, apply_own_meta) and the
+    versions follow."""
+    al, mal = team["alice"], team["mallory"]
+    open_world(workdir)
+    m = mounter(setup=alice_home(team))
+    doc, v1 = m.p("home", "a", "doc"), m.p(".versions", "home", "a", "doc.~1~")
+
+    def alice():
+        write(doc, ALICE, 0o644)
+        rewrite(doc, b"alice v2\n")
+        fd = os.open(doc, os.O_WRONLY)
+        os.fchmod(fd, 0o600)
+        os.close(fd)
+    as_actor(al, alice)
+    assert oct(os.stat(doc).st_mode & 0o777) == oct(0o600)
+    assert as_actor(mal, lambda: try_read(v1)) == "EACCES"
+    assert as_actor(al, lambda: try_read(v1)) == "ok:" + ALICE.decode()
+
+
 def test_3_chmod_700_dir_closes_its_mirror_at_once(mounter, workdir, team):
     al, mal = team["alice"], team["mallory"]
     open_world(workdir)
