@@ -91,9 +91,17 @@ bool versions_readonly(struct node *n);
 int versions_refuse(const char *op, const char *name);
 void versions_after_change(const struct store_change *ch);
 
-/* inval.c: kernel cache invalidations, sent from a thread of their own */
-int inval_start(struct fuse_session *se);
+/* inval.c: every kernel entry invalidation; those asked by request handlers are queued for
+ * a thread of their own (inval_entry_queue) */
+void inval_init(struct fuse_session *se);
+int inval_start(void);
 void inval_stop(void);
 void inval_entry_queue(struct node *dir, const char *name);
+/* Drop the kernel's entry dir/name now (the caller holds no directory lock a walk may wait
+ * on); false if it was not sent (the daemon stops, or the kernel refused). */
+bool inval_entry_now(uint64_t dir, const char *name);
+/* The daemon stops: no invalidation starts from now on; wait up to max_ms for those in
+ * flight. false if one is still inside the kernel. */
+bool inval_quiesce(unsigned max_ms);
 
 #endif

@@ -332,8 +332,7 @@ static void published(struct handle *h, const struct store_change *ch, off_t siz
 		 * close() returns (cacheable() in ops_entry.c). The closer holds no directory lock,
 		 * and any request that does is served by another worker. */
 		__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
-		fuse_lowlevel_notify_inval_entry(fs.se, node_id(stg->parent), stg->name,
-						 strlen(stg->name));
+		inval_entry_now(node_id(stg->parent), stg->name);
 	}
 	h->published = true;
 	h->dirty = false;
@@ -593,6 +592,9 @@ int handle_flush(struct handle *h, pid_t pid)
 		err = -h->failed;
 	} else if (!h->dirty && !h->abandoned) {
 		handle_apply_meta(h);
+		/* its writes may come later, through a shared mmap (kernel-notes §8) */
+		if (closer_tgid(pid) == h->opener_tgid)
+			h->closed = true;
 	} else if (h->dirty && !h->abandoned && !still_writing(h, pid)) {
 		switch (closer_of(pid, h->opener_tgid)) {
 		case CLOSER_OTHER:
@@ -601,6 +603,7 @@ int handle_flush(struct handle *h, pid_t pid)
 			drop_killed_writer(h);
 			break;
 		case CLOSER_OPENER:
+			h->closed = true;
 			err = handle_publish(h);
 			if (err)
 				handle_fail(h, -err);
@@ -634,6 +637,15 @@ void handles_shutdown(void)
 		pthread_mutex_unlock(&handles_lock);
 		if (!l)
 			break;
-		handle_close(list_entry(l, struct handle, open));
+		struct handle *h = list_entry(l, struct handle, open);
+		pthread_mutex_lock(&h->lock);
+		if (h->kind == H_STAGE && h->dirty && !h->closed && !h->abandoned && !h->failed) {
+			/* stopped in the middle of a write: the copy may be half written */
+			h->abandoned = true;
+			log_info("stop: %s was still being written; nothing published",
+				 h->node->name);
+		}
+		pthread_mutex_unlock(&h->lock);
+		handle_close(h);
 	}
 }

@@ -20,6 +20,8 @@ struct handle {
 	bool dirty;	      /* changed since the last publish */
 	bool published;	      /* fd is now a published version: copy before writing again */
 	bool abandoned;	      /* its writer was killed: never publish */
+	bool closed;	      /* its opener's last close was seen (FLUSH): what is written after
+			       * it (a shared mmap) is published at RELEASE or at the end */
 	struct list open;     /* every open handle, for the end of the session */
 	int failed;	      /* a write into the staging copy failed (ENOSPC, EIO): never publish,
 			       * report it at every FLUSH */
@@ -67,7 +69,8 @@ int handle_stat(struct handle *h, struct stat *st);
 int handle_flush(struct handle *h, pid_t pid);
 /* RELEASE: publish what is still dirty, then free the handle and its node's open. */
 void handle_close(struct handle *h);
-/* After the request loop: the handles whose RELEASE the unmount dropped. */
+/* After the request loop: the handles whose RELEASE the unmount dropped. A writer whose
+ * close was never seen (the daemon was stopped under it) publishes nothing. */
 void handles_shutdown(void);
 
 /* truncate(2) of a name by a routed thread of user uid: copy, truncate and publish at once. */

@@ -1,16 +1,26 @@
-/* inval.c - kernel cache invalidations (FUSE_NOTIFY_INVAL_ENTRY), sent from a thread of their own.
+/* inval.c - kernel cache invalidations (FUSE_NOTIFY_INVAL_ENTRY): every one the daemon sends.
  *
  * A version pruned while "in use" waits for its FORGET, but a dentry left in the kernel's
  * cache by a mere `ls -l .versions` or `cat` keeps the inode referenced (FUSE keeps expired
  * dentries until memory pressure). Invalidating that entry lets the kernel forget the inode
- * when nobody really uses it. the invalidation takes the directory's inode lock in the
- * kernel, so it is never sent from a request handler. */
+ * when nobody really uses it. The invalidation takes the directory's inode lock in the
+ * kernel, so it is never sent from a request handler that a path walk could wait for: those
+ * are queued for the thread here (inval_entry_queue). A publish sends its own at once
+ * (inval_entry_now, from the closer's FLUSH, which holds no directory lock).
+ *
+ * Stopping (kernel-notes §12): the kernel waits for that lock uninterruptibly, and a path walk
+ * holding it waits for a LOOKUP reply. If the daemon stops answering while one of its threads
+ * waits there, that thread never returns, the process never exits, /dev/fuse is never closed:
+ * the mount wedges. So once the daemon stops (inval_quiesce, before the loop stops serving)
+ * no new invalidation starts, and the stop waits for those in flight, which the still running
+ * workers let finish. The watchdog (watchdog.c) covers what no code of ours can: SIGKILL. */
 #define _GNU_SOURCE
 #include "fs.h"
 #include "log.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct inval {
 	struct inval *next;
@@ -25,6 +35,32 @@ static bool stopping;	    /* protected by inval_lock */
 static bool running;
 static pthread_t inval_thread;
 static struct fuse_session *session;
+static bool quiet;	   /* no new invalidation: the daemon stops (atomic) */
+static unsigned in_flight; /* invalidations inside the kernel now (atomic) */
+
+bool inval_entry_now(uint64_t dir, const char *name)
+{
+	bool sent = false;
+
+	__atomic_add_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
+	if (!__atomic_load_n(&quiet, __ATOMIC_SEQ_CST) && session)
+		sent = fuse_lowlevel_notify_inval_entry(session, dir, name, strlen(name)) == 0;
+	__atomic_sub_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
+	return sent;
+}
+
+bool inval_quiesce(unsigned max_ms)
+{
+	struct timespec tick = {0, 2 * 1000 * 1000};
+
+	__atomic_store_n(&quiet, true, __ATOMIC_SEQ_CST);
+	for (unsigned waited = 0; __atomic_load_n(&in_flight, __ATOMIC_SEQ_CST); waited += 2) {
+		if (waited >= max_ms)
+			return false;
+		nanosleep(&tick, NULL);
+	}
+	return true;
+}
 
 static void *inval_main(void *arg)
 {
@@ -39,8 +75,7 @@ static void *inval_main(void *arg)
 		queue = iv->next;
 		pthread_mutex_unlock(&inval_lock);
 		if (!stopping)
-			fuse_lowlevel_notify_inval_entry(session, node_id(iv->dir), iv->name,
-							 strlen(iv->name));
+			inval_entry_now(node_id(iv->dir), iv->name);
 		node_unref(iv->dir);
 		free(iv);
 		pthread_mutex_lock(&inval_lock);
@@ -49,9 +84,13 @@ static void *inval_main(void *arg)
 	return NULL;
 }
 
-int inval_start(struct fuse_session *se)
+void inval_init(struct fuse_session *se)
 {
 	session = se;
+}
+
+int inval_start(void)
+{
 	running = pthread_create(&inval_thread, NULL, inval_main, NULL) == 0;
 	return running ? 0 : -1;
 }

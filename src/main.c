@@ -6,11 +6,14 @@
 #include "options.h"
 #include "passthrough.h"
 #include "route.h"
+#include "watchdog.h"
 
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libmount.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,6 +210,80 @@ static int serve_init(struct fuse_session *se)
 	return res < 0 ? res : res == 0 ? -ENODEV : 0;
 }
 
+/* Stopping on SIGTERM, SIGINT or SIGHUP without wedging the mount (kernel-notes §12): the
+ * loop keeps serving while invalidations in flight finish (their LOOKUPs need answers), none
+ * starts any more, and only then the loop is told to end. libfuse's own handler would end it
+ * at once. The handler only wakes the stopper thread (a pipe write is async-signal-safe); the
+ * stopper quiesces, ends the session and sends the signal on to the main thread, whose
+ * handler then finds the session ended: its interrupted wait lets the loop return. */
+static int stop_pipe[2] = {-1, -1};
+static pthread_t main_thread;
+static volatile sig_atomic_t stop_signal, stop_ready;
+
+static void stop_handler(int sig)
+{
+	int saved = errno;
+
+	if (stop_ready) {
+		fuse_session_exit(fs.se);
+	} else if (!stop_signal) {
+		stop_signal = sig;
+		if (write(stop_pipe[1], "s", 1) < 0) {
+			/* the pipe is full: a stop is under way already */
+		}
+	}
+	errno = saved;
+}
+
+static void *stopper(void *arg)
+{
+	char c;
+
+	(void)arg;
+	while (read(stop_pipe[0], &c, 1) < 0 && errno == EINTR)
+		;
+	watchdog_stopping();
+	if (!inval_quiesce(500))
+		log_warnx("stop: an invalidation is still in the kernel; the watchdog ends it");
+	log_info("stopping on signal %d", (int)stop_signal);
+	stop_ready = 1;
+	fuse_session_exit(fs.se);
+	pthread_kill(main_thread, (int)stop_signal);
+	return NULL;
+}
+
+/* Our handler over libfuse's for the stop signals, and the stopper thread. */
+static int stop_handlers_install(void)
+{
+	struct sigaction sa = {.sa_handler = stop_handler};
+	static const int sigs[] = {SIGTERM, SIGINT, SIGHUP};
+	pthread_t t;
+
+	main_thread = pthread_self();
+	if (pipe2(stop_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+		return -1;
+	fcntl(stop_pipe[0], F_SETFL, 0); /* the stopper blocks; the handler never does */
+	sigemptyset(&sa.sa_mask);
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		if (sigaction(sigs[i], &sa, NULL) < 0)
+			return -1;
+	if (pthread_create(&t, NULL, stopper, NULL) != 0)
+		return -1;
+	pthread_detach(t);
+	return 0;
+}
+
+/* The number of our FUSE connection (fusectl's directory name): the kernel's dev_t of the
+ * mount, from "major:minor". */
+static unsigned connection_of(const char *devno)
+{
+	unsigned ma = 0, mi = 0;
+
+	if (sscanf(devno, "%u:%u", &ma, &mi) != 2)
+		return 0;
+	return (ma << 20) | mi;
+}
+
 /* Passthrough as asked (kernel-notes §10); false if passthrough=on cannot have it. */
 static bool start_passthrough(enum pt_want want)
 {
@@ -307,7 +384,15 @@ static int start_serving(const struct options *o)
 	if (!o->foreground)
 		log_init(true, o->debug);
 	fuse_daemonize(o->foreground);
-	if (inval_start(fs.se) < 0)
+	/* still one thread: fork the watchdog now, start the others after */
+	if (!fs.bdi[0] || watchdog_start(connection_of(fs.bdi)) < 0)
+		log_warnx("no watchdog: a daemon killed at the wrong moment may leave the mount "
+			  "hanging until %s/N/abort",
+			  "/sys/fs/fuse/connections");
+	if (stop_handlers_install() < 0)
+		log_warn("cannot install the stop handlers; libfuse's stop at once");
+	inval_init(fs.se);
+	if (inval_start() < 0)
 		log_warnx("cannot start the invalidation thread: deferred prunes wait for FORGET");
 	log_info("serving %s at %s (keep=%u, reserve=%llu KiB%s)", o->source, o->mountpoint,
 		 o->keep, (unsigned long long)(fs.store.reserve >> 10),
@@ -339,6 +424,8 @@ static int serve_requests(bool single_thread)
 /* After the loop: what the unmount left (handles whose RELEASE it dropped, pending prunes). */
 static void end_session(const char *mountpoint)
 {
+	watchdog_stopping();
+	inval_quiesce(500);
 	inval_stop();
 	unmount_if_ours(mountpoint);
 	handles_shutdown();
@@ -393,6 +480,7 @@ int main(int argc, char **argv)
 	}
 	ret = serve_requests(o.single_thread);
 	end_session(o.mountpoint);
+	watchdog_done(); /* the session's /dev/fuse closes next */
 out_signals:
 	fuse_remove_signal_handlers(fs.se);
 out_store:
