@@ -103,6 +103,8 @@ static struct handle *handle_new(enum handle_kind kind, struct node *n, int fd, 
 	pthread_mutex_init(&h->lock, NULL);
 	if (kind == H_STAGE)
 		node_set_cur_fd(n, fd);
+	else
+		__atomic_add_fetch(&n->writers_in_place, 1, __ATOMIC_ACQ_REL);
 	pthread_mutex_lock(&handles_lock);
 	list_insert(&handles, &h->open);
 	pthread_mutex_unlock(&handles_lock);
@@ -116,6 +118,8 @@ void handle_free(struct handle *h)
 	pthread_mutex_unlock(&handles_lock);
 	if (h->kind == H_STAGE && node_cur_fd(h->node) == h->fd)
 		node_set_cur_fd(h->node, -1);
+	if (h->kind == H_DIRECT && !h->closed)
+		__atomic_sub_fetch(&h->node->writers_in_place, 1, __ATOMIC_ACQ_REL);
 	close(h->fd);
 	node_close(h->node);
 	handle_share_put(h->uid);
@@ -123,9 +127,62 @@ void handle_free(struct handle *h)
 	free(h);
 }
 
-struct handle *handle_new_direct(struct node *n, int fd, uid_t uid)
+struct handle *handle_new_direct(struct node *n, int fd, uid_t uid, pid_t opener_tgid)
 {
-	return handle_new(H_DIRECT, n, fd, uid);
+	struct handle *h = handle_new(H_DIRECT, n, fd, uid);
+
+	if (h)
+		h->opener_tgid = opener_tgid;
+	return h;
+}
+
+/* The backing file of n itself, opened for writing (flags: the caller's access mode and
+ * O_TRUNC); through the node's own fd, never by name. */
+static int open_in_place(struct node *n, int flags)
+{
+	char proc[32];
+	int pfd = node_fd(n);
+
+	if (pfd < 0)
+		return -errno;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd);
+	/* O_APPEND is the kernel's: it sends each write at the end; pwrite on an O_APPEND fd
+	 * would ignore the offset */
+	int fd = open(proc, (flags & (O_ACCMODE | O_TRUNC)) | O_NONBLOCK | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+int handle_join_in_place(struct node *n, int flags, uid_t uid, pid_t opener_tgid,
+			 struct handle **out)
+{
+	int fd, err = handle_share_take(uid);
+
+	if (err)
+		return err;
+	fd = open_in_place(n, flags);
+	if (fd < 0) {
+		handle_share_put(uid);
+		return fd;
+	}
+	*out = handle_new_direct(n, fd, uid, opener_tgid);
+	if (!*out) {
+		close(fd);
+		handle_share_put(uid);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+int truncate_in_place(struct node *n, off_t size)
+{
+	int fd = open_in_place(n, O_WRONLY), err = 0;
+
+	if (fd < 0)
+		return fd;
+	if (ftruncate(fd, size) < 0)
+		err = -errno;
+	close(fd);
+	return err;
 }
 
 /* A writer's copy lacked space: old versions of the writer's own that nobody uses yield until
@@ -581,10 +638,27 @@ static void drop_killed_writer(struct handle *h)
 	log_info("writer of %s killed by a signal: nothing published", h->node->name);
 }
 
+/* The last close of a file written in place by its opener (no write fd of it left in the
+ * closing process): from now on it is a published file like any other, and a write to it
+ * copies. Its RELEASE comes later, on its own (kernel-notes §8): until then the handle
+ * stays, but no longer makes others write in place. */
+static void direct_flush(struct handle *h, pid_t pid)
+{
+	pthread_mutex_lock(&h->lock);
+	if (!h->closed && closer_tgid(pid) == h->opener_tgid &&
+	    !closer_write_fds(pid, fs.mnt_id, h->node->ino, 0)) {
+		h->closed = true;
+		__atomic_sub_fetch(&h->node->writers_in_place, 1, __ATOMIC_ACQ_REL);
+	}
+	pthread_mutex_unlock(&h->lock);
+}
+
 int handle_flush(struct handle *h, pid_t pid)
 {
 	int err = 0;
 
+	if (h->kind == H_DIRECT)
+		direct_flush(h, pid);
 	if (h->kind != H_STAGE)
 		return 0;
 	pthread_mutex_lock(&h->lock);

@@ -21,7 +21,8 @@ struct handle {
 	bool published;	      /* fd is now a published version: copy before writing again */
 	bool abandoned;	      /* its writer was killed: never publish */
 	bool closed;	      /* its opener's last close was seen (FLUSH): what is written after
-			       * it (a shared mmap) is published at RELEASE or at the end */
+			       * it (a shared mmap) is published at RELEASE or at the end; a file
+			       * written in place is no longer (node_written_in_place) */
 	struct list open;     /* every open handle, for the end of the session */
 	int failed;	      /* a write into the staging copy failed (ENOSPC, EIO): never publish,
 			       * report it at every FLUSH */
@@ -52,7 +53,13 @@ int handle_open_staging(struct node *stg, bool trunc, pid_t opener_tgid, uid_t u
 			struct handle **out);
 /* The file a CREATE by uid made (its share taken by the caller), fd open on it; the caller
  * takes the node's open. */
-struct handle *handle_new_direct(struct node *n, int fd, uid_t uid);
+struct handle *handle_new_direct(struct node *n, int fd, uid_t uid, pid_t opener_tgid);
+/* A file being written in place (node_written_in_place): a write open by uid joins it, on the
+ * file itself (its share taken here; flags: access mode, O_TRUNC); the caller takes the node's
+ * open. truncate(2) of it truncates it in place. */
+int handle_join_in_place(struct node *n, int flags, uid_t uid, pid_t opener_tgid,
+			 struct handle **out);
+int truncate_in_place(struct node *n, off_t size);
 /* Undo an open the kernel never saw (its requester was interrupted): nothing is published. */
 void handle_free(struct handle *h);
 

@@ -40,6 +40,8 @@ struct node {
 	unsigned refs;	  /* ours: a staging node's base and parent, a directory's dparent, a
 			   * route, a queued invalidation (not opens: those are `opens`) */
 	unsigned opens;	  /* open files on this nodeid (read, exec, write): node_open/close */
+	unsigned writers_in_place; /* open handles writing the file itself (a new file's
+				    * creator, those who join it): handle.c, atomic */
 	int backing_id;	  /* passthrough id shared by all its opens (kernel-notes §10), 0 none */
 	char *prune_vrel; /* version to remove from the store once unused */
 	uint64_t cached_dir; /* the name the kernel may cache for it (tree LOOKUP), table lock */
@@ -145,6 +147,14 @@ static inline bool node_old(const struct node *n)
 static inline void node_set_old(struct node *n, bool old)
 {
 	__atomic_store_n(&n->old, old, __ATOMIC_RELAXED);
+}
+
+/* Is the file being written in place (its creator, or writers who joined it, still have it
+ * open)? Then every write, truncate and write open of it goes in place too, as natively:
+ * nothing of theirs may end up only in a version (xfstests generic/313). */
+static inline bool node_written_in_place(const struct node *n)
+{
+	return __atomic_load_n(&n->writers_in_place, __ATOMIC_ACQUIRE) > 0;
 }
 
 static inline bool node_replaced(const struct node *n)

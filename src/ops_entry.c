@@ -61,6 +61,12 @@ static struct node *file_for(fuse_req_t req, struct node *parent, const char *na
 
 	if (node_old(n))
 		node_set_old(n, false); /* reachable by name again (a hard link) */
+	if (stg && node_written_in_place(n)) {
+		/* its writer writes the file itself: so does this one (node_written_in_place) */
+		node_forget(stg, 1);
+		route_in_place(tid, fuse_req_ctx(req)->uid, n);
+		stg = NULL;
+	}
 	if (!stg)
 		return n;
 	log_debug("lookup %s: thread %d routed to staging", name, tid);
@@ -232,6 +238,14 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		err = setattr_staging(tid, fuse_req_ctx(req)->uid, n, attr, valid, &st);
 	} else if (n->in_versions) {
 		err = versions_refuse("setattr of", "a directory");
+	} else if (n->kind == NODE_FILE && (valid & FUSE_SET_ATTR_SIZE) && !node_old(n) &&
+		   node_written_in_place(n)) {
+		/* truncate(2) of a file its writer writes in place: in place too, as natively */
+		err = truncate_in_place(n, attr->st_size);
+		if (!err && (valid & CHANGES_SOMETHING & ~FUSE_SET_ATTR_SIZE))
+			err = setattr_in_place(n, attr, valid & ~FUSE_SET_ATTR_SIZE);
+		if (!err)
+			err = node_stat(n, &st);
 	} else if (n->kind == NODE_FILE && ((valid & FUSE_SET_ATTR_SIZE) || node_old(n))) {
 		/* A truncate reached a published version, or a change reached a version that was
 		 * replaced since its LOOKUP: send the thread back to walk again (bv_open). */

@@ -29,6 +29,12 @@ static int open_refused(fuse_req_t req, struct node *n, int flags)
 		/* an exec must run a published version: walk again */
 		return (flags & FMODE_EXEC) ? -ESTALE : 0;
 	}
+	/* a file its writer writes in place: join it (handle_join_in_place), also when that
+	 * writer closed, or the name went, since this thread's LOOKUP found it so: the walk had
+	 * resolved it, as natively (a second ESTALE would reach the caller) */
+	if (names_write_flags(flags) && n->kind == NODE_FILE && !(flags & FMODE_EXEC) &&
+	    (route_joins_in_place(tid, n) || (!node_old(n) && node_written_in_place(n))))
+		return 0;
 	if (names_write_flags(flags)) {
 		/* never write or truncate a published version: send the writer back to walk the
 		 * path again; its LOOKUP answers a staging nodeid for a current name, and EROFS
@@ -86,6 +92,13 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		err =
 		    handle_open_staging(n, fi->flags & O_TRUNC, opener, fuse_req_ctx(req)->uid, &h);
 		fi->fh = (uintptr_t)h;
+	} else if (!err && n->kind == NODE_FILE && names_write_flags(fi->flags)) {
+		err = handle_join_in_place(n, fi->flags, fuse_req_ctx(req)->uid,
+					   closer_tgid(fuse_req_ctx(req)->pid), &h);
+		if (!err) {
+			id = node_open(n, pt_active()); /* as its creator's open (bv_create) */
+			fi->fh = (uintptr_t)h;
+		}
 	} else if (!err) {
 		err = open_version(n, fi, &id);
 	}
@@ -137,7 +150,7 @@ static int create_file(fuse_req_t req, struct node *parent, const char *name, mo
 		handle_share_put(ctx->uid);
 		return err;
 	}
-	*hp = handle_new_direct(n, fd, ctx->uid);
+	*hp = handle_new_direct(n, fd, ctx->uid, closer_tgid(ctx->pid));
 	if (!*hp) {
 		close(fd);
 		node_forget(n, 1);

@@ -34,9 +34,10 @@ struct route {
 	pid_t tid;
 	uid_t uid; /* who asked: a full table evicts its own routes first */
 	unsigned long long expires;
-	struct node *stale;   /* the version nodeid the thread was sent back from (ref) */
-	struct node *staging; /* the staging node it was given (ref) */
-	bool walked;	      /* a LOOKUP came from the thread since it was sent back */
+	struct node *stale;    /* the version nodeid the thread was sent back from (ref) */
+	struct node *staging;  /* the staging node it was given (ref) */
+	struct node *in_place; /* or the file it writes in place, being written (ref) */
+	bool walked;	       /* a LOOKUP came from the thread since it was sent back */
 };
 
 static pthread_mutex_t route_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -59,6 +60,8 @@ static void clear(int i)
 		node_unref(r->stale);
 	if (r->staging)
 		node_unref(r->staging);
+	if (r->in_place)
+		node_unref(r->in_place);
 	*r = routes[nroutes - 1];
 	memset(&routes[nroutes - 1], 0, sizeof(*r));
 	__atomic_sub_fetch(&nroutes, 1, __ATOMIC_RELEASE);
@@ -203,6 +206,42 @@ struct node *route_staging(pid_t tid, uid_t uid, struct node *base, struct node 
 out:
 	pthread_mutex_unlock(&route_lock);
 	return st;
+}
+
+void route_in_place(pid_t tid, uid_t uid, struct node *file)
+{
+	struct route *r;
+
+	pthread_mutex_lock(&route_lock);
+	r = find(tid, uid, true);
+	if (r->staging)
+		node_unref(r->staging);
+	if (r->stale)
+		node_unref(r->stale);
+	if (r->in_place)
+		node_unref(r->in_place);
+	r->staging = r->stale = NULL;
+	r->in_place = file;
+	node_ref(file);
+	r->expires = now_ns() + ROUTE_TTL_NS;
+	pthread_mutex_unlock(&route_lock);
+}
+
+bool route_joins_in_place(pid_t tid, struct node *file)
+{
+	struct route *r;
+	bool joins = false;
+
+	if (!__atomic_load_n(&nroutes, __ATOMIC_ACQUIRE))
+		return false;
+	pthread_mutex_lock(&route_lock);
+	r = find(tid, 0, false);
+	if (r && r->in_place == file) {
+		joins = true;
+		clear((int)(r - routes));
+	}
+	pthread_mutex_unlock(&route_lock);
+	return joins;
 }
 
 void route_saw_lookup(pid_t tid)

@@ -22,6 +22,13 @@ bool route_arm(pid_t tid, uid_t uid, struct node *stale);
 struct node *route_staging(pid_t tid, uid_t uid, struct node *base, struct node *parent,
 			   const char *name, bool detected);
 
+/* At LOOKUP: the file this writer's thread reached is being written in place
+ * (node_written_in_place), so it writes it in place too; its open joins it even if the last
+ * of those writers closes in between (route_joins_in_place consumes the decision), rather
+ * than be sent back a second time. */
+void route_in_place(pid_t tid, uid_t uid, struct node *file);
+bool route_joins_in_place(pid_t tid, struct node *file);
+
 /* Any LOOKUP of the thread: it walks a path, so its next open of the same version is a new
  * attempt, not the retry of one that had no name walk. */
 void route_saw_lookup(pid_t tid);
