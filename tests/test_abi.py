@@ -59,6 +59,9 @@ int main(int argc, char **argv)
 	else if (!strcmp(mode, "openat2")) {
 		struct open_how how = {.flags = O_WRONLY | O_TRUNC};
 		fd = syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof(how));
+	} else if (!strcmp(mode, "readlink")) { /* i386 85: creat's number in the x86-64 table */
+		char buf[64];
+		return syscall(SYS_readlink, path, buf, sizeof(buf)) < 0;
 	} else if (!strcmp(mode, "truncate"))
 		fd = syscall(SYS_truncate, path, atol(argv[3]));
 #ifdef SYS_truncate64
@@ -201,6 +204,11 @@ RECORDED = [
      "i386 writes"),
     ("x86", "cd80", "193 0x80f22e0 0x0 0x0 0xffa369e6 0x0 0xa 0xffa2658c 0xf7f4b5e9",
      "i386 writes"),
+    # its readlink (85, i386), which the x86-64 table takes for creat: no writer
+    ("x86", "cd80", "85 0x80f22e0 0xffb61f10 0x40 0x0 0xffb720a4 0x0 0xffb61ecc 0xf7f5c5e9",
+     "i386 no"),
+    ("x86_64", "-", "85 0x80f22e0 0xffb61f10 0x40 0x0 0xffb720a4 0x0 0xffb61ecc 0xf7f5c5e9",
+     "x86_64 writes"),
     # its x86-64 build (static non-PIE): openat O_RDONLY, openat2
     ("x86", "0f05", "257 0xffffff9c 0x4ab300 0x0 0x0 0x1f 0x28db46c0 0x7ffc4f5cbeb0 0x43ba51",
      "x86_64 no"),
@@ -235,6 +243,8 @@ DOCUMENTED = [
     ("x86_64", "-", f"257 0xffffff9c 0x7ffd2000 0x200000 0x0 0x0 0x0 {A}", "x86_64 no"),
     ("x86_64", "-", f"257 0xffffff9c 0x7ffd2000 0x200 0x0 0x0 0x0 {A}", "x86_64 writes"),
     ("x86_64", "-", f"59 0x7ffd2000 0x7ffd3000 0x7ffd4000 0x0 0x0 0x0 {A}", "x86_64 no"),
+    # chown (92) entered by syscall: i386's truncate number, but not i386
+    ("x86", "0f05", f"92 0x7ffd2000 0x0 0x0 0x0 0x0 0x0 {A}", "x86_64 no"),
     # x32 (entered by syscall, number with the x32 bit)
     ("x86", "0f05", "1073741826 0xffd2000 0x241 0x1ed 0x0 0x0 0x0 0xffd1000 0x401000",
      "x32 writes"),
@@ -352,6 +362,7 @@ LIVE = [  # (writer's abi, mode, expected decoder answer's first two words)
     ("i386", "truncate", "i386 writes"),
     ("i386", "truncate64", "i386 writes"),
     ("i386", "openat2", "i386 how"),
+    ("i386", "readlink", "i386 no"),
     ("x86_64", "open", "x86_64 writes"),
     ("x86_64", "read", "x86_64 no"),
     ("x86_64", "int80", "i386 writes"),
