@@ -4,7 +4,8 @@
  * open truncates the page cache of whatever inode it lands on. So writers must land on their
  * own nodeid. Two ways get them there:
  *  - at LOOKUP of a name with an execute bit, the requesting thread's pending syscall tells a
- *    writer (openat/open/creat/truncate with write flags);
+ *    writer (open/openat/openat2/creat/truncate with write flags, decoded for the ABI the
+ *    requester entered by: syscall_abi.c);
  *  - elsewhere, a write open or truncate that reaches a version nodeid is answered ESTALE, and
  *    the kernel walks the path again: its LOOKUP(s) then find the route armed here.
  * Routes are keyed by thread id, hold their staging node until the open arrives (a retry can
@@ -13,13 +14,14 @@
 #define _GNU_SOURCE
 #include "route.h"
 #include "log.h"
-#include "names.h"
 #include "node.h"
+#include "syscall_abi.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,10 +103,33 @@ static struct route *find(pid_t tid, uid_t uid, bool make)
 	return r;
 }
 
+/* The ABI tid's blocked syscall entered by: the build's own, or on x86-64 the one its entry
+ * instruction tells (syscall_abi.h). Reads two bytes of the caller's code, only when the
+ * number is one that some x86 table decodes as a writer. */
+static enum sysabi thread_abi(pid_t tid, const struct sysabi_call *c)
+{
+#if defined(__x86_64__)
+	unsigned char insn[2];
+	struct iovec local = {insn, sizeof(insn)}, remote = {(void *)(uintptr_t)(c->pc - 2), 2};
+
+	if (!sysabi_decode(SYSABI_X86_64, c, NULL) && !sysabi_decode(SYSABI_I386, c, NULL) &&
+	    !sysabi_decode(SYSABI_X32, c, NULL))
+		return SYSABI_UNKNOWN; /* a writer in no table: skip the read */
+	if (c->pc < 2 || process_vm_readv(tid, &local, 1, &remote, 1, 0) != sizeof(insn))
+		return sysabi_x86_entry(c, NULL);
+	return sysabi_x86_entry(c, insn);
+#else
+	(void)tid;
+	(void)c;
+	return sysabi_native();
+#endif
+}
+
 bool route_thread_writes(pid_t tid)
 {
 	char path[64], buf[256];
-	unsigned long nr, a[6];
+	struct sysabi_call c;
+	uint64_t how = 0;
 	int fd;
 	ssize_t n;
 
@@ -130,28 +155,22 @@ bool route_thread_writes(pid_t tid)
 	if (n <= 0)
 		return false;
 	buf[n] = 0;
-	if (sscanf(buf, "%lu %lx %lx %lx %lx %lx %lx", &nr, &a[0], &a[1], &a[2], &a[3], &a[4],
-		   &a[5]) != 7)
+	if (!sysabi_parse(buf, &c))
 		return false;
-#if defined(__x86_64__)
-	switch (nr) {
-	case 2: /* open(path, flags) */
-		return names_write_flags(a[1]);
-	case 257: /* openat(dfd, path, flags) */
-		return names_write_flags(a[2]);
-	case 85: /* creat */
-	case 76: /* truncate */
+	switch (sysabi_decode(thread_abi(tid, &c), &c, &how)) {
+	case SYSABI_WRITES:
 		return true;
-	case 437: { /* openat2(dfd, path, how, size): flags live in the caller's memory */
-		unsigned long long flags = 0;
+	case SYSABI_HOW: { /* openat2: flags, the first u64 of the caller's struct open_how */
+		uint64_t flags = 0;
 		struct iovec local = {&flags, sizeof(flags)},
-			     remote = {(void *)a[2], sizeof(flags)};
+			     remote = {(void *)(uintptr_t)how, sizeof(flags)};
 		if (process_vm_readv(tid, &local, 1, &remote, 1, 0) != sizeof(flags))
 			return false;
-		return names_write_flags((unsigned long)flags);
+		return sysabi_flags_write(flags);
 	}
+	case SYSABI_NO:
+		break;
 	}
-#endif
 	return false;
 }
 
