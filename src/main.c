@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -148,6 +149,67 @@ static int binvfs_mount_id(const char *dir, char *dev, size_t devlen)
 	mnt_free_iter(it);
 	mnt_unref_table(tb);
 	return id;
+}
+
+/* The MS_* flags of the newest binvfs mount at dir, from the mount table (libmount's names
+ * of them); false if there is none. */
+static bool binvfs_mount_flags(const char *dir, unsigned long *flags)
+{
+	struct libmnt_table *tb = mnt_new_table_from_file("/proc/self/mountinfo");
+	struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
+	const struct libmnt_optmap *map = mnt_get_builtin_optmap(MNT_LINUX_MAP);
+	struct libmnt_fs *m;
+	bool found = false;
+
+	while (tb && it && mnt_table_next_fs(tb, it, &m) == 0) {
+		const char *type = mnt_fs_get_fstype(m), *point = mnt_fs_get_target(m);
+		unsigned long vfs = 0, sb = 0;
+		if (!type || !point || strcmp(type, BINVFS_FSTYPE) || strcmp(point, dir))
+			continue;
+		mnt_optstr_get_flags(mnt_fs_get_vfs_options(m), &vfs, map);
+		mnt_optstr_get_flags(mnt_fs_get_fs_options(m), &sb, map);
+		if (!(vfs & (MS_NOATIME | MS_RELATIME)))
+			vfs |= MS_STRICTATIME; /* the table names no atime policy for it */
+		*flags = (vfs | sb) & ~(unsigned long)MS_REMOUNT;
+		found = true;
+	}
+	mnt_free_iter(it);
+	mnt_unref_table(tb);
+	return found;
+}
+
+/* -o remount (mount -o remount,ro DIR runs mount.fuse3, which runs binvfs with it): a change
+ * of the flags of the mount, which the kernel makes (mount(2) with MS_REMOUNT); its daemon
+ * serves on. The options give flags over the mount's own, as mount(8) merges them. */
+static int remount(const struct options *o)
+{
+	unsigned long now = 0, f;
+
+	if (!binvfs_mount_flags(o->mountpoint, &now)) {
+		fprintf(stderr, "binvfs: remount: %s is not a binvfs mount\n", o->mountpoint);
+		return 1;
+	}
+	f = options_mount_flags(o, now);
+	if (mount(NULL, o->mountpoint, NULL, MS_REMOUNT | f, NULL) < 0) {
+		fprintf(stderr, "binvfs: remount %s: %s\n", o->mountpoint, strerror(errno));
+		return 1;
+	}
+	return 0;
+}
+
+/* The flags libfuse 3.14 cannot give a new mount (nodiratime, strictatime, lazytime,
+ * nosymfollow), set before INIT is answered: nothing can use the mount before. */
+static int mount_flags_beyond_libfuse(const struct options *o)
+{
+	unsigned long f = options_mount_flags(o, MS_NOSUID | MS_NODEV | MS_RELATIME);
+
+	if (!(f & (MS_NODIRATIME | MS_STRICTATIME | MS_LAZYTIME | MS_NOSYMFOLLOW)))
+		return 0;
+	if (mount(NULL, o->mountpoint, NULL, MS_REMOUNT | f, NULL) == 0)
+		return 0;
+	fprintf(stderr, "binvfs: cannot set the mount flags of %s: %s\n", o->mountpoint,
+		strerror(errno));
+	return -1;
 }
 
 /* Is dir already the mount point of a binvfs? Then serving it again would stack on it. */
@@ -379,6 +441,8 @@ static int start_serving(const struct options *o)
 		log_warn("no INIT from the kernel");
 		return -1;
 	}
+	nodefd_atime_init(o->mountpoint,
+			  options_mount_flags(o, MS_NOSUID | MS_NODEV | MS_RELATIME));
 	if (!start_passthrough(o->passthrough))
 		return -1;
 	if (!o->foreground)
@@ -446,6 +510,11 @@ int main(int argc, char **argv)
 	if (r)
 		return r > 0 ? 0 : 1;
 	log_init(false, o.debug);
+	if (o.remount) {
+		ret = remount(&o);
+		options_free(&o);
+		return ret;
+	}
 	if (served_by_binvfs(o.source) || served_by_binvfs(o.mountpoint)) {
 		fprintf(stderr, "binvfs: %s is already served by binvfs\n",
 			served_by_binvfs(o.source) ? o.source : o.mountpoint);
@@ -474,7 +543,7 @@ int main(int argc, char **argv)
 		goto out_store;
 	if (fuse_session_mount(fs.se, o.mountpoint) != 0)
 		goto out_signals;
-	if (start_serving(&o) < 0) {
+	if (mount_flags_beyond_libfuse(&o) < 0 || start_serving(&o) < 0) {
 		fuse_session_unmount(fs.se);
 		goto out_signals;
 	}

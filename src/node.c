@@ -495,14 +495,18 @@ static void backing_failed(const struct node *n, int err)
 
 int node_open(struct node *n, bool pt)
 {
-	int id, err = 0;
+	int id, err = 0, pol = pt && n->kind == NODE_FILE ? nodefd_atime(false) : 0;
 
 	pthread_mutex_lock(&table_lock);
 	if (!n->opens && pt && n->kind == NODE_FILE) {
 		/* the first open decides for all that overlap it; the ioctl is a few µs. A
 		 * handle-only node's fd for it is its own, not the thread's ring's: the kernel
-		 * takes its own reference, and a ring fd would pin the inode for a while. */
-		int bfd = n->fd >= 0 ? n->fd : n->fh ? nodefd_open(n->fh, O_PATH) : -1;
+		 * takes its own reference, and a ring fd would pin the inode for a while. The
+		 * kernel reads the backing file through its fd's mount: one with our atime policy
+		 */
+		int bfd = nodefd_open_atime(pol, false, n->fd, n->fh, O_PATH);
+		if (bfd < -1)
+			bfd = n->fd >= 0 ? n->fd : n->fh ? nodefd_open(n->fh, O_PATH) : -1;
 		id = bfd >= 0 ? pt_backing_open(bfd) : -(n->fh ? errno : EBADF);
 		if (bfd >= 0 && bfd != n->fd)
 			close(bfd);
@@ -581,19 +585,36 @@ int node_proc_path(struct node *n, char *buf, size_t len)
 	return snprintf(buf, len, "/proc/self/fd/%d", fd) < (int)len ? 0 : -ENAMETOOLONG;
 }
 
-static int open_rdfd(struct node *n)
+/* n's object opened for a read (flags: O_RDONLY, maybe O_DIRECTORY) under atime policy pol
+ * (nodefd.c). */
+static int reopen(struct node *n, int flags, int pol)
 {
+	bool dir = n->kind == NODE_DIR;
+	int fd = nodefd_open_atime(pol, dir, n->fd, n->fh, flags), pfd;
 	char proc[64];
-	int err;
 
+	if (fd >= 0 || fd == -1)
+		return fd;
+	if (fd == -3) { /* noatime without a clone: O_NOATIME, if we own the file or are root */
+		fd = reopen(n, flags | O_NOATIME, nodefd_atime_source(dir));
+		if (fd >= 0 || errno != EPERM)
+			return fd;
+	}
+	if (dir)
+		return (pfd = node_fd(n)) < 0 ? -1 : openat(pfd, ".", flags | O_CLOEXEC);
 	if (n->fd < 0)
-		return n->fh ? nodefd_open(n->fh, O_RDONLY) : (errno = EBADF, -1);
-	err = node_proc_path(n, proc, sizeof(proc));
-	if (err) {
-		errno = -err;
+		return n->fh ? nodefd_open(n->fh, flags) : (errno = EBADF, -1);
+	fd = node_proc_path(n, proc, sizeof(proc));
+	if (fd) {
+		errno = -fd;
 		return -1;
 	}
-	return open(proc, O_RDONLY | O_CLOEXEC);
+	return open(proc, flags | O_CLOEXEC);
+}
+
+int node_open_dir(struct node *n)
+{
+	return reopen(n, O_RDONLY | O_DIRECTORY, nodefd_atime(true));
 }
 
 /* A read fd per node, shared by its opens. It is held by every open and copy that reads it,
@@ -601,9 +622,14 @@ static int open_rdfd(struct node *n)
  * below its fd limit (nodefd.c), so read fds do not bound the names known either. */
 int node_rdfd_hold(struct node *n)
 {
-	int fd;
+	int fd, old = -1, pol = nodefd_atime(false);
 
 	pthread_mutex_lock(&table_lock);
+	if (n->rdfd >= 0 && !n->rdholds && n->rdfd_atime != pol) {
+		/* cached under another atime policy (a remount since): not for this open */
+		old = n->rdfd;
+		__atomic_store_n(&n->rdfd, -1, __ATOMIC_RELEASE);
+	}
 	if (n->rdfd >= 0) {
 		n->rdholds++;
 		fd = n->rdfd;
@@ -611,7 +637,11 @@ int node_rdfd_hold(struct node *n)
 		return fd;
 	}
 	pthread_mutex_unlock(&table_lock);
-	fd = open_rdfd(n);
+	if (old >= 0) {
+		close(old);
+		nodefd_count(-1);
+	}
+	fd = reopen(n, O_RDONLY, pol);
 	if (fd < 0)
 		return -errno;
 	pthread_mutex_lock(&table_lock);
@@ -619,6 +649,7 @@ int node_rdfd_hold(struct node *n)
 		close(fd); /* another open was first */
 	} else {
 		__atomic_store_n(&n->rdfd, fd, __ATOMIC_RELEASE);
+		n->rdfd_atime = pol;
 		nodefd_count(1);
 	}
 	n->rdholds++;

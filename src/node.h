@@ -35,6 +35,7 @@ struct node {
 	unsigned inrings; /* handle-only: slots of per-thread fd rings holding it (atomic) */
 	int rdfd;	  /* files: O_RDONLY while held (node_rdfd_hold), or cached if pinned */
 	unsigned rdholds; /* opens and copies using rdfd, table lock */
+	int rdfd_atime;	  /* the atime policy rdfd was opened under (nodefd_open_atime) */
 	/* protected by the table lock: */
 	uint64_t nlookup; /* the kernel's references (LOOKUP replies minus FORGET) */
 	unsigned refs;	  /* ours: a staging node's base and parent, a directory's dparent, a
@@ -103,6 +104,8 @@ int node_rdfd_hold(struct node *n);
 void node_rdfd_release(struct node *n);
 int node_rdfd(struct node *n); /* the read fd of a node that is held (READ of an open file) */
 int node_proc_path(struct node *n, char *buf, size_t len);
+/* A directory opened O_RDONLY for a listing, under the atime policy of the mount. */
+int node_open_dir(struct node *n);
 
 /* nodefd.c */
 struct file_handle;
@@ -117,6 +120,14 @@ bool nodefd_same(const struct file_handle *a, const struct file_handle *b);
 int nodefd_open(const struct file_handle *fh, int flags);
 int nodefd_ring_get(struct node *n);
 void nodefd_forget(struct node *n);
+/* Atime: the policy of reads now (our mount's flags), and an open of a node's object for a
+ * read under it: an fd, -1 (errno) if that open failed, -2: open as usual, -3: open as usual
+ * with O_NOATIME (not permitted: without). */
+enum { ATIME_STRICT, ATIME_RELATIME, ATIME_NEVER };
+void nodefd_atime_init(const char *mountpoint, unsigned long ms_flags);
+int nodefd_atime(bool dir);
+int nodefd_open_atime(int pol, bool dir, int fd, const struct file_handle *fh, int flags);
+int nodefd_atime_source(bool dir); /* the policy of SOURCE's own mount */
 
 /* For the store: a replaced or removed inode becomes an old version. */
 void node_mark_old(dev_t dev, ino_t ino, bool old);

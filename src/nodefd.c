@@ -22,7 +22,12 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "list.h"
@@ -121,9 +126,12 @@ static void nodefd_thread_done(void)
 	}
 }
 
+static void atime_destroy(void);
+
 void nodefd_destroy(void)
 {
 	nodefd_thread_done();
+	atime_destroy();
 	if (mount_fd >= 0)
 		close(mount_fd);
 	mount_fd = -1;
@@ -242,4 +250,153 @@ int nodefd_ring_get(struct node *n)
 out:
 	pthread_mutex_unlock(&r->lock);
 	return fd;
+}
+
+/* Atime. The kernel never updates the atime of a FUSE inode (S_NOATIME): what stat shows is
+ * the backing inode's, which the reads of the daemon (and, with passthrough, the kernel's
+ * reads of the backing file) update under the atime policy of SOURCE's mount, not of ours.
+ * So a read (a read fd, a passthrough backing file, a directory listing) opens its object
+ * through a private clone of SOURCE's mount that has our mount's policy (open_tree,
+ * mount_setattr; as root), when the two differ; else, for noatime, with O_NOATIME. Our
+ * policy is read from the kernel at each such open (statmount, Linux 6.8), so that a remount
+ * counts at once; without statmount, the flags the mount was made with. */
+#ifndef SYS_statmount
+#define SYS_statmount 457
+#endif
+#ifndef STATX_MNT_ID_UNIQUE
+#define STATX_MNT_ID_UNIQUE 0x4000U
+#endif
+
+struct mnt_req { /* the kernel's struct mnt_id_req, version 0 */
+	uint32_t size, spare;
+	uint64_t mnt_id, param;
+};
+
+struct mnt_stat { /* the start of the kernel's struct statmount */
+	uint32_t size, spare1;
+	uint64_t mask;
+	uint32_t sb_dev_major, sb_dev_minor;
+	uint64_t sb_magic;
+	uint32_t sb_flags, fs_type;
+	uint64_t mnt_id, mnt_parent_id;
+	uint32_t mnt_id_old, mnt_parent_id_old;
+	uint64_t mnt_attr;
+};
+
+static uint64_t our_mnt;	     /* unique id of the binvfs mount, 0 if unknown */
+static unsigned long made_flags;     /* its MS_* flags at mount */
+static int source_pol[2];	     /* SOURCE's mount: policy of files [0], directories [1] */
+static int clones[3] = {-1, -1, -1}; /* per policy, a clone of SOURCE's mount (O_RDONLY) */
+static bool clones_failed[3];
+static pthread_mutex_t clones_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int policy_of(bool ro, bool noatime, bool nodiratime, bool strict, bool dir)
+{
+	if (ro || noatime || (dir && nodiratime))
+		return ATIME_NEVER;
+	return strict ? ATIME_STRICT : ATIME_RELATIME;
+}
+
+void nodefd_atime_init(const char *mountpoint, unsigned long flags)
+{
+	struct statx stx;
+	struct statvfs sf;
+
+	made_flags = flags;
+	/* DONT_SYNC: the mount's root is not asked for (the request loop may not run yet) */
+	if (statx(AT_FDCWD, mountpoint, AT_STATX_DONT_SYNC | AT_NO_AUTOMOUNT, STATX_MNT_ID_UNIQUE,
+		  &stx) == 0 &&
+	    (stx.stx_mask & STATX_MNT_ID_UNIQUE))
+		our_mnt = stx.stx_mnt_id;
+	if (mount_fd >= 0 && fstatvfs(mount_fd, &sf) == 0) {
+		bool ro = sf.f_flag & ST_RDONLY, no = sf.f_flag & ST_NOATIME;
+		bool nodir = sf.f_flag & ST_NODIRATIME, strict = !(sf.f_flag & ST_RELATIME);
+		source_pol[0] = policy_of(ro, no, nodir, strict, false);
+		source_pol[1] = policy_of(ro, no, nodir, strict, true);
+	}
+}
+
+int nodefd_atime(bool dir)
+{
+	union {
+		struct mnt_stat st;
+		char buf[4096];
+	} u;
+	struct mnt_req req = {.size = 24, .mnt_id = our_mnt, .param = 3}; /* SB_, MNT_BASIC */
+	unsigned long f = made_flags;
+
+	if (our_mnt && syscall(SYS_statmount, &req, &u, sizeof(u), 0) == 0 &&
+	    (u.st.mask & 3) == 3) {
+		uint64_t a = u.st.mnt_attr;
+		return policy_of((a & MOUNT_ATTR_RDONLY) || (u.st.sb_flags & MS_RDONLY),
+				 (a & MOUNT_ATTR__ATIME) == MOUNT_ATTR_NOATIME,
+				 a & MOUNT_ATTR_NODIRATIME,
+				 (a & MOUNT_ATTR__ATIME) == MOUNT_ATTR_STRICTATIME, dir);
+	}
+	return policy_of(f & MS_RDONLY, f & MS_NOATIME, f & MS_NODIRATIME, f & MS_STRICTATIME, dir);
+}
+
+/* SOURCE's mount cloned with atime policy pol, -1 if it cannot be (not root: then reads
+ * fall back to O_NOATIME where that is the policy). */
+static int clone_for(int pol)
+{
+	static const uint64_t attr[] = {MOUNT_ATTR_STRICTATIME, MOUNT_ATTR_RELATIME,
+					MOUNT_ATTR_NOATIME};
+	struct mount_attr ma = {.attr_set = attr[pol], .attr_clr = MOUNT_ATTR__ATIME};
+	int fd;
+
+	pthread_mutex_lock(&clones_lock);
+	fd = clones[pol];
+	if (fd < 0 && !clones_failed[pol] && handles_ok) {
+		int t =
+		    open_tree(mount_fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH);
+		if (t >= 0 && mount_setattr(t, "", AT_EMPTY_PATH, &ma, sizeof(ma)) == 0)
+			/* open_by_handle_at refuses an O_PATH fd as its mount fd */
+			fd = openat(t, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (t >= 0)
+			close(t);
+		if (fd < 0) {
+			clones_failed[pol] = true;
+			log_info("atime: no clone of SOURCE's mount (%s): reads %s",
+				 strerror(errno),
+				 pol == ATIME_NEVER ? "use O_NOATIME"
+						    : "update atime as SOURCE's mount does");
+		}
+		clones[pol] = fd;
+	}
+	pthread_mutex_unlock(&clones_lock);
+	return fd;
+}
+
+int nodefd_open_atime(int pol, bool dir, int fd, const struct file_handle *fh, int flags)
+{
+	struct file_handle *own = NULL;
+	int m, r;
+
+	if (pol == source_pol[dir])
+		return -2;
+	m = clone_for(pol);
+	if (m < 0)
+		return pol == ATIME_NEVER && !(flags & O_PATH) ? -3 : -2;
+	if (!fh)
+		fh = own = fd >= 0 ? nodefd_handle(fd) : NULL;
+	r = fh ? open_by_handle_at(m, (struct file_handle *)fh, flags | O_CLOEXEC) : -2;
+	free(own);
+	return r;
+}
+
+int nodefd_atime_source(bool dir)
+{
+	return source_pol[dir];
+}
+
+static void atime_destroy(void)
+{
+	pthread_mutex_lock(&clones_lock);
+	for (int i = 0; i < 3; i++) {
+		if (clones[i] >= 0)
+			close(clones[i]);
+		clones[i] = -1;
+	}
+	pthread_mutex_unlock(&clones_lock);
 }

@@ -56,7 +56,7 @@ void bv_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	fd = openat(node_fd(n), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	fd = node_open_dir(n);
 	if (fd < 0 || !(d->dp = fdopendir(fd))) {
 		int err = errno;
 		if (fd >= 0)

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -33,18 +34,95 @@ const char *binvfs_usage =
     "  -o reserve=SIZE|PCT%  free space kept by removing unused old versions, oldest first\n"
     "                (default 1%; SIZE in bytes or with K, M, G, T; 0 = only when full)\n"
     "  -o debug      same as -d\n"
-    "  -o OPT        FUSE and mount options (allow_other, default_permissions, suid, ro, ...);\n"
-    "                as root, allow_other and default_permissions are on by default\n";
+    "  -o remount    change the mount flags of the binvfs mount at MOUNTPOINT (mount -o remount)\n"
+    "  -o OPT        mount flags (ro, noexec, noatime, nodiratime, relatime, strictatime, ...),\n"
+    "                FUSE options (allow_other, default_permissions, ...); as root,\n"
+    "                allow_other and default_permissions are on by default\n";
 
-/* fstab and mount(8) options that mean nothing to a FUSE daemon */
+/* fstab and mount(8) options that mean nothing to a FUSE daemon; noacl, acl and dax: ACLs
+ * and direct access are the backing filesystem's (docs/semantics.md) */
 static bool ignored(const char *o)
 {
-	static const char *const list[] = {"defaults", "auto",	 "noauto",  "user", "nouser",
-					   "users",    "nofail", "_netdev", "rw",   NULL};
-	if (!strncmp(o, "x-", 2) || !strncmp(o, "comment=", 8))
+	static const char *const list[] = {"defaults", "auto",	"noauto", "user",   "nouser",
+					   "users",    "owner", "group",  "nofail", "_netdev",
+					   "noacl",    "acl",	"dax",	  NULL};
+	if (!strncmp(o, "x-", 2) || !strncmp(o, "comment=", 8) || !strncmp(o, "dax=", 4))
 		return true;
 	for (int i = 0; list[i]; i++)
 		if (!strcmp(o, list[i]))
+			return true;
+	return false;
+}
+
+#define ATIME_FLAGS (MS_NOATIME | MS_RELATIME | MS_STRICTATIME)
+
+/* The mount flags of mount(8) (util-linux's names), each setting (on) or clearing its flag;
+ * the atime policies replace one another. The last word for a flag wins, as in mount(8). */
+static const struct {
+	const char *name;
+	unsigned long flag;
+	bool on;
+} mount_words[] = {
+    {"ro", MS_RDONLY, true},
+    {"rw", MS_RDONLY, false},
+    {"nosuid", MS_NOSUID, true},
+    {"suid", MS_NOSUID, false},
+    {"nodev", MS_NODEV, true},
+    {"dev", MS_NODEV, false},
+    {"noexec", MS_NOEXEC, true},
+    {"exec", MS_NOEXEC, false},
+    {"sync", MS_SYNCHRONOUS, true},
+    {"async", MS_SYNCHRONOUS, false},
+    {"dirsync", MS_DIRSYNC, true},
+    {"lazytime", MS_LAZYTIME, true},
+    {"nolazytime", MS_LAZYTIME, false},
+    {"nosymfollow", MS_NOSYMFOLLOW, true},
+    {"symfollow", MS_NOSYMFOLLOW, false},
+    {"nodiratime", MS_NODIRATIME, true},
+    {"diratime", MS_NODIRATIME, false},
+    {"noatime", MS_NOATIME, true},
+    {"atime", MS_NOATIME, false},
+    {"relatime", MS_RELATIME, true},
+    {"norelatime", MS_RELATIME, false},
+    {"strictatime", MS_STRICTATIME, true},
+    {"nostrictatime", MS_STRICTATIME, false},
+};
+
+static bool mount_word(struct options *o, const char *opt)
+{
+	for (size_t i = 0; i < sizeof(mount_words) / sizeof(mount_words[0]); i++) {
+		unsigned long f = mount_words[i].flag;
+		if (strcmp(opt, mount_words[i].name))
+			continue;
+		if (mount_words[i].on && (f & ATIME_FLAGS))
+			o->mflags &= ~(unsigned long)ATIME_FLAGS;
+		if (mount_words[i].on)
+			o->mflags |= f;
+		else
+			o->mflags &= ~f;
+		o->mflags_given |= f & ATIME_FLAGS ? ATIME_FLAGS : f;
+		return true;
+	}
+	return false;
+}
+
+unsigned long options_mount_flags(const struct options *o, unsigned long base)
+{
+	return (base & ~o->mflags_given) | (o->mflags & o->mflags_given);
+}
+
+/* Options a remount cannot change, or that come back from the mount table (mount(8) passes
+ * them on to the helper at a remount): binvfs's own, and the FUSE kernel's. */
+static bool remount_fixed(const char *o)
+{
+	static const char *const list[] = {
+	    "keep=",	 "readahead=", "passthrough=", "reserve=", "user_id=", "group_id=",
+	    "rootmode=", "max_read=",  "blksize=",     "fsname=",  "subtype=", NULL};
+	if (!strcmp(o, "nosync") || !strcmp(o, "allow_other") || !strcmp(o, "allow_root") ||
+	    !strcmp(o, "default_permissions"))
+		return true;
+	for (int i = 0; list[i]; i++)
+		if (!strncmp(o, list[i], strlen(list[i])))
 			return true;
 	return false;
 }
@@ -101,7 +179,19 @@ static int parse_opts(struct options *o, char *list)
 	char *save = NULL;
 
 	for (char *opt = strtok_r(list, ",", &save); opt; opt = strtok_r(NULL, ",", &save)) {
-		if (!strncmp(opt, "keep=", 5)) {
+		if (!strcmp(opt, "remount") || mount_word(o, opt) || ignored(opt)) {
+			/* the mount flags: applied by main.c */
+		} else if (o->remount && remount_fixed(opt)) {
+			/* taken from the mount table again, or not changeable: main.c says which */
+			if (!strncmp(opt, "keep=", 5) || !strncmp(opt, "readahead=", 10) ||
+			    !strncmp(opt, "passthrough=", 12) || !strncmp(opt, "reserve=", 8) ||
+			    !strcmp(opt, "nosync"))
+				fprintf(
+				    stderr,
+				    "binvfs: remount: %s is not changed (binvfs keeps the options "
+				    "it was started with)\n",
+				    opt);
+		} else if (!strncmp(opt, "keep=", 5)) {
 			char *end;
 			errno = 0;
 			unsigned long k = strtoul(opt + 5, &end, 10);
@@ -152,11 +242,33 @@ static int parse_opts(struct options *o, char *list)
 			o->nosync = true;
 		} else if (!strcmp(opt, "debug")) {
 			o->debug = o->foreground = true;
-		} else if (!ignored(opt)) {
-			if (add_fuse_opt(o, opt) < 0)
-				return -1;
+		} else if (o->remount) {
+			fprintf(stderr, "binvfs: remount: unknown option %s\n", opt);
+			return -1;
+		} else if (add_fuse_opt(o, opt) < 0) {
+			return -1;
 		}
 	}
+	return 0;
+}
+
+/* The mount flags libfuse 3.14 knows, as options for it: only those that differ from its
+ * defaults (nosuid, nodev, relatime), so that fusermount3 sees what it saw before. */
+static int libfuse_flags(struct options *o)
+{
+	unsigned long f = options_mount_flags(o, MS_NOSUID | MS_NODEV);
+	static const struct {
+		unsigned long flag;
+		bool on;
+		const char *opt;
+	} words[] = {{MS_RDONLY, true, "ro"},	     {MS_NOSUID, false, "suid"},
+		     {MS_NODEV, false, "dev"},	     {MS_NOEXEC, true, "noexec"},
+		     {MS_SYNCHRONOUS, true, "sync"}, {MS_DIRSYNC, true, "dirsync"},
+		     {MS_NOATIME, true, "noatime"}};
+
+	for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+		if (!!(f & words[i].flag) == words[i].on && add_fuse_opt(o, words[i].opt) < 0)
+			return -1;
 	return 0;
 }
 
@@ -191,6 +303,17 @@ int options_parse(int argc, char **argv, struct options *o)
 	int nargs = 0;
 
 	memset(o, 0, sizeof(*o));
+	/* a remount (mount -o remount DIR runs mount.fuse3, which runs binvfs) changes the flags
+	 * of a running mount: known before the options are read, which it changes the meaning of */
+	for (int i = 1; i < argc; i++) {
+		const char *l = !strncmp(argv[i], "-o", 2) ? (argv[i][2]     ? argv[i] + 2
+							      : i + 1 < argc ? argv[i + 1]
+									     : "")
+							   : NULL;
+		for (const char *w = l; w && (w = strstr(w, "remount")); w += 7)
+			if ((w == l || w[-1] == ',') && (!w[7] || w[7] == ','))
+				o->remount = true;
+	}
 	o->keep = 10;
 	o->readahead_kb = 512;
 	o->reserve = 1;
@@ -241,6 +364,10 @@ int options_parse(int argc, char **argv, struct options *o)
 	o->mountpoint = nargs == 2 ? real_dir("MOUNTPOINT", args[1]) : strdup(o->source);
 	if (!o->mountpoint) {
 		free(o->source);
+		return -1;
+	}
+	if (!o->remount && libfuse_flags(o) < 0) {
+		options_free(o);
 		return -1;
 	}
 	if (geteuid() == 0 &&

@@ -19,7 +19,10 @@ struct options {
 	bool foreground;
 	bool debug;
 	bool single_thread;
-	char fuse_opts[4096]; /* what goes on to libfuse as -o */
+	bool remount;		    /* -o remount: change the flags of a running mount */
+	unsigned long mflags;	    /* MS_* mount flags the options set ... */
+	unsigned long mflags_given; /* ... among those they named */
+	char fuse_opts[4096];	    /* what goes on to libfuse as -o */
 };
 
 extern const char *binvfs_usage;
@@ -27,5 +30,7 @@ extern const char *binvfs_usage;
 /* Returns 0 to go on, 1 after printing help or version (exit 0), -1 on bad usage (exit 1). */
 int options_parse(int argc, char **argv, struct options *o);
 void options_free(struct options *o);
+/* The MS_* flags of a mount: those the options named, the others as in base. */
+unsigned long options_mount_flags(const struct options *o, unsigned long base);
 
 #endif
