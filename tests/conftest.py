@@ -62,7 +62,8 @@ TSAN_MODULES = ("test_races", "test_writers", "test_restart", "test_handles", "t
 # The core, race and crash tests also run with passthrough=off (plain build): the daemon's own
 # read path stays tested. Everything else runs as users get it (passthrough=auto).
 OFF_MODULES = ("test_publish", "test_writers", "test_versions", "test_races", "test_crash",
-               "test_restart", "test_handles", "test_limits", "test_fidelity", "test_stop")
+               "test_restart", "test_handles", "test_limits", "test_fidelity", "test_stop",
+               "test_fidelity_xfs")
 OFF = "#passthrough=off"
 
 
