@@ -111,6 +111,7 @@ static const struct fuse_lowlevel_ops bv_ops = {
     .fsync = bv_fsync,
     .fallocate = bv_fallocate,
     .lseek = bv_lseek,
+    .copy_file_range = bv_copy_file_range,
     .opendir = bv_opendir,
     .readdir = bv_readdir,
     .releasedir = bv_releasedir,

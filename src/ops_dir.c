@@ -136,11 +136,11 @@ void bv_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_
 }
 
 /* xattrs go through /proc/self/fd of the node (an O_PATH fd cannot f*xattr); a staging node
- * answers for its current copy, or its base version. */
+ * answers for its current copy, or its base version. For a symlink or device that path names
+ * the node itself, as l*xattr would (the magic link is not followed further): trusted.* and
+ * security.* work there as natively, and the kernel refuses user.* (generic/062). */
 static int xattr_path(struct node *n, char *buf, size_t len, bool write)
 {
-	if (n->kind == NODE_OTHER)
-		return -ENOTSUP; /* would follow the symlink */
 	if (n->kind == NODE_STAGING) {
 		int fd = node_cur_fd(n);
 		if (fd >= 0) {

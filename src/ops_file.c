@@ -16,7 +16,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 /* Must this open walk its path again (ESTALE, kernel-notes §3), or fail? 0 if it may go on. */
@@ -209,11 +211,80 @@ void bv_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
 		pthread_mutex_unlock(&h->lock);
 }
 
+/* May the caller (thread tid, fs gid fsgid) keep the setuid/setgid bits of a file of group gid
+ * that it changes? With CAP_FSETID; by_group (setgid alone, without a group x bit): also when it
+ * is in that group. From /proc/TID/status; unreadable (the task gone): it keeps them. */
+static bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group)
+{
+	char path[40], buf[4096], *p;
+	bool keep = true;
+	ssize_t len;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return true;
+	len = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (len <= 0)
+		return true;
+	buf[len] = 0;
+	p = strstr(buf, "\nCapEff:");
+	if (!p || !(strtoull(p + 8, NULL, 16) & (1ull << 4))) { /* CAP_FSETID */
+		keep = by_group && fsgid == gid;
+		p = strstr(buf, "\nGroups:");
+		for (p = p ? p + 8 : NULL; !keep && p && *p && *p != '\n';) {
+			char *end;
+			unsigned long g = strtoul(p, &end, 10);
+			if (end == p)
+				break;
+			keep = by_group && g == gid;
+			p = end;
+		}
+	}
+	return keep;
+}
+
+/* Natively a write or fallocate by a caller without CAP_FSETID drops setuid, and setgid when
+ * the group may execute the file or the caller is not in its group (the kernel's
+ * setattr_should_drop_suidgid), as a change of mode that makes no version. The kernel asks
+ * for it with a SETATTR before the request, but judges setgid by S_IXGRP alone
+ * (fuse_setattr): a setgid file without it kept its bit (generic/683-685). */
+static void drop_privs(fuse_req_t req, struct handle *h)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct stat st, attr;
+	mode_t kill = 0;
+
+	if (ctx->pid <= 0) /* a write through a shared mapping: nobody's */
+		return;
+	pthread_mutex_lock(&h->lock);
+	if (fstat(h->fd, &st) == 0 && S_ISREG(st.st_mode)) {
+		kill = st.st_mode & S_ISUID;
+		if ((st.st_mode & S_ISGID) && (st.st_mode & S_IXGRP || st.st_gid != ctx->gid))
+			kill |= S_ISGID;
+	}
+	if (kill && !caller_keeps(ctx->pid, ctx->gid, st.st_gid,
+				  kill == S_ISGID && !(st.st_mode & S_IXGRP))) {
+		attr.st_mode = st.st_mode & 07777 & ~kill;
+		if (h->kind == H_STAGE) /* kept too if the content turns out unchanged */
+			staging_setattr(h->node, h->fd, &attr, FUSE_SET_ATTR_MODE);
+		else
+			meta_apply(NULL, h->fd, &attr, FUSE_SET_ATTR_MODE);
+	}
+	pthread_mutex_unlock(&h->lock);
+}
+
 void bv_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
 		  struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
-	ssize_t res = h ? handle_write(h, in, off) : -EBADF;
+	ssize_t res;
+
+	if (h)
+		drop_privs(req, h);
+	res = h ? handle_write(h, in, off) : -EBADF;
 
 	(void)ino;
 	if (res < 0)
@@ -255,21 +326,59 @@ void bv_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t 
 	struct handle *h = handle_of(fi);
 
 	(void)ino;
+	if (h)
+		drop_privs(req, h);
 	fuse_reply_err(req, h ? -handle_fallocate(h, mode, offset, length) : EBADF);
 }
 
+/* SEEK_DATA/SEEK_HOLE (the kernel answers the others itself): in the writer's copy, else in the
+ * version. A reader's passthrough open holds no read fd of ours (open_version): one is held for
+ * the call (generic/286: EBADF on O_RDONLY fds before). */
 void bv_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
+	struct node *n = inode_of(ino), *v = n->kind == NODE_STAGING ? n->base : n;
 	off_t res;
+	int fd;
 
-	if (h)
+	if (h) {
 		pthread_mutex_lock(&h->lock);
-	res = lseek(read_fd(inode_of(ino), h), off, whence);
-	if (h)
+		res = lseek(h->fd, off, whence);
 		pthread_mutex_unlock(&h->lock);
+	} else if ((fd = node_rdfd_hold(v)) < 0) {
+		errno = -fd;
+		res = -1;
+	} else {
+		res = lseek(fd, off, whence);
+		node_rdfd_release(v);
+	}
 	if (res < 0)
 		fuse_reply_err(req, errno);
 	else
 		fuse_reply_lseek(req, res);
+}
+
+/* The file a request reaches: a writer's copy stands for the version it replaces. */
+static struct node *file_of(fuse_ino_t ino, struct handle *h)
+{
+	struct node *n = h ? h->node : inode_of(ino);
+
+	return n->kind == NODE_STAGING ? n->base : n;
+}
+
+/* copy_file_range: the kernel refuses a copy within one file whose ranges overlap (EINVAL),
+ * but it compares nodeids, and a reader's fd and a writer's fd of one file have two here: the
+ * same file is told by what they copy (generic/564). Any other copy is answered EOPNOTSUPP,
+ * which makes the kernel copy it itself through READ and WRITE, as it did before this op
+ * existed (ENOSYS would stop it from asking again). */
+void bv_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+			struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
+			struct fuse_file_info *fi_out, size_t len, int flags)
+{
+	(void)flags;
+	if (file_of(ino_in, handle_of(fi_in)) == file_of(ino_out, handle_of(fi_out)) &&
+	    off_out < off_in + (off_t)len && off_in < off_out + (off_t)len)
+		fuse_reply_err(req, EINVAL);
+	else
+		fuse_reply_err(req, EOPNOTSUPP);
 }
