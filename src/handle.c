@@ -457,17 +457,21 @@ static void handle_apply_meta(struct handle *h)
 	apply_own_meta(h, -1);
 }
 
-int staging_truncate(struct node *stg, off_t size, uid_t uid)
+int staging_truncate(struct node *stg, const struct stat *attr, int valid, uid_t uid)
 {
 	struct handle h = {.kind = H_STAGE, .node = stg, .dirty = true, .uid = uid};
-	off_t len = size;
+	off_t len = attr->st_size;
 	int err;
 
 	err = stage_from_base(stg, false, &len, uid, &h.fd);
 	if (err)
 		return err;
-	if (ftruncate(h.fd, size) < 0)
+	if (ftruncate(h.fd, attr->st_size) < 0)
 		err = -errno;
+	/* the rest of the SETATTR (the kernel's own drop of setuid, a mode, times) goes into
+	 * the copy before it is published: after it, the base is no longer at the name */
+	if (!err && (valid & ~FUSE_SET_ATTR_SIZE))
+		err = meta_apply(NULL, h.fd, attr, valid & ~FUSE_SET_ATTR_SIZE);
 	if (!err)
 		err = handle_publish(&h);
 	close(h.fd);

@@ -80,8 +80,9 @@ void handle_close(struct handle *h);
  * close was never seen (the daemon was stopped under it) publishes nothing. */
 void handles_shutdown(void);
 
-/* truncate(2) of a name by a routed thread of user uid: copy, truncate and publish at once. */
-int staging_truncate(struct node *stg, off_t size, uid_t uid);
+/* truncate(2) of a name by a routed thread of user uid: copy, truncate to attr->st_size, apply
+ * the rest of valid (mode, owner, times) to the copy, and publish at once. */
+int staging_truncate(struct node *stg, const struct stat *attr, int valid, uid_t uid);
 /* chmod/chown/utimes by a writer: to its copy (fd), or in place if it has none (-1). */
 int staging_setattr(struct node *stg, int fd, const struct stat *attr, int valid);
 

@@ -183,10 +183,10 @@ static int setattr_staging(pid_t tid, uid_t uid, struct node *n, const struct st
 
 	if (valid & FUSE_SET_ATTR_SIZE) {
 		route_done(tid);
-		err = staging_truncate(n, attr->st_size, uid);
+		err = staging_truncate(n, attr, valid, uid); /* with the rest of the change */
+	} else {
+		err = staging_setattr(n, node_cur_fd(n), attr, valid);
 	}
-	if (!err)
-		err = staging_setattr(n, node_cur_fd(n), attr, valid & ~FUSE_SET_ATTR_SIZE);
 	if (!err)
 		err = node_stat(n, st);
 	if (!err && (valid & FUSE_SET_ATTR_SIZE))

@@ -181,3 +181,25 @@ def test_o_tmpfile_not_supported(mnt):
     assert outcome(os.open, mnt.p(), os.O_TMPFILE | os.O_RDWR, 0o600) == \
         ("err", errno.errorcode[errno.EOPNOTSUPP])
     assert os.listdir(mnt.p()) == []
+
+
+# truncate(2) by path of a setuid file by a user without CAP_FSETID: natively the truncate and
+# the drop of setuid (and of setgid with a group x bit) happen at once. The kernel sends both
+# in one SETATTR; binvfs applies the mode to the copy before publishing it (staging_truncate).
+def test_truncate_by_path_drops_setuid_as_natively(both, workdir):
+    open_world(workdir)
+    os.chmod(both[1].p(), 0o777)
+    os.chmod(both[0], 0o777)
+
+    def seq(p):
+        out = []
+        for mode in (0o4777, 0o6777, 0o0777):
+            path = p(f"t{mode:o}")
+            write(path, b"a" * 8192)
+            os.chmod(path, mode)
+            out.append((oct(mode), as_user(lambda: os.truncate(path, 10)),
+                        oct(os.stat(path).st_mode & 0o7777), os.path.getsize(path)))
+        return out
+
+    got = same_on_both(both, seq)
+    assert got[0][1:] == (0, "0o777", 10)
