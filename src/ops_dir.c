@@ -229,9 +229,8 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 	if (errno || end == buf || (*end && *end != '/') || (*end == '/' && !end[1]) ||
 	    keep > 1000000)
 		return -EINVAL;
-	store_lock(&fs.store);
+	/* takes the store lock itself, one batch at a time */
 	n = store_prune(&fs.store, node_fd(dir), *end ? end + 1 : NULL, (unsigned)keep);
-	store_unlock(&fs.store);
 	if (n >= 0)
 		log_info("prune request (keep %lu%s%s): %d versions removed", keep,
 			 *end ? ", " : "", *end ? end + 1 : "", n);
