@@ -71,7 +71,15 @@ int store_keep_removed(struct store *s, int dirfd, const char *name, struct stor
 		       uid_t uid);
 int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
 		  uid_t uid);
-/* retention.c */
+/* retention.c. A prune request (store_prune, called without the store lock) removes at most
+ * PRUNE_BATCH versions, and works at most PRUNE_BATCH_NS, in one hold of the store lock; it
+ * takes the lock by polling it every PRUNE_PAUSE_NS, and after a batch that another thread
+ * waited for, waits up to PRUNE_HANDOFF_NS for that thread to take it. Retention after a new
+ * version removes at most PRUNE_BATCH (docs/design.md §6, §9). */
+#define PRUNE_BATCH	 512
+#define PRUNE_BATCH_NS	 (5 * 1000 * 1000)
+#define PRUNE_PAUSE_NS	 (50 * 1000)
+#define PRUNE_HANDOFF_NS (50 * 1000 * 1000)
 int store_prune(struct store *s, int dirfd, const char *name, unsigned keep);
 int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino);
 /* unlinkat(vdirfd, vname) of a version of inode ino, counted (links.h). */
