@@ -171,9 +171,8 @@ static void pause_ns(long ns)
 	nanosleep(&(struct timespec){0, ns}, NULL);
 }
 
-/* The store lock, taken as store_lock() does, but politely: the prune never sleeps on the
- * mutex (it polls it), so that it never marks the mutex as waited for itself; any other
- * thread that waits for it goes first. */
+/* The store lock, taken as store_lock() does, but politely: the prune polls the mutex and
+ * never counts as waiting for it (store.waiting), so any other thread that waits goes first. */
 static void prune_lock(struct store *s)
 {
 	while (pthread_mutex_trylock(&s->lock) != 0)
@@ -183,16 +182,10 @@ static void prune_lock(struct store *s)
 }
 
 /* Does another thread wait for the store lock, which the caller holds (taken by prune_lock)?
- * glibc's mutex word is 1 when taken without contention and 2 once a thread has gone to sleep
- * on it (lowlevellock.h); elsewhere: assume so. */
+ * store_lock() counts its waiters. */
 static bool lock_waited(struct store *s)
 {
-#ifdef __GLIBC__
-	return __atomic_load_n(&s->lock.__data.__lock, __ATOMIC_RELAXED) > 1;
-#else
-	(void)s;
-	return true;
-#endif
+	return __atomic_load_n(&s->waiting, __ATOMIC_SEQ_CST) > 0;
 }
 
 /* Release the store lock between two batches. A thread that waits for it was woken by the
@@ -202,21 +195,16 @@ static bool lock_waited(struct store *s)
 static void prune_unlock(struct store *s)
 {
 	bool waited = lock_waited(s);
+	unsigned long long taken = __atomic_load_n(&s->taken, __ATOMIC_SEQ_CST);
 	uint64_t t0;
 
 	store_unlock(s);
 	pause_ns(PRUNE_PAUSE_NS);
-#ifdef __GLIBC__
 	for (t0 = now_ns(); waited && now_ns() - t0 < PRUNE_HANDOFF_NS;) {
-		if (__atomic_load_n(&s->lock.__data.__lock, __ATOMIC_RELAXED) != 0)
-			break; /* taken */
+		if (__atomic_load_n(&s->taken, __ATOMIC_SEQ_CST) != taken)
+			break; /* a waiter has it now */
 		pause_ns(PRUNE_PAUSE_NS);
 	}
-#else
-	(void)t0;
-	if (waited)
-		pause_ns(PRUNE_PAUSE_NS * 10);
-#endif
 }
 
 /* Under the store lock: the versions dir of the tree directory dirfd, if it is still the one

@@ -21,11 +21,13 @@ struct store {
 	char stagename[32];
 	unsigned keep; /* old versions kept per path, 0 = no limit */
 	bool nosync;
-	pthread_mutex_t lock; /* serialises every change to names that keeps a version; taken
-			       * through store_lock(). Lock order: a handle's lock, then this,
-			       * then the node table's and the links lock (docs/design.md §9) */
-	uint64_t seq;	      /* staging link names; protected by lock */
-	uint64_t reserve;     /* bytes kept free by pruning unused versions (space.c), 0 = none */
+	pthread_mutex_t lock;	  /* serialises every change to names that keeps a version; taken
+				   * through store_lock(). Lock order: a handle's lock, then this,
+				   * then the node table's and the links lock (docs/design.md §9) */
+	unsigned waiting;	  /* threads in store_lock() waiting for the mutex (atomic) */
+	unsigned long long taken; /* times store_lock() took it (atomic): the prune's hand-over */
+	uint64_t seq;		  /* staging link names; protected by lock */
+	uint64_t reserve; /* bytes kept free by pruning unused versions (space.c), 0 = none */
 	/* set by main: does the kernel still hold a node of this inode? (its space cannot be
 	 * freed by removing a name, and a process may use it) */
 	bool (*busy)(dev_t dev, ino_t ino);
