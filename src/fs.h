@@ -31,7 +31,7 @@ struct binvfs {
 	bool readahead_asked;  /* readahead= was given (else a failure is not warned about) */
 	bool acl_ok;	       /* default_permissions, and SOURCE's filesystem has POSIX ACLs */
 	bool posix_acl;	       /* FUSE_POSIX_ACL negotiated: the kernel checks ACLs, invalidates
-				* a node's attributes and ACLs at a setfacl (docs/design.md §3b) */
+				* a node's attributes and ACLs at a setfacl (docs/design.md §3, ACLs) */
 	dev_t view_dev;	       /* the store's .versions/ directory, root of the view */
 	ino_t view_ino;
 };

@@ -85,8 +85,8 @@ static void bv_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
 	if (conn->capable & FUSE_CAP_SPLICE_READ)
 		conn->want |= FUSE_CAP_SPLICE_READ;
-	/* ACLs as on the backing filesystem (docs/design.md §3b): the kernel leaves the umask to
-	 * us, which create_mode() applies unless the parent has a default ACL; with
+	/* ACLs as on the backing filesystem (docs/design.md §3, ACLs): the kernel leaves the umask
+	 * to us, which create_mode() applies unless the parent has a default ACL; with
 	 * default_permissions it also checks ACL entries itself and drops a node's cached
 	 * attributes and ACLs at every setfacl and chmod */
 	if (conn->capable & FUSE_CAP_DONT_MASK)
@@ -462,7 +462,7 @@ static int start_serving(const struct options *o)
 	fs.mnt_id = binvfs_mount_id(o->mountpoint, fs.bdi, sizeof(fs.bdi));
 	fs.readahead_kb = o->readahead_kb;
 	fs.readahead_asked = o->readahead_asked;
-	fs.acl_ok = has_opt(o->fuse_opts, "default_permissions") && source_has_acls();
+	fs.acl_ok = !o->noacl && has_opt(o->fuse_opts, "default_permissions") && source_has_acls();
 	r = pt_install(fs.se, o->passthrough);
 	if (r < 0) {
 		errno = -r;

@@ -261,3 +261,20 @@ def test_setgid_dir_with_default_acl_generic_697(both, team, workdir):
     assert got[("member", "f")] == "0o2767"
     assert got[("member", "d")] == "0o2767"
     assert all(o[4] == 0 for o in out if len(o) == 5 and o[0] != "member")
+
+
+# -o noacl: the kernel checks the mode bits only (ACLs stay on SOURCE and are inherited)
+
+def test_noacl_checks_mode_bits_only(mounter, team, workdir):
+    open_world(workdir)
+    alice = team["alice"]
+    m = mounter(opts=("nosync", "noacl"))
+    os.chmod(m.p(), 0o755)
+    write(m.p("granted"), "for alice", 0o600)
+    setfacl("-m", f"u:{alice.uid}:r", m.p("granted"))
+    assert f"user:{alice.uid}:r--" in getfacl(m.p("granted"))
+    assert as_actor(alice, lambda: attempt(lambda: read(m.p("granted")))) == "EACCES"
+    os.mkdir(m.p("d"))
+    setfacl("-d", "-m", "u::rwx,g::rwx,o::rwx,m::rw", m.p("d"))
+    with_umask(0o077, lambda: write(m.p("d", "f"), "x"))
+    assert mode(m.p("d", "f")) == "0o666"  # the default ACL still replaces the umask
