@@ -22,6 +22,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/xattr.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/statvfs.h>
@@ -84,6 +85,15 @@ static void bv_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
 	if (conn->capable & FUSE_CAP_SPLICE_READ)
 		conn->want |= FUSE_CAP_SPLICE_READ;
+	/* ACLs as on the backing filesystem (docs/design.md §3, ACLs): the kernel leaves the umask
+	 * to us, which create_mode() applies unless the parent has a default ACL; with
+	 * default_permissions it also checks ACL entries itself and drops a node's cached
+	 * attributes and ACLs at every setfacl and chmod */
+	if (conn->capable & FUSE_CAP_DONT_MASK)
+		conn->want |= FUSE_CAP_DONT_MASK;
+	if (fs.acl_ok && (conn->capable & FUSE_CAP_POSIX_ACL))
+		conn->want |= FUSE_CAP_POSIX_ACL;
+	fs.posix_acl = conn->want & FUSE_CAP_POSIX_ACL;
 }
 
 static const struct fuse_lowlevel_ops bv_ops = {
@@ -421,6 +431,28 @@ static int open_store(const struct options *o)
 	return 0;
 }
 
+/* Has the option list opts (a,b,c) the word w? */
+static bool has_opt(const char *opts, const char *w)
+{
+	size_t n = strlen(w);
+
+	for (const char *p = opts; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+		if (!strncmp(p, w, n) && (p[n] == ',' || !p[n]))
+			return true;
+	return false;
+}
+
+/* Does SOURCE's filesystem keep POSIX ACLs? (ext4 -o noacl, vfat: EOPNOTSUPP) Only then may
+ * the kernel check them: with FUSE_POSIX_ACL it fails every access check that needs an ACL
+ * the daemon cannot read. */
+static bool source_has_acls(void)
+{
+	char proc[64];
+
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fs.store.rootfd);
+	return getxattr(proc, "system.posix_acl_access", NULL, 0) >= 0 || errno == ENODATA;
+}
+
 /* The mount is up: answer INIT, set passthrough up, go to the background, start the threads.
  * -1 if the mount must go again. */
 static int start_serving(const struct options *o)
@@ -430,6 +462,7 @@ static int start_serving(const struct options *o)
 	fs.mnt_id = binvfs_mount_id(o->mountpoint, fs.bdi, sizeof(fs.bdi));
 	fs.readahead_kb = o->readahead_kb;
 	fs.readahead_asked = o->readahead_asked;
+	fs.acl_ok = !o->noacl && has_opt(o->fuse_opts, "default_permissions") && source_has_acls();
 	r = pt_install(fs.se, o->passthrough);
 	if (r < 0) {
 		errno = -r;
@@ -528,7 +561,7 @@ int main(int argc, char **argv)
 	    fuse_opt_add_arg(&args, fsname) || (o.debug && fuse_opt_add_arg(&args, "-d")))
 		fatalx("out of memory");
 
-	umask(0); /* the kernel applied the caller's umask already */
+	umask(0); /* the caller's umask is applied for it (create_mode), or by the kernel */
 	/* libfuse's loop cancels its workers at exit, and glibc's pthread_cancel then loads
 	 * libgcc_s: with the fd table full that open fails and aborts the daemon before its
 	 * cleanup (docs/performance.md, Problem 4). Loaded now, it is found in memory then. */

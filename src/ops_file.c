@@ -115,7 +115,8 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 }
 
 /* The new file of a CREATE, as natively: the caller's (the daemon is root), with the group of a
- * setgid directory; its node (one lookup) and its handle. */
+ * setgid directory, its umask or its parent's default ACL applied; its node (one lookup) and
+ * its handle. */
 static int create_file(fuse_req_t req, struct node *parent, const char *name, mode_t mode,
 		       int oflags, struct stat *st, struct handle **hp)
 {
@@ -136,7 +137,7 @@ static int create_file(fuse_req_t req, struct node *parent, const char *name, mo
 	/* O_EXCL: the file given to the caller below is one this CREATE made. A name already on
 	 * disk means the kernel's negative entry was stale (another daemon on the store made it):
 	 * never open or chown that file as root for the caller; walk again (kernel-notes §3). */
-	fd = openat(node_fd(parent), name, oflags | O_EXCL, mode);
+	fd = openat(node_fd(parent), name, oflags | O_EXCL, create_mode(parent, mode, ctx->umask));
 	if (fd < 0) {
 		err = errno == EEXIST && !(oflags & O_EXCL) ? -ESTALE : -errno;
 		handle_share_put(ctx->uid);
@@ -144,8 +145,7 @@ static int create_file(fuse_req_t req, struct node *parent, const char *name, mo
 	}
 	gid_t gid =
 	    fstat(node_fd(parent), &pst) == 0 && (pst.st_mode & S_ISGID) ? pst.st_gid : ctx->gid;
-	if (fchown(fd, ctx->uid, gid) == 0 && (mode & (S_ISUID | S_ISGID)))
-		fchmod(fd, mode & 07777);
+	give_to(fd, ctx->uid, gid);
 	if (fstat(fd, st) < 0 || !(n = node_lookup(parent, name, st, false))) {
 		err = -errno;
 		close(fd);
@@ -214,7 +214,7 @@ void bv_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
 /* May the caller (thread tid, fs gid fsgid) keep the setuid/setgid bits of a file of group gid
  * that it changes? With CAP_FSETID; by_group (setgid alone, without a group x bit): also when it
  * is in that group. From /proc/TID/status; unreadable (the task gone): it keeps them. */
-static bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group)
+bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group)
 {
 	char path[40], buf[4096], *p;
 	bool keep = true;

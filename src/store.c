@@ -132,6 +132,18 @@ static void staging_sweep(struct store *s)
 	closedir(d);
 }
 
+/* No ACL on a directory of the store: a default ACL on SOURCE (or on .versions/ from an
+ * earlier session) would be inherited by every staging copy and mirror made below, giving
+ * published files and history entries that the tree's files never had. fd: O_PATH is fine. */
+static void store_dir_no_acl(int fd)
+{
+	char proc[64];
+
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	removexattr(proc, "system.posix_acl_default");
+	removexattr(proc, "system.posix_acl_access");
+}
+
 /* This daemon's staging directory, .binvfs-staging/<instance>, locked for its lifetime. The
  * parent may be removed by an exiting daemon while empty: create both again then. */
 static int staging_open(struct store *s)
@@ -163,6 +175,8 @@ static int staging_open(struct store *s)
 			flock(s->lockfd, LOCK_UN);
 			break;
 		}
+		store_dir_no_acl(s->lockfd);
+		store_dir_no_acl(s->stagefd);
 		staging_sweep(s);
 		flock(s->lockfd, LOCK_UN);
 		return 0;
@@ -210,6 +224,7 @@ int store_open(struct store *s, const char *source, unsigned keep, bool nosync)
 		log_warn("%s/%s", source, STORE_DIR);
 		return -1;
 	}
+	store_dir_no_acl(s->vfd);
 	if (fresh) {
 		err = write_marker(s->vfd);
 		if (err) {
@@ -840,6 +855,7 @@ int store_stage_create(struct store *s, int srcfd, const struct stat *base, off_
 	fd = openat(s->stagefd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, base->st_mode & 0777);
 	if (fd < 0)
 		return -errno;
+	fremovexattr(fd, "system.posix_acl_access"); /* the base's own is copied below */
 	if (fchown(fd, base->st_uid, base->st_gid) < 0 || fchmod(fd, base->st_mode & 07777) < 0) {
 		err = -errno;
 		goto fail;
