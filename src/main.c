@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "fs.h"
 #include "handle.h"
+#include "locks.h"
 #include "log.h"
 #include "options.h"
 #include "passthrough.h"
@@ -84,6 +85,14 @@ static void bv_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
 	if (conn->capable & FUSE_CAP_SPLICE_READ)
 		conn->want |= FUSE_CAP_SPLICE_READ;
+	/* locks are the daemon's: the kernel's are per nodeid, and a writer has its own (locks.c)
+	 */
+	if ((conn->capable & (FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS)) ==
+	    (FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS))
+		conn->want |= FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS;
+	else
+		log_warnx("the kernel does not hand locks to the daemon: a writer's locks exclude "
+			  "nobody");
 }
 
 static const struct fuse_lowlevel_ops bv_ops = {
@@ -112,6 +121,9 @@ static const struct fuse_lowlevel_ops bv_ops = {
     .fallocate = bv_fallocate,
     .lseek = bv_lseek,
     .copy_file_range = bv_copy_file_range,
+    .getlk = bv_getlk,
+    .setlk = bv_setlk,
+    .flock = bv_flock,
     .opendir = bv_opendir,
     .readdir = bv_readdir,
     .releasedir = bv_releasedir,
@@ -417,6 +429,7 @@ static int open_store(const struct options *o)
 	store_setup(&fs.store, o);
 	node_table_init(fs.store.rootfd);
 	node_prune_hook = prune_deferred;
+	node_gone_hook = locks_node_gone;
 	node_inval_hook = inval_entry_queue;
 	return 0;
 }
@@ -493,6 +506,7 @@ static void end_session(const char *mountpoint)
 	inval_quiesce(500);
 	inval_stop();
 	unmount_if_ours(mountpoint);
+	locks_shutdown();
 	handles_shutdown();
 	dirs_shutdown();
 	log_info("unmounted %s", mountpoint);
