@@ -18,10 +18,16 @@
 #include <unistd.h>
 
 struct path_history {
-	char *name;   /* NULL: empty slot */
-	uint32_t *ns; /* sorted */
-	uint32_t count, cap;
+	char *name;    /* NULL: empty slot */
+	uint32_t *buf; /* the numbers, sorted, are buf[start .. start + count) */
+	uint32_t start, count, cap;
 };
+
+/* The numbers of p: removing the oldest (retention, space) moves start, in O(1). */
+static uint32_t *nums(const struct path_history *p)
+{
+	return p->buf ? p->buf + p->start : NULL;
+}
 
 struct dir_history {
 	dev_t dev;
@@ -77,32 +83,40 @@ static struct path_history *slot(struct dir_history *d, const char *name, size_t
 	}
 }
 
+/* Room for one number more at the end. The room the oldest left (start) is reclaimed once it
+ * is at least as large as what remains, so that each number is moved O(1) times. */
 static bool grow(struct path_history *p)
 {
 	uint32_t cap = p->cap ? p->cap * 2 : 4, *nn;
 
-	if (p->count < p->cap)
+	if (p->start + p->count < p->cap)
 		return true;
-	if (!(nn = realloc(p->ns, cap * sizeof(*nn))))
+	if (p->start && p->start >= p->count) {
+		memmove(p->buf, p->buf + p->start, p->count * sizeof(*p->buf));
+		p->start = 0;
+		return true;
+	}
+	if (!(nn = realloc(p->buf, cap * sizeof(*nn))))
 		return false;
-	p->ns = nn;
+	p->buf = nn;
 	p->cap = cap;
 	return true;
 }
 
 static int insert(struct path_history *p, uint32_t n)
 {
-	uint32_t i;
+	uint32_t i, *ns;
 
 	if (!grow(p))
 		return -ENOMEM;
-	for (i = p->count; i > 0 && p->ns[i - 1] > n; i--)
-		p->ns[i] = p->ns[i - 1];
-	if (i > 0 && p->ns[i - 1] == n) { /* already there: undo the shift */
-		memmove(&p->ns[i], &p->ns[i + 1], (p->count - i) * sizeof(*p->ns));
+	ns = nums(p);
+	for (i = p->count; i > 0 && ns[i - 1] > n; i--)
+		ns[i] = ns[i - 1];
+	if (i > 0 && ns[i - 1] == n) { /* already there: undo the shift */
+		memmove(&ns[i], &ns[i + 1], (p->count - i) * sizeof(*ns));
 		return 0;
 	}
-	p->ns[i] = n;
+	ns[i] = n;
 	p->count++;
 	return 0;
 }
@@ -119,7 +133,7 @@ static bool append(struct path_history *p, uint32_t n)
 {
 	if (!grow(p))
 		return false;
-	p->ns[p->count++] = n;
+	p->buf[p->start + p->count++] = n;
 	return true;
 }
 
@@ -127,7 +141,7 @@ static void sort_all(struct dir_history *d)
 {
 	for (size_t i = 0; i < d->nslots; i++)
 		if (d->slots[i].count > 1)
-			qsort(d->slots[i].ns, d->slots[i].count, sizeof(uint32_t), cmp_n);
+			qsort(nums(&d->slots[i]), d->slots[i].count, sizeof(uint32_t), cmp_n);
 }
 
 static struct dir_history *find(dev_t dev, ino_t ino)
@@ -142,7 +156,7 @@ static void drop(struct dir_history *d)
 {
 	for (size_t i = 0; i < d->nslots; i++) {
 		free(d->slots[i].name);
-		free(d->slots[i].ns);
+		free(d->slots[i].buf);
 	}
 	free(d->slots);
 	free(d->inos);
@@ -264,7 +278,7 @@ int history_get(int vdirfd, const char *name, const uint32_t **ns, size_t *count
 	if (!d)
 		return -errno ? -errno : -ENOMEM;
 	p = slot(d, name, strlen(name), false);
-	*ns = p ? p->ns : NULL;
+	*ns = p ? nums(p) : NULL;
 	*count = p ? p->count : 0;
 	return 0;
 }
@@ -278,18 +292,66 @@ void history_add(int vdirfd, const char *name, uint32_t n)
 		insert(p, n);
 }
 
+/* The index of n in p's numbers, or -1. */
+static long search(const struct path_history *p, uint32_t n)
+{
+	const uint32_t *ns = nums(p);
+	uint32_t lo = 0, hi = p->count;
+
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (ns[mid] < n)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < p->count && ns[lo] == n ? (long)lo : -1;
+}
+
 void history_del(int vdirfd, const char *name, uint32_t n)
 {
 	struct dir_history *d = load(vdirfd);
 	struct path_history *p = d ? slot(d, name, strlen(name), false) : NULL;
+	long i = p ? search(p, n) : -1;
 
-	for (uint32_t i = 0; p && i < p->count; i++) {
-		if (p->ns[i] == n) {
-			memmove(&p->ns[i], &p->ns[i + 1], (p->count - i - 1) * sizeof(*p->ns));
-			p->count--;
-			return;
-		}
+	if (i < 0)
+		return;
+	if (i == 0) { /* the oldest: what retention and space remove */
+		p->start++;
+		if (--p->count == 0)
+			p->start = 0;
+		return;
 	}
+	uint32_t *ns = nums(p);
+	memmove(&ns[i], &ns[i + 1], (p->count - (uint32_t)i - 1) * sizeof(*ns));
+	p->count--;
+}
+
+bool history_has(int vdirfd, const char *name, uint32_t n)
+{
+	struct dir_history *d = load(vdirfd);
+	struct path_history *p = d ? slot(d, name, strlen(name), false) : NULL;
+
+	return p && search(p, n) >= 0;
+}
+
+int history_each(int vdirfd, unsigned keep,
+		 int (*fn)(void *arg, const char *name, const uint32_t *ns, size_t count),
+		 void *arg)
+{
+	struct dir_history *d = load(vdirfd);
+
+	if (!d)
+		return -errno ? -errno : -ENOMEM;
+	for (size_t i = 0; i < d->nslots; i++) {
+		struct path_history *p = &d->slots[i];
+		int err;
+		if (!p->name || p->count <= keep)
+			continue;
+		if ((err = fn(arg, p->name, nums(p), p->count)))
+			return err;
+	}
+	return 0;
 }
 
 void history_free(void)

@@ -6,6 +6,7 @@
 #define BINVFS_HISTORY_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -13,7 +14,16 @@
  * history_* call. Returns 0 or -errno. */
 int history_get(int vdirfd, const char *name, const uint32_t **ns, size_t *count);
 void history_add(int vdirfd, const char *name, uint32_t n);
+/* Removing the oldest number of a name costs O(1), any other O(log count + what follows). */
 void history_del(int vdirfd, const char *name, uint32_t n);
+/* Is n a version of name in vdirfd? O(log count). */
+bool history_has(int vdirfd, const char *name, uint32_t n);
+/* fn(arg, name, its sorted numbers, count) for each name of vdirfd with more than keep
+ * versions, in no order; the numbers are valid during the call only, which must not call
+ * history_*. Stops at fn's first non-zero return and returns it; or -errno. */
+int history_each(int vdirfd, unsigned keep,
+		 int (*fn)(void *arg, const char *name, const uint32_t *ns, size_t count),
+		 void *arg);
 void history_free(void);
 /* Start reading every versions dir below vfd in a thread of its own, which takes lock (the
  * store lock) to add each; logs a line when done. Returns 0 or -errno. */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 struct dirh {
@@ -214,6 +215,7 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 {
 	char buf[300], *end;
 	unsigned long keep;
+	struct timespec t0, t1;
 	int n;
 
 	if (dir->kind != NODE_DIR)
@@ -229,12 +231,15 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 	if (errno || end == buf || (*end && *end != '/') || (*end == '/' && !end[1]) ||
 	    keep > 1000000)
 		return -EINVAL;
-	store_lock(&fs.store);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	/* takes the store lock itself, one batch at a time */
 	n = store_prune(&fs.store, node_fd(dir), *end ? end + 1 : NULL, (unsigned)keep);
-	store_unlock(&fs.store);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
 	if (n >= 0)
-		log_info("prune request (keep %lu%s%s): %d versions removed", keep,
-			 *end ? ", " : "", *end ? end + 1 : "", n);
+		log_info("prune request (keep %lu%s%s): %d versions removed in %.0f ms", keep,
+			 *end ? ", " : "", *end ? end + 1 : "", n,
+			 (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
+			     (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
 	return n < 0 ? n : 0;
 }
 

@@ -227,7 +227,10 @@ int store_open(struct store *s, const char *source, unsigned keep, bool nosync)
 
 void store_lock(struct store *s)
 {
+	__atomic_add_fetch(&s->waiting, 1, __ATOMIC_SEQ_CST);
 	pthread_mutex_lock(&s->lock);
+	__atomic_sub_fetch(&s->waiting, 1, __ATOMIC_SEQ_CST);
+	__atomic_add_fetch(&s->taken, 1, __ATOMIC_SEQ_CST);
 	while (flock(s->lockfd, LOCK_EX) < 0 && errno == EINTR)
 		;
 }

@@ -21,11 +21,13 @@ struct store {
 	char stagename[32];
 	unsigned keep; /* old versions kept per path, 0 = no limit */
 	bool nosync;
-	pthread_mutex_t lock; /* serialises every change to names that keeps a version; taken
-			       * through store_lock(). Lock order: a handle's lock, then this,
-			       * then the node table's and the links lock (docs/design.md §9) */
-	uint64_t seq;	      /* staging link names; protected by lock */
-	uint64_t reserve;     /* bytes kept free by pruning unused versions (space.c), 0 = none */
+	pthread_mutex_t lock;	  /* serialises every change to names that keeps a version; taken
+				   * through store_lock(). Lock order: a handle's lock, then this,
+				   * then the node table's and the links lock (docs/design.md §9) */
+	unsigned waiting;	  /* threads in store_lock() waiting for the mutex (atomic) */
+	unsigned long long taken; /* times store_lock() took it (atomic): the prune's hand-over */
+	uint64_t seq;		  /* staging link names; protected by lock */
+	uint64_t reserve; /* bytes kept free by pruning unused versions (space.c), 0 = none */
 	/* set by main: does the kernel still hold a node of this inode? (its space cannot be
 	 * freed by removing a name, and a process may use it) */
 	bool (*busy)(dev_t dev, ino_t ino);
@@ -71,7 +73,15 @@ int store_keep_removed(struct store *s, int dirfd, const char *name, struct stor
 		       uid_t uid);
 int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
 		  uid_t uid);
-/* retention.c */
+/* retention.c. A prune request (store_prune, called without the store lock) removes at most
+ * PRUNE_BATCH versions, and works at most PRUNE_BATCH_NS, in one hold of the store lock; it
+ * takes the lock by polling it every PRUNE_PAUSE_NS, and after a batch that another thread
+ * waited for, waits up to PRUNE_HANDOFF_NS for that thread to take it. Retention after a new
+ * version removes at most PRUNE_BATCH (docs/design.md §6, §9). */
+#define PRUNE_BATCH	 512
+#define PRUNE_BATCH_NS	 (5 * 1000 * 1000)
+#define PRUNE_PAUSE_NS	 (50 * 1000)
+#define PRUNE_HANDOFF_NS (50 * 1000 * 1000)
 int store_prune(struct store *s, int dirfd, const char *name, unsigned keep);
 int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino);
 /* unlinkat(vdirfd, vname) of a version of inode ino, counted (links.h). */

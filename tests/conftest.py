@@ -56,7 +56,7 @@ class Procs:
 # The ThreadSanitizer build runs the tests that race threads of the daemon against each other.
 TSAN_BINS = os.environ.get("BINVFS_TSAN_BINS", "").split()
 TSAN_MODULES = ("test_races", "test_writers", "test_restart", "test_handles", "test_stop",
-                "test_security_daemon", "test_security_soak", "test_locks")
+                "security_daemon", "security_soak", "test_locks")  # (by the test's own module)
 
 
 # The core, race and crash tests also run with passthrough=off (plain build): the daemon's own
@@ -78,9 +78,9 @@ def build_id(path):
 def pytest_generate_tests(metafunc):
     if "binary" in metafunc.fixturenames:
         bins = list(BINS)
-        if metafunc.module.__name__ in TSAN_MODULES:
+        if metafunc.function.__module__ in TSAN_MODULES:
             bins += TSAN_BINS
-        if metafunc.module.__name__ in OFF_MODULES:
+        if metafunc.function.__module__ in OFF_MODULES:
             bins += [BINS[0] + OFF]
         metafunc.parametrize("binary", bins, ids=[build_id(b) for b in bins], indirect=True)
 

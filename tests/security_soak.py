@@ -836,7 +836,7 @@ def scan_as_mallory(m, mark):
 
 
 def test_hostile_soak(binary, mounter, workdir, team, cbuild):
-    import test_security_daemon as tsd  # its as_user: a child that reports JSON
+    import security_daemon as tsd  # its as_user: a child that reports JSON
 
     open_world(workdir)
     t = Tree(workdir, team, cbuild)
