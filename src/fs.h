@@ -77,6 +77,10 @@ void bv_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse
 /* May the caller (thread tid, fs gid fsgid) keep the setuid/setgid bits of a file of group gid
  * that it changes? With CAP_FSETID; by_group: also when it is in that group. */
 bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group);
+void bv_getlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock);
+void bv_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock,
+	      int sleep);
+void bv_flock(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, int op);
 void bv_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 			struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
 			struct fuse_file_info *fi_out, size_t len, int flags);

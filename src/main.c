@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "fs.h"
 #include "handle.h"
+#include "locks.h"
 #include "log.h"
 #include "options.h"
 #include "passthrough.h"
@@ -94,6 +95,14 @@ static void bv_init(void *userdata, struct fuse_conn_info *conn)
 	if (fs.acl_ok && (conn->capable & FUSE_CAP_POSIX_ACL))
 		conn->want |= FUSE_CAP_POSIX_ACL;
 	fs.posix_acl = conn->want & FUSE_CAP_POSIX_ACL;
+	/* locks are the daemon's: the kernel's are per nodeid, and a writer has its own (locks.c)
+	 */
+	if ((conn->capable & (FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS)) ==
+	    (FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS))
+		conn->want |= FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS;
+	else
+		log_warnx("the kernel does not hand locks to the daemon: a writer's locks exclude "
+			  "nobody");
 }
 
 static const struct fuse_lowlevel_ops bv_ops = {
@@ -122,6 +131,9 @@ static const struct fuse_lowlevel_ops bv_ops = {
     .fallocate = bv_fallocate,
     .lseek = bv_lseek,
     .copy_file_range = bv_copy_file_range,
+    .getlk = bv_getlk,
+    .setlk = bv_setlk,
+    .flock = bv_flock,
     .opendir = bv_opendir,
     .readdir = bv_readdir,
     .releasedir = bv_releasedir,
@@ -427,6 +439,7 @@ static int open_store(const struct options *o)
 	store_setup(&fs.store, o);
 	node_table_init(fs.store.rootfd);
 	node_prune_hook = prune_deferred;
+	node_gone_hook = locks_node_gone;
 	node_inval_hook = inval_entry_queue;
 	return 0;
 }
@@ -526,6 +539,7 @@ static void end_session(const char *mountpoint)
 	inval_quiesce(500);
 	inval_stop();
 	unmount_if_ours(mountpoint);
+	locks_shutdown();
 	handles_shutdown();
 	dirs_shutdown();
 	log_info("unmounted %s", mountpoint);
