@@ -259,6 +259,22 @@ static void acl_kill_sgid(fuse_req_t req, const char *path)
 		chmod(path, st.st_mode & 07777 & ~S_ISGID);
 }
 
+/* History is never more open than the file (docs/security.md): after an access ACL change of
+ * a file its versions keep only their owner's read; of a directory, its mirror is checked at
+ * once (an ACL that changed moves it aside, store.c opens()). */
+static void acl_history_follows(struct node *n)
+{
+	int vdirfd;
+
+	store_lock(&fs.store);
+	if (n->kind == NODE_FILE)
+		store_history_acl_changed(&fs.store, node_fd(n));
+	else if (n->kind == NODE_DIR &&
+		 store_versions_dir(&fs.store, node_fd(n), false, &vdirfd, NULL) == 0)
+		close(vdirfd);
+	store_unlock(&fs.store);
+}
+
 /* A writer's xattr change (on its staging nodeid) applies in place to the current version, as
  * metadata makes no version, and to its staging copy, which may still be published. The
  * kernel's copy of that version (another nodeid) is told: its ctime, and with an ACL its mode
@@ -290,6 +306,8 @@ static int xattr_change(fuse_req_t req, struct node *n, const char *name, const 
 	if (!err && (target != n || (acl && !fs.posix_acl)))
 		/* attributes and ACLs only; the kernel takes no lock of the inode for it */
 		fuse_lowlevel_notify_inval_inode(fs.se, node_id(target), -1, 0);
+	if (!err && !strcmp(name, ACL_ACCESS) && !target->in_versions)
+		acl_history_follows(target);
 	return err;
 }
 
