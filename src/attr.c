@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -175,4 +176,39 @@ void give_to(int fd, uid_t uid, gid_t gid)
 		return;
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
 	chmod(proc, made.st_mode & 07777);
+}
+
+/* May the caller (thread tid, fs gid fsgid) keep the setuid/setgid bits of a file of group gid
+ * that it changes? With CAP_FSETID; by_group (setgid alone, without a group x bit): also when it
+ * is in that group. From /proc/TID/status; unreadable (the task gone): it keeps them. */
+bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group)
+{
+	char path[40], buf[4096], *p;
+	bool keep = true;
+	ssize_t len;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return true;
+	len = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (len <= 0)
+		return true;
+	buf[len] = 0;
+	p = strstr(buf, "\nCapEff:");
+	if (!p || !(strtoull(p + 8, NULL, 16) & (1ull << 4))) { /* CAP_FSETID */
+		keep = by_group && fsgid == gid;
+		p = strstr(buf, "\nGroups:");
+		for (p = p ? p + 8 : NULL; !keep && p && *p && *p != '\n';) {
+			char *end;
+			unsigned long g = strtoul(p, &end, 10);
+			if (end == p)
+				break;
+			keep = by_group && g == gid;
+			p = end;
+		}
+	}
+	return keep;
 }

@@ -21,5 +21,8 @@ int meta_apply(struct node *n, int fd, const struct stat *attr, int valid);
 mode_t create_mode(struct node *parent, mode_t mode, mode_t umask);
 /* Give the node fd, just made by the daemon, to uid:gid, keeping the mode it was made with. */
 void give_to(int fd, uid_t uid, gid_t gid);
+/* May the caller (thread tid, fs gid fsgid) keep the setuid/setgid bits of a file of group gid
+ * that it changes? With CAP_FSETID; by_group: also when it is in that group. */
+bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group);
 
 #endif

@@ -74,9 +74,6 @@ void bv_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_inf
 void bv_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
 		  struct fuse_file_info *fi);
 void bv_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
-/* May the caller (thread tid, fs gid fsgid) keep the setuid/setgid bits of a file of group gid
- * that it changes? With CAP_FSETID; by_group: also when it is in that group. */
-bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group);
 void bv_getlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock);
 void bv_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock,
 	      int sleep);

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "fs.h"
 #include "log.h"
+#include "attr.h"
 #include "passthrough.h"
 
 #include <dirent.h>
