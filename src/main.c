@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "fs.h"
 #include "handle.h"
+#include "release.h"
 #include "log.h"
 #include "options.h"
 #include "passthrough.h"
@@ -418,6 +419,8 @@ static int open_store(const struct options *o)
 	node_table_init(fs.store.rootfd);
 	node_prune_hook = prune_deferred;
 	node_inval_hook = inval_entry_queue;
+	release_recover(
+	    &fs.store); /* a commit a stop interrupted: forward; an open release: back */
 	return 0;
 }
 
@@ -494,6 +497,7 @@ static void end_session(const char *mountpoint)
 	inval_stop();
 	unmount_if_ours(mountpoint);
 	handles_shutdown();
+	release_shutdown();
 	dirs_shutdown();
 	log_info("unmounted %s", mountpoint);
 	route_clear_all();
