@@ -9,7 +9,6 @@
 #include "node.h"
 #include "store.h"
 
-#define RELEASE_XATTR	 "user.binvfs.release"
 #define RELEASE_NOT_HELD 1 /* a hold function's answer: no release covers it, go on as usual */
 
 /* LOOKUP: under an open release's directory the answer waits while a commit runs and is not

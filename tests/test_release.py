@@ -263,3 +263,26 @@ def test_daemon_killed_during_a_commit(binary, workdir, rnd):
     staging = os.path.join(src, ".versions", ".binvfs-staging")
     left = os.listdir(staging) if os.path.isdir(staging) else []
     assert not [e for e in left if e.startswith("R")], left
+
+
+def test_binvfsctl_release(mnt, ctl):
+    d = mnt.p("app")
+    os.mkdir(d)
+    write(os.path.join(d, "a"), "1")
+    r = ctl("release", "begin", d, "--name", "v2")
+    assert "open v2 since" in r.stdout and "do not survive" in r.stdout, r.stdout
+    r = ctl("release", "begin", d, rc=1)
+    assert "a release is open already" in r.stderr
+    write(os.path.join(d, "a"), "2")
+    assert "1 to place" in ctl("release", "status", d).stdout
+    assert read(os.path.join(d, "a")) == b"1"
+    r = ctl("release", "commit", d)
+    assert re.search(r": release committed \([0-9.]+ ms\)", r.stdout), r.stdout
+    assert read(os.path.join(d, "a")) == b"2"
+    assert "no release open" in ctl("release", "status", d).stdout
+    assert "no release is open" in ctl("release", "commit", d, rc=1).stderr
+    ctl("release", "begin", d)
+    write(os.path.join(d, "a"), "3")
+    assert "release aborted" in ctl("release", "abort", d).stdout
+    assert read(os.path.join(d, "a")) == b"2"
+    assert "invalid name" in ctl("release", "begin", d, "--name", "a/b", rc=1).stderr
