@@ -484,7 +484,9 @@ static pthread_mutex_t old_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct oldent *olds; /* old_mu */
 static size_t nolds, capolds;
 static struct timespec old_until;
-static bool have_old;		  /* atomic hint */
+static bool have_old;	/* atomic hint */
+static pid_t *old_pids; /* the processes that existed at the commit, sorted (old_mu) */
+static size_t nold_pids;
 static unsigned long old_answers; /* old_mu */
 
 /* old_mu held */
@@ -513,9 +515,44 @@ static void old_add(const struct rentry *e, const struct store_change *ch, bool 
 	nolds++;
 }
 
+static int pid_cmp(const void *a, const void *b)
+{
+	pid_t x = *(const pid_t *)a, y = *(const pid_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* The processes there are now: only those can be programs of the old release (a process
+ * started after the commit is not, whatever its exe). old_mu held. */
+static void old_scan_pids(void)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *de;
+	size_t cap = 0;
+
+	nold_pids = 0;
+	while (d && (de = readdir(d))) {
+		char *end;
+		long v = strtol(de->d_name, &end, 10);
+		if (*end || v <= 0)
+			continue;
+		if (nold_pids == cap) {
+			pid_t *nv = realloc(old_pids, (cap = cap ? 2 * cap : 1024) * sizeof(pid_t));
+			if (!nv)
+				break;
+			old_pids = nv;
+		}
+		old_pids[nold_pids++] = (pid_t)v;
+	}
+	if (d)
+		closedir(d);
+	qsort(old_pids, nold_pids, sizeof(pid_t), pid_cmp);
+}
+
 /* old_mu held */
 static void old_start(void)
 {
+	old_scan_pids();
 	clock_gettime(CLOCK_MONOTONIC, &old_until);
 	old_until.tv_sec += RELEASE_OLD_MS / 1000;
 	__atomic_store_n(&have_old, nolds > 0, __ATOMIC_RELEASE);
@@ -537,6 +574,9 @@ static void old_reset(void)
 		free(olds[i].vrel);
 	}
 	nolds = 0;
+	free(old_pids);
+	old_pids = NULL;
+	nold_pids = 0;
 	__atomic_store_n(&have_old, false, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&old_mu);
 }
@@ -563,7 +603,7 @@ int release_old_lookup(struct node *parent, const char *name, pid_t tid, struct 
 	for (size_t i = 0; i < nolds && !hit; i++)
 		if (olds[i].dnode == parent && !strcmp(olds[i].name, name))
 			hit = &olds[i];
-	if (!hit)
+	if (!hit || !bsearch(&tid, old_pids, nold_pids, sizeof(pid_t), pid_cmp))
 		goto out;
 	snprintf(proc, sizeof(proc), "/proc/%d/exe", (int)tid);
 	if (stat(proc, &exe) < 0)
@@ -583,8 +623,9 @@ int release_old_lookup(struct node *parent, const char *name, pid_t tid, struct 
 	if (!ret)
 		old_answers++;
 	if (!ret)
-		log_debug("lookup %s by %d, a program of the old release: its old file", name,
-			  (int)tid);
+		log_info("lookup %s by %d (exe inode %llu), a program of the old release: its old "
+			 "file",
+			 name, (int)tid, (unsigned long long)exe.st_ino);
 out:
 	pthread_mutex_unlock(&old_mu);
 	return ret;

@@ -85,6 +85,12 @@ def builds(workdir):
     b1, b2 = os.path.join(workdir, "b1"), os.path.join(workdir, "b2")
     build(b1, 1)
     build(b2, 2)
+    # build 1 an hour older: rsync's quick check (size and mtime) must see every file changed
+    # (both builds' files have the same sizes, and may have the same mtime)
+    past = time.time() - 3600
+    for d, _, files in os.walk(b1):
+        for f in files:
+            os.utime(os.path.join(d, f), (past, past))
     return b1, b2
 
 
@@ -111,6 +117,7 @@ def test_rsync_into_release_then_commit_switches_at_once(mounter, builds, procs,
     assert run([prog]).stdout.startswith("1 ")
     n = len(loop.lines())
     wait_for(lambda: len(loop.lines()) >= n + 5, 20, "the exec loop")
+    old_ino = os.stat(prog).st_ino
     t0 = time.monotonic()
     release(app, "commit")
     took = time.monotonic() - t0
@@ -119,16 +126,21 @@ def test_rsync_into_release_then_commit_switches_at_once(mounter, builds, procs,
     n = len(loop.lines())
     wait_for(lambda: len(loop.lines()) >= n + 5, 20, "the exec loop")
     lines = loop.stop()
+    if first.returncode != 0 or not first.stdout.startswith("2 "):
+        print(m.logtext())
+        print("old prog inode", old_ino, "new", os.stat(prog).st_ino)
     assert first.returncode == 0 and first.stdout.startswith("2 "), first
     fails = [x for x in lines if x.startswith("FAIL")]
     vers = [x.split()[0] for x in lines if not x.startswith("FAIL")]
+    olds = len(re.findall(r"a program of the old release: its old file", m.logtext()))
     print(f"\n{len(lines)} execs, {len(fails)} failed, commit of ~200 files took "
-          f"{took * 1000:.1f} ms")
+          f"{took * 1000:.1f} ms; {olds} lookups by a program of the old release answered old")
     assert not fails, f"{len(fails)} of {len(lines)} execs failed"
     # all of build 1, then all of build 2: never back
     assert vers == sorted(vers) and vers[0] == "1" and vers[-1] == "2", vers
     assert tree(app) == tree(b2)
     assert run([prog]).stdout.startswith("2 ")
+    assert "committed: 200 placed, 0 removed" in m.logtext()
 
 
 def test_abort_leaves_everything_as_before(mounter, builds, workdir):
