@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 double attr_timeout(const struct node *n)
@@ -142,4 +143,36 @@ int meta_apply(struct node *n, int fd, const struct stat *attr, int valid)
 			return -errno;
 	}
 	return 0;
+}
+
+/* The mode to create a node with for a caller whose umask is umask (the daemon's own is 0). As
+ * natively, a parent's default ACL replaces the umask, and the backing filesystem derives the
+ * new node's mode and ACL from it; else the umask applies. The kernel leaves the umask to us
+ * (FUSE_CAP_DONT_MASK); without that it applied it already, and again is the same. */
+mode_t create_mode(struct node *parent, mode_t mode, mode_t umask)
+{
+	char proc[64];
+
+	if (node_proc_path(parent, proc, sizeof(proc)) == 0 &&
+	    getxattr(proc, "system.posix_acl_default", NULL, 0) > 0)
+		return mode;
+	return mode & ~(umask & 0777);
+}
+
+/* Give a node the daemon (root) just made to its caller, as if the caller had made it: the
+ * mode it was made with stays, ACL-derived bits and setuid/setgid included (a chown drops
+ * those bits, and a chmod to the mode asked for would undo what a default ACL masked). fd:
+ * the node, O_PATH or not. */
+void give_to(int fd, uid_t uid, gid_t gid)
+{
+	struct stat made, now;
+	char proc[64];
+
+	if (fstat(fd, &made) < 0 ||
+	    fchownat(fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 ||
+	    S_ISLNK(made.st_mode) || fstat(fd, &now) < 0 ||
+	    (now.st_mode & 07777) == (made.st_mode & 07777))
+		return;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	chmod(proc, made.st_mode & 07777);
 }

@@ -17,5 +17,9 @@ int node_stat(struct node *n, struct stat *st);
 int staging_stat(struct node *stg, int fd, struct stat *st);
 /* chmod/chown/utimens in place, through fd if >= 0, else through the node. */
 int meta_apply(struct node *n, int fd, const struct stat *attr, int valid);
+/* The mode a node made for a caller with umask `umask` gets (a default ACL replaces it). */
+mode_t create_mode(struct node *parent, mode_t mode, mode_t umask);
+/* Give the node fd, just made by the daemon, to uid:gid, keeping the mode it was made with. */
+void give_to(int fd, uid_t uid, gid_t gid);
 
 #endif

@@ -29,6 +29,9 @@ struct binvfs {
 	char bdi[32];	       /* our mount's "major:minor", its name in /sys/class/bdi/ */
 	unsigned readahead_kb; /* set on the bdi at INIT; 0: the kernel's */
 	bool readahead_asked;  /* readahead= was given (else a failure is not warned about) */
+	bool acl_ok;	       /* default_permissions, and SOURCE's filesystem has POSIX ACLs */
+	bool posix_acl;	       /* FUSE_POSIX_ACL negotiated: the kernel checks ACLs, invalidates
+				* a node's attributes and ACLs at a setfacl (docs/design.md §3, ACLs) */
 	dev_t view_dev;	       /* the store's .versions/ directory, root of the view */
 	ino_t view_ino;
 };
@@ -71,6 +74,13 @@ void bv_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_inf
 void bv_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
 		  struct fuse_file_info *fi);
 void bv_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
+/* May the caller (thread tid, fs gid fsgid) keep the setuid/setgid bits of a file of group gid
+ * that it changes? With CAP_FSETID; by_group: also when it is in that group. */
+bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group);
+void bv_getlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock);
+void bv_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock,
+	      int sleep);
+void bv_flock(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, int op);
 void bv_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 			struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
 			struct fuse_file_info *fi_out, size_t len, int flags);

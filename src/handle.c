@@ -8,6 +8,7 @@
  * dirty after that. A file its creator made is written in place, as natively. */
 #define _GNU_SOURCE
 #include "handle.h"
+#include "locks.h"
 #include "attr.h"
 #include "closer.h"
 #include "log.h"
@@ -443,9 +444,17 @@ static int handle_publish(struct handle *h)
 	bool held = S_ISREG(cst.st_mode) && cst.st_nlink == 1;
 	if (held)
 		node_mark_replaced(cst.st_dev, cst.st_ino, true);
+	/* The file's locks go with its name to the new version, as natively with an in-place
+	 * write, before anyone can open that version; the opens of the old one still reach
+	 * them (locks.h) */
+	if (S_ISREG(cst.st_mode))
+		locks_published(cst.st_dev, cst.st_ino, sst.st_dev, sst.st_ino,
+				node_held(cst.st_dev, cst.st_ino));
 	err = store_publish(&fs.store, node_fd(parent), stg->name, h->fd, &ch, h->uid);
 	if (err && held)
 		node_mark_replaced(cst.st_dev, cst.st_ino, false);
+	if ((err || ch.orphaned) && S_ISREG(cst.st_mode))
+		locks_unpublished(cst.st_dev, cst.st_ino, sst.st_dev, sst.st_ino);
 	store_unlock(&fs.store);
 	if (err) {
 		store_change_done(&ch);

@@ -33,9 +33,11 @@ struct handle {
 	ino_t own_ino; /* then the copy it last published (see current_if_own) */
 };
 
+/* The handle of an open file; NULL for a reader's open, whose fh is an odd number (a handle's
+ * address is even): the open's name for the locks taken through it (locks.h). */
 static inline struct handle *handle_of(struct fuse_file_info *fi)
 {
-	return fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
+	return fi && !(fi->fh & 1) ? (struct handle *)(uintptr_t)fi->fh : NULL;
 }
 
 /* Fair shares: every open handle holds an fd of the daemon's (and a staging copy's space).

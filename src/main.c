@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "fs.h"
 #include "handle.h"
+#include "locks.h"
 #include "release.h"
 #include "log.h"
 #include "options.h"
@@ -23,6 +24,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/xattr.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/statvfs.h>
@@ -85,6 +87,23 @@ static void bv_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
 	if (conn->capable & FUSE_CAP_SPLICE_READ)
 		conn->want |= FUSE_CAP_SPLICE_READ;
+	/* ACLs as on the backing filesystem (docs/design.md §3, ACLs): the kernel leaves the umask
+	 * to us, which create_mode() applies unless the parent has a default ACL; with
+	 * default_permissions it also checks ACL entries itself and drops a node's cached
+	 * attributes and ACLs at every setfacl and chmod */
+	if (conn->capable & FUSE_CAP_DONT_MASK)
+		conn->want |= FUSE_CAP_DONT_MASK;
+	if (fs.acl_ok && (conn->capable & FUSE_CAP_POSIX_ACL))
+		conn->want |= FUSE_CAP_POSIX_ACL;
+	fs.posix_acl = conn->want & FUSE_CAP_POSIX_ACL;
+	/* locks are the daemon's: the kernel's are per nodeid, and a writer has its own (locks.c)
+	 */
+	if ((conn->capable & (FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS)) ==
+	    (FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS))
+		conn->want |= FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS;
+	else
+		log_warnx("the kernel does not hand locks to the daemon: a writer's locks exclude "
+			  "nobody");
 }
 
 static const struct fuse_lowlevel_ops bv_ops = {
@@ -113,6 +132,9 @@ static const struct fuse_lowlevel_ops bv_ops = {
     .fallocate = bv_fallocate,
     .lseek = bv_lseek,
     .copy_file_range = bv_copy_file_range,
+    .getlk = bv_getlk,
+    .setlk = bv_setlk,
+    .flock = bv_flock,
     .opendir = bv_opendir,
     .readdir = bv_readdir,
     .releasedir = bv_releasedir,
@@ -418,10 +440,33 @@ static int open_store(const struct options *o)
 	store_setup(&fs.store, o);
 	node_table_init(fs.store.rootfd);
 	node_prune_hook = prune_deferred;
+	node_gone_hook = locks_node_gone;
 	node_inval_hook = inval_entry_queue;
-	release_recover(
-	    &fs.store); /* a commit a stop interrupted: forward; an open release: back */
+	/* a commit a stop interrupted: forward; an open release: back */
+	release_recover(&fs.store);
 	return 0;
+}
+
+/* Has the option list opts (a,b,c) the word w? */
+static bool has_opt(const char *opts, const char *w)
+{
+	size_t n = strlen(w);
+
+	for (const char *p = opts; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+		if (!strncmp(p, w, n) && (p[n] == ',' || !p[n]))
+			return true;
+	return false;
+}
+
+/* Does SOURCE's filesystem keep POSIX ACLs? (ext4 -o noacl, vfat: EOPNOTSUPP) Only then may
+ * the kernel check them: with FUSE_POSIX_ACL it fails every access check that needs an ACL
+ * the daemon cannot read. */
+static bool source_has_acls(void)
+{
+	char proc[64];
+
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fs.store.rootfd);
+	return getxattr(proc, "system.posix_acl_access", NULL, 0) >= 0 || errno == ENODATA;
 }
 
 /* The mount is up: answer INIT, set passthrough up, go to the background, start the threads.
@@ -433,6 +478,7 @@ static int start_serving(const struct options *o)
 	fs.mnt_id = binvfs_mount_id(o->mountpoint, fs.bdi, sizeof(fs.bdi));
 	fs.readahead_kb = o->readahead_kb;
 	fs.readahead_asked = o->readahead_asked;
+	fs.acl_ok = !o->noacl && has_opt(o->fuse_opts, "default_permissions") && source_has_acls();
 	r = pt_install(fs.se, o->passthrough);
 	if (r < 0) {
 		errno = -r;
@@ -496,6 +542,7 @@ static void end_session(const char *mountpoint)
 	inval_quiesce(500);
 	inval_stop();
 	unmount_if_ours(mountpoint);
+	locks_shutdown();
 	handles_shutdown();
 	release_shutdown();
 	dirs_shutdown();
@@ -532,7 +579,7 @@ int main(int argc, char **argv)
 	    fuse_opt_add_arg(&args, fsname) || (o.debug && fuse_opt_add_arg(&args, "-d")))
 		fatalx("out of memory");
 
-	umask(0); /* the kernel applied the caller's umask already */
+	umask(0); /* the caller's umask is applied for it (create_mode), or by the kernel */
 	/* libfuse's loop cancels its workers at exit, and glibc's pthread_cancel then loads
 	 * libgcc_s: with the fd table full that open fails and aborts the daemon before its
 	 * cleanup (docs/performance.md, Problem 4). Loaded now, it is found in memory then. */

@@ -30,6 +30,7 @@ static struct node root;
 static struct list all = LIST_HEAD_INIT(all); /* every node but the root, table_lock */
 
 void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
+void (*node_gone_hook)(dev_t dev, ino_t ino);
 void (*node_inval_hook)(struct node *dir, const char *name);
 
 static size_t hash(dev_t dev, ino_t ino)
@@ -406,6 +407,7 @@ static void release_locked(struct node *n)
 	struct node *base = NULL, *parent = NULL;
 	dev_t dev = n->dev;
 	ino_t ino = n->ino;
+	bool file = false;
 
 	if (n == &root || n->nlookup || n->refs || n->opens || n->pinned) {
 		if (n != &root && n->prune_vrel && !n->opens && !n->nlookup) {
@@ -424,7 +426,10 @@ static void release_locked(struct node *n)
 	n->prune_vrel = NULL;
 	base = n->base;
 	parent = n->kind == NODE_STAGING ? n->parent : n->dparent;
+	file = n->kind == NODE_FILE;
 	node_free(n);
+	if (file && node_gone_hook)
+		node_gone_hook(dev, ino);
 	if (base)
 		node_unref(base);
 	if (parent)
@@ -730,6 +735,18 @@ uint64_t node_known(dev_t dev, ino_t ino)
 		id = node_id(n);
 	pthread_mutex_unlock(&table_lock);
 	return id;
+}
+
+bool node_held(dev_t dev, ino_t ino)
+{
+	struct node *n;
+	bool held;
+
+	pthread_mutex_lock(&table_lock);
+	n = hash_find(dev, ino);
+	held = n && n->kind == NODE_FILE;
+	pthread_mutex_unlock(&table_lock);
+	return held;
 }
 
 bool node_defer_prune(const struct stat *st, const char *vrel, int vdirfd, const char *vname)

@@ -23,6 +23,8 @@ struct node {
 	bool old;	  /* file: no longer current at any tree name; node_old() */
 	bool replaced;	  /* file: replaced at its one name by a publish, and not looked up in
 			   * .versions/ since: still counts that link (node_stat); atomic */
+	bool locked;	  /* file: a lock was asked through an open of it; its reader opens get
+			   * FLUSH from now on (locks.h); atomic */
 	bool pinned;	  /* a reference or open count was dropped below zero (a bug): never
 			   * freed, a leak rather than a use after free; table lock */
 	dev_t dev;
@@ -153,6 +155,10 @@ int node_cur_fd(struct node *n);
 
 /* Set by main: removes a deferred version (store lock taken inside). */
 extern void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
+/* Set by main: the node of a file (dev, ino) is freed (locks_node_gone); no lock held. */
+extern void (*node_gone_hook)(dev_t dev, ino_t ino);
+/* Is there a node of that file, held by anyone (the kernel, an open, a writer's base)? */
+bool node_held(dev_t dev, ino_t ino);
 
 static inline bool node_old(const struct node *n)
 {

@@ -257,25 +257,71 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 	return n < 0 ? n : 0;
 }
 
+#define ACL_ACCESS "system.posix_acl_access"
+
+/* After a caller set an access ACL on path (of group gid): as natively (posix_acl_update_mode),
+ * the setgid bit goes unless the caller is in the file's group or has CAP_FSETID. The backing
+ * filesystem judged the daemon, which may; the kernel's FUSE_SETXATTR_ACL_KILL_SGID does not
+ * reach a libfuse 3.14 daemon (generic/375). */
+static void acl_kill_sgid(fuse_req_t req, const char *path)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct stat st;
+
+	if (stat(path, &st) == 0 && (st.st_mode & S_ISGID) &&
+	    !caller_keeps(ctx->pid, ctx->gid, st.st_gid, true))
+		chmod(path, st.st_mode & 07777 & ~S_ISGID);
+}
+
+/* History is never more open than the file (docs/security.md): after an access ACL change of
+ * a file its versions keep only their owner's read; of a directory, its mirror is checked at
+ * once (an ACL that changed moves it aside, store.c opens()). */
+static void acl_history_follows(struct node *n)
+{
+	int vdirfd;
+
+	store_lock(&fs.store);
+	if (n->kind == NODE_FILE)
+		store_history_acl_changed(&fs.store, node_fd(n));
+	else if (n->kind == NODE_DIR &&
+		 store_versions_dir(&fs.store, node_fd(n), false, &vdirfd, NULL) == 0)
+		close(vdirfd);
+	store_unlock(&fs.store);
+}
+
 /* A writer's xattr change (on its staging nodeid) applies in place to the current version, as
- * metadata makes no version, and to its staging copy, which may still be published. */
-static int xattr_change(struct node *n, const char *name, const char *value, size_t size, int flags,
-			bool remove)
+ * metadata makes no version, and to its staging copy, which may still be published. The
+ * kernel's copy of that version (another nodeid) is told: its ctime, and with an ACL its mode
+ * and cached ACL, changed. An ACL set on any node changes its mode: without FUSE_POSIX_ACL the
+ * kernel would keep the old one (its attributes are cached for a day). */
+static int xattr_change(fuse_req_t req, struct node *n, const char *name, const char *value,
+			size_t size, int flags, bool remove)
 {
 	char path[64];
+	bool acl = !strncmp(name, "system.posix_acl_", 17);
+	struct node *target = n->kind == NODE_STAGING ? n->base : n;
 	int err, fd = n->kind == NODE_STAGING ? node_cur_fd(n) : -1;
 
-	err = xattr_path(n->kind == NODE_STAGING ? n->base : n, path, sizeof(path), true);
+	err = xattr_path(target, path, sizeof(path), true);
 	if (!err &&
 	    (remove ? removexattr(path, name) : setxattr(path, name, value, size, flags)) < 0)
 		err = -errno;
+	if (!err && !remove && !strcmp(name, ACL_ACCESS))
+		acl_kill_sgid(req, path);
 	if (!err && fd >= 0) {
 		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
 		if (remove)
 			removexattr(path, name);
 		else
 			setxattr(path, name, value, size, 0);
+		if (!remove && !strcmp(name, ACL_ACCESS))
+			acl_kill_sgid(req, path);
 	}
+	if (!err && (target != n || (acl && !fs.posix_acl)))
+		/* attributes and ACLs only; the kernel takes no lock of the inode for it */
+		fuse_lowlevel_notify_inval_inode(fs.se, node_id(target), -1, 0);
+	if (!err && !strcmp(name, ACL_ACCESS) && !target->in_versions)
+		acl_history_follows(target);
 	return err;
 }
 
@@ -293,10 +339,11 @@ void bv_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *v
 					? EPERM
 					: -prune_request(inode_of(ino), value, size));
 	else
-		fuse_reply_err(req, -xattr_change(inode_of(ino), name, value, size, flags, false));
+		fuse_reply_err(req,
+			       -xattr_change(req, inode_of(ino), name, value, size, flags, false));
 }
 
 void bv_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-	fuse_reply_err(req, -xattr_change(inode_of(ino), name, NULL, 0, 0, true));
+	fuse_reply_err(req, -xattr_change(req, inode_of(ino), name, NULL, 0, 0, true));
 }

@@ -308,24 +308,21 @@ static int check_new_name(struct node *parent, const char *name, const char *op)
 	return 0;
 }
 
-/* The daemon runs as root: give what it creates to the caller, as the kernel would. */
-static void own_new(fuse_req_t req, struct node *parent, const char *name, mode_t mode)
+/* The daemon runs as root: give what it creates to the caller, as the kernel would (the group
+ * of a setgid directory; the mode it was made with, give_to). */
+static void own_new(fuse_req_t req, struct node *parent, const char *name)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct stat pst;
 	gid_t gid = ctx->gid;
+	int fd;
 
 	if (fstat(node_fd(parent), &pst) == 0 && (pst.st_mode & S_ISGID))
 		gid = pst.st_gid;
-	fchownat(node_fd(parent), name, ctx->uid, gid, AT_SYMLINK_NOFOLLOW);
-	if (!S_ISLNK(mode) && (mode & (S_ISUID | S_ISGID))) {
-		int fd = openat(node_fd(parent), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-		char proc[64];
-		if (fd >= 0) {
-			snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-			chmod(proc, mode & 07777);
-			close(fd);
-		}
+	fd = openat(node_fd(parent), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd >= 0) {
+		give_to(fd, ctx->uid, gid);
+		close(fd);
 	}
 }
 
@@ -356,6 +353,9 @@ static void make_new(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t m
 	int err = check_new_name(parent, name, op), dirfd = node_fd(parent), r;
 
 	if (!err) {
+		if (!S_ISLNK(mode)) /* (a symlink is 0777 whatever the umask) */
+			mode = (mode & S_IFMT) |
+			       create_mode(parent, mode & ~S_IFMT, fuse_req_ctx(req)->umask);
 		r = S_ISDIR(mode)   ? mkdirat(dirfd, name, mode & ~S_IFMT)
 		    : S_ISLNK(mode) ? symlinkat(link, dirfd, name)
 				    : mknodat(dirfd, name, mode, rdev);
@@ -365,7 +365,7 @@ static void make_new(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t m
 		fuse_reply_err(req, -err);
 		return;
 	}
-	own_new(req, parent, name, mode);
+	own_new(req, parent, name);
 	reply_new_entry(req, parent, name);
 }
 
@@ -484,7 +484,7 @@ static void renamed(fuse_req_t req, struct node *parent, const char *name, struc
 	bool dirs = false;
 
 	if (flags & RENAME_WHITEOUT) /* as natively */
-		own_new(req, parent, name, S_IFCHR);
+		own_new(req, parent, name);
 	/* a directory's node remembers where it is (node_dir_path) */
 	if (fstatat(node_fd(nparent), newname, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 	    S_ISDIR(st.st_mode)) {

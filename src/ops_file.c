@@ -10,6 +10,7 @@
 #include "closer.h"
 #include "fs.h"
 #include "handle.h"
+#include "locks.h"
 #include "log.h"
 #include "release.h"
 #include "passthrough.h"
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 /* Must this open walk its path again (ESTALE, kernel-notes §3), or fail? 0 if it may go on. */
@@ -66,21 +68,36 @@ static int open_refused(fuse_req_t req, struct node *n, int flags)
 	return 0;
 }
 
+/* The file whose locks an open of nodeid ino reaches (locks.h): the version a reader opened, or
+ * the one a writer's staging node copies. */
+static struct node *lock_node(fuse_ino_t ino)
+{
+	struct node *n = inode_of(ino);
+
+	return n->kind == NODE_STAGING ? n->base : n;
+}
+
 /* A read, exec or map of a version, or a read by a writer's thread of the version it copies:
  * a passthrough open (*id > 0) when the node's opens can be (none of them writes), else one
  * served by READs from the version's read fd, held until RELEASE (node_close_read). */
 static int open_version(struct node *n, struct fuse_file_info *fi, int *id)
 {
+	static uint64_t opens;
+	struct node *v = n->kind == NODE_STAGING ? n->base : n;
 	int fd;
 
 	*id = node_open(n, n->kind == NODE_FILE && pt_active());
-	if (!*id && (fd = node_rdfd_hold(n->kind == NODE_STAGING ? n->base : n)) < 0) {
+	if (!*id && (fd = node_rdfd_hold(v)) < 0) {
 		node_close(n);
 		return fd;
 	}
-	fi->fh = 0;
+	/* no handle (handle_of: odd), but a number of its own: the locks taken through this
+	 * open go at its RELEASE (OFD locks, flock) */
+	fi->fh = (__atomic_add_fetch(&opens, 1, __ATOMIC_RELAXED) << 1) | 1;
 	fi->keep_cache = 1; /* a version's content never changes (not with passthrough: EIO) */
-	fi->noflush = 1;    /* nothing to publish at a reader's close: spare it the FLUSH */
+	/* nothing to publish at a reader's close: spare it the FLUSH, unless the file is locked
+	 * (now, or ever through this node): then the close must drop its process's locks */
+	fi->noflush = !__atomic_load_n(&v->locked, __ATOMIC_RELAXED) && !locks_held(v->dev, v->ino);
 	return 0;
 }
 
@@ -116,7 +133,8 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 }
 
 /* The new file of a CREATE, as natively: the caller's (the daemon is root), with the group of a
- * setgid directory; its node (one lookup) and its handle. */
+ * setgid directory, its umask or its parent's default ACL applied; its node (one lookup) and
+ * its handle. */
 static int create_file(fuse_req_t req, struct node *parent, const char *name, mode_t mode,
 		       int oflags, struct stat *st, struct handle **hp)
 {
@@ -137,7 +155,7 @@ static int create_file(fuse_req_t req, struct node *parent, const char *name, mo
 	/* O_EXCL: the file given to the caller below is one this CREATE made. A name already on
 	 * disk means the kernel's negative entry was stale (another daemon on the store made it):
 	 * never open or chown that file as root for the caller; walk again (kernel-notes §3). */
-	fd = openat(node_fd(parent), name, oflags | O_EXCL, mode);
+	fd = openat(node_fd(parent), name, oflags | O_EXCL, create_mode(parent, mode, ctx->umask));
 	if (fd < 0) {
 		err = errno == EEXIST && !(oflags & O_EXCL) ? -ESTALE : -errno;
 		handle_share_put(ctx->uid);
@@ -145,8 +163,7 @@ static int create_file(fuse_req_t req, struct node *parent, const char *name, mo
 	}
 	gid_t gid =
 	    fstat(node_fd(parent), &pst) == 0 && (pst.st_mode & S_ISGID) ? pst.st_gid : ctx->gid;
-	if (fchown(fd, ctx->uid, gid) == 0 && (mode & (S_ISUID | S_ISGID)))
-		fchmod(fd, mode & 07777);
+	give_to(fd, ctx->uid, gid);
 	if (fstat(fd, st) < 0 || !(n = node_lookup(parent, name, st, false))) {
 		err = -errno;
 		close(fd);
@@ -216,7 +233,7 @@ void bv_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
 /* May the caller (thread tid, fs gid fsgid) keep the setuid/setgid bits of a file of group gid
  * that it changes? With CAP_FSETID; by_group (setgid alone, without a group x bit): also when it
  * is in that group. From /proc/TID/status; unreadable (the task gone): it keeps them. */
-static bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group)
+bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group)
 {
 	char path[40], buf[4096], *p;
 	bool keep = true;
@@ -295,23 +312,98 @@ void bv_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t 
 		fuse_reply_write(req, (size_t)res);
 }
 
+/* A close(): the opener's last one publishes, and the closing process's POSIX locks on the file
+ * go, after the publish (whoever waited for them then finds the new content at the name). */
 void bv_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
+	struct node *v = lock_node(ino);
+	int err = h ? -handle_flush(h, fuse_req_ctx(req)->pid) : 0;
 
-	(void)ino;
-	fuse_reply_err(req, h ? -handle_flush(h, fuse_req_ctx(req)->pid) : 0);
+	locks_flush(v->dev, v->ino, fi->lock_owner);
+	fuse_reply_err(req, err);
 }
 
 void bv_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct handle *h = handle_of(fi);
+	struct node *v = lock_node(ino);
 
+	locks_release(v->dev, v->ino, fi->fh, fi->flock_release ? fi->lock_owner : 0);
 	if (h)
 		handle_close(h);
 	else
 		node_close_read(inode_of(ino));
 	fuse_reply_err(req, 0);
+}
+
+/* A lock request through an open of ino: its range, for the file the open reaches. */
+static struct node *lock_of(fuse_ino_t ino, struct fuse_file_info *fi, struct lock_range *r)
+{
+	struct node *v = lock_node(ino);
+
+	r->owner = fi->lock_owner;
+	r->open = fi->fh;
+	r->cls = LK_POSIX;
+	r->pid = 0;
+	r->start = 0;
+	r->end = LOCK_END;
+	return v;
+}
+
+/* libfuse's struct flock (l_len 0: to the end) as an inclusive range, and back. */
+static void range_in(struct lock_range *r, const struct flock *l)
+{
+	r->type = l->l_type;
+	r->start = l->l_start;
+	r->end = l->l_len > 0 && l->l_start <= LOCK_END - l->l_len ? l->l_start + l->l_len - 1
+								   : LOCK_END;
+	r->pid = l->l_pid;
+}
+
+void bv_getlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock)
+{
+	struct lock_range r;
+	struct node *v = lock_of(ino, fi, &r);
+
+	range_in(&r, lock);
+	locks_get(v->dev, v->ino, &r);
+	lock->l_type = r.type;
+	if (r.type != F_UNLCK) {
+		lock->l_whence = SEEK_SET;
+		lock->l_start = r.start;
+		lock->l_len = r.end == LOCK_END ? 0 : r.end - r.start + 1;
+		lock->l_pid = r.pid;
+	}
+	fuse_reply_lock(req, lock);
+}
+
+void bv_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock,
+	      int sleep)
+{
+	struct lock_range r;
+	struct node *v = lock_of(ino, fi, &r);
+	int err;
+
+	range_in(&r, lock);
+	__atomic_store_n(&v->locked, true, __ATOMIC_RELAXED);
+	err = locks_set(v->dev, v->ino, &r, sleep ? req : NULL);
+	if (err != 1) /* 1: queued, answered when granted or interrupted */
+		fuse_reply_err(req, -err);
+}
+
+void bv_flock(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, int op)
+{
+	struct lock_range r;
+	struct node *v = lock_of(ino, fi, &r);
+	int err;
+
+	r.cls = LK_FLOCK;
+	r.type = (op & LOCK_UN) ? F_UNLCK : (op & LOCK_EX) ? F_WRLCK : F_RDLCK;
+	__atomic_store_n(&v->locked, true, __ATOMIC_RELAXED);
+	err = locks_set(v->dev, v->ino, &r, (op & LOCK_NB) ? NULL : req);
+	if (err != 1)
+		fuse_reply_err(req, -err);
 }
 
 void bv_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)

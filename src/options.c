@@ -33,14 +33,16 @@ const char *binvfs_usage =
     "                (default auto: when the kernel offers it; on: refuse to mount without)\n"
     "  -o reserve=SIZE|PCT%  free space kept by removing unused old versions, oldest first\n"
     "                (default 1%; SIZE in bytes or with K, M, G, T; 0 = only when full)\n"
+    "  -o noacl      the kernel does not check ACL entries (faster path walks for users\n"
+    "                who do not own SOURCE; ACLs stay on SOURCE and are inherited)\n"
     "  -o debug      same as -d\n"
     "  -o remount    change the mount flags of the binvfs mount at MOUNTPOINT (mount -o remount)\n"
     "  -o OPT        mount flags (ro, noexec, noatime, nodiratime, relatime, strictatime, ...),\n"
     "                FUSE options (allow_other, default_permissions, ...); as root,\n"
     "                allow_other and default_permissions are on by default\n";
 
-/* fstab and mount(8) options that mean nothing to a FUSE daemon; noacl, acl and dax: ACLs
- * and direct access are the backing filesystem's (docs/semantics.md) */
+/* fstab and mount(8) options that mean nothing to a FUSE daemon, or (acl, noacl) that only
+ * parse_opts reads; dax: direct access is the backing filesystem's (docs/semantics.md) */
 static bool ignored(const char *o)
 {
 	static const char *const list[] = {"defaults", "auto",	"noauto", "user",   "nouser",
@@ -179,6 +181,8 @@ static int parse_opts(struct options *o, char *list)
 	char *save = NULL;
 
 	for (char *opt = strtok_r(list, ",", &save); opt; opt = strtok_r(NULL, ",", &save)) {
+		if (!strcmp(opt, "acl") || !strcmp(opt, "noacl"))
+			o->noacl = !strcmp(opt, "noacl"); /* at INIT only: a remount keeps it */
 		if (!strcmp(opt, "remount") || mount_word(o, opt) || ignored(opt)) {
 			/* the mount flags: applied by main.c */
 		} else if (o->remount && remount_fixed(opt)) {

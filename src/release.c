@@ -1,5 +1,5 @@
 /* release.c - a release: every change under a directory DIR held until one commit makes them
- * all current at one instant (docs/design.md §12).
+ * all current at one instant (docs/design.md §13).
  *
  * While a release is open on DIR, the backing tree under DIR does not change for the names it
  * holds: a writer's publish links its copy into the release's directory
@@ -28,6 +28,7 @@
 #include "release.h"
 #include "fs.h"
 #include "links.h"
+#include "locks.h"
 #include "log.h"
 
 #include <dirent.h>
@@ -661,11 +662,19 @@ static int apply_one(struct store *s, int rfd, const struct rentry *e, uid_t uid
 			err = 0; /* a new name */
 			*was_there = false;
 		}
+		/* the file's locks go with its name to the new version, as at a publish (a
+		 * recovery has none: no daemon served the file since) */
+		bool locked = !err && e->dnode && S_ISREG(ch->old.st_mode);
+		if (locked)
+			locks_published(ch->old.st_dev, ch->old.st_ino, st.st_dev, st.st_ino,
+					node_held(ch->old.st_dev, ch->old.st_ino));
 		if (!err) {
 			links_begin();
 			err = renameat(rfd, e->hold, dfd, e->name) < 0 ? -errno : 0;
 			links_end(0, 0);
 		}
+		if (err && locked)
+			locks_unpublished(ch->old.st_dev, ch->old.st_ino, st.st_dev, st.st_ino);
 		if (!err)
 			store_kept_settle(s, dfd, e->name, ch);
 	} else {

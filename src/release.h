@@ -1,5 +1,5 @@
 /* release.h - releases: every change under a directory held until one commit makes them all
- * current at one instant (docs/design.md §12, docs/format.md "Releases"). */
+ * current at one instant (docs/design.md §13, docs/format.md "Releases"). */
 #ifndef BINVFS_RELEASE_H
 #define BINVFS_RELEASE_H
 

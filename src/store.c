@@ -133,6 +133,18 @@ static void staging_sweep(struct store *s)
 	closedir(d);
 }
 
+/* No ACL on a directory of the store: a default ACL on SOURCE (or on .versions/ from an
+ * earlier session) would be inherited by every staging copy and mirror made below, giving
+ * published files and history entries that the tree's files never had. fd: O_PATH is fine. */
+static void store_dir_no_acl(int fd)
+{
+	char proc[64];
+
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	removexattr(proc, "system.posix_acl_default");
+	removexattr(proc, "system.posix_acl_access");
+}
+
 /* This daemon's staging directory, .binvfs-staging/<instance>, locked for its lifetime. The
  * parent may be removed by an exiting daemon while empty: create both again then. */
 static int staging_open(struct store *s)
@@ -164,6 +176,8 @@ static int staging_open(struct store *s)
 			flock(s->lockfd, LOCK_UN);
 			break;
 		}
+		store_dir_no_acl(s->lockfd);
+		store_dir_no_acl(s->stagefd);
 		staging_sweep(s);
 		flock(s->lockfd, LOCK_UN);
 		return 0;
@@ -211,6 +225,7 @@ int store_open(struct store *s, const char *source, unsigned keep, bool nosync)
 		log_warn("%s/%s", source, STORE_DIR);
 		return -1;
 	}
+	store_dir_no_acl(s->vfd);
 	if (fresh) {
 		err = write_marker(s->vfd);
 		if (err) {
@@ -352,20 +367,52 @@ static const char *mirror_name(const char *name, char *buf, size_t len)
 	return buf;
 }
 
-/* A mirror directory has its tree directory's mode and owner, so .versions/ never lets
- * anyone reach a version they could not reach as the file (also after a later chmod). */
-static void sync_mirror_meta(int vfd, const struct stat *tst)
+#define ACL_ACCESS "system.posix_acl_access"
+
+/* The access ACL of the directory fd (O_PATH) in buf: its length, 0 if it has none (or the
+ * filesystem has no ACLs), -1 if it cannot be read. */
+static ssize_t dir_acl(int fd, char *buf, size_t len)
+{
+	char proc[64];
+	ssize_t n;
+
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	n = getxattr(proc, ACL_ACCESS, buf, len);
+	if (n < 0 && (errno == ENODATA || errno == ENOTSUP))
+		return 0;
+	return n;
+}
+
+/* Have the mirror vfd and its tree directory tfd the same access ACL (both none included)? */
+static bool acl_same(int vfd, int tfd)
+{
+	char a[4096], b[4096];
+	ssize_t na = dir_acl(vfd, a, sizeof(a)), nb = dir_acl(tfd, b, sizeof(b));
+
+	return na >= 0 && na == nb && !memcmp(a, b, (size_t)na);
+}
+
+/* A mirror directory has its tree directory's mode, owner and access ACL, so .versions/ never
+ * lets anyone reach a version they could not reach as the file (also after a later chmod or
+ * setfacl: a change that would open the mirror moves it aside first, opens()). */
+static void sync_mirror_meta(int vfd, int tfd, const struct stat *tst)
 {
 	struct stat vst;
-	char proc[64];
+	char proc[64], acl[4096];
+	ssize_t n;
 
 	if (fstat(vfd, &vst) < 0)
 		return;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", vfd);
 	if (vst.st_uid != tst->st_uid || vst.st_gid != tst->st_gid)
 		fchownat(vfd, "", tst->st_uid, tst->st_gid, AT_EMPTY_PATH);
-	if ((vst.st_mode & 07777) != (tst->st_mode & 07777) || vst.st_uid != tst->st_uid) {
-		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", vfd);
+	if ((vst.st_mode & 07777) != (tst->st_mode & 07777) || vst.st_uid != tst->st_uid)
 		chmod(proc, tst->st_mode & 07777);
+	if (tfd >= 0 && !acl_same(vfd, tfd)) {
+		n = dir_acl(tfd, acl, sizeof(acl));
+		if (n > 0 ? setxattr(proc, ACL_ACCESS, acl, (size_t)n, 0) < 0
+			  : n == 0 && removexattr(proc, ACL_ACCESS) < 0 && errno != ENODATA)
+			log_warn("cannot give a mirror in .versions/ its directory's ACL");
 	}
 }
 
@@ -482,14 +529,15 @@ static void mirror_freeze(int vfd, bool gone)
  * group, or a read or search bit it lacks. (Write bits open nothing: the view is read-only.)
  * A mirror only ever closes: the versions in it were kept while its directory was as closed
  * as the mirror is, and must stay so. */
-static bool opens(int vfd, const struct stat *tst)
+static bool opens(int vfd, int tfd, const struct stat *tst)
 {
 	struct stat vst;
 
 	if (fstat(vfd, &vst) < 0)
 		return true;
+	/* an ACL that changed counts as opening: entries are not compared one by one */
 	return vst.st_uid != tst->st_uid || vst.st_gid != tst->st_gid ||
-	       (tst->st_mode & 0555 & ~vst.st_mode) != 0;
+	       (tst->st_mode & 0555 & ~vst.st_mode) != 0 || !acl_same(vfd, tfd);
 }
 
 /* Another directory holds the name of mirror vfd (named `mirror` in vparent), or its own
@@ -538,7 +586,7 @@ static int mirror_make(struct store *s, int vparent, const char *mirror, int tfd
 		vfd = store_open_dir(vparent, mirror, O_PATH);
 		if (vfd < 0)
 			return -errno;
-		if (!mirror_is_of(vfd, tfd, tst) || opens(vfd, tst)) {
+		if (!mirror_is_of(vfd, tfd, tst) || opens(vfd, tfd, tst)) {
 			close(vfd);
 			return -EEXIST;
 		}
@@ -549,7 +597,7 @@ static int mirror_make(struct store *s, int vparent, const char *mirror, int tfd
 		return -errno;
 	if (dir_identity(tfd, id, sizeof(id)) == 0)
 		mirror_set_identity(vfd, id);
-	sync_mirror_meta(vfd, tst);
+	sync_mirror_meta(vfd, tfd, tst);
 	store_sync_dir(s, vparent);
 	return vfd;
 }
@@ -581,7 +629,7 @@ static int mirror_step(struct store *s, const char *comp, bool create, int *tcur
 	free(*vrel);
 	*vrel = nrel;
 	vnext = store_open_dir(*vcur, mirror, O_PATH);
-	if (vnext >= 0 && (!mirror_is_of(vnext, tnext, &tst) || opens(vnext, &tst))) {
+	if (vnext >= 0 && (!mirror_is_of(vnext, tnext, &tst) || opens(vnext, tnext, &tst))) {
 		err = mirror_aside(s, *vcur, mirror, vnext);
 		close(vnext);
 		if (err)
@@ -596,7 +644,7 @@ static int mirror_step(struct store *s, const char *comp, bool create, int *tcur
 	}
 	if (vnext < 0)
 		return -errno;
-	sync_mirror_meta(vnext, &tst);
+	sync_mirror_meta(vnext, tnext, &tst);
 	close(*vcur);
 	*vcur = vnext;
 	return 0;
@@ -669,7 +717,7 @@ void store_mirror_settle(struct store *s, int dirfd, const char *name, bool gone
 	if (vfd >= 0) {
 		tfd = store_open_dir(dirfd, name, O_PATH);
 		if (tfd >= 0 && fstat(tfd, &tst) == 0) {
-			if (!mirror_is_of(vfd, tfd, &tst) || opens(vfd, &tst))
+			if (!mirror_is_of(vfd, tfd, &tst) || opens(vfd, tfd, &tst))
 				mirror_aside(s, vparent, mirror, vfd);
 		} else {
 			mirror_freeze(vfd, gone);
@@ -803,6 +851,25 @@ static int file_place(struct store *s, int fd, int *dirfd, char *name, size_t le
 	return 0;
 }
 
+int store_history_acl_changed(struct store *s, int fd)
+{
+	char name[NAME_MAX + 1];
+	struct stat cur;
+	int dirfd, vdirfd, err = file_place(s, fd, &dirfd, name, sizeof(name));
+
+	if (err)
+		return err;
+	/* entries are not compared one by one: the versions keep their owner's read only, as
+	 * if the file were now 0400 (and with a mask of nothing, no named entry reads) */
+	if (fstat(fd, &cur) == 0 && store_versions_dir(s, dirfd, false, &vdirfd, NULL) == 0) {
+		cur.st_mode = S_IFREG | 0400;
+		restrict_all(vdirfd, name, &cur);
+		close(vdirfd);
+	}
+	close(dirfd);
+	return 0;
+}
+
 int store_history_follow_fd(struct store *s, int fd)
 {
 	char name[NAME_MAX + 1];
@@ -841,6 +908,7 @@ int store_stage_create(struct store *s, int srcfd, const struct stat *base, off_
 	fd = openat(s->stagefd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, base->st_mode & 0777);
 	if (fd < 0)
 		return -errno;
+	fremovexattr(fd, "system.posix_acl_access"); /* the base's own is copied below */
 	if (fchown(fd, base->st_uid, base->st_gid) < 0 || fchmod(fd, base->st_mode & 07777) < 0) {
 		err = -errno;
 		goto fail;

@@ -101,6 +101,9 @@ void store_kept_settle(struct store *s, int dirfd, const char *name, const struc
 int store_history_follow(struct store *s, int dirfd, const char *name);
 /* The same for the current file open as fd (an O_PATH fd will do), found through its name. */
 int store_history_follow_fd(struct store *s, int fd);
+/* The access ACL of the tree file fd changed: its versions keep only their owner's read
+ * (entries are not compared: an ACL change counts as opening). Store lock held. */
+int store_history_acl_changed(struct store *s, int fd);
 /* The tree directory at dirfd/name was removed (gone) or renamed away, or another directory
  * took the name: its mirror, if it no longer matches what is at the name, is closed (0700,
  * and marked gone if removed) where it is, or moved aside if another directory is there. */

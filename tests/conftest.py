@@ -56,14 +56,14 @@ class Procs:
 # The ThreadSanitizer build runs the tests that race threads of the daemon against each other.
 TSAN_BINS = os.environ.get("BINVFS_TSAN_BINS", "").split()
 TSAN_MODULES = ("test_races", "test_writers", "test_restart", "test_handles", "test_stop",
-                "security_daemon", "security_soak")  # (by the test's own module)
+                "security_daemon", "security_soak", "test_locks")  # (by the test's own module)
 
 
 # The core, race and crash tests also run with passthrough=off (plain build): the daemon's own
 # read path stays tested. Everything else runs as users get it (passthrough=auto).
 OFF_MODULES = ("test_publish", "test_writers", "test_versions", "test_races", "test_crash",
                "test_restart", "test_handles", "test_limits", "test_fidelity", "test_stop",
-               "test_inplace", "test_fidelity_xfs")
+               "test_inplace", "test_fidelity_xfs", "test_acl", "test_locks")
 OFF = "#passthrough=off"
 
 

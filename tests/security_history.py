@@ -15,6 +15,8 @@ unprivileged users of the `team` fixture (alice, mallory: one shared group).
 """
 import errno
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -346,3 +348,54 @@ def test_opening_a_directory_does_not_open_what_was_kept_closed(mounter, workdir
     assert as_actor(mal, lambda: try_read(m.p(".versions", "home", "a", "proj", "doc.~1~"))) \
         == "ok:alice v2\n"
     assert as_actor(al, lambda: leaks(m.p(".versions"), b"alice private"))
+
+
+# ---------------------------------------------------------------------------------------------
+# ACL entries (the kernel checks them with FUSE_POSIX_ACL): an entry that shuts a user out of a
+# file or a directory shuts her out of its history too, at once
+
+def setfacl(*args):
+    subprocess.run(["setfacl", *args], check=True)
+
+
+@pytest.fixture
+def acl_tools():
+    if not shutil.which("setfacl"):
+        pytest.skip("setfacl is missing (scripts/deps installs acl)")
+
+
+def test_acl_entry_on_a_directory_closes_its_history(mounter, workdir, team, acl_tools):
+    al, mal = team["alice"], team["mallory"]
+    open_world(workdir)
+    m = mounter(setup=alice_home(team))
+    f, v1 = m.p("home", "a", "f"), m.p(".versions", "home", "a", "f.~1~")
+
+    def alice():
+        write(f, ALICE, 0o644)
+        rewrite(f, b"alice v2\n")
+    as_actor(al, alice)
+    assert as_actor(mal, lambda: try_read(v1)) == "ok:" + ALICE.decode()  # open when kept
+    as_actor(al, lambda: setfacl("-m", f"u:{mal.uid}:---", m.p("home", "a")))
+    assert as_actor(mal, lambda: try_read(f)) == "EACCES"  # the kernel checks the entry
+    # the mirror moved aside at the setfacl (an ACL that changed counts as opening)
+    assert as_actor(mal, lambda: try_read(v1)) in ("EACCES", "ENOENT")
+    assert as_actor(mal, lambda: leaks(m.p(".versions"), ALICE)) == []
+    assert as_actor(al, lambda: leaks(m.p(".versions"), ALICE))  # hers to read
+    assert root_finds(m.p(".versions"), "f.~1~", ALICE)
+
+
+def test_acl_entry_on_a_file_closes_its_versions(mounter, workdir, team, acl_tools):
+    al, mal = team["alice"], team["mallory"]
+    open_world(workdir)
+    m = mounter(setup=alice_home(team))
+    doc, v1 = m.p("home", "a", "doc"), m.p(".versions", "home", "a", "doc.~1~")
+
+    def alice():
+        write(doc, ALICE, 0o644)
+        rewrite(doc, b"alice v2\n")
+    as_actor(al, alice)
+    assert as_actor(mal, lambda: try_read(v1)) == "ok:" + ALICE.decode()
+    as_actor(al, lambda: setfacl("-m", f"u:{mal.uid}:---", doc))
+    assert as_actor(mal, lambda: try_read(doc)) == "EACCES"
+    assert as_actor(mal, lambda: try_read(v1)) == "EACCES"
+    assert as_actor(al, lambda: try_read(v1)) == "ok:" + ALICE.decode()

@@ -171,25 +171,28 @@ def test_dlopen_loop_while_library_replaced(mnt, cbuild, workdir, procs):
         out = os.path.join(workdir, f"v{v}.so")
         subprocess.run(["cc", "-shared", "-fPIC", "-o", out, src], check=True)
         libs.append(out)
-    loop = cbuild("dlloop", r"""
+    # dlopen, call, dlclose in a loop until the stop file appears, while cp replaces the
+    # library 30 times (a count, not a race against the loop's speed: on a loaded machine
+    # 3000 dlopens once ended before the second cp)
+    loop = cbuild("dlloop_until", r"""
 #include <dlfcn.h>
 #include <stdio.h>
-#include <stdlib.h>
-int main(int c, char **v) { int n = atoi(v[2]), bad = 0;
-  for (int i = 0; i < n; i++) { void *h = dlopen(v[1], RTLD_NOW | RTLD_LOCAL);
+#include <unistd.h>
+int main(int c, char **v) { long n = 0, bad = 0;
+  while (access(v[2], F_OK) != 0 || n < 100) { void *h = dlopen(v[1], RTLD_NOW | RTLD_LOCAL);
+    n++;
     if (!h) { fprintf(stderr, "%s\n", dlerror()); bad++; continue; }
     int (*f)(void) = (int (*)(void))dlsym(h, "value"); int r = f ? f() : -1;
     if (r != 1 && r != 2) bad++; dlclose(h); }
-  printf("%d\n", bad); return 0; }""", "-ldl")
-    so = mnt.p("libv.so")
+  printf("%ld %ld\n", bad, n); return 0; }""", "-ldl")
+    so, stop = mnt.p("libv.so"), os.path.join(workdir, "stop")
     subprocess.run(["cp", libs[0], so], check=True)
-    p = procs.start([loop, so, "3000"], stdout=subprocess.PIPE, text=True)
-    i = 0
-    while p.poll() is None:
-        i += 1
+    p = procs.start([loop, so, stop], stdout=subprocess.PIPE, text=True)
+    for i in range(1, 31):
         subprocess.run(["cp", libs[i % 2], so], check=True)
-    assert p.stdout.read() == "0\n"
-    assert i > 5
+    open(stop, "w").close()
+    bad, n = map(int, p.communicate(timeout=60)[0].split())
+    assert (bad, p.returncode) == (0, 0), f"{bad} of {n} dlopens failed"
 
 
 def test_writers_and_rm_mv_on_same_name(mnt):
