@@ -12,6 +12,7 @@
 #include "attr.h"
 #include "closer.h"
 #include "log.h"
+#include "release.h"
 #include "space.h"
 
 #include <errno.h>
@@ -417,6 +418,17 @@ static int handle_publish(struct handle *h)
 		return -errno;
 	if (fstat(h->fd, &sst) < 0)
 		return -errno;
+	err = release_hold_publish(parent, stg->name, h->fd);
+	if (err != RELEASE_NOT_HELD) {
+		/* held by a release (release.c): the name keeps its file until the commit */
+		if (!err) {
+			struct stat meta;
+			node_meta_take(stg, &meta); /* it is in the held copy */
+			h->published = true;	    /* a later write copies it again */
+			h->dirty = false;
+		}
+		return err;
+	}
 	store_lock(&fs.store);
 	cfd = openat(node_fd(parent), stg->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (cfd >= 0 && fstat(cfd, &cst) == 0 && S_ISREG(cst.st_mode) &&

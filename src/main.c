@@ -3,6 +3,7 @@
 #include "fs.h"
 #include "handle.h"
 #include "locks.h"
+#include "release.h"
 #include "log.h"
 #include "options.h"
 #include "passthrough.h"
@@ -441,6 +442,8 @@ static int open_store(const struct options *o)
 	node_prune_hook = prune_deferred;
 	node_gone_hook = locks_node_gone;
 	node_inval_hook = inval_entry_queue;
+	/* a commit a stop interrupted: forward; an open release: back */
+	release_recover(&fs.store);
 	return 0;
 }
 
@@ -541,6 +544,7 @@ static void end_session(const char *mountpoint)
 	unmount_if_ours(mountpoint);
 	locks_shutdown();
 	handles_shutdown();
+	release_shutdown();
 	dirs_shutdown();
 	log_info("unmounted %s", mountpoint);
 	route_clear_all();

@@ -19,6 +19,9 @@
 /* binvfsctl prune's request to the daemon: setxattr(DIR, PRUNE_XATTR, "KEEP" or
  * "KEEP/NAME"), handled in ops_dir.c */
 #define PRUNE_XATTR "user.binvfs.prune"
+/* A release on DIR (src/release.c): setxattr(DIR, RELEASE_XATTR, "begin[:NAME]", "commit" or
+ * "abort"); getxattr: its state. Write access to DIR is what it takes. */
+#define RELEASE_XATTR "user.binvfs.release"
 /* Read on the mount root, answered by the daemon serving it (not stored): "pid=N", "keep=N",
  * "nosync=0|1" and "passthrough=on|off (why)" lines, for binvfsctl status. */
 #define STATUS_XATTR "user.binvfs.status"

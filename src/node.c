@@ -255,10 +255,16 @@ static struct node *found_locked(struct node *n, struct node *parent, const char
 
 struct node *node_lookup(struct node *parent, const char *name, struct stat *st, bool in_versions)
 {
+	return node_lookup_at(parent, name, st, in_versions, node_fd(parent), name);
+}
+
+struct node *node_lookup_at(struct node *parent, const char *name, struct stat *st,
+			    bool in_versions, int dirfd, const char *at)
+{
 	struct node *n;
 	struct file_handle *fh = NULL;
 	struct stat fst;
-	int fd, dirfd = node_fd(parent);
+	int fd;
 	bool pin;
 
 	pthread_mutex_lock(&table_lock);
@@ -267,7 +273,7 @@ struct node *node_lookup(struct node *parent, const char *name, struct stat *st,
 		return found_locked(n, parent, name);
 	pthread_mutex_unlock(&table_lock);
 
-	fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	fd = openat(dirfd, at, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return NULL;
 	if (fstat(fd, &fst) < 0) {

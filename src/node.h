@@ -76,6 +76,10 @@ uint64_t node_id(const struct node *n);
 /* Find or create the node for an object just looked up (st from fstatat(parent->fd, name),
  * updated if the name changed meanwhile); adds one kernel lookup. Returns NULL with errno set. */
 struct node *node_lookup(struct node *parent, const char *name, struct stat *st, bool in_versions);
+/* The same for an object found elsewhere (dirfd/at: a release's old file in .versions/),
+ * answered as parent/name. */
+struct node *node_lookup_at(struct node *parent, const char *name, struct stat *st,
+			    bool in_versions, int dirfd, const char *at);
 /* A directory was renamed through the mount: it is now newparent/newname. */
 void node_dir_moved(dev_t dev, ino_t ino, struct node *newparent, const char *newname);
 /* The path below SOURCE of a directory node ("" for the root), malloc'd; NULL if unknown. */

@@ -3,6 +3,7 @@
 #include "fs.h"
 #include "log.h"
 #include "attr.h"
+#include "release.h"
 #include "passthrough.h"
 
 #include <dirent.h>
@@ -189,6 +190,19 @@ void bv_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 		reply_status(req, size);
 		return;
 	}
+	if (!strcmp(name, RELEASE_XATTR)) {
+		char st[512];
+		int n = release_status(inode_of(ino), st, sizeof(st));
+		if (n < 0)
+			fuse_reply_err(req, -n);
+		else if (!size)
+			fuse_reply_xattr(req, (size_t)n);
+		else if (size < (size_t)n)
+			fuse_reply_err(req, ERANGE);
+		else
+			fuse_reply_buf(req, st, (size_t)n);
+		return;
+	}
 	value = size ? malloc(size) : NULL;
 	err = xattr_path(inode_of(ino), path, sizeof(path), false);
 	if (err)
@@ -315,7 +329,12 @@ static int xattr_change(fuse_req_t req, struct node *n, const char *name, const 
 void bv_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
 		 int flags)
 {
-	if (!strcmp(name, PRUNE_XATTR))
+	if (!strcmp(name, RELEASE_XATTR))
+		/* the kernel has checked that the caller may set user.* xattrs on DIR: write
+		 * access, so who may begin or commit follows DIR's permissions */
+		fuse_reply_err(
+		    req, -release_request(inode_of(ino), value, size, fuse_req_ctx(req)->uid));
+	else if (!strcmp(name, PRUNE_XATTR))
 		/* removing history is the administrator's: root only */
 		fuse_reply_err(req, fuse_req_ctx(req)->uid != 0
 					? EPERM

@@ -6,6 +6,7 @@
 #include "handle.h"
 #include "links.h"
 #include "log.h"
+#include "release.h"
 #include "route.h"
 #include "space.h"
 
@@ -77,7 +78,7 @@ static struct node *file_for(fuse_req_t req, struct node *parent, const char *na
 /* LOOKUP of parent/name for this request's thread: *np (one kernel lookup) and its stat, or
  * NULL for a negative answer; *cache: may the kernel keep the answer. */
 static int lookup_name(fuse_req_t req, struct node *parent, const char *name, struct node **np,
-		       struct stat *st, bool *cache)
+		       struct stat *st, bool *cache, bool nocache)
 {
 	struct node *n;
 	int dirfd = node_fd(parent);
@@ -97,7 +98,7 @@ static int lookup_name(fuse_req_t req, struct node *parent, const char *name, st
 	 * replaces sees the old or the new file, each with its one link */
 	err = dirfd < 0 ? -errno : links_fstatat(dirfd, name, st, parent->in_versions);
 	if (err == -ENOENT)
-		*cache = !parent->in_versions;
+		*cache = !parent->in_versions && !nocache;
 	if (err)
 		return err == -ENOENT ? 0 : err;
 	links = st->st_nlink;
@@ -111,7 +112,7 @@ static int lookup_name(fuse_req_t req, struct node *parent, const char *name, st
 		node_stat(n, st); /* the node's own (the name changed meanwhile) */
 	else
 		st->st_nlink = links; /* (node_lookup stats again when it makes a node) */
-	*cache = cacheable(parent, n, st, gen);
+	*cache = !nocache && cacheable(parent, n, st, gen);
 	if (*cache)
 		node_set_cached_name(n, node_id(parent), name);
 	*np = n;
@@ -124,10 +125,24 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 	struct node *n;
 	struct stat st;
 	bool cache;
-	int err = lookup_name(req, inode_of(pino), name, &n, &st, &cache);
+
+	/* a program of a release just committed over, still loading: its old files */
+	if (release_old_lookup(inode_of(pino), name, fuse_req_ctx(req)->pid, &n, &st) == 0) {
+		memset(&e, 0, sizeof(e));
+		if (n)
+			fill_entry(&e, n, &st, false);
+		if (fuse_reply_entry(req, &e) == -ENOENT && n)
+			node_forget(n, 1);
+		return;
+	}
+	/* under a release's directory: waits while it commits, and is not cached (release.c) */
+	bool held = release_walk_begin(inode_of(pino));
+	int err = lookup_name(req, inode_of(pino), name, &n, &st, &cache, held);
 
 	if (err) {
 		fuse_reply_err(req, -err);
+		if (held)
+			release_walk_end();
 		return;
 	}
 	if (n) {
@@ -138,6 +153,8 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 	}
 	if (fuse_reply_entry(req, &e) == -ENOENT && n)
 		node_forget(n, 1); /* the requester was interrupted: the kernel took no ref */
+	if (held)
+		release_walk_end();
 }
 
 void bv_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -422,6 +439,9 @@ static int unlink_keeping(struct node *parent, const char *name, uid_t uid)
 
 	if (parent->in_versions)
 		return versions_refuse("unlink of", name);
+	err = release_hold_unlink(parent, name);
+	if (err != RELEASE_NOT_HELD)
+		return err;
 	err = keep_removed_begin(parent, name, true, &ch, uid);
 	undo = !err && unlinkat(node_fd(parent), name, 0) < 0;
 	if (undo)
@@ -500,6 +520,9 @@ static int rename_keeping(fuse_req_t req, struct node *parent, const char *name,
 	if (!err && (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT)))
 		err = -EINVAL; /* the kernel checks CAP_MKNOD for a whiteout before we are asked */
 	if (err)
+		return err;
+	err = release_hold_rename(parent, name, nparent, newname, flags);
+	if (err != RELEASE_NOT_HELD)
 		return err;
 	err = keep_removed_begin(nparent, newname, !(flags & (RENAME_NOREPLACE | RENAME_EXCHANGE)),
 				 &ch, fuse_req_ctx(req)->uid);

@@ -12,6 +12,7 @@
 #include "handle.h"
 #include "locks.h"
 #include "log.h"
+#include "release.h"
 #include "passthrough.h"
 #include "route.h"
 
@@ -191,6 +192,7 @@ void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
 		fuse_reply_err(req, -err);
 		return;
 	}
+	release_note_created(inode_of(pino), name, st.st_ino); /* an abort removes it */
 	/* a new file is written in place as natively: the kernel may write it itself */
 	int id = node_open(h->node, pt_active());
 	fill_entry(&e, h->node, &st, false);

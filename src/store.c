@@ -110,8 +110,9 @@ static void staging_sweep(struct store *s)
 		return;
 	}
 	while ((e = readdir(d))) {
+		/* R<name>: a release's, rolled forward or back by release_recover */
 		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") ||
-		    !strcmp(e->d_name, s->stagename))
+		    !strcmp(e->d_name, s->stagename) || e->d_name[0] == 'R')
 			continue;
 		int sub = store_open_dir(s->lockfd, e->d_name, O_RDONLY);
 		if (sub < 0) {
@@ -931,7 +932,7 @@ int store_sync_dir(struct store *s, int dirfd)
 {
 	int fd;
 
-	if (s->nosync)
+	if (s->nosync || s->batch)
 		return 0;
 	fd = store_open_dir(dirfd, ".", O_RDONLY);
 	if (fd < 0)

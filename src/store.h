@@ -21,6 +21,7 @@ struct store {
 	char stagename[32];
 	unsigned keep; /* old versions kept per path, 0 = no limit */
 	bool nosync;
+	bool batch; /* a release's commit: no sync per directory, one syncfs after (store lock) */
 	pthread_mutex_t lock;	  /* serialises every change to names that keeps a version; taken
 				   * through store_lock(). Lock order: a handle's lock, then this,
 				   * then the node table's and the links lock (docs/design.md §9) */

@@ -76,5 +76,6 @@ int cmd_rollback(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
 int cmd_outdated(int argc, char **argv);
 int cmd_restart(int argc, char **argv);
+int cmd_release(int argc, char **argv);
 
 #endif

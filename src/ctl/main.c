@@ -41,6 +41,11 @@ static const char usage[] =
     "                             runs or maps a replaced version; processes\n"
     "                             in no service are listed, never restarted;\n"
     "                             --dry-run: print the commands only\n"
+    "  release begin|commit|abort|status DIR [--name NAME]\n"
+    "                             a release on DIR: from begin on, every\n"
+    "                             publish, rm and mv under DIR is held;\n"
+    "                             commit makes them all current at one\n"
+    "                             instant, abort drops them\n"
     "\n"
     "  --json                     machine-readable output (JSON) on stdout\n"
     "  -h, --help                 this help\n"
@@ -52,9 +57,9 @@ static const struct {
 	const char *name;
 	int (*fn)(int argc, char **argv);
 } commands[] = {
-    {"status", cmd_status},	{"log", cmd_log},     {"diff", cmd_diff},
-    {"rollback", cmd_rollback}, {"prune", cmd_prune}, {"outdated", cmd_outdated},
-    {"restart", cmd_restart},
+    {"status", cmd_status},	{"log", cmd_log},	  {"diff", cmd_diff},
+    {"rollback", cmd_rollback}, {"prune", cmd_prune},	  {"outdated", cmd_outdated},
+    {"restart", cmd_restart},	{"release", cmd_release},
 };
 
 int main(int argc, char **argv)
