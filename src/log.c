@@ -2,6 +2,7 @@
  * libfuse's own messages go the same way. */
 #define _GNU_SOURCE /* vasprintf */
 #include "log.h"
+#include "names.h"
 
 #include <errno.h>
 #include <fuse_log.h>
@@ -13,36 +14,6 @@
 
 static bool use_syslog;
 bool log_debug_enabled;
-
-/* Length of the well-formed UTF-8 sequence at p (Unicode's table 3-7), 0 if there is none. */
-static int utf8_seq(const unsigned char *p)
-{
-	unsigned char lo = 0x80, hi = 0xbf; /* the range of the second byte */
-	int n;
-
-	if (p[0] >= 0xc2 && p[0] <= 0xdf)
-		n = 2;
-	else if (p[0] >= 0xe0 && p[0] <= 0xef)
-		n = 3;
-	else if (p[0] >= 0xf0 && p[0] <= 0xf4)
-		n = 4;
-	else
-		return 0;
-	if (p[0] == 0xe0)
-		lo = 0xa0;
-	else if (p[0] == 0xed)
-		hi = 0x9f;
-	else if (p[0] == 0xf0)
-		lo = 0x90;
-	else if (p[0] == 0xf4)
-		hi = 0x8f;
-	if (p[1] < lo || p[1] > hi)
-		return 0;
-	for (int i = 2; i < n; i++)
-		if ((p[i] & 0xc0) != 0x80)
-			return 0;
-	return n;
-}
 
 /* The message as one line of data: file names in it are anybody's, and a newline, CR or ESC
  * in one must neither forge a line of its own nor reach a terminal raw. A backslash becomes
@@ -56,7 +27,7 @@ static char *escape_line(const char *s)
 	if (!out)
 		return NULL;
 	for (const unsigned char *p = (const unsigned char *)s; *p;) {
-		int n = *p >= 0x80 ? utf8_seq(p) : 1;
+		int n = *p >= 0x80 ? names_utf8_len(p) : 1;
 		const char *k = strchr(named, *p); /* *p is not 0 here */
 		if (k) {
 			*o++ = '\\';

@@ -165,3 +165,32 @@ bool names_write_flags(unsigned long flags)
 		return false;
 	return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
 }
+
+int names_utf8_len(const unsigned char *p)
+{
+	unsigned char lo = 0x80, hi = 0xbf; /* the range of the second byte */
+	int n;
+
+	if (p[0] >= 0xc2 && p[0] <= 0xdf)
+		n = 2;
+	else if (p[0] >= 0xe0 && p[0] <= 0xef)
+		n = 3;
+	else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+		n = 4;
+	else
+		return 0;
+	if (p[0] == 0xe0)
+		lo = 0xa0;
+	else if (p[0] == 0xed)
+		hi = 0x9f;
+	else if (p[0] == 0xf0)
+		lo = 0x90;
+	else if (p[0] == 0xf4)
+		hi = 0x8f;
+	if (p[1] < lo || p[1] > hi)
+		return 0;
+	for (int i = 2; i < n; i++) /* stops at the NUL of a string cut short */
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	return n;
+}

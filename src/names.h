@@ -75,4 +75,9 @@ bool names_store_entry(const char *name);
 /* Do open(2) flags ask for writing, or truncate? (O_PATH opens neither.) */
 bool names_write_flags(unsigned long flags);
 
+/* Length of the well-formed UTF-8 sequence at p (Unicode's table 3-7: no overlong form, no
+ * surrogate, nothing above U+10FFFF), 0 if there is none: how the log, binvfsctl's escaping
+ * and its JSON tell a name's characters from bytes of no character. */
+int names_utf8_len(const unsigned char *p);
+
 #endif

@@ -1,5 +1,6 @@
 /* json.c - the --json writer: one document per command, ends with a newline. */
 #include "json.h"
+#include "names.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -60,37 +61,6 @@ void json_arr_end(void)
 	close_(']');
 }
 
-/* Length of the well-formed UTF-8 sequence at p (Unicode's table 3-7: no overlong form, no
- * surrogate, nothing above U+10FFFF), 0 if there is none. */
-static int utf8_len(const unsigned char *p)
-{
-	unsigned char lo = 0x80, hi = 0xbf; /* the range of the second byte */
-	int n;
-
-	if (p[0] >= 0xc2 && p[0] <= 0xdf)
-		n = 2;
-	else if (p[0] >= 0xe0 && p[0] <= 0xef)
-		n = 3;
-	else if (p[0] >= 0xf0 && p[0] <= 0xf4)
-		n = 4;
-	else
-		return 0;
-	if (p[0] == 0xe0)
-		lo = 0xa0;
-	else if (p[0] == 0xed)
-		hi = 0x9f;
-	else if (p[0] == 0xf0)
-		lo = 0x90;
-	else if (p[0] == 0xf4)
-		hi = 0x8f;
-	if (p[1] < lo || p[1] > hi)
-		return 0;
-	for (int i = 2; i < n; i++)
-		if ((p[i] & 0xc0) != 0x80)
-			return 0;
-	return n;
-}
-
 /* Names are bytes. Well-formed UTF-8 is written as is; every other byte 0xNN as \udcNN, a
  * lone low surrogate that no UTF-8 text can contain (Python's "surrogateescape": its
  * os.fsencode() gives the bytes back), so the output stays UTF-8 and no two names look the
@@ -103,7 +73,7 @@ static void put_string(const char *s)
 	putchar('"');
 	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
 		if (*p >= 0x80) {
-			int n = utf8_len(p);
+			int n = names_utf8_len(p);
 			if (n) {
 				fwrite(p, 1, (size_t)n, stdout);
 				p += n - 1;

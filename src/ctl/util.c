@@ -1,6 +1,7 @@
 /* util.c - errors, allocation, number and time formatting, text tables. */
 #define _GNU_SOURCE
 #include "ctl.h"
+#include "names.h"
 
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -221,37 +222,6 @@ unsigned char entry_type(DIR *d, const struct dirent *e)
 	return S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : 0;
 }
 
-/* Length of the well-formed UTF-8 sequence at p (Unicode's table 3-7: no overlong form, no
- * surrogate, nothing above U+10FFFF), 0 if there is none; as json.c reads names. */
-static int utf8_seq(const unsigned char *p)
-{
-	unsigned char lo = 0x80, hi = 0xbf; /* the range of the second byte */
-	int n;
-
-	if (p[0] >= 0xc2 && p[0] <= 0xdf)
-		n = 2;
-	else if (p[0] >= 0xe0 && p[0] <= 0xef)
-		n = 3;
-	else if (p[0] >= 0xf0 && p[0] <= 0xf4)
-		n = 4;
-	else
-		return 0;
-	if (p[0] == 0xe0)
-		lo = 0xa0;
-	else if (p[0] == 0xed)
-		hi = 0x9f;
-	else if (p[0] == 0xf0)
-		lo = 0x90;
-	else if (p[0] == 0xf4)
-		hi = 0x8f;
-	if (p[1] < lo || p[1] > hi)
-		return 0;
-	for (int i = 2; i < n; i++)
-		if ((p[i] & 0xc0) != 0x80)
-			return 0;
-	return n;
-}
-
 char *esc(const char *s)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -259,7 +229,7 @@ char *esc(const char *s)
 	char *out = xmalloc(4 * strlen(s) + 1), *o = out;
 
 	for (const unsigned char *p = (const unsigned char *)s; *p;) {
-		int n = *p >= 0x80 ? utf8_seq(p) : 1;
+		int n = *p >= 0x80 ? names_utf8_len(p) : 1;
 		const char *k = *p ? strchr(named, *p) : NULL;
 		bool c1 = n == 2 && p[0] == 0xc2 && p[1] < 0xa0; /* U+0080-U+009F: CSI and co. */
 		if (k) {
