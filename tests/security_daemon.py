@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from util import Actor, attempt, open_world, read, write
+from util import Actor, as_actor, attempt, open_world, read, write
 
 ROOT = Actor("root", 0, 0)
 SECRET = b"root secret 7f3a: the database password\n"
@@ -36,44 +36,8 @@ PAYLOAD = b"#!/bin/sh\necho mallory was here\n"
 # helpers
 
 def as_user(actor, fn, nofile=None, timeout=120):
-    """fn() in a forked child with actor's uids, gids and groups (RLIMIT_NOFILE raised to
-    `nofile`, at most the hard limit, before dropping root); its JSON-able result, or an
-    AssertionError with the exception it raised."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        out = b""
-        try:
-            os.close(r)
-            if nofile:
-                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-                n = min(nofile, hard)
-                resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
-            os.setgroups(actor.groups)
-            os.setresgid(actor.gid, actor.gid, actor.gid)
-            os.setresuid(actor.uid, actor.uid, actor.uid)
-            out = json.dumps({"result": fn()}).encode()
-        except BaseException as e:  # noqa: B902 - reported to the parent
-            out = json.dumps({"error": repr(e)}).encode()
-        finally:
-            try:
-                os.write(w, out)
-            finally:
-                os._exit(0)
-    os.close(w)
-    try:
-        chunks = []
-        while True:
-            b = os.read(r, 1 << 16)
-            if not b:
-                break
-            chunks.append(b)
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
-    msg = json.loads(b"".join(chunks) or b'{"error": "no answer"}')
-    assert "error" not in msg, f"{actor.name}: {msg['error']}"
-    return msg["result"]
+    """util.as_actor, with RLIMIT_NOFILE raised to `nofile` for the attack on fd shares."""
+    return as_actor(actor, fn, timeout=timeout, nofile=nofile)
 
 
 def chown_tree(path, uid, gid, mode):

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import re
+import resource
 import subprocess
 import tempfile
 import time
@@ -113,15 +114,19 @@ def attempt(fn):
         return err_name(e)
 
 
-def as_actor(actor, fn, timeout=50):
+def as_actor(actor, fn, timeout=50, nofile=None):
     """Run fn() in a forked child with actor's uids, gids and groups (setgroups, setresgid,
-    setresuid); returns what fn returned (JSON through a pipe)."""
+    setresuid; RLIMIT_NOFILE raised to `nofile`, at most the hard limit, before dropping root);
+    returns what fn returned (JSON through a pipe)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         out = b""
         try:
             os.close(r)
+            if nofile:
+                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, hard), hard))
             os.setgroups(actor.groups)
             os.setresgid(actor.gid, actor.gid, actor.gid)
             os.setresuid(actor.uid, actor.uid, actor.uid)
