@@ -38,9 +38,11 @@ struct binvfs {
 
 extern struct binvfs fs;
 
+/* The node a request on nodeid ino reaches: a version's cached alias stands for the version
+ * (node_version); LOOKUP, FORGET and OPEN, which tell them apart, use node_get. */
 static inline struct node *inode_of(fuse_ino_t ino)
 {
-	return node_get(ino);
+	return node_version(node_get(ino));
 }
 
 /* ops_entry.c */
@@ -107,6 +109,8 @@ void inval_init(struct fuse_session *se);
 int inval_start(void);
 void inval_stop(void);
 void inval_entry_queue(struct node *dir, const char *name);
+/* The same for a directory known by its nodeid only: the kernel ignores a nodeid it forgot. */
+void inval_entry_queue_id(uint64_t dir, const char *name);
 /* Drop the kernel's entry dir/name now (the caller holds no directory lock a walk may wait
  * on); false if it was not sent (the daemon stops, or the kernel refused). */
 bool inval_entry_now(uint64_t dir, const char *name);

@@ -24,7 +24,8 @@
 
 struct inval {
 	struct inval *next;
-	struct node *dir; /* holds a ref */
+	struct node *dir; /* holds a ref; or NULL, and the nodeid is `id` */
+	uint64_t id;
 	char name[];
 };
 
@@ -75,8 +76,9 @@ static void *inval_main(void *arg)
 		queue = iv->next;
 		pthread_mutex_unlock(&inval_lock);
 		if (!stopping)
-			inval_entry_now(node_id(iv->dir), iv->name);
-		node_unref(iv->dir);
+			inval_entry_now(iv->dir ? node_id(iv->dir) : iv->id, iv->name);
+		if (iv->dir)
+			node_unref(iv->dir);
 		free(iv);
 		pthread_mutex_lock(&inval_lock);
 	}
@@ -107,7 +109,7 @@ void inval_stop(void)
 	running = false;
 }
 
-void inval_entry_queue(struct node *dir, const char *name)
+static void queue_one(struct node *dir, uint64_t id, const char *name)
 {
 	struct inval *iv = malloc(sizeof(*iv) + strlen(name) + 1);
 
@@ -115,10 +117,22 @@ void inval_entry_queue(struct node *dir, const char *name)
 		return;
 	strcpy(iv->name, name);
 	iv->dir = dir;
-	node_ref(dir);
+	iv->id = id;
+	if (dir)
+		node_ref(dir);
 	pthread_mutex_lock(&inval_lock);
 	iv->next = queue;
 	queue = iv;
 	pthread_cond_signal(&inval_cond);
 	pthread_mutex_unlock(&inval_lock);
+}
+
+void inval_entry_queue(struct node *dir, const char *name)
+{
+	queue_one(dir, 0, name);
+}
+
+void inval_entry_queue_id(uint64_t dir, const char *name)
+{
+	queue_one(NULL, dir, name);
 }

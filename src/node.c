@@ -33,6 +33,21 @@ void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
 void (*node_gone_hook)(dev_t dev, ino_t ino);
 void (*node_inval_hook)(struct node *dir, const char *name);
 
+/* Files an exec has opened (node_set_hot), remembered beyond their nodes: direct-mapped, a
+ * collision forgets the older one (then merely answered as idle again: design.md §2).
+ * table_lock. */
+#define HOT_SLOTS 4096
+static struct {
+	dev_t dev;
+	ino_t ino;
+} hot_files[HOT_SLOTS];
+
+static size_t hot_slot(dev_t dev, ino_t ino)
+{
+	uint64_t h = (uint64_t)ino * 0x9E3779B97F4A7C15ull ^ (uint64_t)dev;
+	return (size_t)(h ^ (h >> 31)) & (HOT_SLOTS - 1);
+}
+
 static size_t hash(dev_t dev, ino_t ino)
 {
 	uint64_t h = (uint64_t)ino * 0x9E3779B97F4A7C15ull ^ (uint64_t)dev;
@@ -309,6 +324,10 @@ struct node *node_lookup_at(struct node *parent, const char *name, struct stat *
 	n->in_versions = in_versions && n->kind == NODE_DIR;
 	n->dev = st->st_dev;
 	n->ino = st->st_ino;
+	if (n->kind == NODE_FILE) {
+		size_t i = hot_slot(n->dev, n->ino);
+		n->hot = hot_files[i].dev == n->dev && hot_files[i].ino == n->ino;
+	}
 	if (pin || !fh) {
 		n->fd = fd;
 		nodefd_count(1);
@@ -393,11 +412,64 @@ struct node *node_new_staging(struct node *base, struct node *parent, const char
 	return n; /* no references yet: the caller adds its lookup or ref */
 }
 
+void node_set_hot(struct node *n)
+{
+	if (node_hot(n))
+		return;
+	pthread_mutex_lock(&table_lock);
+	size_t i = hot_slot(n->dev, n->ino);
+	hot_files[i].dev = n->dev;
+	hot_files[i].ino = n->ino;
+	__atomic_store_n(&n->hot, true, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&table_lock);
+}
+
+struct node *node_alias(struct node *v)
+{
+	struct node *a;
+
+	pthread_mutex_lock(&table_lock);
+	a = v->alias;
+	if (a) {
+		a->nlookup++;
+		pthread_mutex_unlock(&table_lock);
+		return a;
+	}
+	pthread_mutex_unlock(&table_lock);
+	struct node *made = node_alloc();
+	if (!made)
+		return NULL;
+	made->kind = NODE_ALIAS;
+	made->dev = v->dev;
+	made->ino = v->ino;
+	made->base = v;
+	pthread_mutex_lock(&table_lock);
+	a = v->alias;
+	if (a) { /* another LOOKUP made it meanwhile */
+		a->nlookup++;
+		pthread_mutex_unlock(&table_lock);
+		free(made);
+		return a;
+	}
+	v->refs++;
+	__atomic_store_n(&v->alias, made, __ATOMIC_RELAXED); /* (read unlocked as a hint) */
+	made->nlookup = 1;
+	list_insert(&all, &made->all);
+	pthread_mutex_unlock(&table_lock);
+	return made;
+}
+
 void node_add_lookup(struct node *n)
 {
 	pthread_mutex_lock(&table_lock);
 	n->nlookup++;
 	pthread_mutex_unlock(&table_lock);
+}
+
+/* Does the kernel hold n's alias (it then uses the version)? table_lock held. */
+static bool kernel_alias(const struct node *n)
+{
+	return n->alias && n->alias->nlookup;
 }
 
 /* Called with table_lock held; unlocks it. */
@@ -410,7 +482,7 @@ static void release_locked(struct node *n)
 	bool file = false;
 
 	if (n == &root || n->nlookup || n->refs || n->opens || n->pinned) {
-		if (n != &root && n->prune_vrel && !n->opens && !n->nlookup) {
+		if (n != &root && n->prune_vrel && !n->opens && !n->nlookup && !kernel_alias(n)) {
 			/* only internal references left: nobody uses the version any more */
 			vrel = n->prune_vrel;
 			n->prune_vrel = NULL;
@@ -418,7 +490,9 @@ static void release_locked(struct node *n)
 		pthread_mutex_unlock(&table_lock);
 		goto prune;
 	}
-	if (n->kind != NODE_STAGING)
+	if (n->kind == NODE_ALIAS && n->base->alias == n)
+		__atomic_store_n(&n->base->alias, NULL, __ATOMIC_RELAXED);
+	else if (n->kind != NODE_STAGING && n->kind != NODE_ALIAS)
 		hash_remove(n); /* (not found if LOOKUP took it out as stale) */
 	list_remove(&n->all);
 	pthread_mutex_unlock(&table_lock);
@@ -724,17 +798,19 @@ void node_mark_replaced(dev_t dev, ino_t ino, bool replaced)
 	pthread_mutex_unlock(&table_lock);
 }
 
-uint64_t node_known(dev_t dev, ino_t ino)
+int node_known(dev_t dev, ino_t ino, uint64_t ids[2])
 {
 	struct node *n;
-	uint64_t id = 0;
+	int k = 0;
 
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(dev, ino);
 	if (n && n->kind == NODE_FILE && n->nlookup)
-		id = node_id(n);
+		ids[k++] = node_id(n);
+	if (n && n->kind == NODE_FILE && n->alias && n->alias->nlookup)
+		ids[k++] = node_id(n->alias);
 	pthread_mutex_unlock(&table_lock);
-	return id;
+	return k;
 }
 
 bool node_held(dev_t dev, ino_t ino)
@@ -757,7 +833,7 @@ bool node_defer_prune(const struct stat *st, const char *vrel, int vdirfd, const
 
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(st->st_dev, st->st_ino);
-	if (n && n->kind == NODE_FILE && (n->nlookup || n->opens)) {
+	if (n && n->kind == NODE_FILE && (n->nlookup || n->opens || kernel_alias(n))) {
 		free(n->prune_vrel);
 		n->prune_vrel = strdup(vrel);
 		used = n->prune_vrel != NULL;
@@ -797,6 +873,16 @@ void node_set_cached_name(struct node *n, uint64_t dir, const char *name)
 	n->cached_name = copy;
 	n->cached_dir = dir;
 	pthread_mutex_unlock(&table_lock);
+}
+
+bool node_has_cached_name(struct node *n)
+{
+	bool has;
+
+	pthread_mutex_lock(&table_lock);
+	has = n->cached_name != NULL;
+	pthread_mutex_unlock(&table_lock);
+	return has;
 }
 
 char *node_take_cached_name(struct node *n, uint64_t *dir)

@@ -15,6 +15,9 @@ enum node_kind {
 	NODE_FILE,    /* one immutable published version of a regular file */
 	NODE_OTHER,   /* symlink, fifo, device, socket */
 	NODE_STAGING, /* a writer's private nodeid; opens for writing get a staging copy */
+	NODE_ALIAS,   /* the cached nodeid of a version of an executable name nobody has run
+		       * yet (`base`): every request but LOOKUP, FORGET and OPEN is the
+		       * version's (inode_of); design.md §2, "Caching executable names" */
 };
 
 struct node {
@@ -25,6 +28,8 @@ struct node {
 			   * .versions/ since: still counts that link (node_stat); atomic */
 	bool locked;	  /* file: a lock was asked through an open of it; its reader opens get
 			   * FLUSH from now on (locks.h); atomic */
+	bool hot;	  /* file: an exec opened this version: its executable names are answered
+			   * with this node, uncached (route_lookup); atomic */
 	bool pinned;	  /* a reference or open count was dropped below zero (a bug): never
 			   * freed, a leak rather than a use after free; table lock */
 	dev_t dev;
@@ -51,12 +56,14 @@ struct node {
 	char *cached_name;
 	dev_t prune_vdev; /* the .versions/ directory holding it */
 	ino_t prune_vino;
-	int cur_fd;	   /* staging: fd of the newest staging copy, -1 if none */
-	int meta_valid;	   /* staging: FUSE_SET_ATTR_* set by the writer, kept in meta */
-	struct stat *meta; /* applied in place if the content turns out unchanged (allocated at
-			    * the first: most nodes never need one) */
-	/* staging nodes, immutable after creation: */
-	struct node *base;   /* the version the writer copies (holds a ref) */
+	int cur_fd;	    /* staging: fd of the newest staging copy, -1 if none */
+	int meta_valid;	    /* staging: FUSE_SET_ATTR_* set by the writer, kept in meta */
+	struct stat *meta;  /* applied in place if the content turns out unchanged (allocated at
+			     * the first: most nodes never need one) */
+	struct node *alias; /* file: its NODE_ALIAS node, if any (no ref: the alias holds one on
+			     * this node, and clears this when freed), table lock */
+	/* staging and alias nodes, immutable after creation: */
+	struct node *base;   /* the version the writer copies, or the alias stands for (ref) */
 	struct node *parent; /* the directory it publishes into (holds a ref) */
 	char *name;
 	/* directories: where the kernel last found it (holds a ref on dparent), table lock; gives
@@ -85,6 +92,8 @@ void node_dir_moved(dev_t dev, ino_t ino, struct node *newparent, const char *ne
 /* The path below SOURCE of a directory node ("" for the root), malloc'd; NULL if unknown. */
 char *node_dir_path(dev_t dev, ino_t ino);
 struct node *node_new_staging(struct node *base, struct node *parent, const char *name);
+/* The cached alias of version v, found or made, with one kernel lookup added; NULL (ENOMEM). */
+struct node *node_alias(struct node *v);
 void node_add_lookup(struct node *n);
 
 /* Drop references; the last one frees the node. Either may then remove a version whose
@@ -140,8 +149,8 @@ void node_mark_old(dev_t dev, ino_t ino, bool old);
 /* Does the kernel (or a route, a writer) still hold a node of that inode? */
 bool node_busy(dev_t dev, ino_t ino);
 void node_mark_replaced(dev_t dev, ino_t ino, bool replaced);
-/* The nodeid of the file node of that inode if the kernel holds it, else 0. */
-uint64_t node_known(dev_t dev, ino_t ino);
+/* The nodeids of that inode's file node and its alias that the kernel holds: their count. */
+int node_known(dev_t dev, ino_t ino, uint64_t ids[2]);
 /* For retention: true if a node of that inode is in use; it then removes vrel when unused. */
 bool node_defer_prune(const struct stat *st, const char *vrel, int vdirfd, const char *vname);
 /* Set by main: asks the kernel to drop a cached entry (inval.c). */
@@ -149,6 +158,7 @@ extern void (*node_inval_hook)(struct node *dir, const char *name);
 void node_set_cur_fd(struct node *n, int fd);
 void node_set_cached_name(struct node *n, uint64_t dir, const char *name);
 char *node_take_cached_name(struct node *n, uint64_t *dir);
+bool node_has_cached_name(struct node *n);
 void node_meta_add(struct node *n, int valid, const struct stat *resolved);
 int node_meta_take(struct node *n, struct stat *meta);
 int node_cur_fd(struct node *n);
@@ -159,6 +169,22 @@ extern void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
 extern void (*node_gone_hook)(dev_t dev, ino_t ino);
 /* Is there a node of that file, held by anyone (the kernel, an open, a writer's base)? */
 bool node_held(dev_t dev, ino_t ino);
+
+/* The node whose file a request reaches: an alias stands for its version. */
+static inline struct node *node_version(struct node *n)
+{
+	return n->kind == NODE_ALIAS ? n->base : n;
+}
+
+static inline bool node_hot(const struct node *n)
+{
+	return __atomic_load_n(&n->hot, __ATOMIC_ACQUIRE);
+}
+
+/* An exec opened version n: hot from now on, also for a node made later for the same file
+ * while it is remembered (a bounded table: the kernel forgets a program's node when its last
+ * run ends, and the next run would find it idle again). */
+void node_set_hot(struct node *n);
 
 static inline bool node_old(const struct node *n)
 {

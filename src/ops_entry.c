@@ -76,7 +76,7 @@ static int lookup_name(fuse_req_t req, struct node *parent, const char *name, st
 	if (n->kind == NODE_FILE)
 		n = file_for(req, parent, name, n, st, links, &file_cache);
 	if (view_root || st->st_ino != ino)
-		node_stat(n, st); /* the node's own (the name changed meanwhile) */
+		node_stat(node_version(n), st); /* the node's own (the name changed meanwhile) */
 	else
 		st->st_nlink = links; /* (node_lookup stats again when it makes a node) */
 	/* only if no publish overlapped this LOOKUP: every publish invalidates its name
@@ -128,14 +128,14 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 
 void bv_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-	node_forget(inode_of(ino), nlookup);
+	node_forget(node_get(ino), nlookup); /* (an alias's own lookups) */
 	fuse_reply_none(req);
 }
 
 void bv_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
 	for (size_t i = 0; i < count; i++)
-		node_forget(inode_of(forgets[i].ino), forgets[i].nlookup);
+		node_forget(node_get(forgets[i].ino), forgets[i].nlookup);
 	fuse_reply_none(req);
 }
 
@@ -178,6 +178,18 @@ static int setattr_staging(pid_t tid, uid_t uid, struct node *n, const struct st
 	if (!err && (valid & FUSE_SET_ATTR_SIZE))
 		st->st_size = attr->st_size; /* what was published */
 	return err;
+}
+
+/* A file's metadata changed through one of its nodeids: the kernel's attributes of its others
+ * (the version's own and its alias, design.md §2) go. (No directory lock is taken.) */
+static void inval_attrs(struct node *n)
+{
+	uint64_t ids[2];
+
+	if (!__atomic_load_n(&n->alias, __ATOMIC_RELAXED))
+		return; /* (the usual case: one nodeid, whose attributes the reply sets) */
+	for (int i = node_known(n->dev, n->ino, ids); i-- > 0;)
+		fuse_lowlevel_notify_inval_inode(fs.se, ids[i], -1, 0);
 }
 
 /* SETATTR by name of a directory, symlink or current file: metadata in place (no version). A
@@ -244,6 +256,8 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		err = setattr_in_place(n, attr, valid);
 		if (!err)
 			err = node_stat(n, &st);
+		if (!err && n->kind == NODE_FILE)
+			inval_attrs(n); /* the kernel's other inode of it (its alias) */
 	}
 	if (err)
 		fuse_reply_err(req, -err);

@@ -78,10 +78,11 @@ static int open_version(struct node *n, struct fuse_file_info *fi, int *id)
 
 void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct node *n = inode_of(ino);
+	struct node *n = node_get(ino); /* (an alias, which route_open tells apart) */
 	struct handle *h = NULL;
 	int id = 0, err = open_refused(req, n, fi->flags);
 
+	n = node_version(n);
 	if (!err && n->kind == NODE_STAGING && names_write_flags(fi->flags)) {
 		pid_t opener = closer_tgid(fuse_req_ctx(req)->pid);
 		err =

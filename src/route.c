@@ -42,6 +42,8 @@ struct route {
 	struct node *staging;  /* the staging node it was given (ref) */
 	struct node *in_place; /* or the file it writes in place, being written (ref) */
 	bool walked;	       /* a LOOKUP came from the thread since it was sent back */
+	bool exec;	       /* sent back from an exec of a cached alias (`stale`): its walk's
+				* LOOKUPs of executable names answer the version's own node */
 };
 
 static pthread_mutex_t route_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -176,18 +178,27 @@ bool route_thread_writes(pid_t tid)
 	return false;
 }
 
-bool route_arm(pid_t tid, uid_t uid, struct node *stale)
+/* What arming a route found: a fresh send-back, or a thread sent back already that walked its
+ * path again since, or that came back without a walk (by an fd, or a file handle). */
+enum arm { ARM_FRESH, ARM_WALKED, ARM_NO_WALK };
+
+static enum arm arm(pid_t tid, uid_t uid, struct node *stale, bool exec)
 {
 	struct route *r;
-	bool fresh = true;
+	enum arm res = ARM_FRESH;
 
 	pthread_mutex_lock(&route_lock);
 	r = find(tid, uid, true);
-	if (r->stale == stale && !r->staging && !r->walked) {
-		fresh = false; /* sent back already, and no LOOKUP came: no name walk */
+	if (exec && r->exec && (r->walked || r->stale == stale)) {
+		/* an exec sent back once already: a second ESTALE would fail it */
+		res = r->walked ? ARM_WALKED : ARM_NO_WALK;
+		clear((int)(r - routes));
+	} else if (r->stale == stale && !r->staging && !r->walked) {
+		res = ARM_NO_WALK; /* sent back already, and no LOOKUP came: no name walk */
 		clear((int)(r - routes));
 	} else {
 		r->walked = false;
+		r->exec = exec;
 		if (r->stale)
 			node_unref(r->stale);
 		r->stale = stale;
@@ -195,7 +206,27 @@ bool route_arm(pid_t tid, uid_t uid, struct node *stale)
 		r->expires = now_ns() + ROUTE_TTL_NS;
 	}
 	pthread_mutex_unlock(&route_lock);
-	return fresh;
+	return res;
+}
+
+bool route_arm(pid_t tid, uid_t uid, struct node *stale)
+{
+	return arm(tid, uid, stale, false) == ARM_FRESH;
+}
+
+/* Is tid an exec sent back from a cached alias, walking its path again? */
+static bool exec_walk(pid_t tid)
+{
+	struct route *r;
+	bool exec = false;
+
+	if (!__atomic_load_n(&nroutes, __ATOMIC_ACQUIRE))
+		return false;
+	pthread_mutex_lock(&route_lock);
+	r = find(tid, 0, false);
+	exec = r && r->exec;
+	pthread_mutex_unlock(&route_lock);
+	return exec;
 }
 
 struct node *route_staging(pid_t tid, uid_t uid, struct node *base, struct node *parent,
@@ -209,8 +240,9 @@ struct node *route_staging(pid_t tid, uid_t uid, struct node *base, struct node 
 		return NULL;
 	pthread_mutex_lock(&route_lock);
 	r = find(tid, uid, detected);
-	if (!r)
-		goto out;
+	if (!r || (r->exec && !detected))
+		goto out; /* an exec's walk: no writer */
+	r->exec = false;
 	if (r->staging && r->staging->base == base && r->staging->parent == parent &&
 	    !strcmp(r->staging->name, name)) {
 		st = r->staging; /* the second LOOKUP of a retry: same answer */
@@ -299,44 +331,92 @@ void route_clear_all(void)
 
 /* The routing rule (kernel-notes §1-3, §9; design.md §2).
  *
- * LOOKUP: only a name with an execute bit can be running (execve needs one, root included), so
- * only those need the syscall read that tells a writer before it reaches the inode (§9). A
- * writer's thread, so told or armed by an earlier ESTALE, gets a staging node of its own. The
- * kernel may cache the answer only for a name without any execute bit, in the tree: a writer
- * that lands on a cached entry reaches OPEN, where route_open sends it back (§3). A name with
- * an x bit must be looked up every time: a writer landing on a running inode fails with
- * ETXTBSY before we are asked (§1). */
+ * LOOKUP: only a name with an execute bit can be running (execve needs one, root included).
+ * A version of such a name that no exec has opened yet ("idle") is answered with its cached
+ * alias, a nodeid of its own that no exec ever runs (route_open), so the kernel may keep that
+ * answer as it keeps a name without an x bit: a writer that lands on a cached entry meets no
+ * ETXTBSY and reaches OPEN, where route_open sends it back to walk again (§3). Once an exec
+ * opens a version ("hot"), its names are answered with the version's own node, looked up
+ * every time, and the syscall read tells a writer before it reaches the inode (§1, §9). A
+ * writer's thread, so told or armed by an earlier ESTALE, gets a staging node of its own. */
 struct node *route_lookup(pid_t tid, uid_t uid, struct node *parent, const char *name,
 			  struct node *n, mode_t mode, bool *cache)
 {
+	bool x = mode & 0111, idle = false, writer = false;
+	struct node *stg;
+
 	*cache = false;
 	if (parent->in_versions)
 		return n; /* a writer sent back here walks to the same node again, and its second
 			   * open is refused (route_arm) */
-	bool writer = (mode & 0111) && route_thread_writes(tid);
-	struct node *stg = route_staging(tid, uid, n, parent, name, writer);
-
+	if (x && exec_walk(tid))
+		node_set_hot(n); /* an exec sent back from the alias runs the version's own node */
+	/* (a file written in place changes under its nodeid: one nodeid for it, as before) */
+	idle = x && !node_hot(n) && !node_written_in_place(n);
+again:
+	writer = x && !idle && route_thread_writes(tid);
+	stg = route_staging(tid, uid, n, parent, name, writer);
 	if (stg && node_written_in_place(n)) {
 		/* its writer writes the file itself: so does this one (node_written_in_place) */
 		node_forget(stg, 1);
 		route_in_place(tid, uid, n);
 		stg = NULL;
 	}
-	if (!stg) {
-		*cache = !(mode & 0111);
-		return n;
+	if (stg) {
+		log_debug("lookup %s: thread %d routed to staging", name, tid);
+		node_forget(n, 1);
+		return stg;
 	}
-	log_debug("lookup %s: thread %d routed to staging", name, tid);
-	node_forget(n, 1);
-	return stg;
+	if (idle) {
+		struct node *a = node_alias(n);
+		if (!a) { /* (no memory) answered as a running version */
+			idle = false;
+			goto again;
+		}
+		node_forget(n, 1);
+		*cache = true;
+		return a;
+	}
+	*cache = !x;
+	return n;
+}
+
+/* An exec runs a node whose name the kernel may cache for long (an alias, or a version looked
+ * up without an x bit): forget that name, and with `inval` ask the kernel to drop its entry
+ * (queued: a path walk may hold the directory's lock, inval.c), so that later walks ask again
+ * and take the version's own node. Only for an exec that ran without a re-walk: a re-walk
+ * replaces the entry itself, and an invalidation queued before it could drop the new entry
+ * (a running program's /proc/PID/exe would read "(deleted)"). */
+static void forget_cached_name(struct node *n, bool inval)
+{
+	uint64_t dir;
+	char *name = node_take_cached_name(n, &dir);
+
+	if (name && inval)
+		inval_entry_queue_id(dir, name);
+	free(name);
 }
 
 /* OPEN: a write open or truncate never reaches a published version; an exec never runs a
- * staging node, nor a version whose name the kernel may still cache. */
+ * staging node, nor an alias or a version whose name the kernel may still cache. */
 enum route_open route_open(pid_t tid, uid_t uid, struct node *n, int flags)
 {
 	bool write = names_write_flags((unsigned long)flags);
 
+	if ((flags & FMODE_EXEC) && n->kind == NODE_ALIAS) {
+		/* Never run the alias: a writer may reach it through the kernel's cache without
+		 * asking us, and would meet ETXTBSY. The version is hot from now on; the exec's
+		 * re-walk's LOOKUP answers the version's own node (exec_walk). An exec that comes
+		 * back without a walk opens by its fd (fexecve, execveat(AT_EMPTY_PATH),
+		 * /proc/self/fd): a second ESTALE would fail it, so it runs the alias
+		 * (docs/semantics.md), whose entries go. */
+		node_set_hot(n->base);
+		if (arm(tid, uid, n, true) == ARM_FRESH)
+			return ROUTE_REWALK;
+		forget_cached_name(n, true);
+		return ROUTE_SERVE;
+	}
+	n = node_version(n);
 	if (n->kind == NODE_STAGING) {
 		route_done(tid);
 		/* an exec must run a published version: walk again */
@@ -358,15 +438,20 @@ enum route_open route_open(pid_t tid, uid_t uid, struct node *n, int flags)
 		return versions_readonly(n) ? ROUTE_REFUSE_VIEW : ROUTE_REFUSE_NO_WALK;
 	}
 	if ((flags & FMODE_EXEC) && n->kind == NODE_FILE) {
-		uint64_t dir;
-		char *cached = node_take_cached_name(n, &dir);
-		if (cached) {
+		bool rewalked = exec_walk(tid); /* sent back once: it never is again */
+
+		node_set_hot(n); /* its executable names are answered with it, uncached */
+		if (node_has_cached_name(n)) {
 			/* It was looked up without an x bit, so the kernel may hold its name for
 			 * long; running, it must be looked up every time (route_lookup). Send the
 			 * exec back once: its re-walk renews the entry, same nodeid, now uncached.
-			 */
-			free(cached);
-			return ROUTE_REWALK;
+			 * An exec by its fd comes back without a walk and runs it. */
+			enum arm a = arm(tid, uid, n, true);
+			if (a == ARM_FRESH)
+				return ROUTE_REWALK;
+			forget_cached_name(n, a == ARM_NO_WALK);
+		} else if (rewalked) {
+			route_done(tid); /* the exec sent back arrived */
 		}
 	}
 	return ROUTE_SERVE;

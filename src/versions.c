@@ -37,7 +37,7 @@ bool versions_readonly(struct node *n)
  * is still linked at another tree name. */
 void versions_after_change(const struct store_change *ch)
 {
-	uint64_t id;
+	uint64_t ids[2];
 
 	if (!ch->kept)
 		return;
@@ -48,6 +48,7 @@ void versions_after_change(const struct store_change *ch)
 	 * link), drop them (not its pages), so that name shows its new link count (links.c). An
 	 * inode that had one name still counts it for whoever holds it from before (a reader, a
 	 * stat() in flight), as after an in-place write: node.replaced, design.md §3. */
-	if (ch->old.st_nlink >= 2 && (id = node_known(ch->old.st_dev, ch->old.st_ino)))
-		fuse_lowlevel_notify_inval_inode(fs.se, id, -1, 0);
+	for (int i = ch->old.st_nlink >= 2 ? node_known(ch->old.st_dev, ch->old.st_ino, ids) : 0;
+	     i-- > 0;)
+		fuse_lowlevel_notify_inval_inode(fs.se, ids[i], -1, 0);
 }
