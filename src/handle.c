@@ -14,6 +14,10 @@
 #include "log.h"
 #include "release.h"
 #include "space.h"
+#include "copy.h"
+#include "keep.h"
+#include "inval.h"
+#include "versions.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -15,6 +15,7 @@
  * no new invalidation starts, and the stop waits for those in flight, which the still running
  * workers let finish. The watchdog (watchdog.c) covers what no code of ours can: SIGKILL. */
 #define _GNU_SOURCE
+#include "inval.h"
 #include "fs.h"
 #include "log.h"
 

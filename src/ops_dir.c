@@ -1,10 +1,13 @@
 /* ops_dir.c - directory listing (the root hides .versions/) and extended attributes. */
 #define _GNU_SOURCE
+#include "ops_dir.h"
 #include "fs.h"
 #include "log.h"
 #include "attr.h"
 #include "release.h"
 #include "passthrough.h"
+#include "retention.h"
+#include "versions.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -248,7 +251,7 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 		return -EINVAL;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	/* takes the store lock itself, one batch at a time */
-	n = store_prune(&fs.store, node_fd(dir), *end ? end + 1 : NULL, (unsigned)keep);
+	n = retention_prune(&fs.store, node_fd(dir), *end ? end + 1 : NULL, (unsigned)keep);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	if (n >= 0)
 		log_info("prune request (keep %lu%s%s): %d versions removed in %.0f ms", keep,

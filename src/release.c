@@ -30,6 +30,9 @@
 #include "links.h"
 #include "locks.h"
 #include "log.h"
+#include "keep.h"
+#include "inval.h"
+#include "versions.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,6 +1,7 @@
 /* versions.c - the .versions/ view: reachable by name at the mount root, hidden from its
  * listing, read-only, and backed directly by the store's .versions/ directory. */
 #define _GNU_SOURCE
+#include "versions.h"
 #include "fs.h"
 
 #include "log.h"
