@@ -21,8 +21,8 @@
 struct binvfs {
 	struct store store;
 	struct fuse_session *se;
-	unsigned long gen;     /* bumped by every publish (atomic): a LOOKUP that overlapped one is
-				* not cached */
+	unsigned long gen;     /* bumped by every publish (atomic, inval_gen_bump): a LOOKUP that
+				* overlapped one is not cached */
 	int mnt_id;	       /* our mount as /proc/PID/fdinfo shows it, -1 if unknown */
 	char bdi[32];	       /* our mount's "major:minor", its name in /sys/class/bdi/ */
 	unsigned readahead_kb; /* set on the bdi at INIT; 0: the kernel's */

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "ops_dir.h"
 #include "fs.h"
+#include "inval.h"
 #include "log.h"
 #include "attr.h"
 #include "release.h"
@@ -323,7 +324,7 @@ static int xattr_change(fuse_req_t req, struct node *n, const char *name, const 
 	}
 	if (!err && (target != n || (acl && !fs.posix_acl)))
 		/* attributes and ACLs only; the kernel takes no lock of the inode for it */
-		fuse_lowlevel_notify_inval_inode(fs.se, node_id(target), -1, 0);
+		inval_attrs(node_id(target));
 	if (!err && !strcmp(name, ACL_ACCESS) && !target->in_versions)
 		acl_history_follows(target);
 	return err;

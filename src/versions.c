@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "versions.h"
 #include "fs.h"
+#include "inval.h"
 
 #include "log.h"
 
@@ -50,5 +51,5 @@ void versions_after_change(const struct store_change *ch)
 	 * inode that had one name still counts it for whoever holds it from before (a reader, a
 	 * stat() in flight), as after an in-place write: node.replaced, design.md §3. */
 	if (ch->old.st_nlink >= 2 && (id = node_known(ch->old.st_dev, ch->old.st_ino)))
-		fuse_lowlevel_notify_inval_inode(fs.se, id, -1, 0);
+		inval_attrs(id);
 }
