@@ -9,6 +9,8 @@
 #include "node.h"
 #include "log.h"
 #include "nodefd.h"
+#include "retention.h"
+#include "locks.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -41,9 +43,8 @@ void node_table_unlock(void)
 	pthread_mutex_unlock(&table_lock);
 }
 
-void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
-void (*node_gone_hook)(dev_t dev, ino_t ino);
 void (*node_inval_hook)(struct node *dir, const char *name);
+static struct store *prune_store; /* where a deferred prune removes its version */
 
 static size_t hash(dev_t dev, ino_t ino)
 {
@@ -121,8 +122,9 @@ void node_inval_view_entry(struct node *dir, const char *vrel)
 	node_unref(dir);
 }
 
-void node_table_init(int rootfd)
+void node_table_init(struct store *s)
 {
+	int rootfd = s->rootfd;
 	struct stat st;
 
 	nbuckets = 1024;
@@ -137,6 +139,7 @@ void node_table_init(int rootfd)
 	root.dev = st.st_dev;
 	root.ino = st.st_ino;
 	root.nlookup = 2;
+	prune_store = s;
 }
 
 static void node_free(struct node *n)
@@ -167,8 +170,8 @@ void node_table_destroy(void)
 		struct node *n = list_entry(l, struct node, all);
 		list_remove(l);
 		/* the session is over: every user of a version whose prune waited is gone */
-		if (n->prune_vrel && node_prune_hook)
-			node_prune_hook(n->prune_vrel, n->dev, n->ino);
+		if (n->prune_vrel)
+			retention_remove_deferred(prune_store, n->prune_vrel, n->dev, n->ino);
 		node_free(n);
 	}
 	free(buckets);
@@ -440,16 +443,15 @@ void node_release_locked(struct node *n)
 	parent = n->kind == NODE_STAGING ? n->parent : n->dparent;
 	file = n->kind == NODE_FILE;
 	node_free(n);
-	if (file && node_gone_hook)
-		node_gone_hook(dev, ino);
+	if (file)
+		locks_node_gone(dev, ino);
 	if (base)
 		node_unref(base);
 	if (parent)
 		node_unref(parent);
 prune:
 	if (vrel) {
-		if (node_prune_hook)
-			node_prune_hook(vrel, dev, ino);
+		retention_remove_deferred(prune_store, vrel, dev, ino);
 		free(vrel);
 	}
 }

@@ -11,6 +11,8 @@
 
 #include "list.h"
 
+struct store;
+
 enum node_kind {
 	NODE_DIR,
 	NODE_FILE,    /* one immutable published version of a regular file */
@@ -82,7 +84,8 @@ struct node {
 			    * the first: most nodes never need one) */
 };
 
-void node_table_init(int rootfd);
+/* The table of the store s (its root, SOURCE; deferred prunes remove versions from it). */
+void node_table_init(struct store *s);
 void node_table_destroy(void);
 struct node *node_root(void);
 struct node *node_get(uint64_t nodeid);
@@ -103,7 +106,8 @@ struct node *node_new_staging(struct node *base, struct node *parent, const char
 void node_add_lookup(struct node *n);
 
 /* Drop references; the last one frees the node. Either may then remove a version whose
- * prune waited for it (node_prune_hook: takes the store lock, deletes the file): so a FORGET,
+ * prune waited for it (retention_remove_deferred: takes the store lock, deletes the file),
+ * and a file's end is told to locks.c (locks_node_gone): so a FORGET,
  * the end of a LOOKUP or a route, or a RELEASE (node_close) can delete a file. Call them
  * holding neither the store lock nor the table lock. */
 void node_forget(struct node *n, uint64_t nlookup);
@@ -124,7 +128,9 @@ void node_mark_replaced(dev_t dev, ino_t ino, bool replaced);
 uint64_t node_known(dev_t dev, ino_t ino);
 /* For retention: true if a node of that inode is in use; it then removes vrel when unused. */
 bool node_defer_prune(const struct stat *st, const char *vrel, int vdirfd, const char *vname);
-/* Set by main: asks the kernel to drop a cached entry (inval.c). */
+/* Asks the kernel to drop a cached entry: inval_entry_queue (inval.c), set by main.c's
+ * open_store. A pointer, not a call: inval.c calls node.c (node_id, node_ref, node_unref),
+ * and the modules' calls form no cycle (tests/test_structure.py). */
 extern void (*node_inval_hook)(struct node *dir, const char *name);
 void node_set_cur_fd(struct node *n, int fd);
 void node_set_cached_name(struct node *n, uint64_t dir, const char *name);
@@ -133,10 +139,6 @@ void node_meta_add(struct node *n, int valid, const struct stat *resolved);
 int node_meta_take(struct node *n, struct stat *meta);
 int node_cur_fd(struct node *n);
 
-/* Set by main: removes a deferred version (store lock taken inside). */
-extern void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
-/* Set by main: the node of a file (dev, ino) is freed (locks_node_gone); no lock held. */
-extern void (*node_gone_hook)(dev_t dev, ino_t ino);
 /* Is there a node of that file, held by anyone (the kernel, an open, a writer's base)? */
 bool node_held(dev_t dev, ino_t ino);
 
