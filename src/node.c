@@ -8,6 +8,7 @@
 #include "node.h"
 #include "log.h"
 #include "passthrough.h"
+#include "nodefd.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,7 @@
 /* ops_entry.c - FUSE operations on names and attributes: lookup (where writers are routed),
  * forget, getattr/setattr, and the namespace changes that keep replaced files as versions. */
 #define _GNU_SOURCE
+#include "ops_entry.h"
 #include "attr.h"
 #include "fs.h"
 #include "handle.h"
@@ -9,6 +10,9 @@
 #include "release.h"
 #include "route.h"
 #include "space.h"
+#include "keep.h"
+#include "retention.h"
+#include "versions.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -440,7 +444,7 @@ static void keep_removed_end(struct store_change *ch, bool undo, bool changed, c
 			     const char *name, uid_t uid)
 {
 	if (undo && ch->kept)
-		store_remove_version(&fs.store, ch->vrel, ch->old.st_dev, ch->old.st_ino);
+		retention_remove_version(&fs.store, ch->vrel, ch->old.st_dev, ch->old.st_ino);
 	if (undo)
 		ch->kept = false;
 	if (changed)

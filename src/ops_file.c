@@ -6,6 +6,7 @@
  * content never changes. A writer's open gets a private copy (handle.c), published at its close.
  * Each operation replies once, at its end. */
 #define _GNU_SOURCE
+#include "ops_file.h"
 #include "attr.h"
 #include "closer.h"
 #include "fs.h"
@@ -15,6 +16,7 @@
 #include "release.h"
 #include "passthrough.h"
 #include "route.h"
+#include "versions.h"
 
 #include <errno.h>
 #include <fcntl.h>
