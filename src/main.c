@@ -258,6 +258,7 @@ static void unmount_if_ours(const char *dir)
 {
 	int p[2], id = binvfs_mount_id(dir, NULL, 0);
 
+	pt_detach(); /* the session's fd is closed or replaced below */
 	if (fs.mnt_id >= 0 && id != fs.mnt_id && pipe2(p, O_CLOEXEC) == 0) {
 		log_info("%s is not our mount any more (%s): leaving it alone", dir,
 			 id < 0 ? "detached" : "another binvfs serves it now");

@@ -103,6 +103,27 @@ def test_creator_and_readers_share_the_backing_file(mounter):
     assert os.listdir(m.p(".versions")) == ["log.~1~"]
 
 
+def test_stop_with_a_passthrough_writer_open(mounter):
+    """Stopped (SIGTERM) while a creator still writes its file through a backing id: the
+    unmount closes the session's /dev/fuse fd, and the handle closed after it frees its id
+    with the connection, not by an ioctl on that fd number (closed then, or a pipe's, or
+    another file's): the daemon exits 0 and logs no failed backing close."""
+    m = mounter(lambda src: None)
+    assert mode_logged(m) == "on"
+    fd = os.open(m.p("new"), os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, b"x" * 4096)
+        m.proc.send_signal(signal.SIGTERM)
+        m.proc.wait(timeout=30)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    text = m.stop()
+    assert "closing backing id" not in text, text
+
+
 # --- fallbacks ------------------------------------------------------------------------------
 
 @pytest.fixture

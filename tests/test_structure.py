@@ -95,3 +95,39 @@ def test_only_inval_c_notifies_the_kernel(objects):
             with open(f) as fh:
                 assert not re.search(r"(add|sub|fetch|store)\w*\(\s*&fs\.gen\b", fh.read()), \
                     f"{os.path.basename(f)} bumps fs.gen"
+
+
+# The store's names on disk (docs/format.md) and the names composed from them are written in
+# names.c and names.h only; the other files use their macros and functions. A message may
+# mention a name in prose (a literal with a space in it); a literal without one builds a name.
+STORE_NAMES = (".versions", ".binvfs-format", ".binvfs-staging", "binvfs store format",
+               ".~~", ".~gone-", "trusted.binvfs.", "user.binvfs.", ".~%")
+
+
+def literals(text):
+    """The string literals of C source text, comments left out."""
+    out = []
+    for m in re.finditer(r'/\*.*?\*/|//[^\n]*|"((?:[^"\\\n]|\\.)*)"|\'(?:[^\'\\\n]|\\.)*\'',
+                         text, re.S):
+        if m.group(1) is not None:
+            out.append(m.group(1))
+    return out
+
+
+def test_literals_sees_names_and_skips_comments():
+    text = '/* ".versions" */ x = "%s/.~~"; // ".~gone-"\n c = \'"\'; y = "a \\" b";'
+    assert literals(text) == ["%s/.~~", 'a \\" b']
+
+
+def test_no_store_name_outside_names_c():
+    files = [f for f in glob.glob(os.path.join(ROOT, "src", "**", "*.[ch]"), recursive=True)
+             if not re.search(r"/src/names\.[ch]$", f)]
+    assert len(files) > 20
+    found = []
+    for f in files:
+        with open(f) as fh:
+            for lit in literals(fh.read()):
+                if " " not in lit and \
+                        any(n in lit for n in STORE_NAMES):
+                    found.append(f"{os.path.relpath(f, ROOT)}: \"{lit}\"")
+    assert not found, "store names written outside names.c/names.h:\n" + "\n".join(found)
