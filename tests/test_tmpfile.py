@@ -196,6 +196,8 @@ def test_unlinked_tmpfile_closed_leaves_nothing(mnt):
     fd = tmpfile(mnt.p())
     os.write(fd, os.urandom(1 << 20))
     assert os.fstat(fd).st_nlink == 0
+    # the one difference (semantics.md item 20): ext4 reads DIR/#INO (deleted)
+    assert os.readlink(f"/proc/self/fd/{fd}") == mnt.p() + "// (deleted)"
     assert daemon_unnamed_fds(mnt)  # the daemon holds it while it is open
     os.close(fd)
     wait_for(lambda: not daemon_unnamed_fds(mnt), 10, "the daemon lets go of the tmpfile")
@@ -249,3 +251,27 @@ def test_readers_see_the_linked_file_whole(mnt):
         stop.set()
         t.join()
     assert seen == [size]
+
+
+def test_tmpfile_in_a_setgid_directory(both, workdir, team):
+    """vfstest's O_TMPFILE cases (xfstests generic/696, 697): in a setgid directory of a group
+    the caller is not in, the file gets the directory's group and loses the setgid bit it
+    asked for."""
+    open_world(workdir)
+    alice = team["alice"]
+
+    def seq(p):
+        os.mkdir(p("sg"))
+        os.chown(p("sg"), 0, 0)
+        os.chmod(p("sg"), 0o2777)
+
+        def make():
+            os.umask(0)
+            fd = tmpfile(p("sg"), 0o2755)
+            before = fmeta(fd)
+            link_proc(fd, p("sg", "f"))
+            os.close(fd)
+            return before, meta(p("sg", "f"))
+        return as_actor(alice, make)
+    r = same_on_both(both, seq)
+    assert r[0] == ["0o755", alice.uid, 0, 0, 0, True]
