@@ -77,7 +77,8 @@ uint64_t node_id(const struct node *n);
  * updated if the name changed meanwhile); adds one kernel lookup. Returns NULL with errno set. */
 struct node *node_lookup(struct node *parent, const char *name, struct stat *st, bool in_versions);
 /* The same for an object found elsewhere (dirfd/at: a release's old file in .versions/),
- * answered as parent/name. */
+ * answered as parent/name. at NULL: the file of the fd dirfd itself, which has no name (an
+ * O_TMPFILE): always pinned, its fd keeping it alive until the node goes. */
 struct node *node_lookup_at(struct node *parent, const char *name, struct stat *st,
 			    bool in_versions, int dirfd, const char *at);
 /* A directory was renamed through the mount: it is now newparent/newname. */

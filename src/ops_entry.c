@@ -415,15 +415,21 @@ void bv_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t pino, const char *name)
 {
 	struct node *n = inode_of(ino), *parent = inode_of(pino);
 	int err = check_new_name(parent, name, "link to");
+	struct stat st;
 
 	if (!err && (n->kind == NODE_STAGING || node_old(n) || n->kind == NODE_DIR))
 		err = -EXDEV; /* old versions leave .versions/ by copy, not by link */
+	/* an O_TMPFILE's first name (bv_create; the kernel links one only if it was opened
+	 * without O_EXCL): it appears whole, a new file like any other */
+	bool first = !err && n->kind == NODE_FILE && fstat(node_fd(n), &st) == 0 && !st.st_nlink;
 	if (!err && linkat(node_fd(n), "", node_fd(parent), name, AT_EMPTY_PATH) < 0)
 		err = -errno;
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
+	if (first)
+		release_note_created(parent, name, st.st_ino); /* an abort removes it */
 	reply_new_entry(req, parent, name);
 }
 

@@ -163,9 +163,19 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 }
 
+/* O_TMPFILE: the kernel's FUSE_TMPFILE, relabelled CREATE by passthrough.c, arrives with the
+ * name "/", which no CREATE can have. */
+static bool tmpfile_name(const char *name)
+{
+	return name[0] == '/' && !name[1];
+}
+
 /* The new file of a CREATE, as natively: the caller's (the daemon is root), with the group of a
  * setgid directory, its umask or its parent's default ACL applied; its node (one lookup) and
- * its handle. */
+ * its handle. For O_TMPFILE a file with no name (st_nlink 0), made in the parent's own backing
+ * directory: the backing filesystem applies the parent's default ACL as for a named file, and
+ * a LINK of it (bv_link) stays on that filesystem. Written in place like any new file; never
+ * linked, it goes with its node (the kernel's FORGET after the last close), leaving nothing. */
 static int create_file(fuse_req_t req, struct node *parent, const char *name, mode_t mode,
 		       int oflags, struct stat *st, struct handle **hp)
 {
@@ -186,7 +196,13 @@ static int create_file(fuse_req_t req, struct node *parent, const char *name, mo
 	/* O_EXCL: the file given to the caller below is one this CREATE made. A name already on
 	 * disk means the kernel's negative entry was stale (another daemon on the store made it):
 	 * never open or chown that file as root for the caller; walk again (kernel-notes §3). */
-	fd = openat(node_fd(parent), name, oflags | O_EXCL, create_mode(parent, mode, ctx->umask));
+	if (tmpfile_name(name))
+		fd = openat(node_fd(parent), ".",
+			    O_TMPFILE | O_RDWR | O_CLOEXEC | (oflags & (O_SYNC | O_DSYNC)),
+			    create_mode(parent, mode, ctx->umask));
+	else
+		fd = openat(node_fd(parent), name, oflags | O_EXCL,
+			    create_mode(parent, mode, ctx->umask));
 	if (fd < 0) {
 		err = errno == EEXIST && !(oflags & O_EXCL) ? -ESTALE : -errno;
 		handle_share_put(ctx->uid);
@@ -195,7 +211,9 @@ static int create_file(fuse_req_t req, struct node *parent, const char *name, mo
 	gid_t gid =
 	    fstat(node_fd(parent), &pst) == 0 && (pst.st_mode & S_ISGID) ? pst.st_gid : ctx->gid;
 	give_to(fd, ctx->uid, gid);
-	if (fstat(fd, st) < 0 || !(n = node_lookup(parent, name, st, false))) {
+	if (fstat(fd, st) < 0 ||
+	    !(n = tmpfile_name(name) ? node_lookup_at(parent, name, st, false, fd, NULL)
+				     : node_lookup(parent, name, st, false))) {
 		err = -errno;
 		close(fd);
 		handle_share_put(ctx->uid);
@@ -223,7 +241,8 @@ void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
 		fuse_reply_err(req, -err);
 		return;
 	}
-	release_note_created(inode_of(pino), name, st.st_ino); /* an abort removes it */
+	if (!tmpfile_name(name)) /* a tmpfile: at its LINK (bv_link) */
+		release_note_created(inode_of(pino), name, st.st_ino); /* an abort removes it */
 	/* a new file is written in place as natively: the kernel may write it itself */
 	int id = node_open(h->node, pt_active());
 	fill_entry(&e, h->node, &st, false);
