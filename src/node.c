@@ -9,6 +9,7 @@
 #include "log.h"
 #include "nodeid.h"
 #include "passthrough.h"
+#include "nodefd.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -18,6 +18,7 @@
 #include "nodeid.h"
 #include "log.h"
 #include "node.h"
+#include "nodefd.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -6,6 +6,7 @@
  * content never changes. A writer's open gets a private copy (handle.c), published at its close.
  * Each operation replies once, at its end. */
 #define _GNU_SOURCE
+#include "ops_file.h"
 #include "attr.h"
 #include "closer.h"
 #include "fs.h"
@@ -15,6 +16,7 @@
 #include "release.h"
 #include "passthrough.h"
 #include "route.h"
+#include "versions.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -101,6 +103,33 @@ static int open_version(struct node *n, struct fuse_file_info *fi, int *id)
 	return 0;
 }
 
+/* Natively a write, fallocate or open with O_TRUNC by a caller without CAP_FSETID drops setuid,
+ * and setgid when the group may execute the file or the caller is not in its group
+ * (privs_dropped), as a change of mode that makes no version. The kernel asks for it with a
+ * SETATTR before a write, but judges setgid by S_IXGRP alone (fuse_setattr): a setgid file
+ * without it kept its bit (generic/683-685); an O_TRUNC it does not ask for at all (with
+ * FUSE_ATOMIC_O_TRUNC the OPEN truncates and the kernel's SETATTR stops short). */
+static void drop_privs(fuse_req_t req, struct handle *h)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct stat st, attr;
+	mode_t kill = 0;
+
+	if (ctx->pid <= 0) /* a write through a shared mapping: nobody's */
+		return;
+	pthread_mutex_lock(&h->lock);
+	if (fstat(h->fd, &st) == 0)
+		kill = privs_dropped(ctx->pid, ctx->gid, &st);
+	if (kill) {
+		attr.st_mode = st.st_mode & 07777 & ~kill;
+		if (h->kind == H_STAGE) /* kept too if the content turns out unchanged */
+			staging_setattr(h->node, h->fd, &attr, FUSE_SET_ATTR_MODE);
+		else
+			meta_apply(NULL, h->fd, &attr, FUSE_SET_ATTR_MODE);
+	}
+	pthread_mutex_unlock(&h->lock);
+}
+
 void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct node *n = inode_of(ino);
@@ -122,6 +151,8 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	} else if (!err) {
 		err = open_version(n, fi, &id);
 	}
+	if (!err && h && (fi->flags & O_TRUNC))
+		drop_privs(req, h);
 	if (err)
 		fuse_reply_err(req, -err);
 	else if (pt_reply_open(req, fi, id) == -ENOENT) { /* interrupted: the kernel has no file */
@@ -228,36 +259,6 @@ void bv_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
 		fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 	if (h)
 		pthread_mutex_unlock(&h->lock);
-}
-
-/* Natively a write or fallocate by a caller without CAP_FSETID drops setuid, and setgid when
- * the group may execute the file or the caller is not in its group (the kernel's
- * setattr_should_drop_suidgid), as a change of mode that makes no version. The kernel asks
- * for it with a SETATTR before the request, but judges setgid by S_IXGRP alone
- * (fuse_setattr): a setgid file without it kept its bit (generic/683-685). */
-static void drop_privs(fuse_req_t req, struct handle *h)
-{
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	struct stat st, attr;
-	mode_t kill = 0;
-
-	if (ctx->pid <= 0) /* a write through a shared mapping: nobody's */
-		return;
-	pthread_mutex_lock(&h->lock);
-	if (fstat(h->fd, &st) == 0 && S_ISREG(st.st_mode)) {
-		kill = st.st_mode & S_ISUID;
-		if ((st.st_mode & S_ISGID) && (st.st_mode & S_IXGRP || st.st_gid != ctx->gid))
-			kill |= S_ISGID;
-	}
-	if (kill && !caller_keeps(ctx->pid, ctx->gid, st.st_gid,
-				  kill == S_ISGID && !(st.st_mode & S_IXGRP))) {
-		attr.st_mode = st.st_mode & 07777 & ~kill;
-		if (h->kind == H_STAGE) /* kept too if the content turns out unchanged */
-			staging_setattr(h->node, h->fd, &attr, FUSE_SET_ATTR_MODE);
-		else
-			meta_apply(NULL, h->fd, &attr, FUSE_SET_ATTR_MODE);
-	}
-	pthread_mutex_unlock(&h->lock);
 }
 
 void bv_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
