@@ -97,6 +97,10 @@ static void bv_init(void *userdata, struct fuse_conn_info *conn)
 	 * to us, which create_mode() applies unless the parent has a default ACL; with
 	 * default_permissions it also checks ACL entries itself and drops a node's cached
 	 * attributes and ACLs at every setfacl and chmod */
+	/* open_by_handle_at of a nodeid the kernel forgot asks LOOKUP (nodeid, ".") and a
+	 * directory's parent LOOKUP (nodeid, ".."): ops_entry.c, nodeid.c */
+	if (conn->capable & FUSE_CAP_EXPORT_SUPPORT)
+		conn->want |= FUSE_CAP_EXPORT_SUPPORT;
 	if (conn->capable & FUSE_CAP_DONT_MASK)
 		conn->want |= FUSE_CAP_DONT_MASK;
 	if (fs.acl_ok && (conn->capable & FUSE_CAP_POSIX_ACL))
