@@ -101,8 +101,10 @@ bool versions_readonly(struct node *n);
 int versions_refuse(const char *op, const char *name);
 void versions_after_change(const struct store_change *ch);
 
-/* inval.c: every kernel entry invalidation; those asked by request handlers are queued for
- * a thread of their own (inval_entry_queue) */
+/* inval.c: every kernel entry invalidation. Those asked where a path walk may wait for the
+ * caller (a directory lock held) are queued for a thread of their own (inval_entry_queue); a
+ * publish sends its own inline (inval_entry_now, from the FLUSH). The attribute invalidations
+ * of versions.c and ops_dir.c are sent inline too (the kernel takes no lock for them). */
 void inval_init(struct fuse_session *se);
 int inval_start(void);
 void inval_stop(void);
