@@ -212,3 +212,18 @@ bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group)
 	}
 	return keep;
 }
+
+mode_t privs_dropped(pid_t tid, gid_t fsgid, const struct stat *st)
+{
+	mode_t kill = 0;
+
+	if (tid <= 0 || !S_ISREG(st->st_mode)) /* tid 0: a write through a shared mapping */
+		return 0;
+	kill = st->st_mode & S_ISUID;
+	if ((st->st_mode & S_ISGID) && (st->st_mode & S_IXGRP || st->st_gid != fsgid))
+		kill |= S_ISGID;
+	if (kill &&
+	    caller_keeps(tid, fsgid, st->st_gid, kill == S_ISGID && !(st->st_mode & S_IXGRP)))
+		kill = 0;
+	return kill;
+}

@@ -7,12 +7,14 @@
  * that still cannot be kept goes without a version, said in the log. Callers hold the store
  * lock. */
 #define _GNU_SOURCE
+#include "keep.h"
 #include "history.h"
 #include "links.h"
 #include "log.h"
 #include "names.h"
 #include "space.h"
 #include "store.h"
+#include "retention.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -117,7 +119,7 @@ static int keep_version(struct store *s, int dirfd, const char *name, struct sto
 		if (err)
 			goto out;
 	}
-	err = store_list_versions(vdirfd, stored, &ns, &cnt);
+	err = retention_list_versions(vdirfd, stored, &ns, &cnt);
 	if (err)
 		goto out;
 	if (cnt && ns[cnt - 1] == UINT32_MAX) {
@@ -220,7 +222,7 @@ static int publish_orphan(struct store *s, int dirfd, const char *name, const ch
 	if (shortened)
 		err = keep_record(s, vdirfd, stored, name);
 	if (!err)
-		err = store_list_versions(vdirfd, stored, &ns, &cnt);
+		err = retention_list_versions(vdirfd, stored, &ns, &cnt);
 	if (!err && cnt && ns[cnt - 1] == UINT32_MAX)
 		err = -EOVERFLOW;
 	if (!err && fstat(stfd, &cst) < 0)

@@ -9,6 +9,12 @@
 #include "passthrough.h"
 #include "route.h"
 #include "watchdog.h"
+#include "nodefd.h"
+#include "retention.h"
+#include "inval.h"
+#include "ops_entry.h"
+#include "ops_file.h"
+#include "ops_dir.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -148,7 +154,7 @@ static const struct fuse_lowlevel_ops bv_ops = {
 static void prune_deferred(const char *vrel, dev_t dev, ino_t ino)
 {
 	store_lock(&fs.store);
-	store_remove_version(&fs.store, vrel, dev, ino);
+	retention_remove_version(&fs.store, vrel, dev, ino);
 	store_unlock(&fs.store);
 }
 

@@ -8,6 +8,7 @@
 #include "node.h"
 #include "log.h"
 #include "passthrough.h"
+#include "nodefd.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -273,7 +274,13 @@ struct node *node_lookup_at(struct node *parent, const char *name, struct stat *
 		return found_locked(n, parent, name);
 	pthread_mutex_unlock(&table_lock);
 
-	fd = openat(dirfd, at, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (at) {
+		fd = openat(dirfd, at, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	} else { /* an unnamed file (O_TMPFILE): its own fd, reopened */
+		char proc[32];
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", dirfd);
+		fd = open(proc, O_PATH | O_CLOEXEC);
+	}
 	if (fd < 0)
 		return NULL;
 	if (fstat(fd, &fst) < 0) {
@@ -283,8 +290,8 @@ struct node *node_lookup_at(struct node *parent, const char *name, struct stat *
 	/* The object opened is what the name holds now (it may have been replaced since the
 	 * caller's fstatat): answer for it. */
 	*st = fst;
-	pin = nodefd_may_pin();
-	fh = nodefd_handle(fd); /* NULL if the filesystem has none: then it is pinned */
+	pin = nodefd_may_pin() || !at; /* no name to reopen an unnamed file by */
+	fh = nodefd_handle(fd);	       /* NULL if the filesystem has none: then it is pinned */
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(st->st_dev, st->st_ino);
 	if (n && n->kind == kind_of(st->st_mode) && !same_object(n, fh)) {

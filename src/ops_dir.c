@@ -1,11 +1,15 @@
 /* ops_dir.c - directory listing (the root hides .versions/) and extended attributes. */
 #define _GNU_SOURCE
+#include "ops_dir.h"
 #include "fs.h"
+#include "inval.h"
 #include "log.h"
 #include "names.h"
 #include "attr.h"
 #include "release.h"
 #include "passthrough.h"
+#include "retention.h"
+#include "versions.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -251,7 +255,7 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 		return -EINVAL;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	/* takes the store lock itself, one batch at a time */
-	n = store_prune(&fs.store, node_fd(dir), *end ? end + 1 : NULL, (unsigned)keep);
+	n = retention_prune(&fs.store, node_fd(dir), *end ? end + 1 : NULL, (unsigned)keep);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	if (n >= 0)
 		log_info("prune request (keep %lu%s%s): %d versions removed in %.0f ms", keep,
@@ -323,7 +327,7 @@ static int xattr_change(fuse_req_t req, struct node *n, const char *name, const 
 	}
 	if (!err && (target != n || (acl && !fs.posix_acl)))
 		/* attributes and ACLs only; the kernel takes no lock of the inode for it */
-		fuse_lowlevel_notify_inval_inode(fs.se, node_id(target), -1, 0);
+		inval_attrs(node_id(target));
 	if (!err && !strcmp(name, ACL_ACCESS) && !target->in_versions)
 		acl_history_follows(target);
 	return err;

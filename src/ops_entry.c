@@ -1,6 +1,7 @@
 /* ops_entry.c - FUSE operations on names and attributes: lookup (where writers are routed),
  * forget, getattr/setattr, and the namespace changes that keep replaced files as versions. */
 #define _GNU_SOURCE
+#include "ops_entry.h"
 #include "attr.h"
 #include "fs.h"
 #include "handle.h"
@@ -9,6 +10,9 @@
 #include "release.h"
 #include "route.h"
 #include "space.h"
+#include "keep.h"
+#include "retention.h"
+#include "versions.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -238,6 +242,27 @@ static int setattr_in_place(struct node *n, const struct stat *attr, int valid)
 	return err;
 }
 
+/* A truncate by a caller without CAP_FSETID drops setuid and setgid as a write does
+ * (privs_dropped); the kernel's SETATTR carries the drop only for setuid and for setgid with a
+ * group x bit. The mode joins the SETATTR, so it lands with the size. */
+static int truncate_drops_privs(fuse_req_t req, struct node *n, struct handle *h, struct stat *attr,
+				int valid)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct stat st;
+	mode_t kill;
+
+	if ((h ? handle_stat(h, &st) : node_stat(n, &st)) != 0)
+		return valid;
+	kill = privs_dropped(ctx->pid, ctx->gid, &st);
+	if (!kill)
+		return valid;
+	if (!(valid & FUSE_SET_ATTR_MODE))
+		attr->st_mode = st.st_mode & 07777;
+	attr->st_mode &= ~kill;
+	return valid | FUSE_SET_ATTR_MODE;
+}
+
 void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		struct fuse_file_info *fi)
 {
@@ -247,6 +272,8 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 	struct stat st;
 	int err;
 
+	if (valid & FUSE_SET_ATTR_SIZE)
+		valid = truncate_drops_privs(req, n, h, attr, valid);
 	if (h) {
 		err = handle_setattr(h, attr, valid);
 		if (!err)
@@ -388,15 +415,21 @@ void bv_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t pino, const char *name)
 {
 	struct node *n = inode_of(ino), *parent = inode_of(pino);
 	int err = check_new_name(parent, name, "link to");
+	struct stat st;
 
 	if (!err && (n->kind == NODE_STAGING || node_old(n) || n->kind == NODE_DIR))
 		err = -EXDEV; /* old versions leave .versions/ by copy, not by link */
+	/* an O_TMPFILE's first name (bv_create; the kernel links one only if it was opened
+	 * without O_EXCL): it appears whole, a new file like any other */
+	bool first = !err && n->kind == NODE_FILE && fstat(node_fd(n), &st) == 0 && !st.st_nlink;
 	if (!err && linkat(node_fd(n), "", node_fd(parent), name, AT_EMPTY_PATH) < 0)
 		err = -errno;
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
+	if (first)
+		release_note_created(parent, name, st.st_ino); /* an abort removes it */
 	reply_new_entry(req, parent, name);
 }
 
@@ -417,7 +450,7 @@ static void keep_removed_end(struct store_change *ch, bool undo, bool changed, c
 			     const char *name, uid_t uid)
 {
 	if (undo && ch->kept)
-		store_remove_version(&fs.store, ch->vrel, ch->old.st_dev, ch->old.st_ino);
+		retention_remove_version(&fs.store, ch->vrel, ch->old.st_dev, ch->old.st_ino);
 	if (undo)
 		ch->kept = false;
 	if (changed)

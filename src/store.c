@@ -12,6 +12,7 @@
 #include "history.h"
 #include "links.h"
 #include "log.h"
+#include "copy.h"
 #include "names.h"
 
 #include <dirent.h>
