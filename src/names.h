@@ -49,7 +49,8 @@ uint32_t names_version_of(const char *entry, const char *stored);
  * more than NAMES_STORED_MAX bytes) or the name looks like a shortened one: then its first
  * bytes (at most 222, not ending inside a UTF-8 character), ".~~" and 16 hex digits of the
  * SHA-256 of the whole name. The whole name of a shortened one is recorded in the versions
- * directory as "<stored>.~~" (names_record), whose content is exactly the name. out gets at
+ * directory as "<stored>.~~" (names_record_of; keep.c's keep_record writes it), whose
+ * content is exactly the name. out gets at
  * most NAMES_STORED_MAX bytes and a NUL; returns true if the name was shortened. */
 #define NAMES_STORED_MAX 241
 bool names_stored(const char *name, char out[NAMES_STORED_MAX + 1]);

@@ -4,7 +4,9 @@
  * (passthrough.c): the kernel reads, maps and writes their backing file itself. Without
  * passthrough, reads of a version are spliced from the version's own fd, with keep_cache: its
  * content never changes. A writer's open gets a private copy (handle.c), published at its close.
- * Each operation replies once, at its end. */
+ * Each operation replies exactly once: at its end, or at an early error return (bv_create);
+ * after the reply, bv_open and bv_create only undo an open the kernel did not take (an
+ * interrupted one). */
 #define _GNU_SOURCE
 #include "ops_file.h"
 #include "attr.h"

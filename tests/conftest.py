@@ -317,7 +317,7 @@ def loopfs(binary, workdir):
         mkfs = {"ext4": ["mkfs.ext4", "-q", "-F", "-m", "0"],
                 "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"]}[kind]
         if not shutil.which(mkfs[0]):
-            pytest.skip(f"{mkfs[0]} is missing (scripts/deps installs it)")
+            pytest.skip(f"{mkfs[0]} is missing (scripts/deps --test installs it)")
         fsdir = os.path.join(workdir, f"{kind}{len(made)}")
         img = fsdir + ".img"
         with open(img, "wb") as f:

@@ -188,11 +188,13 @@ def test_source_on_overlayfs(binary, workdir, overlay):
 
 UNSHARED = r"""
 import os, subprocess, sys, time
-binary, src, extra = sys.argv[1:4]
+binary, src, extra, tests = sys.argv[1:5]
+sys.path.insert(0, tests)
+from util import is_mounted
 log = open(src + ".log", "w")
 p = subprocess.Popen([binary, "-f", "-o", "nosync" + extra, src], stdout=log, stderr=log)
 for _ in range(100):
-    if any(l.split()[4] == src for l in open("/proc/self/mountinfo")) or p.poll() is not None:
+    if is_mounted(src) or p.poll() is not None:
         break
     time.sleep(0.05)
 if p.poll() is not None:
@@ -214,7 +216,8 @@ def test_daemon_without_cap_sys_admin(binary, workdir, mode):
     write(os.path.join(src, "f"), "content\n")
     r = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--propagation",
                         "private", sys.executable, "-c", UNSHARED, binary, src,
-                        ",passthrough=" + mode], capture_output=True, text=True, timeout=60)
+                        ",passthrough=" + mode, os.path.dirname(os.path.abspath(__file__))],
+                       capture_output=True, text=True, timeout=60)
     log = open(src + ".log").read()
     if "fuse: failed to open /dev/fuse" in log or "fusermount" in log:
         pytest.skip("no FUSE mount in a user namespace here: " + log)
