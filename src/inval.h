@@ -1,6 +1,8 @@
 /* inval.h - every notification sent to the kernel (inval.c): entry invalidations (those asked
- * by request handlers are queued for a thread of their own: inval_entry_queue), attribute
- * invalidations, and the fs.gen bump that goes with a change of names. */
+ * where a path walk may wait for the caller, a directory lock held, are queued for a thread of
+ * their own: inval_entry_queue; a publish sends its own inline from the FLUSH:
+ * inval_entry_now), attribute invalidations (inline: the kernel takes no lock for them), and
+ * the fs.gen bump that goes with a change of names. */
 #ifndef BINVFS_INVAL_H
 #define BINVFS_INVAL_H
 

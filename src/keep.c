@@ -11,6 +11,7 @@
 #include "history.h"
 #include "links.h"
 #include "log.h"
+#include "names.h"
 #include "space.h"
 #include "store.h"
 #include "retention.h"
@@ -29,12 +30,12 @@
  * refused instead of mixing its versions with the first one's. */
 static int keep_record(struct store *s, int vdirfd, const char *stored, const char *name)
 {
-	char rec[NAMES_STORED_MAX + sizeof(NAMES_MIRROR_SUFFIX)], buf[NAME_MAX + 2];
+	char rec[NAMES_RECORD_MAX + 1], buf[NAME_MAX + 2];
 	size_t len = strlen(name);
 	ssize_t n;
 	int fd;
 
-	snprintf(rec, sizeof(rec), "%s" NAMES_MIRROR_SUFFIX, stored);
+	names_record_of(stored, strlen(stored), rec);
 	fd = openat(vdirfd, rec, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 	if (fd >= 0) {
 		int err = 0;

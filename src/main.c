@@ -96,6 +96,10 @@ static void bv_init(void *userdata, struct fuse_conn_info *conn)
 	 * to us, which create_mode() applies unless the parent has a default ACL; with
 	 * default_permissions it also checks ACL entries itself and drops a node's cached
 	 * attributes and ACLs at every setfacl and chmod */
+	/* open_by_handle_at of a nodeid the kernel forgot asks LOOKUP (nodeid, ".") and a
+	 * directory's parent LOOKUP (nodeid, ".."): ops_entry.c, nodeid.c */
+	if (conn->capable & FUSE_CAP_EXPORT_SUPPORT)
+		conn->want |= FUSE_CAP_EXPORT_SUPPORT;
 	if (conn->capable & FUSE_CAP_DONT_MASK)
 		conn->want |= FUSE_CAP_DONT_MASK;
 	if (fs.acl_ok && (conn->capable & FUSE_CAP_POSIX_ACL))
@@ -250,6 +254,7 @@ static void unmount_if_ours(const char *dir)
 {
 	int p[2], id = binvfs_mount_id(dir, NULL, 0);
 
+	pt_detach(); /* the session's fd is closed or replaced below */
 	if (fs.mnt_id >= 0 && id != fs.mnt_id && pipe2(p, O_CLOEXEC) == 0) {
 		log_info("%s is not our mount any more (%s): leaving it alone", dir,
 			 id < 0 ? "detached" : "another binvfs serves it now");

@@ -24,6 +24,7 @@ enum node_kind {
  * (node_table_lock); "atomic": read and written with __atomic_*, no lock. */
 struct node {
 	/* identity, fixed at creation (no lock) */
+	uint64_t id; /* its nodeid (nodeid.c), fixed while it lives */
 	enum node_kind kind;
 	bool in_versions; /* directory inside the read-only .versions/ view */
 	dev_t dev;
@@ -95,9 +96,21 @@ uint64_t node_id(const struct node *n);
  * updated if the name changed meanwhile); adds one kernel lookup. Returns NULL with errno set. */
 struct node *node_lookup(struct node *parent, const char *name, struct stat *st, bool in_versions);
 /* The same for an object found elsewhere (dirfd/at: a release's old file in .versions/),
- * answered as parent/name. */
+ * answered as parent/name. at NULL: the file of the fd dirfd itself, which has no name (an
+ * O_TMPFILE): always pinned, its fd keeping it alive until the node goes. */
 struct node *node_lookup_at(struct node *parent, const char *name, struct stat *st,
 			    bool in_versions, int dirfd, const char *at);
+/* The same for an object opened already (fd, O_PATH: taken over), with parent/name unknown
+ * if NULL: an object found again by a file handle (nodeid.c). unnamed: it has no name to be
+ * reopened by (an O_TMPFILE), so it is pinned. */
+struct node *node_lookup_fd(struct node *parent, const char *name, int fd, struct stat *st,
+			    bool in_versions, bool unnamed);
+/* LOOKUP "." of a nodeid from a file handle, never trusted: its live node other than a
+ * writer's, with one more kernel lookup, or NULL. */
+struct node *node_lookup_id(uint64_t id);
+/* LOOKUP "..": the directory where the kernel last found directory n, with one more kernel
+ * lookup, or NULL if unknown. */
+struct node *node_dparent_lookup(struct node *n);
 /* A directory was renamed through the mount: it is now newparent/newname. */
 void node_dir_moved(dev_t dev, ino_t ino, struct node *newparent, const char *newname);
 /* The path below SOURCE of a directory node ("" for the root), malloc'd; NULL if unknown. */

@@ -4,6 +4,7 @@
 #include "fs.h"
 #include "inval.h"
 #include "log.h"
+#include "names.h"
 #include "attr.h"
 #include "release.h"
 #include "passthrough.h"
@@ -182,7 +183,9 @@ static void reply_xattr(fuse_req_t req, ssize_t ret, char *value, size_t size)
 static void reply_status(fuse_req_t req, size_t size)
 {
 	char buf[512];
-	int n = snprintf(buf, sizeof(buf), "pid=%d\nkeep=%u\nnosync=%d\npassthrough=%s\n",
+	int n = snprintf(buf, sizeof(buf),
+			 STATUS_PID "%d\n" STATUS_KEEP "%u\n" STATUS_NOSYNC
+				    "%d\n" STATUS_PASSTHROUGH "%s\n",
 			 (int)getpid(), fs.store.keep, fs.store.nosync, pt_status());
 
 	if (size && size < (size_t)n)
@@ -254,7 +257,7 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 	errno = 0;
 	keep = strtoul(buf, &end, 10);
 	if (errno || end == buf || (*end && *end != '/') || (*end == '/' && !end[1]) ||
-	    keep > 1000000)
+	    keep > NAMES_KEEP_MAX)
 		return -EINVAL;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	/* takes the store lock itself, one batch at a time */

@@ -100,9 +100,16 @@ def test_only_inval_c_notifies_the_kernel(objects):
                     f"{os.path.basename(f)} bumps fs.gen"
 
 
+# Known cycles, each with its reason. nodeid.c (issue 22) is the node table's index: node.c
+# calls it to attach and detach nodeids under the table lock, and its nodeid_resolve and
+# nodeid_parent (a file handle's LOOKUP "." and "..") call node.c back to find or make the node.
+# Moving those two into a file of their own would break the cycle.
+CYCLES_KNOWN = [["node", "nodeid"]]
+
+
 def test_the_modules_calls_form_no_cycle(objects):
     """A module calls another when its object uses a function the other defines; that graph
-    has no cycle (a strongly connected component of more than one module)."""
+    has no cycle (a strongly connected component of more than one module) but the known ones."""
     defined = {}
     for mod, obj in objects.items():
         for name in symbols(obj, "T"):
@@ -136,4 +143,41 @@ def test_the_modules_calls_form_no_cycle(objects):
     for v in sorted(calls):
         if v not in index:
             visit(v)
+    cycles = [c for c in cycles if c not in CYCLES_KNOWN]
     assert not cycles, f"modules that call each other round: {cycles}"
+
+
+# The store's names on disk (docs/format.md) and the names composed from them are written in
+# names.c and names.h only; the other files use their macros and functions. A message may
+# mention a name in prose (a literal with a space in it); a literal without one builds a name.
+STORE_NAMES = (".versions", ".binvfs-format", ".binvfs-staging", "binvfs store format",
+               ".~~", ".~gone-", "trusted.binvfs.", "user.binvfs.", ".~%")
+
+
+def literals(text):
+    """The string literals of C source text, comments left out."""
+    out = []
+    for m in re.finditer(r'/\*.*?\*/|//[^\n]*|"((?:[^"\\\n]|\\.)*)"|\'(?:[^\'\\\n]|\\.)*\'',
+                         text, re.S):
+        if m.group(1) is not None:
+            out.append(m.group(1))
+    return out
+
+
+def test_literals_sees_names_and_skips_comments():
+    text = '/* ".versions" */ x = "%s/.~~"; // ".~gone-"\n c = \'"\'; y = "a \\" b";'
+    assert literals(text) == ["%s/.~~", 'a \\" b']
+
+
+def test_no_store_name_outside_names_c():
+    files = [f for f in glob.glob(os.path.join(ROOT, "src", "**", "*.[ch]"), recursive=True)
+             if not re.search(r"/src/names\.[ch]$", f)]
+    assert len(files) > 20
+    found = []
+    for f in files:
+        with open(f) as fh:
+            for lit in literals(fh.read()):
+                if " " not in lit and \
+                        any(n in lit for n in STORE_NAMES):
+                    found.append(f"{os.path.relpath(f, ROOT)}: \"{lit}\"")
+    assert not found, "store names written outside names.c/names.h:\n" + "\n".join(found)
