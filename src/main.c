@@ -97,7 +97,7 @@ static void bv_init(void *userdata, struct fuse_conn_info *conn)
 	 * default_permissions it also checks ACL entries itself and drops a node's cached
 	 * attributes and ACLs at every setfacl and chmod */
 	/* open_by_handle_at of a nodeid the kernel forgot asks LOOKUP (nodeid, ".") and a
-	 * directory's parent LOOKUP (nodeid, ".."): ops_entry.c, nodeid.c */
+	 * directory's parent LOOKUP (nodeid, ".."): ops_entry.c, export.c */
 	if (conn->capable & FUSE_CAP_EXPORT_SUPPORT)
 		conn->want |= FUSE_CAP_EXPORT_SUPPORT;
 	if (conn->capable & FUSE_CAP_DONT_MASK)
