@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "attr.h"
 #include "links.h"
+#include "nodeid.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +45,7 @@ void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *s
 {
 	memset(e, 0, sizeof(*e));
 	e->ino = node_id(n);
+	e->generation = nodeid_gen(e->ino); /* what the kernel checks a file handle against */
 	e->attr = *st;
 	attr_set_io_size(&e->attr);
 	e->attr_timeout = attr_timeout(n);

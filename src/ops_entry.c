@@ -7,6 +7,7 @@
 #include "handle.h"
 #include "links.h"
 #include "log.h"
+#include "nodeid.h"
 #include "release.h"
 #include "route.h"
 #include "space.h"
@@ -123,6 +124,42 @@ static int lookup_name(fuse_req_t req, struct node *parent, const char *name, st
 	return 0;
 }
 
+/* LOOKUP (nodeid, ".") and (nodeid, ".."): only the kernel's file handle code asks them
+ * (FUSE_CAP_EXPORT_SUPPORT): open_by_handle_at of a nodeid it no longer caches, and a directory
+ * found so reconnected to the root. The nodeid of "." comes from user space: nodeid.c checks it.
+ * A regular file that has no name in the tree any more (removed, or replaced by a publish and
+ * kept only in .versions/) is stale, as an unlinked file is natively (design.md §3). */
+static void lookup_by_handle(fuse_req_t req, fuse_ino_t ino, bool dotdot)
+{
+	struct fuse_entry_param e;
+	struct node *n, *child;
+	struct stat st;
+	int err;
+
+	if (dotdot) {
+		child = node_get(ino); /* the kernel's own inode: live */
+		n = child ? nodeid_parent(child) : (errno = ESTALE, NULL);
+	} else {
+		n = nodeid_resolve(ino);
+	}
+	if (!n) {
+		fuse_reply_err(req, errno ? errno : ESTALE);
+		return;
+	}
+	err = node_stat(n, &st);
+	if (!err && n->kind == NODE_FILE && st.st_nlink == 0)
+		err = -ESTALE;
+	if (err) {
+		node_forget(n, 1);
+		fuse_reply_err(req, -err);
+		return;
+	}
+	fill_entry(&e, n, &st, false);
+	e.entry_timeout = 0;
+	if (fuse_reply_entry(req, &e) == -ENOENT)
+		node_forget(n, 1);
+}
+
 void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 {
 	struct fuse_entry_param e;
@@ -130,6 +167,10 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 	struct stat st;
 	bool cache;
 
+	if (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]))) {
+		lookup_by_handle(req, pino, name[1]);
+		return;
+	}
 	/* a program of a release just committed over, still loading: its old files */
 	if (release_old_lookup(inode_of(pino), name, fuse_req_ctx(req)->pid, &n, &st) == 0) {
 		memset(&e, 0, sizeof(e));
