@@ -14,6 +14,11 @@
 #include "log.h"
 #include "release.h"
 #include "space.h"
+#include "copy.h"
+#include "keep.h"
+#include "inval.h"
+#include "versions.h"
+#include "node_open.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -388,11 +393,9 @@ static void published(struct handle *h, const struct store_change *ch, off_t siz
 	node_meta_take(stg, &meta); /* it is in the published copy */
 	if (!ch->orphaned) {
 		/* The name now answers another version: drop what the kernel caches for it before
-		 * close() returns (route_lookup() in route.c, lookup_name() in ops_entry.c). The
-		 * closer holds no directory lock, and any request that does is served by another
-		 * worker. */
-		__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
-		inval_entry_now(node_id(stg->parent), stg->name);
+		 * close() returns (route_lookup() in route.c). The closer holds no directory lock,
+		 * and any request that does is served by another worker. */
+		inval_name_changed(stg->parent, stg->name);
 	}
 	h->published = true;
 	h->dirty = false;

@@ -1,4 +1,7 @@
-/* inval.c - kernel cache invalidations (FUSE_NOTIFY_INVAL_ENTRY): every one the daemon sends.
+/* inval.c - every notification the daemon sends the kernel, as the kernel keeps them in its
+ * notify.c: entry invalidations (FUSE_NOTIFY_INVAL_ENTRY), attribute invalidations
+ * (FUSE_NOTIFY_INVAL_INODE), and with them the bump of fs.gen, by which a LOOKUP that overlapped
+ * a change of names is answered uncached (ops_entry.c).
  *
  * A version pruned while "in use" waits for its FORGET, but a dentry left in the kernel's
  * cache by a mere `ls -l .versions` or `cat` keeps the inode referenced (FUSE keeps expired
@@ -15,6 +18,7 @@
  * no new invalidation starts, and the stop waits for those in flight, which the still running
  * workers let finish. The watchdog (watchdog.c) covers what no code of ours can: SIGKILL. */
 #define _GNU_SOURCE
+#include "inval.h"
 #include "fs.h"
 #include "log.h"
 
@@ -29,6 +33,15 @@ struct inval {
 	char name[];
 };
 
+/* Lock order (docs/design.md §9): inval_lock is a leaf. inval_entry_queue takes its reference
+ * on the directory (the table lock) before it, and runs under the store lock (a deferred
+ * prune: store -> inval) or none; the thread drops it before it sends an invalidation and
+ * before it drops that reference (which may free a node: the table lock, then the store lock
+ * for its deferred prune). No notification is sent under a lock of this file. An entry
+ * invalidation waits in the kernel for the directory's inode lock, which a LOOKUP holds while
+ * it waits for us: inval_entry_now's caller holds no lock a LOOKUP may wait for (the publish:
+ * at most its handle's lock). An attribute invalidation (inval_attrs) takes no inode lock: any
+ * caller may send it (a release's commit, under the store lock and old_mu). */
 static pthread_mutex_t inval_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t inval_cond = PTHREAD_COND_INITIALIZER;
 static struct inval *queue; /* protected by inval_lock */
@@ -135,4 +148,26 @@ void inval_entry_queue(struct node *dir, const char *name)
 void inval_entry_queue_id(uint64_t dir, const char *name)
 {
 	queue_one(NULL, dir, name);
+}
+
+void inval_gen_bump(void)
+{
+	__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
+}
+
+void inval_name_changed(struct node *dir, const char *name)
+{
+	inval_gen_bump();
+	inval_entry_now(node_id(dir), name);
+}
+
+void inval_name_changed_queued(struct node *dir, const char *name)
+{
+	inval_gen_bump();
+	inval_entry_queue(dir, name);
+}
+
+void inval_attrs(uint64_t nodeid)
+{
+	fuse_lowlevel_notify_inval_inode(fs.se, nodeid, -1, 0);
 }

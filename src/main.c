@@ -9,6 +9,11 @@
 #include "passthrough.h"
 #include "route.h"
 #include "watchdog.h"
+#include "nodefd.h"
+#include "inval.h"
+#include "ops_entry.h"
+#include "ops_file.h"
+#include "ops_dir.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -91,6 +96,10 @@ static void bv_init(void *userdata, struct fuse_conn_info *conn)
 	 * to us, which create_mode() applies unless the parent has a default ACL; with
 	 * default_permissions it also checks ACL entries itself and drops a node's cached
 	 * attributes and ACLs at every setfacl and chmod */
+	/* open_by_handle_at of a nodeid the kernel forgot asks LOOKUP (nodeid, ".") and a
+	 * directory's parent LOOKUP (nodeid, ".."): ops_entry.c, export.c */
+	if (conn->capable & FUSE_CAP_EXPORT_SUPPORT)
+		conn->want |= FUSE_CAP_EXPORT_SUPPORT;
 	if (conn->capable & FUSE_CAP_DONT_MASK)
 		conn->want |= FUSE_CAP_DONT_MASK;
 	if (fs.acl_ok && (conn->capable & FUSE_CAP_POSIX_ACL))
@@ -144,13 +153,6 @@ static const struct fuse_lowlevel_ops bv_ops = {
     .setxattr = bv_setxattr,
     .removexattr = bv_removexattr,
 };
-
-static void prune_deferred(const char *vrel, dev_t dev, ino_t ino)
-{
-	store_lock(&fs.store);
-	store_remove_version(&fs.store, vrel, dev, ino);
-	store_unlock(&fs.store);
-}
 
 /* The id of the newest binvfs mount at dir (-1 if none): the last one listed is on top.
  * dev (if not NULL) gets its "major:minor". libmount reads the table and undoes its escapes. */
@@ -252,6 +254,7 @@ static void unmount_if_ours(const char *dir)
 {
 	int p[2], id = binvfs_mount_id(dir, NULL, 0);
 
+	pt_detach(); /* the session's fd is closed or replaced below */
 	if (fs.mnt_id >= 0 && id != fs.mnt_id && pipe2(p, O_CLOEXEC) == 0) {
 		log_info("%s is not our mount any more (%s): leaving it alone", dir,
 			 id < 0 ? "detached" : "another binvfs serves it now");
@@ -438,9 +441,7 @@ static int open_store(const struct options *o)
 		fs.view_ino = vst.st_ino;
 	}
 	store_setup(&fs.store, o);
-	node_table_init(fs.store.rootfd);
-	node_prune_hook = prune_deferred;
-	node_gone_hook = locks_node_gone;
+	node_table_init(&fs.store);
 	node_inval_hook = inval_entry_queue;
 	/* a commit a stop interrupted: forward; an open release: back */
 	release_recover(&fs.store);

@@ -1,13 +1,17 @@
-/* node.c - the node table.
+/* node.c - the node table and the nodes' lifetimes.
  *
- * A nodeid is the address of its struct node (the root is FUSE_ROOT_ID). Nodes of backing
+ * A nodeid is an index into nodeid.c's table (the root is FUSE_ROOT_ID). Nodes of backing
  * objects are shared by every name that reaches the same inode (its tree name and its
  * .versions/ name), so a version has one nodeid, one kernel inode and one page cache. A node
- * lives while the kernel or we hold a reference, and is never reused before its FORGET. */
+ * lives while the kernel or we hold a reference, or it has opens (node_open.c: the open state,
+ * under the same lock), and is never reused before its FORGET. */
 #define _GNU_SOURCE
 #include "node.h"
 #include "log.h"
-#include "passthrough.h"
+#include "nodeid.h"
+#include "nodefd.h"
+#include "retention.h"
+#include "locks.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,21 +21,29 @@
 #include <string.h>
 #include <unistd.h>
 
-#define ROOT_ID 1
-
-/* The table lock. Lock order: a handle's lock, then the store lock, then this one; a route's
- * lock, then this one (docs/design.md §9). Nothing is taken under it but the ring locks
- * (nodefd.c) and the backing-open ioctl: it is dropped before a prune (the store lock) or an
- * unref of another node. */
+/* The table lock (node_table_lock: node_open.c takes it too). Lock order: a handle's lock,
+ * then the store lock, then this one; a route's lock, then this one (docs/design.md §9).
+ * Nothing is taken under it but the backing-open ioctl and nodefd.c's clones_lock (a node's
+ * first open, node_open.c): it is dropped before a prune (the store lock) or an unref of
+ * another node. */
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct node **buckets; /* protected by table_lock */
 static size_t nbuckets, ncount;
 static struct node root;
 static struct list all = LIST_HEAD_INIT(all); /* every node but the root, table_lock */
 
-void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
-void (*node_gone_hook)(dev_t dev, ino_t ino);
+void node_table_lock(void)
+{
+	pthread_mutex_lock(&table_lock);
+}
+
+void node_table_unlock(void)
+{
+	pthread_mutex_unlock(&table_lock);
+}
+
 void (*node_inval_hook)(struct node *dir, const char *name);
+static struct store *prune_store; /* where a deferred prune removes its version */
 
 /* Files an exec has opened (node_set_hot), remembered beyond their nodes: direct-mapped, a
  * collision forgets the older one (then merely answered as idle again: design.md §2).
@@ -100,7 +112,7 @@ static struct node *hash_find(dev_t dev, ino_t ino)
 }
 
 /* The directory node of a pending prune's .versions/ entry, with a ref; table_lock held. */
-static struct node *view_entry_locked(struct node *n)
+struct node *node_view_entry_locked(struct node *n)
 {
 	struct node *dir = hash_find(n->prune_vdev, n->prune_vino);
 
@@ -113,7 +125,7 @@ static struct node *view_entry_locked(struct node *n)
 
 /* Its .versions/ entry in the kernel's cache may be all that still holds a version whose
  * prune waits: ask the kernel to drop it (inval.c), then FORGET comes if nobody uses it. */
-static void inval_view_entry(struct node *dir, const char *vrel)
+void node_inval_view_entry(struct node *dir, const char *vrel)
 {
 	const char *vname = strrchr(vrel, '/');
 
@@ -124,8 +136,9 @@ static void inval_view_entry(struct node *dir, const char *vrel)
 	node_unref(dir);
 }
 
-void node_table_init(int rootfd)
+void node_table_init(struct store *s)
 {
+	int rootfd = s->rootfd;
 	struct stat st;
 
 	nbuckets = 1024;
@@ -140,10 +153,14 @@ void node_table_init(int rootfd)
 	root.dev = st.st_dev;
 	root.ino = st.st_ino;
 	root.nlookup = 2;
+	root.id = NODEID_ROOT;
+	nodeid_init(&root);
+	prune_store = s;
 }
 
 static void node_free(struct node *n)
 {
+	nodeid_detach(n); /* (done already if it was in the table) */
 	if (n->fd >= 0 && n != &root) {
 		close(n->fd);
 		nodefd_count(-1);
@@ -170,12 +187,13 @@ void node_table_destroy(void)
 		struct node *n = list_entry(l, struct node, all);
 		list_remove(l);
 		/* the session is over: every user of a version whose prune waited is gone */
-		if (n->prune_vrel && node_prune_hook)
-			node_prune_hook(n->prune_vrel, n->dev, n->ino);
+		if (n->prune_vrel)
+			retention_remove_deferred(prune_store, n->prune_vrel, n->dev, n->ino);
 		node_free(n);
 	}
 	free(buckets);
 	buckets = NULL;
+	nodeid_destroy();
 	nodefd_destroy();
 }
 
@@ -186,12 +204,12 @@ struct node *node_root(void)
 
 struct node *node_get(uint64_t nodeid)
 {
-	return nodeid == ROOT_ID ? &root : (struct node *)(uintptr_t)nodeid;
+	return nodeid_node(nodeid);
 }
 
 uint64_t node_id(const struct node *n)
 {
-	return n == &root ? ROOT_ID : (uint64_t)(uintptr_t)n;
+	return n->id;
 }
 
 static enum node_kind kind_of(mode_t mode)
@@ -207,7 +225,7 @@ static struct node *set_dir_parent_locked(struct node *n, struct node *parent, c
 	struct node *old = n->dparent;
 	char *copy;
 
-	if (n->kind != NODE_DIR || n == &root || n == parent)
+	if (n->kind != NODE_DIR || n == &root || n == parent || !parent)
 		return NULL;
 	if (old == parent && n->dname && !strcmp(n->dname, name))
 		return NULL;
@@ -232,7 +250,7 @@ static bool same_object(const struct node *n, const struct file_handle *fh)
 }
 
 /* A field of a node that the table lock protects, read under it. */
-static int read_locked(const int *field)
+int node_read_locked(const int *field)
 {
 	int v;
 
@@ -277,10 +295,7 @@ struct node *node_lookup_at(struct node *parent, const char *name, struct stat *
 			    bool in_versions, int dirfd, const char *at)
 {
 	struct node *n;
-	struct file_handle *fh = NULL;
-	struct stat fst;
 	int fd;
-	bool pin;
 
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(st->st_dev, st->st_ino);
@@ -288,9 +303,26 @@ struct node *node_lookup_at(struct node *parent, const char *name, struct stat *
 		return found_locked(n, parent, name);
 	pthread_mutex_unlock(&table_lock);
 
-	fd = openat(dirfd, at, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (at) {
+		fd = openat(dirfd, at, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	} else { /* an unnamed file (O_TMPFILE): its own fd, reopened */
+		char proc[32];
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", dirfd);
+		fd = open(proc, O_PATH | O_CLOEXEC);
+	}
 	if (fd < 0)
 		return NULL;
+	return node_lookup_fd(parent, name, fd, st, in_versions, !at);
+}
+
+struct node *node_lookup_fd(struct node *parent, const char *name, int fd, struct stat *st,
+			    bool in_versions, bool unnamed)
+{
+	struct node *n;
+	struct file_handle *fh = NULL;
+	struct stat fst;
+	bool pin;
+
 	if (fstat(fd, &fst) < 0) {
 		close(fd);
 		return NULL;
@@ -298,7 +330,7 @@ struct node *node_lookup_at(struct node *parent, const char *name, struct stat *
 	/* The object opened is what the name holds now (it may have been replaced since the
 	 * caller's fstatat): answer for it. */
 	*st = fst;
-	pin = nodefd_may_pin();
+	pin = nodefd_may_pin() || unnamed;
 	fh = nodefd_handle(fd); /* NULL if the filesystem has none: then it is pinned */
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(st->st_dev, st->st_ino);
@@ -313,17 +345,20 @@ struct node *node_lookup_at(struct node *parent, const char *name, struct stat *
 		return found_locked(n, parent, name);
 	}
 	n = node_alloc();
-	if (!n) {
+	if (n) {
+		n->kind = kind_of(st->st_mode);
+		n->in_versions = in_versions && n->kind == NODE_DIR;
+		n->dev = st->st_dev;
+		n->ino = st->st_ino;
+	}
+	if (!n || !nodeid_attach(n, fh)) {
 		pthread_mutex_unlock(&table_lock);
+		free(n);
 		close(fd);
 		free(fh);
 		errno = ENOMEM;
 		return NULL;
 	}
-	n->kind = kind_of(st->st_mode);
-	n->in_versions = in_versions && n->kind == NODE_DIR;
-	n->dev = st->st_dev;
-	n->ino = st->st_ino;
 	if (n->kind == NODE_FILE) {
 		size_t i = hot_slot(n->dev, n->ino);
 		n->hot = hot_files[i].dev == n->dev && hot_files[i].ino == n->ino;
@@ -404,11 +439,18 @@ struct node *node_new_staging(struct node *base, struct node *parent, const char
 	n->ino = base->ino;
 	n->base = base;
 	n->parent = parent;
-	node_ref(base);
-	node_ref(parent);
 	pthread_mutex_lock(&table_lock);
+	if (!nodeid_attach(n, NULL)) {
+		pthread_mutex_unlock(&table_lock);
+		n->base = n->parent = NULL;
+		node_free(n);
+		errno = ENOMEM;
+		return NULL;
+	}
 	list_insert(&all, &n->all);
 	pthread_mutex_unlock(&table_lock);
+	node_ref(base);
+	node_ref(parent);
 	return n; /* no references yet: the caller adds its lookup or ref */
 }
 
@@ -445,10 +487,11 @@ struct node *node_alias(struct node *v)
 	made->base = v;
 	pthread_mutex_lock(&table_lock);
 	a = v->alias;
-	if (a) { /* another LOOKUP made it meanwhile */
-		a->nlookup++;
+	if (a || !nodeid_attach(made, NULL)) { /* another LOOKUP made it meanwhile */
+		if (a)
+			a->nlookup++;
 		pthread_mutex_unlock(&table_lock);
-		free(made);
+		free(made); /* (nothing of its own yet) */
 		return a;
 	}
 	v->refs++;
@@ -457,6 +500,33 @@ struct node *node_alias(struct node *v)
 	list_insert(&all, &made->all);
 	pthread_mutex_unlock(&table_lock);
 	return made;
+}
+
+struct node *node_lookup_id(uint64_t id)
+{
+	struct node *n;
+
+	/* a node leaves nodeid.c's table under this lock (release_locked): one found is alive */
+	pthread_mutex_lock(&table_lock);
+	n = nodeid_node(id);
+	if (n && n->kind != NODE_STAGING)
+		n->nlookup++;
+	else
+		n = NULL;
+	pthread_mutex_unlock(&table_lock);
+	return n;
+}
+
+struct node *node_dparent_lookup(struct node *n)
+{
+	struct node *p;
+
+	pthread_mutex_lock(&table_lock);
+	p = n == &root ? &root : n->dparent;
+	if (p)
+		p->nlookup++;
+	pthread_mutex_unlock(&table_lock);
+	return p;
 }
 
 void node_add_lookup(struct node *n)
@@ -473,7 +543,7 @@ static bool kernel_alias(const struct node *n)
 }
 
 /* Called with table_lock held; unlocks it. */
-static void release_locked(struct node *n)
+void node_release_locked(struct node *n)
 {
 	char *vrel = NULL;
 	struct node *base = NULL, *parent = NULL;
@@ -495,6 +565,7 @@ static void release_locked(struct node *n)
 	else if (n->kind != NODE_STAGING && n->kind != NODE_ALIAS)
 		hash_remove(n); /* (not found if LOOKUP took it out as stale) */
 	list_remove(&n->all);
+	nodeid_detach(n); /* its nodeid names no live node from now on (node_lookup_id) */
 	pthread_mutex_unlock(&table_lock);
 	vrel = n->prune_vrel;
 	n->prune_vrel = NULL;
@@ -502,16 +573,15 @@ static void release_locked(struct node *n)
 	parent = n->kind == NODE_STAGING ? n->parent : n->dparent;
 	file = n->kind == NODE_FILE;
 	node_free(n);
-	if (file && node_gone_hook)
-		node_gone_hook(dev, ino);
+	if (file)
+		locks_node_gone(dev, ino);
 	if (base)
 		node_unref(base);
 	if (parent)
 		node_unref(parent);
 prune:
 	if (vrel) {
-		if (node_prune_hook)
-			node_prune_hook(vrel, dev, ino);
+		retention_remove_deferred(prune_store, vrel, dev, ino);
 		free(vrel);
 	}
 }
@@ -519,7 +589,7 @@ prune:
 /* A count would go below zero: a reference was dropped twice, a bug. Said, the count kept at
  * zero (a reference or open count also pins the node: whoever still points to it keeps a valid
  * node); a debug build (the sanitizer builds the tests run) stops here. */
-static void count_broken(const struct node *n, const char *what, uint64_t have, uint64_t drop)
+void node_count_broken(const struct node *n, const char *what, uint64_t have, uint64_t drop)
 {
 	log_warnx("bug: %s of node %llu (inode %llu) dropped by %llu, it had %llu", what,
 		  (unsigned long long)node_id(n), (unsigned long long)n->ino,
@@ -533,11 +603,11 @@ void node_forget(struct node *n, uint64_t nlookup)
 {
 	pthread_mutex_lock(&table_lock);
 	if (nlookup > n->nlookup) {
-		count_broken(n, "lookup count", n->nlookup, nlookup);
+		node_count_broken(n, "lookup count", n->nlookup, nlookup);
 		nlookup = n->nlookup;
 	}
 	n->nlookup -= nlookup;
-	release_locked(n);
+	node_release_locked(n);
 }
 
 void node_ref(struct node *n)
@@ -553,101 +623,10 @@ void node_unref(struct node *n)
 	if (n->refs)
 		n->refs--;
 	else {
-		count_broken(n, "reference count", 0, 1);
+		node_count_broken(n, "reference count", 0, 1);
 		n->pinned = true;
 	}
-	release_locked(n);
-}
-
-/* A backing open that fails (ELOOP on a stacked filesystem, ENOMEM, ...) leaves the node's
- * opens cached until they are all closed: said once per kind of failure. */
-static void backing_failed(const struct node *n, int err)
-{
-	static int said[8]; /* errnos already logged, each slot set once */
-
-	for (size_t i = 0; i < sizeof(said) / sizeof(*said); i++) {
-		int none = 0;
-		if (__atomic_compare_exchange_n(&said[i], &none, err, false, __ATOMIC_RELAXED,
-						__ATOMIC_RELAXED))
-			break; /* first time for err */
-		if (none == err)
-			return;
-	}
-	log_warnx("passthrough: backing open of inode %llu: %s; its opens are served by the daemon "
-		  "(said once per error)",
-		  (unsigned long long)n->ino, strerror(err));
-}
-
-int node_open(struct node *n, bool pt)
-{
-	int id, err = 0, pol = pt && n->kind == NODE_FILE ? nodefd_atime(false) : 0;
-
-	pthread_mutex_lock(&table_lock);
-	if (!n->opens && pt && n->kind == NODE_FILE) {
-		/* the first open decides for all that overlap it; the ioctl is a few µs. A
-		 * handle-only node's fd for it is its own, not the thread's ring's: the kernel
-		 * takes its own reference, and a ring fd would pin the inode for a while. The
-		 * kernel reads the backing file through its fd's mount: one with our atime policy
-		 */
-		int bfd = nodefd_open_atime(pol, false, n->fd, n->fh, O_PATH);
-		if (bfd < -1)
-			bfd = n->fd >= 0 ? n->fd : n->fh ? nodefd_open(n->fh, O_PATH) : -1;
-		id = bfd >= 0 ? pt_backing_open(bfd) : -(n->fh ? errno : EBADF);
-		if (bfd >= 0 && bfd != n->fd)
-			close(bfd);
-		if (id > 0)
-			n->backing_id = id;
-		else
-			err = -id;
-	}
-	n->opens++;
-	id = n->backing_id;
-	pthread_mutex_unlock(&table_lock);
-	if (err)
-		backing_failed(n, err);
-	return id;
-}
-
-/* The RELEASE of an open without a handle (a read or exec open): the read fd it held goes
- * too, unless it was a passthrough open, which never held one (node_open decided). */
-void node_close_read(struct node *n)
-{
-	if (!read_locked(&n->backing_id))
-		node_rdfd_release(n->kind == NODE_STAGING ? n->base : n);
-	node_close(n);
-}
-
-void node_close(struct node *n)
-{
-	struct node *dir = NULL;
-	char *vrel = NULL;
-	int id = 0;
-
-	pthread_mutex_lock(&table_lock);
-	if (n->opens)
-		n->opens--;
-	else {
-		count_broken(n, "open count", 0, 1);
-		n->pinned = true;
-	}
-	if (!n->opens) {
-		/* the kernel has released every file of it: none can still use the id */
-		id = n->backing_id;
-		n->backing_id = 0;
-	}
-	if (!n->opens && n->nlookup && n->prune_vrel) {
-		/* the last open is gone; a cached .versions/ entry may still hold it */
-		dir = view_entry_locked(n);
-		vrel = dir ? strdup(n->prune_vrel) : NULL;
-	}
-	release_locked(n);
-	if (id > 0)
-		pt_backing_close(id);
-	if (vrel)
-		inval_view_entry(dir, vrel);
-	else if (dir)
-		node_unref(dir);
-	free(vrel);
+	node_release_locked(n);
 }
 
 int node_fd(struct node *n)
@@ -668,102 +647,6 @@ int node_proc_path(struct node *n, char *buf, size_t len)
 	if (fd < 0)
 		return -errno;
 	return snprintf(buf, len, "/proc/self/fd/%d", fd) < (int)len ? 0 : -ENAMETOOLONG;
-}
-
-/* n's object opened for a read (flags: O_RDONLY, maybe O_DIRECTORY) under atime policy pol
- * (nodefd.c). */
-static int reopen(struct node *n, int flags, int pol)
-{
-	bool dir = n->kind == NODE_DIR;
-	int fd = nodefd_open_atime(pol, dir, n->fd, n->fh, flags), pfd;
-	char proc[64];
-
-	if (fd >= 0 || fd == -1)
-		return fd;
-	if (fd == -3) { /* noatime without a clone: O_NOATIME, if we own the file or are root */
-		fd = reopen(n, flags | O_NOATIME, nodefd_atime_source(dir));
-		if (fd >= 0 || errno != EPERM)
-			return fd;
-	}
-	if (dir)
-		return (pfd = node_fd(n)) < 0 ? -1 : openat(pfd, ".", flags | O_CLOEXEC);
-	if (n->fd < 0)
-		return n->fh ? nodefd_open(n->fh, flags) : (errno = EBADF, -1);
-	fd = node_proc_path(n, proc, sizeof(proc));
-	if (fd) {
-		errno = -fd;
-		return -1;
-	}
-	return open(proc, flags | O_CLOEXEC);
-}
-
-int node_open_dir(struct node *n)
-{
-	return reopen(n, O_RDONLY | O_DIRECTORY, nodefd_atime(true));
-}
-
-/* A read fd per node, shared by its opens. It is held by every open and copy that reads it,
- * and when the last lets go it is closed unless the node is pinned and the daemon is well
- * below its fd limit (nodefd.c), so read fds do not bound the names known either. */
-int node_rdfd_hold(struct node *n)
-{
-	int fd, old = -1, pol = nodefd_atime(false);
-
-	pthread_mutex_lock(&table_lock);
-	if (n->rdfd >= 0 && !n->rdholds && n->rdfd_atime != pol) {
-		/* cached under another atime policy (a remount since): not for this open */
-		old = n->rdfd;
-		__atomic_store_n(&n->rdfd, -1, __ATOMIC_RELEASE);
-	}
-	if (n->rdfd >= 0) {
-		n->rdholds++;
-		fd = n->rdfd;
-		pthread_mutex_unlock(&table_lock);
-		return fd;
-	}
-	pthread_mutex_unlock(&table_lock);
-	if (old >= 0) {
-		close(old);
-		nodefd_count(-1);
-	}
-	fd = reopen(n, O_RDONLY, pol);
-	if (fd < 0)
-		return -errno;
-	pthread_mutex_lock(&table_lock);
-	if (n->rdfd >= 0) {
-		close(fd); /* another open was first */
-	} else {
-		__atomic_store_n(&n->rdfd, fd, __ATOMIC_RELEASE);
-		n->rdfd_atime = pol;
-		nodefd_count(1);
-	}
-	n->rdholds++;
-	fd = n->rdfd;
-	pthread_mutex_unlock(&table_lock);
-	return fd;
-}
-
-void node_rdfd_release(struct node *n)
-{
-	int fd = -1;
-
-	pthread_mutex_lock(&table_lock);
-	if (n->rdholds && !--n->rdholds && n->rdfd >= 0 && !(n->fd >= 0 && nodefd_may_cache())) {
-		fd = n->rdfd;
-		__atomic_store_n(&n->rdfd, -1, __ATOMIC_RELEASE);
-	}
-	pthread_mutex_unlock(&table_lock);
-	if (fd >= 0) {
-		close(fd);
-		nodefd_count(-1);
-	}
-}
-
-int node_rdfd(struct node *n)
-{
-	int fd = __atomic_load_n(&n->rdfd, __ATOMIC_ACQUIRE);
-
-	return fd >= 0 ? fd : -EBADF;
 }
 
 bool node_busy(dev_t dev, ino_t ino)
@@ -840,11 +723,11 @@ bool node_defer_prune(const struct stat *st, const char *vrel, int vdirfd, const
 		if (used && fstat(vdirfd, &dst) == 0) {
 			n->prune_vdev = dst.st_dev;
 			n->prune_vino = dst.st_ino;
-			dir = view_entry_locked(n);
+			dir = node_view_entry_locked(n);
 		}
 	}
 	pthread_mutex_unlock(&table_lock);
-	inval_view_entry(dir, vname);
+	node_inval_view_entry(dir, vname);
 	return used;
 }
 
@@ -929,5 +812,5 @@ int node_meta_take(struct node *n, struct stat *meta)
 
 int node_cur_fd(struct node *n)
 {
-	return read_locked(&n->cur_fd);
+	return node_read_locked(&n->cur_fd);
 }

@@ -30,6 +30,9 @@
 #include "links.h"
 #include "locks.h"
 #include "log.h"
+#include "keep.h"
+#include "inval.h"
+#include "versions.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -187,7 +190,7 @@ static void drop_entry(struct rentry *x, struct node ***unrefs, size_t *nunrefs)
 			R.tail = pp;
 		break;
 	}
-	if (x->dnode) /* unref'd once the locks are dropped (it may run the prune hook) */
+	if (x->dnode) /* unref'd once the locks are dropped (it may run a deferred prune) */
 		(*unrefs)[(*nunrefs)++] = x->dnode;
 	free(x->dir);
 	free(x->name);
@@ -211,8 +214,7 @@ static void next_hold(char *buf, size_t len)
  * directory's lock); no LOOKUP under DIR is cached while the release is open. */
 static void forget_name(struct node *dir, const char *name)
 {
-	__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
-	inval_entry_queue(dir, name);
+	inval_name_changed_queued(dir, name);
 }
 
 /* Take the locks of a hold; NULL (nothing taken) if no open release covers dir. */
@@ -560,7 +562,7 @@ static void old_start(void)
 }
 
 /* Forget the old release (its refs are dropped: call holding no store or table lock... the
- * unref of a directory node runs no prune hook: directories have none). */
+ * unref of a directory node runs no deferred prune: directories have none). */
 static void old_reset(void)
 {
 	pthread_mutex_lock(&old_mu);
@@ -868,7 +870,7 @@ static int commit(struct node *dir)
 	s->batch = false;
 	old_start();
 	pthread_mutex_unlock(&old_mu);
-	__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
+	inval_gen_bump();
 	if (!nosync)
 		syncfs(s->rootfd);
 	unlinkat(R.rfd, INTENT, 0);
@@ -985,7 +987,7 @@ static int begin(struct node *dir, const char *name, uid_t uid)
 	R.tail = &R.entries;
 	R.created = NULL;
 	R.seq = 0;
-	__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
+	inval_gen_bump();
 	__atomic_store_n(&active, true, __ATOMIC_RELEASE);
 	log_info("release %s begun on /%s (held changes do not survive a stop of the daemon)",
 		 R.name, R.dir);

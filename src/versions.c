@@ -1,7 +1,9 @@
 /* versions.c - the .versions/ view: reachable by name at the mount root, hidden from its
  * listing, read-only, and backed directly by the store's .versions/ directory. */
 #define _GNU_SOURCE
+#include "versions.h"
 #include "fs.h"
+#include "inval.h"
 
 #include "log.h"
 
@@ -50,5 +52,5 @@ void versions_after_change(const struct store_change *ch)
 	 * stat() in flight), as after an in-place write: node.replaced, design.md §3. */
 	for (int i = ch->old.st_nlink >= 2 ? node_known(ch->old.st_dev, ch->old.st_ino, ids) : 0;
 	     i-- > 0;)
-		fuse_lowlevel_notify_inval_inode(fs.se, ids[i], -1, 0);
+		inval_attrs(ids[i]);
 }
