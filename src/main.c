@@ -10,6 +10,7 @@
 #include "route.h"
 #include "watchdog.h"
 #include "nodefd.h"
+#include "nodeid.h"
 #include "retention.h"
 #include "inval.h"
 #include "ops_entry.h"
@@ -450,6 +451,7 @@ static int open_store(const struct options *o)
 	}
 	store_setup(&fs.store, o);
 	node_table_init(fs.store.rootfd);
+	nodeid_load(&fs.store); /* the nodeids of the last mount, for its file handles */
 	node_prune_hook = prune_deferred;
 	node_gone_hook = locks_node_gone;
 	node_inval_hook = inval_entry_queue;
@@ -559,6 +561,7 @@ static void end_session(const char *mountpoint)
 	dirs_shutdown();
 	log_info("unmounted %s", mountpoint);
 	route_clear_all();
+	nodeid_save(&fs.store); /* for the next mount: the file handles made in this one */
 	node_table_destroy();
 }
 

@@ -8,6 +8,7 @@
 
 struct node;
 struct file_handle;
+struct store;
 
 #define NODEID_ROOT 1
 
@@ -26,8 +27,8 @@ void nodeid_detach(struct node *n);
  * handle (LOOKUP ".") is checked with the table lock held (node_lookup_id). */
 struct node *nodeid_node(uint64_t id);
 /* A copy of the backing handle a forgotten nodeid keeps (malloc'd; *in_versions: a directory of
- * the .versions/ view), NULL if it keeps none. */
-struct file_handle *nodeid_forgotten(uint64_t id, bool *in_versions);
+ * the .versions/ view; *kind: its node's enum node_kind), NULL if it keeps none. */
+struct file_handle *nodeid_forgotten(uint64_t id, bool *in_versions, int *kind);
 /* The object of a forgotten nodeid is gone: the nodeid is free. */
 void nodeid_drop(uint64_t id);
 /* The node of a nodeid from a file handle (LOOKUP "."), with one more kernel lookup: its
@@ -37,6 +38,16 @@ struct node *nodeid_resolve(uint64_t id);
 /* LOOKUP ".." of directory n (the kernel reconnecting a directory found by handle): its
  * parent with one more kernel lookup, or NULL (errno). Never above the root. */
 struct node *nodeid_parent(struct node *n);
+/* At mount, after nodeid_init and before the first request: the table the last clean stop
+ * left in the store (STORE_NODEIDS) is read and removed; if it is whole and of this SOURCE,
+ * its nodeids become forgotten ones that find their objects again by handle, and new nodeids
+ * go to other indexes or later generations. A damaged or foreign table: one log line, and
+ * every handle of the earlier mount is stale. */
+void nodeid_load(struct store *st);
+/* After the session ended, before the store closes: every nodeid that keeps a backing handle,
+ * live or forgotten (at most MAX_KEPT, the newest), written to the store for the next mount
+ * (a file written in staging, synced unless nosync, renamed into place). */
+void nodeid_save(struct store *st);
 /* The generation an entry reply gives the kernel (the kernel checks it against a handle's). */
 static inline uint32_t nodeid_gen(uint64_t id)
 {
