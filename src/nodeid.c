@@ -12,8 +12,10 @@
  * back too (nodeid_attach). At most MAX_KEPT slots are kept so, oldest given up first; a slot
  * given up is reused for another object with the next generation, which the kernel compares
  * with the handle's (ESTALE). Generations start at a random value per daemon, so a handle made
- * under an earlier mount is stale here rather than naming whatever now has its index.
- * docs/design.md §3. */
+ * under an earlier mount is stale here rather than naming whatever now has its index; unless
+ * that mount stopped cleanly and left its table (nodeid_save), which this one took
+ * (nodeid_load): then its slots are forgotten ones here, and its handles find their objects.
+ * docs/design.md §3, docs/format.md "The nodeid table". */
 #define _GNU_SOURCE
 #include "nodeid.h"
 #include "log.h"
