@@ -11,7 +11,6 @@
 #include "watchdog.h"
 #include "nodefd.h"
 #include "nodeid.h"
-#include "retention.h"
 #include "inval.h"
 #include "ops_entry.h"
 #include "ops_file.h"
@@ -99,7 +98,7 @@ static void bv_init(void *userdata, struct fuse_conn_info *conn)
 	 * default_permissions it also checks ACL entries itself and drops a node's cached
 	 * attributes and ACLs at every setfacl and chmod */
 	/* open_by_handle_at of a nodeid the kernel forgot asks LOOKUP (nodeid, ".") and a
-	 * directory's parent LOOKUP (nodeid, ".."): ops_entry.c, nodeid.c */
+	 * directory's parent LOOKUP (nodeid, ".."): ops_entry.c, export.c */
 	if (conn->capable & FUSE_CAP_EXPORT_SUPPORT)
 		conn->want |= FUSE_CAP_EXPORT_SUPPORT;
 	if (conn->capable & FUSE_CAP_DONT_MASK)
@@ -155,13 +154,6 @@ static const struct fuse_lowlevel_ops bv_ops = {
     .setxattr = bv_setxattr,
     .removexattr = bv_removexattr,
 };
-
-static void prune_deferred(const char *vrel, dev_t dev, ino_t ino)
-{
-	store_lock(&fs.store);
-	retention_remove_version(&fs.store, vrel, dev, ino);
-	store_unlock(&fs.store);
-}
 
 /* The id of the newest binvfs mount at dir (-1 if none): the last one listed is on top.
  * dev (if not NULL) gets its "major:minor". libmount reads the table and undoes its escapes. */
@@ -438,6 +430,47 @@ static void raise_nofile(void)
 	setrlimit(RLIMIT_NOFILE, &rl);
 }
 
+/* File handles made inside the mount survive a remount (docs/design.md §3, File handles): the
+ * nodeid table a clean stop leaves in the store, taken by the next mount before it serves. */
+static void load_nodeids(void)
+{
+	const char *why = NULL;
+	size_t len = 0;
+	uint32_t n = 0;
+	void *table = store_nodeids_read(&fs.store, nodeid_table_max(), &len, &why);
+
+	if (table)
+		why = nodeid_table_take(table, len, fs.store.rootfd, &n);
+	free(table);
+	if (why)
+		log_warnx("ignoring %s/%s (%s): file handles made before this mount are stale",
+			  STORE_DIR, STORE_NODEIDS, why);
+	else if (table)
+		log_info("%u nodeids of the last mount taken from %s/%s", n, STORE_DIR,
+			 STORE_NODEIDS);
+}
+
+/* After the session, before the store closes: not on the way of any request. */
+static void save_nodeids(void)
+{
+	size_t len = 0;
+	uint32_t n = 0;
+	void *table = nodeid_table_build(fs.store.rootfd, &len, &n);
+	int err;
+
+	if (!table)
+		return; /* no nodeid keeps a handle */
+	err = store_nodeids_write(&fs.store, table, len);
+	free(table);
+	if (err) {
+		errno = -err;
+		log_warn("cannot keep the nodeids for the next mount: its file handles will be "
+			 "stale");
+	} else {
+		log_info("%u nodeids kept for the next mount (%s/%s)", n, STORE_DIR, STORE_NODEIDS);
+	}
+}
+
 /* The store under the mount, and the node table on it. */
 static int open_store(const struct options *o)
 {
@@ -450,10 +483,8 @@ static int open_store(const struct options *o)
 		fs.view_ino = vst.st_ino;
 	}
 	store_setup(&fs.store, o);
-	node_table_init(fs.store.rootfd);
-	nodeid_load(&fs.store); /* the nodeids of the last mount, for its file handles */
-	node_prune_hook = prune_deferred;
-	node_gone_hook = locks_node_gone;
+	node_table_init(&fs.store);
+	load_nodeids();
 	node_inval_hook = inval_entry_queue;
 	/* a commit a stop interrupted: forward; an open release: back */
 	release_recover(&fs.store);
@@ -561,7 +592,7 @@ static void end_session(const char *mountpoint)
 	dirs_shutdown();
 	log_info("unmounted %s", mountpoint);
 	route_clear_all();
-	nodeid_save(&fs.store); /* for the next mount: the file handles made in this one */
+	save_nodeids();
 	node_table_destroy();
 }
 

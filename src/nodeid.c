@@ -8,33 +8,30 @@
  *
  * When a node is freed (its FORGET), its slot keeps the backing object's file handle: a LOOKUP
  * "." of that nodeid reopens the object by handle and makes its node again with the same
- * nodeid (node_lookup_id's caller), and a LOOKUP by name of the same object gets that nodeid
+ * nodeid (export.c), and a LOOKUP by name of the same object gets that nodeid
  * back too (nodeid_attach). At most MAX_KEPT slots are kept so, oldest given up first; a slot
  * given up is reused for another object with the next generation, which the kernel compares
  * with the handle's (ESTALE). Generations start at a random value per daemon, so a handle made
  * under an earlier mount is stale here rather than naming whatever now has its index; unless
- * that mount stopped cleanly and left its table (nodeid_save), which this one took
- * (nodeid_load): then its slots are forgotten ones here, and its handles find their objects.
- * docs/design.md §3, docs/format.md "The nodeid table". */
+ * that mount stopped cleanly and left its table (nodeid_table_build), which this one took
+ * (nodeid_table_take): then its slots are forgotten ones here, and its handles find their
+ * objects. docs/design.md §3, docs/format.md "The nodeid table". */
 #define _GNU_SOURCE
 #include "nodeid.h"
 #include "log.h"
+#include "names.h"
 #include "node.h"
 #include "nodefd.h"
-#include "store.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
-#include <linux/openat2.h>
 #include <openssl/evp.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -101,7 +98,7 @@ void nodeid_destroy(void)
 {
 	for (uint32_t i = 0; i < MAX_CHUNKS; i++) {
 		if (!chunks[i])
-			continue; /* (a table loaded at mount can have gaps) */
+			continue; /* (a table taken at mount can have gaps) */
 		for (uint32_t j = 0; j < CHUNK_SLOTS; j++)
 			free(chunks[i][j].fh);
 		free(chunks[i]);
@@ -308,43 +305,6 @@ void nodeid_drop(uint64_t id)
 	pthread_mutex_unlock(&lock);
 }
 
-struct node *nodeid_resolve(uint64_t id)
-{
-	struct node *n = node_lookup_id(id);
-	struct file_handle *fh;
-	struct stat st;
-	bool in_versions = false;
-	int fd, kind = -1;
-
-	if (n)
-		return n;
-	fh = nodeid_forgotten(id, &in_versions, &kind);
-	if (!fh) {
-		errno = ESTALE;
-		return NULL;
-	}
-	fd = nodefd_open(fh, O_PATH);
-	free(fh);
-	if (fd < 0) {
-		if (errno == ESTALE || errno == ENOENT)
-			nodeid_drop(id); /* the object is gone: the nodeid is free */
-		errno = ESTALE;
-		return NULL;
-	}
-	n = node_lookup_fd(NULL, NULL, fd, &st, in_versions, false);
-	if (n)
-		log_debug("nodeid %llu found again by handle: inode %llu", (unsigned long long)id,
-			  (unsigned long long)n->ino);
-	if (n && (node_id(n) != id || (int)n->kind != kind)) {
-		/* given up meanwhile, and the object got another nodeid: not the handle's (or,
-		 * from a table of an earlier mount, the handle now names another kind of object) */
-		node_forget(n, 1);
-		n = NULL;
-		errno = ESTALE;
-	}
-	return n;
-}
-
 /* The table a clean stop leaves for the next mount (docs/format.md, "The nodeid table"), all
  * numbers little-endian: NODEIDS_MAGIC; SOURCE's identity: u64 f_fsid of its filesystem, u32
  * type and u32 length of SOURCE's own file handle, its bytes; u32 count (at most MAX_KEPT);
@@ -472,18 +432,27 @@ static void save_slot(struct wbuf *b, uint32_t idx)
 	put_handle(b, s->fh);
 }
 
-/* The table as written (b->p malloc'd); false if there is nothing to write or no memory. */
-static bool build_table(int rootfd, struct wbuf *b, uint32_t *count)
+size_t nodeid_table_max(void)
 {
-	dev_t dev = node_root()->dev;
+	return TABLE_MAX;
+}
+
+void *nodeid_table_build(int rootfd, size_t *len, uint32_t *count)
+{
+	struct stat rst;
 	uint64_t fsid;
-	struct file_handle *rfh = source_id(rootfd, &fsid);
+	struct file_handle *rfh = fstat(rootfd, &rst) == 0 ? source_id(rootfd, &fsid) : NULL;
+	dev_t dev = rst.st_dev;
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned mdlen = 0;
 	uint32_t total = 0, skip;
+	struct wbuf wb = {0}, *b = &wb;
 
-	if (!rfh)
-		return false; /* no handles on SOURCE's filesystem: no nodeid keeps one */
+	*count = 0;
+	if (!rfh || !kept) {
+		free(rfh);
+		return NULL; /* no handles on SOURCE's filesystem: no nodeid keeps one */
+	}
 	pthread_mutex_lock(&lock);
 	for (uint32_t k = kept_head; k; k = slot_of(k)->next)
 		total += saved(slot_of(k), dev);
@@ -513,51 +482,14 @@ static bool build_table(int rootfd, struct wbuf *b, uint32_t *count)
 	pthread_mutex_unlock(&lock);
 	free(rfh);
 	if (!b->p)
-		return false;
+		return NULL;
 	if (!EVP_Digest(b->p, b->len, md, &mdlen, EVP_sha256(), NULL) || mdlen != SUM_LEN) {
 		free(b->p);
-		return false;
+		return NULL;
 	}
 	put(b, md, SUM_LEN);
-	return true;
-}
-
-void nodeid_save(struct store *st)
-{
-	struct wbuf b = {0};
-	uint32_t count = 0;
-	size_t off = 0;
-	ssize_t w = 0;
-	int fd, r;
-
-	if (!kept || st->stagefd < 0 || !build_table(st->rootfd, &b, &count))
-		return;
-	fd = openat(st->stagefd, NODEIDS_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
-		    0600);
-	while (fd >= 0 && off < b.len && (w = write(fd, b.p + off, b.len - off)) > 0)
-		off += (size_t)w;
-	free(b.p);
-	if (fd < 0 || off < b.len || (!st->nosync && fsync(fd) < 0)) {
-		log_warn(
-		    "cannot keep the nodeids for the next mount: its file handles will be stale");
-		if (fd >= 0) {
-			close(fd);
-			unlinkat(st->stagefd, NODEIDS_TMP, 0);
-		}
-		return;
-	}
-	close(fd);
-	store_lock(st);
-	r = renameat(st->stagefd, NODEIDS_TMP, st->vfd, STORE_NODEIDS);
-	store_unlock(st);
-	if (r < 0) {
-		log_warn(
-		    "cannot keep the nodeids for the next mount: its file handles will be stale");
-		unlinkat(st->stagefd, NODEIDS_TMP, 0);
-		return;
-	}
-	store_sync_dir(st, st->vfd);
-	log_info("%u nodeids kept for the next mount (%s/%s)", count, STORE_DIR, STORE_NODEIDS);
+	*len = b->len;
+	return b->p;
 }
 
 struct rec {
@@ -658,9 +590,8 @@ bad:
 }
 
 /* Take the records as forgotten nodeids; false (nothing taken) if out of memory. */
-static bool take_table(struct rec *recs, uint32_t n)
+static bool take_table(struct rec *recs, uint32_t n, dev_t dev)
 {
-	dev_t dev = node_root()->dev;
 	bool ok = used == FIRST && !nkept; /* (a table that took nothing yet: no chunk) */
 
 	pthread_mutex_lock(&lock);
@@ -717,152 +648,21 @@ static bool take_table(struct rec *recs, uint32_t n)
 	return true;
 }
 
-void nodeid_load(struct store *st)
+const char *nodeid_table_take(const void *table, size_t len, int rootfd, uint32_t *count)
 {
 	const char *why = NULL;
-	unsigned char *data = NULL;
 	struct rec *recs;
-	struct stat sb;
+	struct stat rst;
 	uint32_t n = 0;
-	size_t off = 0;
-	ssize_t got = 1;
-	int fd;
 
-	store_lock(st);
-	fd = openat(st->vfd, STORE_NODEIDS, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0 && errno == ENOENT) {
-		store_unlock(st);
-		return; /* a first mount, or the last one did not stop cleanly */
-	}
-	if (fd < 0 || fstat(fd, &sb) < 0)
-		why = "cannot open it";
-	else if (!S_ISREG(sb.st_mode) || sb.st_uid != geteuid() || (sb.st_mode & 077))
-		why = "not a regular file of the daemon's, mode 0600";
-	else if ((size_t)sb.st_size < MAGIC_LEN + SUM_LEN || (size_t)sb.st_size > TABLE_MAX)
-		why = "damaged: its size is out of range";
-	else if (!(data = malloc((size_t)sb.st_size)))
-		why = "out of memory";
-	while (!why && off < (size_t)sb.st_size &&
-	       (got = pread(fd, data + off, (size_t)sb.st_size - off, (off_t)off)) > 0)
-		off += (size_t)got;
-	if (!why && off < (size_t)sb.st_size)
-		why = "cannot read it";
-	if (fd >= 0)
-		close(fd);
-	/* read once: a daemon that mounts next (this one's detached mount still served) starts
-	 * without it, and so does the mount after a crash of this daemon */
-	if (unlinkat(st->vfd, STORE_NODEIDS, 0) == 0)
-		store_sync_dir(st, st->vfd);
-	store_unlock(st);
-	recs = why ? NULL : parse_table(data, off, st->rootfd, &n, &why);
-	free(data);
-	if (recs && !take_table(recs, n))
+	*count = 0;
+	if (fstat(rootfd, &rst) < 0)
+		return "cannot stat SOURCE";
+	recs = parse_table(table, len, rootfd, &n, &why);
+	if (recs && !take_table(recs, n, rst.st_dev))
 		why = "out of memory";
 	free_recs(recs, n);
-	if (why)
-		log_warnx("ignoring %s/%s (%s): file handles made before this mount are stale",
-			  STORE_DIR, STORE_NODEIDS, why);
-	else
-		log_info("%u nodeids of the last mount taken from %s/%s", n, STORE_DIR,
-			 STORE_NODEIDS);
-}
-
-#define MAX_DEPTH 4096
-
-/* The parent of directory fd (O_PATH) on the backing filesystem, without crossing a mount:
- * SOURCE's own directory is usually covered by our mount, and ".." from one of its children
- * would land in the mount (a request to ourselves) or above it. Then EXDEV. */
-static int up(int fd)
-{
-	struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
-			       .resolve = RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS};
-
-	return (int)syscall(SYS_openat2, fd, "..", &how, sizeof(how));
-}
-
-/* Is st an entry of the root directory? (Its ".." gave EXDEV: the root is covered.) */
-static bool child_of_root(const struct stat *st)
-{
-	struct node *r = node_root();
-	int rfd = node_fd(r), dfd;
-	struct dirent *d;
-	struct stat cst;
-	bool found = false;
-	DIR *dir;
-
-	if (rfd < 0 || (dfd = openat(rfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
-		return false;
-	if (!(dir = fdopendir(dfd))) {
-		close(dfd);
-		return false;
-	}
-	while (!found && (d = readdir(dir)))
-		found = d->d_ino == st->st_ino &&
-			fstatat(rfd, d->d_name, &cst, AT_SYMLINK_NOFOLLOW) == 0 &&
-			cst.st_dev == st->st_dev && cst.st_ino == st->st_ino;
-	closedir(dir);
-	return found;
-}
-
-/* Is directory fd (O_PATH, its stat st) the root or below it, at most MAX_DEPTH levels? */
-static bool below_root(int fd, struct stat st)
-{
-	const struct node *r = node_root();
-	struct stat pst;
-	int cur = fd, next;
-	bool below = false;
-
-	for (int i = 0; i < MAX_DEPTH; i++) {
-		if (st.st_dev == r->dev && st.st_ino == r->ino) {
-			below = true;
-			break;
-		}
-		next = up(cur);
-		if (next < 0 && errno == EXDEV)
-			below = child_of_root(&st);
-		if (cur != fd)
-			close(cur);
-		cur = next;
-		if (cur < 0 || fstat(cur, &pst) < 0 ||
-		    (pst.st_dev == st.st_dev && pst.st_ino == st.st_ino))
-			break; /* (the filesystem's root: outside the tree) */
-		st = pst;
-	}
-	if (cur >= 0 && cur != fd)
-		close(cur);
-	return below;
-}
-
-struct node *nodeid_parent(struct node *n)
-{
-	const struct node *r = node_root();
-	struct node *p;
-	struct stat st;
-	int fd, pfd;
-
-	if (n->kind != NODE_DIR) {
-		errno = ENOTDIR;
-		return NULL;
-	}
-	if ((p = node_dparent_lookup(n)))
-		return p;
-	/* found by handle, not yet by name: its parent on the backing filesystem, if that is in
-	 * the tree (a directory moved out of SOURCE behind the mount is not) */
-	if ((fd = node_fd(n)) < 0)
-		return NULL;
-	pfd = up(fd);
-	if (pfd < 0 && errno == EXDEV && fstat(fd, &st) == 0 && child_of_root(&st))
-		return node_dparent_lookup(node_root());
-	if (pfd < 0 || fstat(pfd, &st) < 0 || !below_root(pfd, st)) {
-		if (pfd >= 0)
-			close(pfd);
-		errno = ESTALE;
-		return NULL;
-	}
-	if (st.st_dev == r->dev && st.st_ino == r->ino) {
-		close(pfd);
-		return node_dparent_lookup(node_root());
-	}
-	/* below the view's root, its directories are the view's */
-	return node_lookup_fd(NULL, NULL, pfd, &st, n->in_versions, false);
+	if (!why)
+		*count = n;
+	return why;
 }

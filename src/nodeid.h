@@ -4,11 +4,11 @@
 #define BINVFS_NODEID_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct node;
 struct file_handle;
-struct store;
 
 #define NODEID_ROOT 1
 
@@ -31,23 +31,19 @@ struct node *nodeid_node(uint64_t id);
 struct file_handle *nodeid_forgotten(uint64_t id, bool *in_versions, int *kind);
 /* The object of a forgotten nodeid is gone: the nodeid is free. */
 void nodeid_drop(uint64_t id);
-/* The node of a nodeid from a file handle (LOOKUP "."), with one more kernel lookup: its
- * live node, or its object found again by its backing handle; NULL with errno ESTALE if the
- * nodeid names nothing (unknown, stale, forged, a writer's, its object gone). */
-struct node *nodeid_resolve(uint64_t id);
-/* LOOKUP ".." of directory n (the kernel reconnecting a directory found by handle): its
- * parent with one more kernel lookup, or NULL (errno). Never above the root. */
-struct node *nodeid_parent(struct node *n);
-/* At mount, after nodeid_init and before the first request: the table the last clean stop
- * left in the store (STORE_NODEIDS) is read and removed; if it is whole and of this SOURCE,
- * its nodeids become forgotten ones that find their objects again by handle, and new nodeids
- * go to other indexes or later generations. A damaged or foreign table: one log line, and
- * every handle of the earlier mount is stale. */
-void nodeid_load(struct store *st);
-/* After the session ended, before the store closes: every nodeid that keeps a backing handle,
- * live or forgotten (at most MAX_KEPT, the newest), written to the store for the next mount
- * (a file written in staging, synced unless nosync, renamed into place). */
-void nodeid_save(struct store *st);
+/* The nodeid table a clean stop leaves for the next mount, so that file handles made inside
+ * the mount survive it (docs/format.md, "The nodeid table"; main.c reads and writes it through
+ * store.c). nodeid_table_build, after the session ended: every nodeid that keeps a backing
+ * handle of an object on SOURCE's filesystem (rootfd), live or forgotten, the newest MAX_KEPT,
+ * as the table's bytes (malloc'd, *len of them); NULL if none or out of memory. */
+void *nodeid_table_build(int rootfd, size_t *len, uint32_t *count);
+/* At mount, after nodeid_init and before the first request: table (len bytes) checked whole
+ * (never trusted: size, checksum, this SOURCE, every field) and its nodeids taken as forgotten
+ * ones, which find their objects again by handle; new nodeids go to other indexes or later
+ * generations. NULL, or why the table was not taken (nothing of it is). */
+const char *nodeid_table_take(const void *table, size_t len, int rootfd, uint32_t *count);
+/* The largest table nodeid_table_build makes. */
+size_t nodeid_table_max(void);
 /* The generation an entry reply gives the kernel (the kernel checks it against a handle's). */
 static inline uint32_t nodeid_gen(uint64_t id)
 {

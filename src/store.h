@@ -29,15 +29,18 @@ struct store {
 	unsigned long long taken; /* times store_lock() took it (atomic): the prune's hand-over */
 	uint64_t seq;		  /* staging link names; protected by lock */
 	uint64_t reserve; /* bytes kept free by pruning unused versions (space.c), 0 = none */
-	/* set by main: does the kernel still hold a node of this inode? (its space cannot be
-	 * freed by removing a name, and a process may use it) */
+	/* What the store asks of the node table, through pointers set by main.c's store_setup:
+	 * node.c calls the store (retention_remove_deferred), so the store's calls back into it
+	 * stay out of the modules' call graph, which has no cycle (tests/test_structure.py). */
+	/* node_busy (node.c): does the kernel still hold a node of this inode? (its space cannot
+	 * be freed by removing a name, and a process may use it); space.c asks */
 	bool (*busy)(dev_t dev, ino_t ino);
-	/* set by main: the path below SOURCE of a directory the kernel knows, malloc'd; for a
-	 * directory deeper than /proc/self/fd can say (PATH_MAX) */
+	/* node_dir_path (node.c): the path below SOURCE of a directory the kernel knows,
+	 * malloc'd; for a directory deeper than /proc/self/fd can say (PATH_MAX); store.c asks */
 	char *(*dir_path)(dev_t dev, ino_t ino);
-	/* set by main: asked by retention for each version beyond `keep` (st: the version;
-	 * vdirfd/vname: where it is): true if it is in use; its user's node then removes it once
-	 * unused (retention_remove_version) */
+	/* node_defer_prune (node.c): asked by retention for each version beyond `keep` (st: the
+	 * version; vdirfd/vname: where it is): true if it is in use; its user's node then removes
+	 * it once unused (retention_remove_deferred) */
 	bool (*in_use)(const struct stat *st, const char *vrel, int vdirfd, const char *vname);
 };
 
@@ -55,6 +58,14 @@ int store_open(struct store *s, const char *source, unsigned keep, bool nosync);
 void store_lock(struct store *s);
 void store_unlock(struct store *s);
 void store_close(struct store *s);
+/* The nodeid table (docs/format.md, "The nodeid table"; its content is nodeid.c's).
+ * store_nodeids_read, at mount: the table the last clean stop left (malloc'd, *len bytes,
+ * at most max), removed from the store at once (read once: a crash leaves none); NULL with
+ * *why NULL if there is none, or with *why saying what is wrong with it (it is removed too,
+ * unless a directory). store_nodeids_write, after the session: written in this daemon's
+ * staging directory, synced (unless nosync), renamed into place; 0 or -errno. */
+void *store_nodeids_read(struct store *s, size_t max, size_t *len, const char **why);
+int store_nodeids_write(struct store *s, const void *table, size_t len);
 void store_index_start(struct store *s);
 bool store_reserved_root_name(const char *name);
 char *store_join(const char *rel, const char *name);
