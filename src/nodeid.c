@@ -439,8 +439,8 @@ size_t nodeid_table_max(void)
 
 void *nodeid_table_build(int rootfd, size_t *len, uint32_t *count)
 {
-	struct stat rst;
-	uint64_t fsid;
+	struct stat rst = {0};
+	uint64_t fsid = 0;
 	struct file_handle *rfh = fstat(rootfd, &rst) == 0 ? source_id(rootfd, &fsid) : NULL;
 	dev_t dev = rst.st_dev;
 	unsigned char md[EVP_MAX_MD_SIZE];
