@@ -18,6 +18,7 @@
 #include "keep.h"
 #include "inval.h"
 #include "versions.h"
+#include "node_open.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -54,6 +54,10 @@ struct ring {
 
 static pthread_key_t ring_key;
 static pthread_once_t ring_once = PTHREAD_ONCE_INIT;
+/* Lock order (docs/design.md §9): rings_lock -> a ring's lock (ring_free, nodefd_forget);
+ * nodefd_ring_get takes them one at a time. Nothing is taken under either (closes and opens by
+ * handle), so node_fd may run under any lock of its caller (a handle's, the store's);
+ * nodefd_forget runs when a node is freed, with no lock held. */
 static pthread_mutex_t rings_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct list rings = LIST_HEAD_INIT(rings);
 
@@ -298,6 +302,8 @@ static unsigned long made_flags;     /* its MS_* flags at mount */
 static int source_pol[2];	     /* SOURCE's mount: policy of files [0], directories [1] */
 static int clones[3] = {-1, -1, -1}; /* per policy, a clone of SOURCE's mount (O_RDONLY) */
 static bool clones_failed[3];
+/* Taken under the table lock (a node's first open: its backing file, node_open.c) and alone;
+ * nothing is taken under it. */
 static pthread_mutex_t clones_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int policy_of(bool ro, bool noatime, bool nodiratime, bool strict, bool dir)

@@ -3,11 +3,11 @@
 #define _GNU_SOURCE
 #include "ops_entry.h"
 #include "attr.h"
+#include "export.h"
 #include "fs.h"
 #include "handle.h"
 #include "links.h"
 #include "log.h"
-#include "nodeid.h"
 #include "release.h"
 #include "route.h"
 #include "space.h"
@@ -126,9 +126,9 @@ static int lookup_name(fuse_req_t req, struct node *parent, const char *name, st
 
 /* LOOKUP (nodeid, ".") and (nodeid, ".."): only the kernel's file handle code asks them
  * (FUSE_CAP_EXPORT_SUPPORT): open_by_handle_at of a nodeid it no longer caches, and a directory
- * found so reconnected to the root. The nodeid of "." comes from user space: nodeid.c checks it.
- * A regular file that has no name in the tree any more (removed, or replaced by a publish and
- * kept only in .versions/) is stale, as an unlinked file is natively (design.md §3). */
+ * found so reconnected to the root. The nodeid of "." comes from user space: export.c and nodeid.c
+ * check it. A regular file that has no name in the tree any more (removed, or replaced by a publish
+ * and kept only in .versions/) is stale, as an unlinked file is natively (design.md §3). */
 static void lookup_by_handle(fuse_req_t req, fuse_ino_t ino, bool dotdot)
 {
 	struct fuse_entry_param e;
@@ -138,9 +138,9 @@ static void lookup_by_handle(fuse_req_t req, fuse_ino_t ino, bool dotdot)
 
 	if (dotdot) {
 		child = node_get(ino); /* the kernel's own inode: live */
-		n = child ? nodeid_parent(child) : (errno = ESTALE, NULL);
+		n = child ? export_parent(child) : (errno = ESTALE, NULL);
 	} else {
-		n = nodeid_resolve(ino);
+		n = export_resolve(ino);
 	}
 	if (!n) {
 		fuse_reply_err(req, errno ? errno : ESTALE);

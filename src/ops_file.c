@@ -19,6 +19,7 @@
 #include "passthrough.h"
 #include "route.h"
 #include "versions.h"
+#include "node_open.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -385,15 +385,22 @@ void pt_backing_close(int id)
 		log_warn("passthrough: closing backing id %d", id);
 }
 
+/* The reply this thread sends next answers an OPEN or CREATE through backing id (if > 0). */
+static void expect_reply(int id, uint32_t opcode, struct fuse_file_info *fi, uint64_t nodeid)
+{
+	if (id > 0)
+		fi->keep_cache = 0;
+	reply.id = id;
+	reply.opcode = opcode;
+	reply.fh = fi->fh;
+	reply.nodeid = nodeid;
+}
+
 int pt_reply_open(fuse_req_t req, struct fuse_file_info *fi, int id)
 {
 	int ret;
 
-	if (id > 0)
-		fi->keep_cache = 0;
-	reply.id = id;
-	reply.opcode = FUSE_OPEN;
-	reply.fh = fi->fh;
+	expect_reply(id, FUSE_OPEN, fi, 0);
 	ret = fuse_reply_open(req, fi);
 	reply.id = 0;
 	return ret;
@@ -404,12 +411,7 @@ int pt_reply_create(fuse_req_t req, const struct fuse_entry_param *e, struct fus
 {
 	int ret;
 
-	if (id > 0)
-		fi->keep_cache = 0;
-	reply.id = id;
-	reply.opcode = FUSE_CREATE;
-	reply.fh = fi->fh;
-	reply.nodeid = e->ino;
+	expect_reply(id, FUSE_CREATE, fi, e->ino);
 	ret = fuse_reply_create(req, e, fi);
 	reply.id = 0;
 	return ret;

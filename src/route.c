@@ -42,6 +42,13 @@ struct route {
 	bool walked;	       /* a LOOKUP came from the thread since it was sent back */
 };
 
+/* The route lock. Lock order (docs/design.md §9): route -> table: a route's node references
+ * are taken and dropped under it (node_ref, node_unref, node_new_staging, node_add_lookup).
+ * A node_unref here may drop a node's last reference; node.c then drops the table lock and
+ * runs the node's deferred prune (the store lock) and its end (locks.c's mutex): route ->
+ * store, route -> locks. A LOOKUP under an open release's DIR holds release.c's walk (read):
+ * walk -> route. It is never taken under the store, table or a handle's lock (the ops call
+ * route_* holding none); route_thread_writes reads /proc without it. */
 static pthread_mutex_t route_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct route routes[ROUTE_MAX]; /* [0, nroutes) in use; protected by route_lock */
 static int nroutes;		       /* written under route_lock, read without it as a hint */
