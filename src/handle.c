@@ -393,8 +393,9 @@ static void published(struct handle *h, const struct store_change *ch, off_t siz
 	node_meta_take(stg, &meta); /* it is in the published copy */
 	if (!ch->orphaned) {
 		/* The name now answers another version: drop what the kernel caches for it before
-		 * close() returns (cacheable() in ops_entry.c). The closer holds no directory lock,
-		 * and any request that does is served by another worker. */
+		 * close() returns (route_lookup() in route.c, lookup_name() in ops_entry.c). The
+		 * closer holds no directory lock, and any request that does is served by another
+		 * worker. */
 		inval_name_changed(stg->parent, stg->name);
 	}
 	h->published = true;
