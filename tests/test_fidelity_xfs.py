@@ -183,14 +183,6 @@ def test_other_openers_see_new_content_at_close(mnt):
     assert read(mnt.p("port")) == b"40123\n"
 
 
-# O_TMPFILE: FUSE_TMPFILE reaches the daemon, libfuse 3.14 has no op for it (design.md known
-# gaps): EOPNOTSUPP, and nothing is left in the directory
-def test_o_tmpfile_not_supported(mnt):
-    assert outcome(os.open, mnt.p(), os.O_TMPFILE | os.O_RDWR, 0o600) == \
-        ("err", errno.errorcode[errno.EOPNOTSUPP])
-    assert os.listdir(mnt.p()) == []
-
-
 # truncate(2) by path of a setuid file by a user without CAP_FSETID: natively the truncate and
 # the drop of setuid (and of setgid with a group x bit) happen at once. The kernel sends both
 # in one SETATTR; binvfs applies the mode to the copy before publishing it (staging_truncate).
