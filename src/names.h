@@ -12,6 +12,12 @@
 #define STORE_MARKER  ".binvfs-format"
 #define STORE_STAGING ".binvfs-staging"
 #define STORE_FORMAT  "binvfs store format 1\n"
+/* The nodeid table a daemon leaves at a clean stop, read and removed by the next mount, so
+ * file handles made inside the mount survive a remount (nodeid.c, docs/format.md). It is
+ * written as NODEIDS_TMP in the daemon's own staging directory, then renamed into place. */
+#define STORE_NODEIDS ".binvfs-nodeids"
+#define NODEIDS_TMP   "nodeids"
+#define NODEIDS_MAGIC "binvfs nodeids 1\n"
 
 /* the mount table's type of a binvfs mount (the daemon mounts with subtype=binvfs) */
 #define BINVFS_FSTYPE "fuse.binvfs"

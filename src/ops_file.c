@@ -120,6 +120,8 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		err =
 		    handle_open_staging(n, fi->flags & O_TRUNC, opener, fuse_req_ctx(req)->uid, &h);
 		fi->fh = (uintptr_t)h;
+		/* its WRITEs carry the caller's pages, not the FUSE page cache's (passthrough.c) */
+		fi->direct_io = pt_writer_direct();
 	} else if (!err && n->kind == NODE_FILE && names_write_flags(fi->flags)) {
 		err = handle_join_in_place(n, fi->flags, fuse_req_ctx(req)->uid,
 					   closer_tgid(fuse_req_ctx(req)->pid), &h);
