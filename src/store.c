@@ -235,6 +235,10 @@ int store_open(struct store *s, const char *source, unsigned keep, bool nosync)
 			log_warn("cannot write %s/%s/%s", source, STORE_DIR, STORE_MARKER);
 			return -1;
 		}
+		/* the new store's names on disk before anything is kept in it: a power cut must
+		 * not leave a store without its marker (a later mount refuses such a directory) */
+		store_sync_dir(s, s->vfd);
+		store_sync_dir(s, s->rootfd);
 	} else if (check_marker(s->vfd) < 0) {
 		log_warnx("%s/%s exists but is not a binvfs store (no %s marker); rename it first",
 			  source, STORE_DIR, STORE_MARKER);
