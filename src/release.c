@@ -47,8 +47,10 @@
 #define INTENT	   "intent"
 #define INTENT_TMP "intent.tmp"
 
-/* E_MOVED: removed by an mv away (the file lives on at its new name: no version of it) */
-enum { E_PLACE = 'P', E_REMOVE = 'R', E_MOVED = 'M' };
+/* E_MOVED: removed by an mv away (the file lives on at its new name: no version of it);
+ * E_NEW: a file made in place within the release (CREATE), added to the entries at the commit
+ * for the history record only (applying it changes nothing) */
+enum { E_PLACE = 'P', E_REMOVE = 'R', E_MOVED = 'M', E_NEW = 'N' };
 
 struct rentry {
 	struct rentry *next;
@@ -510,7 +512,8 @@ static unsigned long old_answers; /* old_mu */
 /* old_mu held */
 static void old_add(const struct rentry *e, const struct store_change *ch, bool there)
 {
-	if (!e->dnode || e->kind == E_MOVED || (there && (!ch->kept || !ch->vrel)))
+	if (!e->dnode || e->kind == E_MOVED || e->kind == E_NEW ||
+	    (there && (!ch->kept || !ch->vrel)))
 		return; /* no old file to answer (dropped for space; or moved: it lives on) */
 	if (nolds == capolds) {
 		struct oldent *nv =
@@ -703,6 +706,11 @@ static int apply_one(struct store *s, int rfd, const struct rentry *e, uid_t uid
 			locks_unpublished(ch->old.st_dev, ch->old.st_ino, st.st_dev, st.st_ino);
 		if (!err)
 			store_kept_settle(s, dfd, e->name, ch);
+	} else if (e->kind == E_NEW) {
+		*was_there = false;
+		if (fstatat(dfd, e->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    (unsigned long long)st.st_ino == e->ino)
+			*newino = st.st_ino; /* still there: an addition of the release */
 	} else {
 		if (fstatat(dfd, e->name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 		    (unsigned long long)st.st_ino != e->ino) {
@@ -850,7 +858,12 @@ static void rec_entry(struct rec *b, const struct rentry *e, bool there, const c
 {
 	char kind[2] = {0, 0};
 
-	kind[0] = e->kind == E_PLACE ? (there ? 'C' : 'A') : e->kind == E_REMOVE ? 'D' : 'M';
+	if (e->kind == E_NEW && !newino)
+		return; /* made and gone again within the release */
+	kind[0] = e->kind == E_NEW	? 'A'
+		  : e->kind == E_PLACE	? (there ? 'C' : 'A')
+		  : e->kind == E_REMOVE ? 'D'
+					: 'M';
 	rec_field(b, kind);
 	rec_field(b, e->dir);
 	rec_field(b, e->name);
@@ -1085,6 +1098,16 @@ static int commit(struct node *dir, uid_t cuid)
 		unlock_all();
 		return err;
 	}
+	/* the files made in place within the release, for the record */
+	for (struct rcreated *c = R->created; c; c = c->next) {
+		char *dp = node_dir_path(c->dnode->dev, c->dnode->ino);
+		struct rentry *e = dp ? new_entry(R, c->dnode, dp, c->name) : NULL;
+		if (e) {
+			e->kind = E_NEW;
+			e->ino = c->ino;
+		}
+		free(dp);
+	}
 	/* what each place replaces: a replay finds its version by it */
 	for (struct rentry *e = R->entries; e; e = e->next) {
 		struct stat st;
@@ -1128,7 +1151,7 @@ static int commit(struct node *dir, uid_t cuid)
 		} else {
 			if (e->kind == E_PLACE)
 				placed++;
-			else
+			else if (e->kind != E_NEW)
 				removed++;
 		}
 		versions_after_change(&ch);
@@ -1407,7 +1430,9 @@ static int read_intent(int rfd, struct rhead *h, struct rentry **out, time_t *wh
 		if (err)
 			break;
 		struct rentry *e = calloc(1, sizeof(*e));
-		if (!e || (f[0][0] != E_PLACE && f[0][0] != E_REMOVE && f[0][0] != E_MOVED) ||
+		if (!e ||
+		    (f[0][0] != E_PLACE && f[0][0] != E_REMOVE && f[0][0] != E_MOVED &&
+		     f[0][0] != E_NEW) ||
 		    strlen(f[3]) >= 24) {
 			free(e);
 			err = e ? -EINVAL : -ENOMEM;
@@ -1493,7 +1518,7 @@ void release_recover(struct store *s)
 					/* done before the crash: its version by inode */
 					unsigned long long was =
 					    e->kind == E_PLACE ? e->oldino : e->ino;
-					char *vrel = e->kind == E_MOVED
+					char *vrel = e->kind == E_MOVED || e->kind == E_NEW
 							 ? NULL
 							 : find_kept(s, e->dir, e->name, was);
 					rec_entry(&rec, e, e->kind != E_PLACE || was, vrel, newino);
