@@ -975,10 +975,13 @@ static char *find_kept(struct store *s, const char *dir, const char *name, unsig
 	if (!ino || dfd < 0 || store_versions_dir(s, dfd, false, &vfd, &rel) < 0)
 		goto out;
 	names_stored(name, stored);
-	d = fdopendir(vfd);
-	if (!d)
+	int rd = openat(vfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); /* vfd is O_PATH */
+	d = rd >= 0 ? fdopendir(rd) : NULL;
+	if (!d) {
+		if (rd >= 0)
+			close(rd);
 		goto out;
-	vfd = -1;
+	}
 	while (!out && (de = readdir(d)))
 		if (de->d_ino == ino && names_version_of(de->d_name, stored))
 			out = store_join(rel, de->d_name);
