@@ -70,6 +70,7 @@ struct rcreated {
 	struct node *dnode; /* a ref */
 	char *name;
 	ino_t ino;
+	pid_t sid; /* its creator's session: only that session sees it before the commit */
 };
 
 static pthread_rwlock_t walk;
@@ -459,20 +460,66 @@ out:
 	return err;
 }
 
-void release_note_created(struct node *dir, const char *name, ino_t ino)
+pid_t release_sid(pid_t tid)
+{
+	char path[64], buf[512], *rp;
+	int fd, ppid, pgrp, sid;
+	ssize_t n;
+
+	if (tid <= 0)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	rp = strrchr(buf, ')'); /* the command may hold anything but ends at the last ')' */
+	if (!rp || sscanf(rp + 1, " %*c %d %d %d", &ppid, &pgrp, &sid) != 3)
+		return 0;
+	return (pid_t)sid;
+}
+
+pid_t release_created_sid(struct node *dir, const char *name)
+{
+	pid_t sid = 0;
+
+	if (!is_active() || dir->kind != NODE_DIR)
+		return 0;
+	pthread_mutex_lock(&mu);
+	for (struct release *r = rels; r && !sid; r = r->next)
+		for (struct rcreated *c = r->created; c && !sid; c = c->next)
+			if (c->dnode == dir && !strcmp(c->name, name))
+				sid = c->sid ? c->sid : -1;
+	pthread_mutex_unlock(&mu);
+	return sid;
+}
+
+bool release_active(void)
+{
+	return is_active();
+}
+
+void release_note_created(struct node *dir, const char *name, ino_t ino, pid_t tid)
 {
 	struct release *R = NULL;
 	struct rcreated *c;
+	pid_t sid;
 	char *p;
 
 	if (!is_active())
 		return;
+	sid = release_sid(tid);
 	pthread_mutex_lock(&mu);
 	p = covered(dir, &R);
 	if (p && (c = calloc(1, sizeof(*c))) && (c->name = strdup(name))) {
 		c->dnode = dir;
 		node_ref(dir);
 		c->ino = ino;
+		c->sid = sid;
 		c->next = R->created;
 		R->created = c;
 	} else if (p && c) {

@@ -553,3 +553,29 @@ def test_rollback_of_the_200_file_release_restores_all_at_once(mounter, builds, 
 def json_out(r):
     import json
     return json.loads(r.stdout)
+
+
+def test_a_new_file_is_held_for_everyone_but_its_creators_session(mnt, ctl):
+    """A new file made in place within a release (cp to a new name) is held like a publish:
+    other sessions do not see it (lookup, ls) until the commit; its creator's session does
+    (it writes and chmods it by name). mkdir and chmod are not held (semantics.md)."""
+    d = mnt.p("app")
+    os.mkdir(d)
+    write(os.path.join(d, "old"), "o1")
+    release(d, "begin:new")
+    new = os.path.join(d, "new")
+    script = (f'echo n1 > "{new}" && chmod 0750 "{new}" && cat "{new}" && ls "{d}" && '
+              f'mkdir "{d}/sub" && chmod 0600 "{d}/old"')
+    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                       start_new_session=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["n1", "new", "old"], r.stdout
+    assert not os.path.exists(new)
+    assert sorted(os.listdir(d)) == ["old", "sub"]  # the directory at once, not the file
+    assert os.stat(os.path.join(d, "old")).st_mode & 0o777 == 0o600  # chmod: at once
+    with pytest.raises(FileNotFoundError):
+        open(new)
+    release(d, "commit")
+    assert read(new) == b"n1\n" and os.stat(new).st_mode & 0o777 == 0o750
+    assert sorted(os.listdir(d)) == ["new", "old", "sub"]
+    assert "added    " + new in ctl("diff", "--release", "1", d).stdout
