@@ -62,8 +62,10 @@ static struct node *file_for(fuse_req_t req, struct node *parent, const char *na
 
 	if (node_old(n))
 		node_set_old(n, false); /* reachable by name again (a hard link) */
-	if (stg && node_written_in_place(n)) {
-		/* its writer writes the file itself: so does this one (node_written_in_place) */
+	if (stg && (node_written_in_place(n) || release_is_created(parent, name, st->st_ino))) {
+		/* its writer writes the file itself: so does this one (node_written_in_place); a
+		 * file made within a release is written in place until the release takes it (an
+		 * mv) or commits, as at its CREATE: nobody else sees it */
 		node_forget(stg, 1);
 		route_in_place(tid, fuse_req_ctx(req)->uid, n);
 		stg = NULL;

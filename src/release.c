@@ -498,6 +498,19 @@ pid_t release_created_sid(struct node *dir, const char *name)
 	return sid;
 }
 
+bool release_is_created(struct node *dir, const char *name, ino_t ino)
+{
+	bool found = false;
+
+	if (!is_active() || dir->kind != NODE_DIR)
+		return false;
+	pthread_mutex_lock(&mu);
+	for (struct release *r = rels; r && !found; r = r->next)
+		found = find_created(r, dir, name, ino) != NULL;
+	pthread_mutex_unlock(&mu);
+	return found;
+}
+
 bool release_active(void)
 {
 	return is_active();
@@ -1132,7 +1145,7 @@ static void unlock_all(void)
 static int commit(struct node *dir, uid_t cuid)
 {
 	struct store *s = &fs.store;
-	struct timespec t0;
+	struct timespec t0, tl;
 	struct release *R = NULL;
 	struct rentry *es;
 	struct rcreated *cs;
@@ -1144,6 +1157,7 @@ static int commit(struct node *dir, uid_t cuid)
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	err = lock_all(dir, &R);
+	clock_gettime(CLOCK_MONOTONIC, &tl); /* from here lookups under any release wait */
 	if (err) {
 		unlock_all();
 		return err;
@@ -1215,20 +1229,20 @@ static int commit(struct node *dir, uid_t cuid)
 	if (!nosync)
 		syncfs(s->rootfd);
 	unlinkat(R->rfd, INTENT, 0);
-	log_info("release %s committed: %u placed, %u removed%s in %.1f ms (history: release %u)",
-		 R->name, placed, removed, failed ? " (some failed: see above)" : "", ms_since(&t0),
-		 h.id);
 	es = R->entries;
 	cs = R->created;
 	end_release(s, R);
-	locked = ms_since(&t0);
+	locked = ms_since(&tl);
 	unlock_all();
+	log_info("release %s committed: %u placed, %u removed%s in %.1f ms, lookups held %.1f ms "
+		 "(history: release %u)",
+		 h.name, placed, removed, failed ? " (some failed: see above)" : "", ms_since(&t0),
+		 locked, h.id);
 	free(rec.buf);
 	/* names looked up before the release may still be cached: the kernel asks again */
 	for (struct rentry *e = es; e; e = e->next)
 		if (e->dnode)
 			inval_entry_queue(e->dnode, e->name);
-	log_debug("release commit held lookups %.1f ms", locked);
 	free_all(es, cs);
 	return failed ? -EIO : 0;
 }

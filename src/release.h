@@ -29,6 +29,8 @@ int release_old_lookup(struct node *parent, const char *name, pid_t tid, struct 
 /* CREATE made dir/name (inode ino) in place, for thread tid: an abort removes it again; until
  * the commit only the creator's session sees it (release_created_sid). */
 void release_note_created(struct node *dir, const char *name, ino_t ino, pid_t tid);
+/* Is dir/name (inode ino) a file made in place within an open release (CREATE)? */
+bool release_is_created(struct node *dir, const char *name, ino_t ino);
 /* Is a release open at all (a hint, read without a lock)? */
 bool release_active(void);
 /* The session of thread tid (from /proc), 0 if unknown. */
