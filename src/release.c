@@ -1221,7 +1221,7 @@ static int commit(struct node *dir, uid_t cuid)
 		versions_after_change(&ch);
 		store_change_done(&ch);
 	}
-	s->batch = false;
+	store_batch_end(s);
 	old_start();
 	pthread_mutex_unlock(&old_mu);
 	__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
@@ -1592,7 +1592,7 @@ void release_recover(struct store *s)
 				}
 				store_change_done(&ch);
 			}
-			s->batch = false;
+			store_batch_end(s);
 			if (want)
 				write_record(s, &rec, h.id, h.dir);
 			if (!nosync)
