@@ -283,9 +283,15 @@ int release_hold_publish(struct node *dir, const char *name, int fd)
 		e->kind = E_PLACE;
 		strcpy(e->hold, hold);
 		log_info("release %s: publish of %s%s%s held", R->name, p, *p ? "/" : "", name);
-		forget_name(dir, name);
+		__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
 	}
 	hold_unlock(p, up, nun);
+	/* The kernel may hold dir/name from before the begin (a writer that opened the file
+	 * before it walks no name now): dropped before the writer's close returns, so a commit
+	 * that follows finds nothing of it cached. At once, as a publish does: FLUSH and RELEASE
+	 * hold no directory lock, and no lock of ours is held now. */
+	if (!err)
+		inval_entry_now(node_id(dir), name);
 	return err;
 }
 

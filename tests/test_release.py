@@ -604,3 +604,32 @@ def test_a_new_file_written_again_chmodded_and_renamed_in_a_release(mnt):
     assert read(os.path.join(d, "a")) == b"a2 final"
     assert os.stat(os.path.join(d, "a")).st_mode & 0o777 == 0o755
     assert sorted(os.listdir(mnt.p(".versions", "d"))) == ["a.~1~"]
+
+
+def test_names_cached_before_the_begin_are_new_right_after_the_commit(mnt):
+    """A name the kernel cached before the release (looked up, its entry kept) and changed in
+    it by a writer that opened it before the begin (no walk of the name when it publishes):
+    the walk right after the commit returns gets the new file, every time, also when the
+    commit follows the held change at once (the entry is invalidated when the change is held,
+    and again after the commit), in DIR and in a subdirectory."""
+    d = mnt.p("d")
+    os.makedirs(os.path.join(d, "sub"))
+    names = [os.path.join(d, "a"), os.path.join(d, "sub", "b")]
+    for p in names:
+        write(p, "0")
+    stale = []
+    for rnd in range(1, 31):
+        fds = [os.open(p, os.O_WRONLY | os.O_TRUNC) for p in names]
+        for p in names:  # cached: looked up and read before the begin
+            os.stat(p)
+            read(p)
+        release(d, "begin")
+        for fd in fds:
+            os.write(fd, str(rnd).encode())
+            os.close(fd)
+        release(d, "commit")
+        for p in names:
+            got = read(p).decode()
+            if got != str(rnd):
+                stale.append((rnd, p, got))
+    assert not stale, stale
