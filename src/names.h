@@ -13,7 +13,7 @@
 #define STORE_STAGING ".binvfs-staging"
 /* the history of releases: one record per committed release (docs/format.md, Releases) */
 #define STORE_RELEASES ".binvfs-releases"
-#define STORE_FORMAT  "binvfs store format 1\n"
+#define STORE_FORMAT   "binvfs store format 1\n"
 
 /* the mount table's type of a binvfs mount (the daemon mounts with subtype=binvfs) */
 #define BINVFS_FSTYPE "fuse.binvfs"
