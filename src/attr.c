@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "attr.h"
 #include "links.h"
+#include "nodeid.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +45,7 @@ void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *s
 {
 	memset(e, 0, sizeof(*e));
 	e->ino = node_id(n);
+	e->generation = nodeid_gen(e->ino); /* what the kernel checks a file handle against */
 	e->attr = *st;
 	attr_set_io_size(&e->attr);
 	e->attr_timeout = attr_timeout(n);
@@ -211,4 +213,19 @@ bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group)
 		}
 	}
 	return keep;
+}
+
+mode_t privs_dropped(pid_t tid, gid_t fsgid, const struct stat *st)
+{
+	mode_t kill = 0;
+
+	if (tid <= 0 || !S_ISREG(st->st_mode)) /* tid 0: a write through a shared mapping */
+		return 0;
+	kill = st->st_mode & S_ISUID;
+	if ((st->st_mode & S_ISGID) && (st->st_mode & S_IXGRP || st->st_gid != fsgid))
+		kill |= S_ISGID;
+	if (kill &&
+	    caller_keeps(tid, fsgid, st->st_gid, kill == S_ISGID && !(st->st_mode & S_IXGRP)))
+		kill = 0;
+	return kill;
 }

@@ -24,5 +24,8 @@ void give_to(int fd, uid_t uid, gid_t gid);
 /* May the caller (thread tid, fs gid fsgid) keep the setuid/setgid bits of a file of group gid
  * that it changes? With CAP_FSETID; by_group: also when it is in that group. */
 bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group);
+/* The setuid/setgid bits of a file of stat st that a change of its content by the caller
+ * (write, fallocate, truncate, O_TRUNC) drops, as the kernel's setattr_should_drop_suidgid. */
+mode_t privs_dropped(pid_t tid, gid_t fsgid, const struct stat *st);
 
 #endif

@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include "closer.h"
 #include "log.h"
+#include "names.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -78,7 +79,7 @@ unsigned closer_write_fds(pid_t tid, int mnt_id, ino_t a, ino_t b)
 		if ((p = strstr(buf, "\nmnt_id:")))
 			mnt = atoi(p + 8);
 		/* an inode number means something only on our mount */
-		found += (flags & O_ACCMODE) != O_RDONLY && ino && (ino == a || ino == b) &&
+		found += names_write_flags(flags) && ino && (ino == a || ino == b) &&
 			 (mnt_id < 0 || mnt == mnt_id);
 	}
 	closedir(d);

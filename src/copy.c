@@ -3,6 +3,7 @@
  * clone shares extents (FICLONE, copy_file_range), and the comparison skips what is a hole in
  * both files or the same blocks in both. */
 #define _GNU_SOURCE
+#include "copy.h"
 #include "store.h"
 
 #include <errno.h>

@@ -14,6 +14,10 @@
 #include "log.h"
 #include "release.h"
 #include "space.h"
+#include "copy.h"
+#include "keep.h"
+#include "inval.h"
+#include "versions.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -390,8 +394,7 @@ static void published(struct handle *h, const struct store_change *ch, off_t siz
 		/* The name now answers another version: drop what the kernel caches for it before
 		 * close() returns (cacheable() in ops_entry.c). The closer holds no directory lock,
 		 * and any request that does is served by another worker. */
-		__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
-		inval_entry_now(node_id(stg->parent), stg->name);
+		inval_name_changed(stg->parent, stg->name);
 	}
 	h->published = true;
 	h->dirty = false;

@@ -1,4 +1,7 @@
-/* inval.c - kernel cache invalidations (FUSE_NOTIFY_INVAL_ENTRY): every one the daemon sends.
+/* inval.c - every notification the daemon sends the kernel, as the kernel keeps them in its
+ * notify.c: entry invalidations (FUSE_NOTIFY_INVAL_ENTRY), attribute invalidations
+ * (FUSE_NOTIFY_INVAL_INODE), and with them the bump of fs.gen, by which a LOOKUP that overlapped
+ * a change of names is answered uncached (ops_entry.c).
  *
  * A version pruned while "in use" waits for its FORGET, but a dentry left in the kernel's
  * cache by a mere `ls -l .versions` or `cat` keeps the inode referenced (FUSE keeps expired
@@ -15,6 +18,7 @@
  * no new invalidation starts, and the stop waits for those in flight, which the still running
  * workers let finish. The watchdog (watchdog.c) covers what no code of ours can: SIGKILL. */
 #define _GNU_SOURCE
+#include "inval.h"
 #include "fs.h"
 #include "log.h"
 
@@ -121,4 +125,26 @@ void inval_entry_queue(struct node *dir, const char *name)
 	queue = iv;
 	pthread_cond_signal(&inval_cond);
 	pthread_mutex_unlock(&inval_lock);
+}
+
+void inval_gen_bump(void)
+{
+	__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
+}
+
+void inval_name_changed(struct node *dir, const char *name)
+{
+	inval_gen_bump();
+	inval_entry_now(node_id(dir), name);
+}
+
+void inval_name_changed_queued(struct node *dir, const char *name)
+{
+	inval_gen_bump();
+	inval_entry_queue(dir, name);
+}
+
+void inval_attrs(uint64_t nodeid)
+{
+	fuse_lowlevel_notify_inval_inode(fs.se, nodeid, -1, 0);
 }

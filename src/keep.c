@@ -7,11 +7,14 @@
  * that still cannot be kept goes without a version, said in the log. Callers hold the store
  * lock. */
 #define _GNU_SOURCE
+#include "keep.h"
 #include "history.h"
 #include "links.h"
 #include "log.h"
+#include "names.h"
 #include "space.h"
 #include "store.h"
+#include "retention.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -27,12 +30,12 @@
  * refused instead of mixing its versions with the first one's. */
 static int keep_record(struct store *s, int vdirfd, const char *stored, const char *name)
 {
-	char rec[NAMES_STORED_MAX + sizeof(NAMES_MIRROR_SUFFIX)], buf[NAME_MAX + 2];
+	char rec[NAMES_RECORD_MAX + 1], buf[NAME_MAX + 2];
 	size_t len = strlen(name);
 	ssize_t n;
 	int fd;
 
-	snprintf(rec, sizeof(rec), "%s" NAMES_MIRROR_SUFFIX, stored);
+	names_record_of(stored, strlen(stored), rec);
 	fd = openat(vdirfd, rec, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 	if (fd >= 0) {
 		int err = 0;
@@ -116,7 +119,7 @@ static int keep_version(struct store *s, int dirfd, const char *name, struct sto
 		if (err)
 			goto out;
 	}
-	err = store_list_versions(vdirfd, stored, &ns, &cnt);
+	err = retention_list_versions(vdirfd, stored, &ns, &cnt);
 	if (err)
 		goto out;
 	if (cnt && ns[cnt - 1] == UINT32_MAX) {
@@ -219,7 +222,7 @@ static int publish_orphan(struct store *s, int dirfd, const char *name, const ch
 	if (shortened)
 		err = keep_record(s, vdirfd, stored, name);
 	if (!err)
-		err = store_list_versions(vdirfd, stored, &ns, &cnt);
+		err = retention_list_versions(vdirfd, stored, &ns, &cnt);
 	if (!err && cnt && ns[cnt - 1] == UINT32_MAX)
 		err = -EOVERFLOW;
 	if (!err && fstat(stfd, &cst) < 0)

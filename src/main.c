@@ -9,6 +9,12 @@
 #include "passthrough.h"
 #include "route.h"
 #include "watchdog.h"
+#include "nodefd.h"
+#include "retention.h"
+#include "inval.h"
+#include "ops_entry.h"
+#include "ops_file.h"
+#include "ops_dir.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -91,6 +97,10 @@ static void bv_init(void *userdata, struct fuse_conn_info *conn)
 	 * to us, which create_mode() applies unless the parent has a default ACL; with
 	 * default_permissions it also checks ACL entries itself and drops a node's cached
 	 * attributes and ACLs at every setfacl and chmod */
+	/* open_by_handle_at of a nodeid the kernel forgot asks LOOKUP (nodeid, ".") and a
+	 * directory's parent LOOKUP (nodeid, ".."): ops_entry.c, nodeid.c */
+	if (conn->capable & FUSE_CAP_EXPORT_SUPPORT)
+		conn->want |= FUSE_CAP_EXPORT_SUPPORT;
 	if (conn->capable & FUSE_CAP_DONT_MASK)
 		conn->want |= FUSE_CAP_DONT_MASK;
 	if (fs.acl_ok && (conn->capable & FUSE_CAP_POSIX_ACL))
@@ -148,7 +158,7 @@ static const struct fuse_lowlevel_ops bv_ops = {
 static void prune_deferred(const char *vrel, dev_t dev, ino_t ino)
 {
 	store_lock(&fs.store);
-	store_remove_version(&fs.store, vrel, dev, ino);
+	retention_remove_version(&fs.store, vrel, dev, ino);
 	store_unlock(&fs.store);
 }
 
@@ -252,6 +262,7 @@ static void unmount_if_ours(const char *dir)
 {
 	int p[2], id = binvfs_mount_id(dir, NULL, 0);
 
+	pt_detach(); /* the session's fd is closed or replaced below */
 	if (fs.mnt_id >= 0 && id != fs.mnt_id && pipe2(p, O_CLOEXEC) == 0) {
 		log_info("%s is not our mount any more (%s): leaving it alone", dir,
 			 id < 0 ? "detached" : "another binvfs serves it now");

@@ -37,6 +37,9 @@ uint32_t names_version_of(const char *entry, const char *name)
 	return n && nlen == strlen(name) && !strncmp(entry, name, nlen) ? n : 0;
 }
 
+_Static_assert(NAMES_RECORD_MAX == NAMES_STORED_MAX + sizeof(NAMES_MIRROR_SUFFIX) - 1,
+	       "NAMES_RECORD_MAX");
+
 /* ".~~" and 16 hex digits end a shortened stored name */
 #define SHORT_TAIL (sizeof(NAMES_MIRROR_SUFFIX) - 1 + 16)
 
@@ -92,6 +95,13 @@ bool names_is_record(const char *entry, size_t *stored_len)
 	return true;
 }
 
+void names_record_of(const char *stored, size_t len, char out[NAMES_RECORD_MAX + 1])
+{
+	if (len > NAMES_STORED_MAX)
+		len = NAMES_STORED_MAX;
+	snprintf(out, NAMES_RECORD_MAX + 1, "%.*s" NAMES_MIRROR_SUFFIX, (int)len, stored);
+}
+
 static bool ends_with_suffix(const char *c, size_t len)
 {
 	size_t sl = sizeof(NAMES_MIRROR_SUFFIX) - 1;
@@ -105,6 +115,16 @@ bool names_mirror_escaped(const char *name)
 
 	return names_version_parse(name, &dummy) || names_store_entry(name) ||
 	       ends_with_suffix(name, strlen(name));
+}
+
+const char *names_mirror(const char *name, char *buf, size_t len)
+{
+	if (!names_mirror_escaped(name))
+		return name;
+	if (strlen(name) + sizeof(NAMES_MIRROR_SUFFIX) > len)
+		return NULL;
+	snprintf(buf, len, "%s" NAMES_MIRROR_SUFFIX, name);
+	return buf;
 }
 
 size_t names_mirror_unescaped_len(const char *c, size_t len)

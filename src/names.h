@@ -25,8 +25,18 @@
  * "abort"); getxattr: its state. Write access to DIR is what it takes. */
 #define RELEASE_XATTR "user.binvfs.release"
 /* Read on the mount root, answered by the daemon serving it (not stored): "pid=N", "keep=N",
- * "nosync=0|1" and "passthrough=on|off (why)" lines, for binvfsctl status. */
-#define STATUS_XATTR "user.binvfs.status"
+ * "nosync=0|1" and "passthrough=on|off (why)" lines, for binvfsctl status. The keys, written
+ * by ops_dir.c and read by ctl/mounts.c: */
+#define STATUS_XATTR	   "user.binvfs.status"
+#define STATUS_PID	   "pid="
+#define STATUS_KEEP	   "keep="
+#define STATUS_NOSYNC	   "nosync="
+#define STATUS_PASSTHROUGH "passthrough="
+
+/* Old versions kept per path (-o keep=N) unless told otherwise; 0 means no limit. The most
+ * that -o keep=, binvfsctl prune --keep and a prune request (PRUNE_XATTR) accept. */
+#define NAMES_KEEP_DEFAULT 10
+#define NAMES_KEEP_MAX	   1000000
 
 /* An old version of a file is "<stored>.~N~", N from 1 to UINT32_MAX in decimal without
  * leading zeros, where <stored> is the file's name (names_stored). */
@@ -41,7 +51,8 @@ uint32_t names_version_of(const char *entry, const char *stored);
  * more than NAMES_STORED_MAX bytes) or the name looks like a shortened one: then its first
  * bytes (at most 222, not ending inside a UTF-8 character), ".~~" and 16 hex digits of the
  * SHA-256 of the whole name. The whole name of a shortened one is recorded in the versions
- * directory as "<stored>.~~" (names_record), whose content is exactly the name. out gets at
+ * directory as "<stored>.~~" (names_record_of; keep.c's keep_record writes it), whose
+ * content is exactly the name. out gets at
  * most NAMES_STORED_MAX bytes and a NUL; returns true if the name was shortened. */
 #define NAMES_STORED_MAX 241
 bool names_stored(const char *name, char out[NAMES_STORED_MAX + 1]);
@@ -50,6 +61,10 @@ bool names_is_shortened(const char *s, size_t len);
 /* Is entry the record of a shortened name ("<stored>.~~")? Then *stored_len gets the length of
  * its stored name. */
 bool names_is_record(const char *entry, size_t *stored_len);
+/* The record's name, "<stored>.~~", for the stored name (len bytes, not necessarily
+ * terminated, at most NAMES_STORED_MAX) */
+#define NAMES_RECORD_MAX (NAMES_STORED_MAX + 3)
+void names_record_of(const char *stored, size_t len, char out[NAMES_RECORD_MAX + 1]);
 
 /* A tree directory's mirror in .versions/ has the directory's name, plus NAMES_MIRROR_SUFFIX
  * when the name itself could be taken for a version ("x.~3~"), for the store's own entries,
@@ -57,6 +72,9 @@ bool names_is_record(const char *entry, size_t *stored_len);
  * name. */
 #define NAMES_MIRROR_SUFFIX ".~~"
 bool names_mirror_escaped(const char *name);
+/* The mirror name of the tree directory name: name itself, or escaped into buf (len bytes).
+ * NULL if it does not fit in buf: with NAME_MAX + 1 bytes, when it would be too long. */
+const char *names_mirror(const char *name, char *buf, size_t len);
 /* The length of the tree directory name that the mirror name c (len bytes, not
  * necessarily terminated) stands for. */
 size_t names_mirror_unescaped_len(const char *c, size_t len);

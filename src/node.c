@@ -1,13 +1,15 @@
 /* node.c - the node table.
  *
- * A nodeid is the address of its struct node (the root is FUSE_ROOT_ID). Nodes of backing
+ * A nodeid is an index into nodeid.c's table (the root is FUSE_ROOT_ID). Nodes of backing
  * objects are shared by every name that reaches the same inode (its tree name and its
  * .versions/ name), so a version has one nodeid, one kernel inode and one page cache. A node
  * lives while the kernel or we hold a reference, and is never reused before its FORGET. */
 #define _GNU_SOURCE
 #include "node.h"
 #include "log.h"
+#include "nodeid.h"
 #include "passthrough.h"
+#include "nodefd.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,8 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define ROOT_ID 1
 
 /* The table lock. Lock order: a handle's lock, then the store lock, then this one; a route's
  * lock, then this one (docs/design.md §9). Nothing is taken under it but the ring locks
@@ -125,10 +125,13 @@ void node_table_init(int rootfd)
 	root.dev = st.st_dev;
 	root.ino = st.st_ino;
 	root.nlookup = 2;
+	root.id = NODEID_ROOT;
+	nodeid_init(&root);
 }
 
 static void node_free(struct node *n)
 {
+	nodeid_detach(n); /* (done already if it was in the table) */
 	if (n->fd >= 0 && n != &root) {
 		close(n->fd);
 		nodefd_count(-1);
@@ -161,6 +164,7 @@ void node_table_destroy(void)
 	}
 	free(buckets);
 	buckets = NULL;
+	nodeid_destroy();
 	nodefd_destroy();
 }
 
@@ -171,12 +175,12 @@ struct node *node_root(void)
 
 struct node *node_get(uint64_t nodeid)
 {
-	return nodeid == ROOT_ID ? &root : (struct node *)(uintptr_t)nodeid;
+	return nodeid_node(nodeid);
 }
 
 uint64_t node_id(const struct node *n)
 {
-	return n == &root ? ROOT_ID : (uint64_t)(uintptr_t)n;
+	return n->id;
 }
 
 static enum node_kind kind_of(mode_t mode)
@@ -192,7 +196,7 @@ static struct node *set_dir_parent_locked(struct node *n, struct node *parent, c
 	struct node *old = n->dparent;
 	char *copy;
 
-	if (n->kind != NODE_DIR || n == &root || n == parent)
+	if (n->kind != NODE_DIR || n == &root || n == parent || !parent)
 		return NULL;
 	if (old == parent && n->dname && !strcmp(n->dname, name))
 		return NULL;
@@ -262,10 +266,7 @@ struct node *node_lookup_at(struct node *parent, const char *name, struct stat *
 			    bool in_versions, int dirfd, const char *at)
 {
 	struct node *n;
-	struct file_handle *fh = NULL;
-	struct stat fst;
 	int fd;
-	bool pin;
 
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(st->st_dev, st->st_ino);
@@ -273,9 +274,26 @@ struct node *node_lookup_at(struct node *parent, const char *name, struct stat *
 		return found_locked(n, parent, name);
 	pthread_mutex_unlock(&table_lock);
 
-	fd = openat(dirfd, at, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (at) {
+		fd = openat(dirfd, at, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	} else { /* an unnamed file (O_TMPFILE): its own fd, reopened */
+		char proc[32];
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", dirfd);
+		fd = open(proc, O_PATH | O_CLOEXEC);
+	}
 	if (fd < 0)
 		return NULL;
+	return node_lookup_fd(parent, name, fd, st, in_versions, !at);
+}
+
+struct node *node_lookup_fd(struct node *parent, const char *name, int fd, struct stat *st,
+			    bool in_versions, bool unnamed)
+{
+	struct node *n;
+	struct file_handle *fh = NULL;
+	struct stat fst;
+	bool pin;
+
 	if (fstat(fd, &fst) < 0) {
 		close(fd);
 		return NULL;
@@ -283,7 +301,7 @@ struct node *node_lookup_at(struct node *parent, const char *name, struct stat *
 	/* The object opened is what the name holds now (it may have been replaced since the
 	 * caller's fstatat): answer for it. */
 	*st = fst;
-	pin = nodefd_may_pin();
+	pin = nodefd_may_pin() || unnamed;
 	fh = nodefd_handle(fd); /* NULL if the filesystem has none: then it is pinned */
 	pthread_mutex_lock(&table_lock);
 	n = hash_find(st->st_dev, st->st_ino);
@@ -298,17 +316,20 @@ struct node *node_lookup_at(struct node *parent, const char *name, struct stat *
 		return found_locked(n, parent, name);
 	}
 	n = node_alloc();
-	if (!n) {
+	if (n) {
+		n->kind = kind_of(st->st_mode);
+		n->in_versions = in_versions && n->kind == NODE_DIR;
+		n->dev = st->st_dev;
+		n->ino = st->st_ino;
+	}
+	if (!n || !nodeid_attach(n, fh)) {
 		pthread_mutex_unlock(&table_lock);
+		free(n);
 		close(fd);
 		free(fh);
 		errno = ENOMEM;
 		return NULL;
 	}
-	n->kind = kind_of(st->st_mode);
-	n->in_versions = in_versions && n->kind == NODE_DIR;
-	n->dev = st->st_dev;
-	n->ino = st->st_ino;
 	if (pin || !fh) {
 		n->fd = fd;
 		nodefd_count(1);
@@ -385,12 +406,46 @@ struct node *node_new_staging(struct node *base, struct node *parent, const char
 	n->ino = base->ino;
 	n->base = base;
 	n->parent = parent;
-	node_ref(base);
-	node_ref(parent);
 	pthread_mutex_lock(&table_lock);
+	if (!nodeid_attach(n, NULL)) {
+		pthread_mutex_unlock(&table_lock);
+		n->base = n->parent = NULL;
+		node_free(n);
+		errno = ENOMEM;
+		return NULL;
+	}
 	list_insert(&all, &n->all);
 	pthread_mutex_unlock(&table_lock);
+	node_ref(base);
+	node_ref(parent);
 	return n; /* no references yet: the caller adds its lookup or ref */
+}
+
+struct node *node_lookup_id(uint64_t id)
+{
+	struct node *n;
+
+	/* a node leaves nodeid.c's table under this lock (release_locked): one found is alive */
+	pthread_mutex_lock(&table_lock);
+	n = nodeid_node(id);
+	if (n && n->kind != NODE_STAGING)
+		n->nlookup++;
+	else
+		n = NULL;
+	pthread_mutex_unlock(&table_lock);
+	return n;
+}
+
+struct node *node_dparent_lookup(struct node *n)
+{
+	struct node *p;
+
+	pthread_mutex_lock(&table_lock);
+	p = n == &root ? &root : n->dparent;
+	if (p)
+		p->nlookup++;
+	pthread_mutex_unlock(&table_lock);
+	return p;
 }
 
 void node_add_lookup(struct node *n)
@@ -421,6 +476,7 @@ static void release_locked(struct node *n)
 	if (n->kind != NODE_STAGING)
 		hash_remove(n); /* (not found if LOOKUP took it out as stale) */
 	list_remove(&n->all);
+	nodeid_detach(n); /* its nodeid names no live node from now on (node_lookup_id) */
 	pthread_mutex_unlock(&table_lock);
 	vrel = n->prune_vrel;
 	n->prune_vrel = NULL;

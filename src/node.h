@@ -18,6 +18,7 @@ enum node_kind {
 };
 
 struct node {
+	uint64_t id; /* its nodeid (nodeid.c), fixed while it lives */
 	enum node_kind kind;
 	bool in_versions; /* directory inside the read-only .versions/ view; set at creation */
 	bool old;	  /* file: no longer current at any tree name; node_old() */
@@ -77,9 +78,21 @@ uint64_t node_id(const struct node *n);
  * updated if the name changed meanwhile); adds one kernel lookup. Returns NULL with errno set. */
 struct node *node_lookup(struct node *parent, const char *name, struct stat *st, bool in_versions);
 /* The same for an object found elsewhere (dirfd/at: a release's old file in .versions/),
- * answered as parent/name. */
+ * answered as parent/name. at NULL: the file of the fd dirfd itself, which has no name (an
+ * O_TMPFILE): always pinned, its fd keeping it alive until the node goes. */
 struct node *node_lookup_at(struct node *parent, const char *name, struct stat *st,
 			    bool in_versions, int dirfd, const char *at);
+/* The same for an object opened already (fd, O_PATH: taken over), with parent/name unknown
+ * if NULL: an object found again by a file handle (nodeid.c). unnamed: it has no name to be
+ * reopened by (an O_TMPFILE), so it is pinned. */
+struct node *node_lookup_fd(struct node *parent, const char *name, int fd, struct stat *st,
+			    bool in_versions, bool unnamed);
+/* LOOKUP "." of a nodeid from a file handle, never trusted: its live node other than a
+ * writer's, with one more kernel lookup, or NULL. */
+struct node *node_lookup_id(uint64_t id);
+/* LOOKUP "..": the directory where the kernel last found directory n, with one more kernel
+ * lookup, or NULL if unknown. */
+struct node *node_dparent_lookup(struct node *n);
 /* A directory was renamed through the mount: it is now newparent/newname. */
 void node_dir_moved(dev_t dev, ino_t ino, struct node *newparent, const char *newname);
 /* The path below SOURCE of a directory node ("" for the root), malloc'd; NULL if unknown. */
@@ -112,28 +125,6 @@ int node_rdfd(struct node *n); /* the read fd of a node that is held (READ of an
 int node_proc_path(struct node *n, char *buf, size_t len);
 /* A directory opened O_RDONLY for a listing, under the atime policy of the mount. */
 int node_open_dir(struct node *n);
-
-/* nodefd.c */
-struct file_handle;
-void nodefd_init(int rootfd);
-void nodefd_destroy(void);
-bool nodefd_may_pin(void);
-bool nodefd_may_cache(void);
-void nodefd_count(long delta);
-void nodefd_note_handles(void);
-struct file_handle *nodefd_handle(int fd);
-bool nodefd_same(const struct file_handle *a, const struct file_handle *b);
-int nodefd_open(const struct file_handle *fh, int flags);
-int nodefd_ring_get(struct node *n);
-void nodefd_forget(struct node *n);
-/* Atime: the policy of reads now (our mount's flags), and an open of a node's object for a
- * read under it: an fd, -1 (errno) if that open failed, -2: open as usual, -3: open as usual
- * with O_NOATIME (not permitted: without). */
-enum { ATIME_STRICT, ATIME_RELATIME, ATIME_NEVER };
-void nodefd_atime_init(const char *mountpoint, unsigned long ms_flags);
-int nodefd_atime(bool dir);
-int nodefd_open_atime(int pol, bool dir, int fd, const struct file_handle *fh, int flags);
-int nodefd_atime_source(bool dir); /* the policy of SOURCE's own mount */
 
 /* For the store: a replaced or removed inode becomes an old version. */
 void node_mark_old(dev_t dev, ino_t ino, bool old);

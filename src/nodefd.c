@@ -14,6 +14,7 @@
  * is reused only long after its fd's request is over. A node that is freed has its fds closed
  * in every ring (nodefd_forget), thread exit closes the thread's ring. */
 #define _GNU_SOURCE
+#include "nodefd.h"
 #include "node.h"
 #include "log.h"
 

@@ -1,10 +1,15 @@
 /* ops_dir.c - directory listing (the root hides .versions/) and extended attributes. */
 #define _GNU_SOURCE
+#include "ops_dir.h"
 #include "fs.h"
+#include "inval.h"
 #include "log.h"
+#include "names.h"
 #include "attr.h"
 #include "release.h"
 #include "passthrough.h"
+#include "retention.h"
+#include "versions.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -179,7 +184,9 @@ static void reply_xattr(fuse_req_t req, ssize_t ret, char *value, size_t size)
 static void reply_status(fuse_req_t req, size_t size)
 {
 	char buf[512];
-	int n = snprintf(buf, sizeof(buf), "pid=%d\nkeep=%u\nnosync=%d\npassthrough=%s\n",
+	int n = snprintf(buf, sizeof(buf),
+			 STATUS_PID "%d\n" STATUS_KEEP "%u\n" STATUS_NOSYNC
+				    "%d\n" STATUS_PASSTHROUGH "%s\n",
 			 (int)getpid(), fs.store.keep, fs.store.nosync, pt_status());
 
 	if (size && size < (size_t)n)
@@ -251,11 +258,11 @@ static int prune_request(struct node *dir, const char *value, size_t size)
 	errno = 0;
 	keep = strtoul(buf, &end, 10);
 	if (errno || end == buf || (*end && *end != '/') || (*end == '/' && !end[1]) ||
-	    keep > 1000000)
+	    keep > NAMES_KEEP_MAX)
 		return -EINVAL;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	/* takes the store lock itself, one batch at a time */
-	n = store_prune(&fs.store, node_fd(dir), *end ? end + 1 : NULL, (unsigned)keep);
+	n = retention_prune(&fs.store, node_fd(dir), *end ? end + 1 : NULL, (unsigned)keep);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	if (n >= 0)
 		log_info("prune request (keep %lu%s%s): %d versions removed in %.0f ms", keep,
@@ -327,7 +334,7 @@ static int xattr_change(fuse_req_t req, struct node *n, const char *name, const 
 	}
 	if (!err && (target != n || (acl && !fs.posix_acl)))
 		/* attributes and ACLs only; the kernel takes no lock of the inode for it */
-		fuse_lowlevel_notify_inval_inode(fs.se, node_id(target), -1, 0);
+		inval_attrs(node_id(target));
 	if (!err && !strcmp(name, ACL_ACCESS) && !target->in_versions)
 		acl_history_follows(target);
 	return err;

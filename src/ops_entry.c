@@ -1,14 +1,19 @@
 /* ops_entry.c - FUSE operations on names and attributes: lookup (where writers are routed),
  * forget, getattr/setattr, and the namespace changes that keep replaced files as versions. */
 #define _GNU_SOURCE
+#include "ops_entry.h"
 #include "attr.h"
 #include "fs.h"
 #include "handle.h"
 #include "links.h"
 #include "log.h"
+#include "nodeid.h"
 #include "release.h"
 #include "route.h"
 #include "space.h"
+#include "keep.h"
+#include "retention.h"
+#include "versions.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -121,6 +126,42 @@ static int lookup_name(fuse_req_t req, struct node *parent, const char *name, st
 	return 0;
 }
 
+/* LOOKUP (nodeid, ".") and (nodeid, ".."): only the kernel's file handle code asks them
+ * (FUSE_CAP_EXPORT_SUPPORT): open_by_handle_at of a nodeid it no longer caches, and a directory
+ * found so reconnected to the root. The nodeid of "." comes from user space: nodeid.c checks it.
+ * A regular file that has no name in the tree any more (removed, or replaced by a publish and
+ * kept only in .versions/) is stale, as an unlinked file is natively (design.md §3). */
+static void lookup_by_handle(fuse_req_t req, fuse_ino_t ino, bool dotdot)
+{
+	struct fuse_entry_param e;
+	struct node *n, *child;
+	struct stat st;
+	int err;
+
+	if (dotdot) {
+		child = node_get(ino); /* the kernel's own inode: live */
+		n = child ? nodeid_parent(child) : (errno = ESTALE, NULL);
+	} else {
+		n = nodeid_resolve(ino);
+	}
+	if (!n) {
+		fuse_reply_err(req, errno ? errno : ESTALE);
+		return;
+	}
+	err = node_stat(n, &st);
+	if (!err && n->kind == NODE_FILE && st.st_nlink == 0)
+		err = -ESTALE;
+	if (err) {
+		node_forget(n, 1);
+		fuse_reply_err(req, -err);
+		return;
+	}
+	fill_entry(&e, n, &st, false);
+	e.entry_timeout = 0;
+	if (fuse_reply_entry(req, &e) == -ENOENT)
+		node_forget(n, 1);
+}
+
 void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 {
 	struct fuse_entry_param e;
@@ -128,6 +169,10 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 	struct stat st;
 	bool cache;
 
+	if (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]))) {
+		lookup_by_handle(req, pino, name[1]);
+		return;
+	}
 	/* a program of a release just committed over, still loading: its old files */
 	if (release_old_lookup(inode_of(pino), name, fuse_req_ctx(req)->pid, &n, &st) == 0) {
 		memset(&e, 0, sizeof(e));
@@ -249,6 +294,27 @@ static int setattr_in_place(struct node *n, const struct stat *attr, int valid)
 	return err;
 }
 
+/* A truncate by a caller without CAP_FSETID drops setuid and setgid as a write does
+ * (privs_dropped); the kernel's SETATTR carries the drop only for setuid and for setgid with a
+ * group x bit. The mode joins the SETATTR, so it lands with the size. */
+static int truncate_drops_privs(fuse_req_t req, struct node *n, struct handle *h, struct stat *attr,
+				int valid)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct stat st;
+	mode_t kill;
+
+	if ((h ? handle_stat(h, &st) : node_stat(n, &st)) != 0)
+		return valid;
+	kill = privs_dropped(ctx->pid, ctx->gid, &st);
+	if (!kill)
+		return valid;
+	if (!(valid & FUSE_SET_ATTR_MODE))
+		attr->st_mode = st.st_mode & 07777;
+	attr->st_mode &= ~kill;
+	return valid | FUSE_SET_ATTR_MODE;
+}
+
 void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		struct fuse_file_info *fi)
 {
@@ -258,6 +324,8 @@ void bv_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 	struct stat st;
 	int err;
 
+	if (valid & FUSE_SET_ATTR_SIZE)
+		valid = truncate_drops_privs(req, n, h, attr, valid);
 	if (h) {
 		err = handle_setattr(h, attr, valid);
 		if (!err)
@@ -399,15 +467,22 @@ void bv_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t pino, const char *name)
 {
 	struct node *n = inode_of(ino), *parent = inode_of(pino);
 	int err = check_new_name(parent, name, "link to");
+	struct stat st;
 
 	if (!err && (n->kind == NODE_STAGING || node_old(n) || n->kind == NODE_DIR))
 		err = -EXDEV; /* old versions leave .versions/ by copy, not by link */
+	/* an O_TMPFILE's first name (bv_create; the kernel links one only if it was opened
+	 * without O_EXCL): it appears whole, a new file like any other */
+	bool first = !err && n->kind == NODE_FILE && fstat(node_fd(n), &st) == 0 && !st.st_nlink;
 	if (!err && linkat(node_fd(n), "", node_fd(parent), name, AT_EMPTY_PATH) < 0)
 		err = -errno;
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
+	if (first)
+		release_note_created(parent, name, st.st_ino,
+				     fuse_req_ctx(req)->pid); /* as at CREATE */
 	reply_new_entry(req, parent, name);
 }
 
@@ -428,7 +503,7 @@ static void keep_removed_end(struct store_change *ch, bool undo, bool changed, c
 			     const char *name, uid_t uid)
 {
 	if (undo && ch->kept)
-		store_remove_version(&fs.store, ch->vrel, ch->old.st_dev, ch->old.st_ino);
+		retention_remove_version(&fs.store, ch->vrel, ch->old.st_dev, ch->old.st_ino);
 	if (undo)
 		ch->kept = false;
 	if (changed)

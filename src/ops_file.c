@@ -4,8 +4,11 @@
  * (passthrough.c): the kernel reads, maps and writes their backing file itself. Without
  * passthrough, reads of a version are spliced from the version's own fd, with keep_cache: its
  * content never changes. A writer's open gets a private copy (handle.c), published at its close.
- * Each operation replies once, at its end. */
+ * Each operation replies exactly once: at its end, or at an early error return (bv_create);
+ * after the reply, bv_open and bv_create only undo an open the kernel did not take (an
+ * interrupted one). */
 #define _GNU_SOURCE
+#include "ops_file.h"
 #include "attr.h"
 #include "closer.h"
 #include "fs.h"
@@ -15,6 +18,7 @@
 #include "release.h"
 #include "passthrough.h"
 #include "route.h"
+#include "versions.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -101,6 +105,33 @@ static int open_version(struct node *n, struct fuse_file_info *fi, int *id)
 	return 0;
 }
 
+/* Natively a write, fallocate or open with O_TRUNC by a caller without CAP_FSETID drops setuid,
+ * and setgid when the group may execute the file or the caller is not in its group
+ * (privs_dropped), as a change of mode that makes no version. The kernel asks for it with a
+ * SETATTR before a write, but judges setgid by S_IXGRP alone (fuse_setattr): a setgid file
+ * without it kept its bit (generic/683-685); an O_TRUNC it does not ask for at all (with
+ * FUSE_ATOMIC_O_TRUNC the OPEN truncates and the kernel's SETATTR stops short). */
+static void drop_privs(fuse_req_t req, struct handle *h)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct stat st, attr;
+	mode_t kill = 0;
+
+	if (ctx->pid <= 0) /* a write through a shared mapping: nobody's */
+		return;
+	pthread_mutex_lock(&h->lock);
+	if (fstat(h->fd, &st) == 0)
+		kill = privs_dropped(ctx->pid, ctx->gid, &st);
+	if (kill) {
+		attr.st_mode = st.st_mode & 07777 & ~kill;
+		if (h->kind == H_STAGE) /* kept too if the content turns out unchanged */
+			staging_setattr(h->node, h->fd, &attr, FUSE_SET_ATTR_MODE);
+		else
+			meta_apply(NULL, h->fd, &attr, FUSE_SET_ATTR_MODE);
+	}
+	pthread_mutex_unlock(&h->lock);
+}
+
 void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct node *n = inode_of(ino);
@@ -122,6 +153,8 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	} else if (!err) {
 		err = open_version(n, fi, &id);
 	}
+	if (!err && h && (fi->flags & O_TRUNC))
+		drop_privs(req, h);
 	if (err)
 		fuse_reply_err(req, -err);
 	else if (pt_reply_open(req, fi, id) == -ENOENT) { /* interrupted: the kernel has no file */
@@ -132,9 +165,19 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 }
 
+/* O_TMPFILE: the kernel's FUSE_TMPFILE, relabelled CREATE by passthrough.c, arrives with the
+ * name "/", which no CREATE can have. */
+static bool tmpfile_name(const char *name)
+{
+	return name[0] == '/' && !name[1];
+}
+
 /* The new file of a CREATE, as natively: the caller's (the daemon is root), with the group of a
  * setgid directory, its umask or its parent's default ACL applied; its node (one lookup) and
- * its handle. */
+ * its handle. For O_TMPFILE a file with no name (st_nlink 0), made in the parent's own backing
+ * directory: the backing filesystem applies the parent's default ACL as for a named file, and
+ * a LINK of it (bv_link) stays on that filesystem. Written in place like any new file; never
+ * linked, it goes with its node (the kernel's FORGET after the last close), leaving nothing. */
 static int create_file(fuse_req_t req, struct node *parent, const char *name, mode_t mode,
 		       int oflags, struct stat *st, struct handle **hp)
 {
@@ -155,7 +198,13 @@ static int create_file(fuse_req_t req, struct node *parent, const char *name, mo
 	/* O_EXCL: the file given to the caller below is one this CREATE made. A name already on
 	 * disk means the kernel's negative entry was stale (another daemon on the store made it):
 	 * never open or chown that file as root for the caller; walk again (kernel-notes §3). */
-	fd = openat(node_fd(parent), name, oflags | O_EXCL, create_mode(parent, mode, ctx->umask));
+	if (tmpfile_name(name))
+		fd = openat(node_fd(parent), ".",
+			    O_TMPFILE | O_RDWR | O_CLOEXEC | (oflags & (O_SYNC | O_DSYNC)),
+			    create_mode(parent, mode, ctx->umask));
+	else
+		fd = openat(node_fd(parent), name, oflags | O_EXCL,
+			    create_mode(parent, mode, ctx->umask));
 	if (fd < 0) {
 		err = errno == EEXIST && !(oflags & O_EXCL) ? -ESTALE : -errno;
 		handle_share_put(ctx->uid);
@@ -164,7 +213,9 @@ static int create_file(fuse_req_t req, struct node *parent, const char *name, mo
 	gid_t gid =
 	    fstat(node_fd(parent), &pst) == 0 && (pst.st_mode & S_ISGID) ? pst.st_gid : ctx->gid;
 	give_to(fd, ctx->uid, gid);
-	if (fstat(fd, st) < 0 || !(n = node_lookup(parent, name, st, false))) {
+	if (fstat(fd, st) < 0 ||
+	    !(n = tmpfile_name(name) ? node_lookup_at(parent, name, st, false, fd, NULL)
+				     : node_lookup(parent, name, st, false))) {
 		err = -errno;
 		close(fd);
 		handle_share_put(ctx->uid);
@@ -192,8 +243,9 @@ void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
 		fuse_reply_err(req, -err);
 		return;
 	}
-	/* an abort removes it; other sessions do not see it until the commit */
-	release_note_created(inode_of(pino), name, st.st_ino, fuse_req_ctx(req)->pid);
+	if (!tmpfile_name(name)) /* a tmpfile: at its LINK (bv_link); an abort removes it, and
+				  * other sessions do not see it until the commit */
+		release_note_created(inode_of(pino), name, st.st_ino, fuse_req_ctx(req)->pid);
 	/* a new file is written in place as natively: the kernel may write it itself */
 	int id = node_open(h->node, pt_active());
 	fill_entry(&e, h->node, &st, false);
@@ -229,36 +281,6 @@ void bv_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
 		fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 	if (h)
 		pthread_mutex_unlock(&h->lock);
-}
-
-/* Natively a write or fallocate by a caller without CAP_FSETID drops setuid, and setgid when
- * the group may execute the file or the caller is not in its group (the kernel's
- * setattr_should_drop_suidgid), as a change of mode that makes no version. The kernel asks
- * for it with a SETATTR before the request, but judges setgid by S_IXGRP alone
- * (fuse_setattr): a setgid file without it kept its bit (generic/683-685). */
-static void drop_privs(fuse_req_t req, struct handle *h)
-{
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	struct stat st, attr;
-	mode_t kill = 0;
-
-	if (ctx->pid <= 0) /* a write through a shared mapping: nobody's */
-		return;
-	pthread_mutex_lock(&h->lock);
-	if (fstat(h->fd, &st) == 0 && S_ISREG(st.st_mode)) {
-		kill = st.st_mode & S_ISUID;
-		if ((st.st_mode & S_ISGID) && (st.st_mode & S_IXGRP || st.st_gid != ctx->gid))
-			kill |= S_ISGID;
-	}
-	if (kill && !caller_keeps(ctx->pid, ctx->gid, st.st_gid,
-				  kill == S_ISGID && !(st.st_mode & S_IXGRP))) {
-		attr.st_mode = st.st_mode & 07777 & ~kill;
-		if (h->kind == H_STAGE) /* kept too if the content turns out unchanged */
-			staging_setattr(h->node, h->fd, &attr, FUSE_SET_ATTR_MODE);
-		else
-			meta_apply(NULL, h->fd, &attr, FUSE_SET_ATTR_MODE);
-	}
-	pthread_mutex_unlock(&h->lock);
 }
 
 void bv_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "options.h"
 #include "log.h"
+#include "names.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -15,6 +16,9 @@
 #ifndef BINVFS_VERSION
 #define BINVFS_VERSION "0"
 #endif
+
+/* the usage text below says it */
+_Static_assert(NAMES_KEEP_DEFAULT == 10, "binvfs_usage: keep=N default");
 
 const char *binvfs_usage =
     "usage: binvfs [-f] [-d] [-s] [-o OPT[,OPT...]] SOURCE [MOUNTPOINT]\n"
@@ -199,7 +203,8 @@ static int parse_opts(struct options *o, char *list)
 			char *end;
 			errno = 0;
 			unsigned long k = strtoul(opt + 5, &end, 10);
-			if (errno || *end || end == opt + 5 || k > 1000000 || opt[5] == '-') {
+			if (errno || *end || end == opt + 5 || k > NAMES_KEEP_MAX ||
+			    opt[5] == '-') {
 				fprintf(stderr, "binvfs: bad option %s: expected keep=N, N >= 0\n",
 					opt);
 				return -1;
@@ -318,7 +323,7 @@ int options_parse(int argc, char **argv, struct options *o)
 			if ((w == l || w[-1] == ',') && (!w[7] || w[7] == ','))
 				o->remount = true;
 	}
-	o->keep = 10;
+	o->keep = NAMES_KEEP_DEFAULT;
 	o->readahead_kb = 512;
 	o->reserve = 1;
 	o->reserve_pct = true;

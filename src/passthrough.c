@@ -5,7 +5,16 @@
  * whether the kernel's INIT offers passthrough; the write hook edits two replies on their way
  * to the kernel: INIT (ask for passthrough, max_stack_depth 1) and an OPEN or CREATE that the
  * calling thread marked (FOPEN_PASSTHROUGH and the backing id). The kernel's structures are
- * spelled out here: Debian 12's headers predate them. */
+ * spelled out here: Debian 12's <linux/fuse.h> (7.38) predates their passthrough fields; each
+ * is checked against the header's size and offsets where it has the structure.
+ *
+ * The bridge knows libfuse 3.14's replies (meson accepts 3.14.x only): an INIT reply is the
+ * header and a whole fuse_init_out with the words it fills zero; an OPEN reply the header and a
+ * fuse_open_out; a CREATE reply the header, a fuse_entry_out and a fuse_open_out; each with
+ * the fh (and nodeid) the caller gave. A reply laid out otherwise is never edited: at INIT,
+ * passthrough stays off and pt_status() says why; at an OPEN or CREATE, passthrough goes off
+ * for the opens to come, one log line says so, and that open fails with EIO (its backing id
+ * cannot be handed over). */
 #define _GNU_SOURCE
 #include "passthrough.h"
 #include "fs.h"
@@ -13,6 +22,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/fuse.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,10 +31,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define OP_INIT		  26
-#define INIT_EXT	  (1u << 30)	    /* fuse_init_in/out: flags2 is meaningful */
 #define INIT2_PASSTHROUGH (1u << (37 - 32)) /* FUSE_PASSTHROUGH, in flags2 */
-#define FOPEN_KEEP_CACHE_ (1u << 1)
 #define FOPEN_PASSTHROUGH (1u << 7)
 
 struct in_header { /* struct fuse_in_header */
@@ -58,14 +66,50 @@ struct backing_map { /* struct fuse_backing_map */
 #define DEV_IOC_BACKING_OPEN  _IOW(229, 1, struct backing_map)
 #define DEV_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
 
+/* the copies above against <linux/fuse.h> where it has the structure */
+#define SAME(ours, f, theirs, g)                                                                   \
+	_Static_assert(offsetof(struct ours, f) == offsetof(struct theirs, g) &&                   \
+			   sizeof(((struct ours *)0)->f) == sizeof(((struct theirs *)0)->g),       \
+		       #ours "." #f)
+_Static_assert(sizeof(struct in_header) == sizeof(struct fuse_in_header), "in_header");
+SAME(in_header, len, fuse_in_header, len);
+SAME(in_header, opcode, fuse_in_header, opcode);
+SAME(in_header, unique, fuse_in_header, unique);
+SAME(init_in, flags, fuse_init_in, flags);
+SAME(init_in, flags2, fuse_init_in, flags2);
+_Static_assert(sizeof(struct out_header) == sizeof(struct fuse_out_header), "out_header");
+SAME(out_header, len, fuse_out_header, len);
+SAME(out_header, error, fuse_out_header, error);
+SAME(out_header, unique, fuse_out_header, unique);
+_Static_assert(INIT_OUT_FLAGS == offsetof(struct fuse_init_out, flags), "init_out flags");
+_Static_assert(INIT_OUT_TAIL == offsetof(struct fuse_init_out, flags2), "init_out flags2");
+_Static_assert(INIT_OUT_TAIL + offsetof(struct init_out_tail, max_stack_depth) ==
+		   offsetof(struct fuse_init_out, unused),
+	       "init_out max_stack_depth: the first unused word of 7.38");
+_Static_assert(sizeof(struct fuse_init_out) == 64, "init_out");
+_Static_assert(sizeof(struct open_out) == sizeof(struct fuse_open_out), "open_out");
+SAME(open_out, fh, fuse_open_out, fh);
+SAME(open_out, open_flags, fuse_open_out, open_flags);
+SAME(open_out, backing_id, fuse_open_out, padding);
+_Static_assert(sizeof(struct backing_map) == 16, "backing_map (not in 7.38)");
+_Static_assert(FUSE_INIT_EXT == 1u << 30, "FUSE_INIT_EXT");
+
 static enum pt_want want;
-static int devfd = -1;	     /* the session's /dev/fuse fd */
+static int devfd = -1;	     /* the session's /dev/fuse fd, -1 once detached (pt_detach) */
 static uint64_t init_unique; /* the INIT request, 0 once answered */
 static bool offered;	     /* the kernel's INIT offered passthrough */
 static bool negotiated;	     /* our INIT reply asked for it */
 static bool active;	     /* negotiated and the ioctl works: set before the request loop */
-static char status[160] = "off (not negotiated yet)";
-static __thread int reply_id; /* the OPEN/CREATE reply this thread sends next: its backing id */
+static char status[224] = "off (not negotiated yet)";
+static const char *turned_off; /* set once if an OPEN/CREATE reply turned passthrough off */
+static char init_layout[96];   /* how libfuse's INIT reply was not as expected; "" if it was */
+/* The OPEN or CREATE reply this thread sends next: its backing id, its opcode, and what the
+ * reply must carry (the fh given, and for CREATE the new entry's nodeid). */
+static __thread struct {
+	int id;
+	uint32_t opcode;
+	uint64_t fh, nodeid;
+} reply;
 
 /* The last user of a detached mount (umount -l) gone, the kernel aborts the connection and
  * reads fail with ECONNABORTED, which libfuse 3.14 takes for an error (exit 1, and a
@@ -77,17 +121,36 @@ static ssize_t ended(ssize_t n)
 	return n;
 }
 
+/* O_TMPFILE: the kernel sends FUSE_TMPFILE with CREATE's request and expects CREATE's reply;
+ * the request is a fuse_create_in and the name "/", which no real CREATE carries (a name has
+ * no slash). libfuse 3.14 answers an opcode it does not know with ENOSYS, after which the
+ * kernel says EOPNOTSUPP for good: relabel it CREATE, and bv_create tells it by its name.
+ * Seen: with this custom io libfuse 3.14 reads every request through hook_read (its splice
+ * receive was never called, a 1 MiB WRITE included); one that spliced requests past it would
+ * leave O_TMPFILE at EOPNOTSUPP (tests/test_tmpfile.py would say so). */
+#define TMPFILE_LEN (sizeof(struct in_header) + 16 + 2) /* + fuse_create_in + "/" */
+
+static void relabel_tmpfile(void *buf, size_t n)
+{
+	struct in_header *in = buf;
+
+	if (n == TMPFILE_LEN && in->opcode == FUSE_TMPFILE && !memcmp((char *)buf + n - 2, "/", 2))
+		in->opcode = FUSE_CREATE;
+}
+
 static ssize_t hook_read(int fd, void *buf, size_t len, void *userdata)
 {
 	ssize_t n = ended(read(fd, buf, len));
 	const struct in_header *in = buf;
 
 	(void)userdata;
-	if (n >= (ssize_t)(sizeof(*in) + sizeof(struct init_in)) && in->opcode == OP_INIT &&
+	if (n == (ssize_t)TMPFILE_LEN)
+		relabel_tmpfile(buf, (size_t)n);
+	if (n >= (ssize_t)(sizeof(*in) + sizeof(struct init_in)) && in->opcode == FUSE_INIT &&
 	    !negotiated) {
 		const struct init_in *arg = (const void *)(in + 1);
 		init_unique = in->unique;
-		offered = (arg->flags & INIT_EXT) && (arg->flags2 & INIT2_PASSTHROUGH);
+		offered = (arg->flags & FUSE_INIT_EXT) && (arg->flags2 & INIT2_PASSTHROUGH);
 	}
 	return n;
 }
@@ -95,32 +158,81 @@ static ssize_t hook_read(int fd, void *buf, size_t len, void *userdata)
 static void patch_init(struct iovec *iov, int count)
 {
 	const struct out_header *out = iov[0].iov_base;
+	const struct fuse_init_out *arg;
 
-	if (out->unique != init_unique || out->error || count != 2 ||
-	    iov[1].iov_len < INIT_OUT_TAIL + sizeof(struct init_out_tail))
+	if (iov[0].iov_len != sizeof(*out) || out->unique != init_unique)
 		return;
 	init_unique = 0;
-	if (!offered || want == PT_OFF)
+	if (out->error || !offered || want == PT_OFF)
 		return;
+	arg = count == 2 ? iov[1].iov_base : NULL;
+	if (!arg || iov[1].iov_len != sizeof(*arg) || out->len != sizeof(*out) + sizeof(*arg)) {
+		snprintf(init_layout, sizeof(init_layout), "%d parts, %zu bytes", count,
+			 count == 2 ? iov[1].iov_len : 0);
+		return;
+	}
+	if (arg->major != FUSE_KERNEL_VERSION || !(arg->flags & FUSE_INIT_EXT) ||
+	    (arg->flags2 & INIT2_PASSTHROUGH) || arg->unused[0]) {
+		snprintf(init_layout, sizeof(init_layout),
+			 "protocol %u.%u, flags %#x, flags2 %#x, max_stack_depth %u", arg->major,
+			 arg->minor, arg->flags, arg->flags2, arg->unused[0]);
+		return;
+	}
 	uint32_t *flags = (uint32_t *)((char *)iov[1].iov_base + INIT_OUT_FLAGS);
 	struct init_out_tail *tail = (void *)((char *)iov[1].iov_base + INIT_OUT_TAIL);
-	*flags |= INIT_EXT;
+	*flags |= FUSE_INIT_EXT;
 	tail->flags2 |= INIT2_PASSTHROUGH;
 	tail->max_stack_depth = 1; /* 0 makes the kernel ignore the flag */
 	negotiated = true;
 }
 
-static void patch_open(struct iovec *iov, int count)
+/* The open_out of the reply iov[0..count) if it is the OPEN or CREATE reply this thread was
+ * about to send (reply), laid out as libfuse 3.14 lays it out; NULL if it is not. */
+static struct open_out *open_reply(struct iovec *iov, int count)
 {
 	const struct out_header *out = iov[0].iov_base;
-	struct iovec *last = &iov[count - 1];
+	size_t entry = reply.opcode == FUSE_CREATE ? sizeof(struct fuse_entry_out) : 0;
 	struct open_out *o;
 
-	if (out->error || count < 2 || last->iov_len < sizeof(*o))
-		return;
-	o = (void *)((char *)last->iov_base + last->iov_len - sizeof(*o));
-	o->open_flags = (o->open_flags & ~FOPEN_KEEP_CACHE_) | FOPEN_PASSTHROUGH;
-	o->backing_id = reply_id;
+	if (count != 2 || iov[0].iov_len != sizeof(*out) || out->error || !out->unique ||
+	    iov[1].iov_len != entry + sizeof(*o) || out->len != sizeof(*out) + iov[1].iov_len)
+		return NULL;
+	if (entry && ((const struct fuse_entry_out *)iov[1].iov_base)->nodeid != reply.nodeid)
+		return NULL;
+	o = (void *)((char *)iov[1].iov_base + entry);
+	return o->fh == reply.fh ? o : NULL;
+}
+
+/* An OPEN or CREATE reply that does not look like one: passthrough goes off for the opens to
+ * come; this one fails with EIO in place of the reply (the kernel gets an answer, the caller
+ * -ENOENT as for an interrupted open, and undoes it). */
+static ssize_t open_refused(int fd, struct iovec *iov, int count)
+{
+	static bool said;
+	const struct out_header *out = iov[0].iov_base;
+	struct out_header err = {.len = sizeof(err), .error = -EIO};
+
+	__atomic_store_n(&active, false, __ATOMIC_RELAXED);
+	if (!__atomic_exchange_n(&said, true, __ATOMIC_RELAXED)) {
+		__atomic_store_n(
+		    &turned_off,
+		    reply.opcode == FUSE_CREATE
+			? "off (libfuse's CREATE reply is not laid out as the bridge "
+			  "expects)"
+			: "off (libfuse's OPEN reply is not laid out as the bridge expects)",
+		    __ATOMIC_RELEASE);
+		log_warnx("passthrough: %s reply of %d parts, %zu bytes, not laid out as libfuse "
+			  "3.14's: passthrough off for the opens to come, this one fails (EIO)",
+			  reply.opcode == FUSE_CREATE ? "a CREATE" : "an OPEN", count,
+			  count >= 1 ? iov[0].iov_len + (count >= 2 ? iov[1].iov_len : 0) : 0);
+	}
+	if (count < 1 || iov[0].iov_len != sizeof(*out))
+		return writev(fd, iov, count); /* not even the header: as it is, unedited */
+	err.unique = out->unique;
+	if (write(fd, &err, sizeof(err)) < 0)
+		return -1;
+	errno = ENOENT;
+	return -1;
 }
 
 static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *userdata)
@@ -128,8 +240,13 @@ static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *userdata)
 	(void)userdata;
 	if (__builtin_expect(init_unique != 0, 0) && count >= 1)
 		patch_init(iov, count);
-	if (reply_id > 0)
-		patch_open(iov, count);
+	if (reply.id > 0) {
+		struct open_out *o = open_reply(iov, count);
+		if (!o)
+			return open_refused(fd, iov, count);
+		o->open_flags = (o->open_flags & ~FOPEN_KEEP_CACHE) | FOPEN_PASSTHROUGH;
+		o->backing_id = reply.id;
+	}
 	return writev(fd, iov, count);
 }
 
@@ -154,6 +271,12 @@ int pt_install(struct fuse_session *se, enum pt_want w)
 	devfd = fuse_session_fd(se);
 	if (w == PT_OFF)
 		snprintf(status, sizeof(status), "off (passthrough=off)");
+	else if (fuse_version() != 314) { /* the library loaded, not the one built against */
+		snprintf(status, sizeof(status),
+			 "off (libfuse %d.%d at run time; the bridge knows 3.14's replies)",
+			 fuse_version() / 100, fuse_version() % 100);
+		want = PT_OFF;
+	}
 	return fuse_session_custom_io(se, &io, devfd);
 }
 
@@ -162,11 +285,17 @@ bool pt_probe(int probe_fd)
 	int id;
 
 	if (want == PT_OFF)
-		return false;
+		return false; /* status says why */
 	if (!offered) {
 		snprintf(status, sizeof(status),
 			 "off (the kernel does not offer FUSE passthrough: "
 			 "Linux >= 6.9 with CONFIG_FUSE_PASSTHROUGH)");
+		return false;
+	}
+	if (!negotiated && init_layout[0]) {
+		snprintf(status, sizeof(status),
+			 "off (libfuse's INIT reply is not laid out as the bridge expects: %s)",
+			 init_layout);
 		return false;
 	}
 	if (!negotiated) {
@@ -189,27 +318,40 @@ bool pt_probe(int probe_fd)
 
 bool pt_active(void)
 {
-	return active;
+	return __atomic_load_n(&active, __ATOMIC_RELAXED);
+}
+
+void pt_detach(void)
+{
+	__atomic_store_n(&devfd, -1, __ATOMIC_RELEASE);
 }
 
 const char *pt_status(void)
 {
-	return status;
+	const char *off = __atomic_load_n(&turned_off, __ATOMIC_ACQUIRE);
+
+	return off ? off : status;
 }
 
 int pt_backing_open(int fd)
 {
 	struct backing_map map = {.fd = fd};
-	int id = ioctl(devfd, DEV_IOC_BACKING_OPEN, &map);
+	int dev = __atomic_load_n(&devfd, __ATOMIC_ACQUIRE), id;
 
+	if (dev < 0)
+		return -ENOTCONN;
+	id = ioctl(dev, DEV_IOC_BACKING_OPEN, &map);
 	return id < 0 ? -errno : id;
 }
 
 void pt_backing_close(int id)
 {
 	uint32_t bid = (uint32_t)id;
+	int dev = __atomic_load_n(&devfd, __ATOMIC_ACQUIRE);
 
-	if (ioctl(devfd, DEV_IOC_BACKING_CLOSE, &bid) < 0)
+	if (dev < 0)
+		return; /* the connection is gone, and every backing id with it */
+	if (ioctl(dev, DEV_IOC_BACKING_CLOSE, &bid) < 0)
 		log_warn("passthrough: closing backing id %d", id);
 }
 
@@ -219,9 +361,11 @@ int pt_reply_open(fuse_req_t req, struct fuse_file_info *fi, int id)
 
 	if (id > 0)
 		fi->keep_cache = 0;
-	reply_id = id;
+	reply.id = id;
+	reply.opcode = FUSE_OPEN;
+	reply.fh = fi->fh;
 	ret = fuse_reply_open(req, fi);
-	reply_id = 0;
+	reply.id = 0;
 	return ret;
 }
 
@@ -232,8 +376,11 @@ int pt_reply_create(fuse_req_t req, const struct fuse_entry_param *e, struct fus
 
 	if (id > 0)
 		fi->keep_cache = 0;
-	reply_id = id;
+	reply.id = id;
+	reply.opcode = FUSE_CREATE;
+	reply.fh = fi->fh;
+	reply.nodeid = e->ino;
 	ret = fuse_reply_create(req, e, fi);
-	reply_id = 0;
+	reply.id = 0;
 	return ret;
 }

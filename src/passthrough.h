@@ -26,6 +26,11 @@ bool pt_probe(int probe_fd);
 bool pt_active(void);
 const char *pt_status(void); /* "on", "off (...)", for the log and binvfsctl status */
 
+/* The session's /dev/fuse fd is about to be closed or replaced (main.c: the unmount, or a pipe
+ * dup2'd over it when the mount is not ours any more): from now on no backing id is opened and
+ * none is closed by ioctl (the connection's end frees them all). */
+void pt_detach(void);
+
 /* The kernel's id for the backing file (an O_PATH fd is enough: the kernel opens the file
  * again, with each FUSE file's own flags), > 0, or -errno. */
 int pt_backing_open(int fd);

@@ -30,6 +30,9 @@
 #include "links.h"
 #include "locks.h"
 #include "log.h"
+#include "keep.h"
+#include "inval.h"
+#include "versions.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -227,8 +230,7 @@ static void next_hold(struct release *R, char *buf, size_t len)
  * directory's lock); no LOOKUP under DIR is cached while the release is open. */
 static void forget_name(struct node *dir, const char *name)
 {
-	__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
-	inval_entry_queue(dir, name);
+	inval_name_changed_queued(dir, name);
 }
 
 /* Take the locks of a hold; NULL (nothing taken) if no open release covers dir. */
@@ -283,7 +285,7 @@ int release_hold_publish(struct node *dir, const char *name, int fd)
 		e->kind = E_PLACE;
 		strcpy(e->hold, hold);
 		log_info("release %s: publish of %s%s%s held", R->name, p, *p ? "/" : "", name);
-		__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
+		inval_gen_bump();
 	}
 	hold_unlock(p, up, nun);
 	/* The kernel may hold dir/name from before the begin (a writer that opened the file
@@ -1230,7 +1232,7 @@ static int commit(struct node *dir, uid_t cuid)
 	store_batch_end(s);
 	old_start();
 	pthread_mutex_unlock(&old_mu);
-	__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
+	inval_gen_bump();
 	write_record(s, &rec, h.id, R->dir);
 	if (!nosync)
 		syncfs(s->rootfd);
@@ -1350,7 +1352,7 @@ static int begin(struct node *dir, const char *name, uid_t uid)
 	R->tail = &R->entries;
 	R->next = rels;
 	rels = R;
-	__atomic_add_fetch(&fs.gen, 1, __ATOMIC_ACQ_REL);
+	inval_gen_bump();
 	__atomic_store_n(&active, true, __ATOMIC_RELEASE);
 	log_info("release %s begun on /%s (held changes do not survive a stop of the daemon)",
 		 R->name, R->dir);

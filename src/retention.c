@@ -1,11 +1,12 @@
 /* retention.c - how many old versions a path keeps, and removing versions.
  *
  * After each new version of a path, its oldest versions beyond `keep` (-o keep=N) are removed
- * (retention_apply); `binvfsctl prune` asks for the same with its own number (store_prune). A
+ * (retention_apply); `binvfsctl prune` asks for the same with its own number (retention_prune). A
  * version that a process still uses is removed only when its last user is gone (the node
- * table defers it: node_defer_prune, then store_remove_version). Callers hold the store lock,
- * except store_prune's, which takes it one batch at a time. */
+ * table defers it: node_defer_prune, then retention_remove_version). Callers hold the store lock,
+ * except retention_prune's, which takes it one batch at a time. */
 #define _GNU_SOURCE
+#include "retention.h"
 #include "history.h"
 #include "links.h"
 #include "log.h"
@@ -22,7 +23,7 @@
 #include <unistd.h>
 
 /* The sorted version numbers of name (a copy the caller frees), from the history index. */
-int store_list_versions(int vdirfd, const char *name, uint32_t **ns, size_t *count)
+int retention_list_versions(int vdirfd, const char *name, uint32_t **ns, size_t *count)
 {
 	const uint32_t *h;
 	size_t cnt;
@@ -39,7 +40,7 @@ int store_list_versions(int vdirfd, const char *name, uint32_t **ns, size_t *cou
 	return 0;
 }
 
-int store_unlink_version(int vdirfd, const char *vname, ino_t ino)
+int retention_unlink_version(int vdirfd, const char *vname, ino_t ino)
 {
 	links_begin();
 	int r = unlinkat(vdirfd, vname, 0);
@@ -48,7 +49,7 @@ int store_unlink_version(int vdirfd, const char *vname, ino_t ino)
 }
 
 /* Remove version n of name (its stored name) in vdirfd (rel below .versions/), unless a
- * process uses it: then its user's node removes it once unused (store_remove_version). The
+ * process uses it: then its user's node removes it once unused (retention_remove_version). The
  * stat, the in-use check and the unlink run in one hold of the store lock, so what is
  * removed is what was checked, whoever changed the directory before. Returns 1 if removed,
  * 0 if kept or gone already, -1 on failure. */
@@ -69,7 +70,7 @@ static int remove_version(struct store *s, int vdirfd, const char *rel, const ch
 		return -1;
 	if (s->in_use && s->in_use(&st, vrel, vdirfd, vname)) {
 		log_info("keep %s/%s: in use, removed when its last user is gone", STORE_DIR, vrel);
-	} else if (store_unlink_version(vdirfd, vname, st.st_ino) == 0) {
+	} else if (retention_unlink_version(vdirfd, vname, st.st_ino) == 0) {
 		history_del(vdirfd, name, n);
 		log_info("prune %s/%s", STORE_DIR, vrel);
 		r = 1;
@@ -233,7 +234,7 @@ static int prune_dir(struct store *s, int dirfd, dev_t dev, ino_t ino, int *vdir
  * two batches. Versions kept meanwhile are newer than every victim and stay; a victim that is
  * no longer in the index (removed meanwhile: space, a deferred removal, another prune) is
  * passed over. Returns the number removed or -errno. */
-int store_prune(struct store *s, int dirfd, const char *name, unsigned keep)
+int retention_prune(struct store *s, int dirfd, const char *name, unsigned keep)
 {
 	struct victims vs = {.keep = keep};
 	struct stat st;
@@ -298,7 +299,7 @@ int store_prune(struct store *s, int dirfd, const char *name, unsigned keep)
 }
 
 /* Remove a deferred version once unused, if it still is the same inode; never follows links. */
-int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino)
+int retention_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino)
 {
 	char *path = strdup(vrel), *slash, *base;
 	int dirfd;
@@ -334,7 +335,7 @@ int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino
 	    st.st_ino == ino) {
 		size_t len;
 		uint32_t n = names_version_parse(base, &len);
-		if (store_unlink_version(dirfd, base, ino) < 0) {
+		if (retention_unlink_version(dirfd, base, ino) < 0) {
 			err = -errno;
 		} else if (n) {
 			base[len] = 0;

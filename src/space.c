@@ -14,6 +14,7 @@
 #include "log.h"
 #include "names.h"
 #include "store.h"
+#include "retention.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -413,7 +414,7 @@ bool space_yield(struct store *s, uint64_t want, uid_t uid, const char *why)
 	}
 	for (size_t k = 0; k < nv && avail < want; k++) {
 		int dfd = dir_fd(s, &w, vs[k].dir);
-		if (dfd >= 0 && store_unlink_version(dfd, vs[k].name, vs[k].ino) == 0) {
+		if (dfd >= 0 && retention_unlink_version(dfd, vs[k].name, vs[k].ino) == 0) {
 			history_del(dfd, vs[k].stored, vs[k].n);
 			log_info("prune %s/%s%s%s: space for %s", STORE_DIR, w.rels[vs[k].dir],
 				 *w.rels[vs[k].dir] ? "/" : "", vs[k].name, why);

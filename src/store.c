@@ -12,6 +12,8 @@
 #include "history.h"
 #include "links.h"
 #include "log.h"
+#include "copy.h"
+#include "names.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -354,19 +356,6 @@ static int relpath(struct store *s, int dirfd, char **out, bool *from_nodes)
 	return (*out = strdup(dir[rl] == '/' ? dir + rl + 1 : dir + rl)) ? 0 : -ENOMEM;
 }
 
-/* The name of a tree directory's mirror in .versions/ (names.h); NULL if it does not fit. */
-static const char *mirror_name(const char *name, char *buf, size_t len)
-{
-	size_t nl = strlen(name);
-
-	if (!names_mirror_escaped(name))
-		return name;
-	if (nl + 4 > len || nl + 3 > 255)
-		return NULL;
-	snprintf(buf, len, "%s" NAMES_MIRROR_SUFFIX, name);
-	return buf;
-}
-
 #define ACL_ACCESS "system.posix_acl_access"
 
 /* The access ACL of the directory fd (O_PATH) in buf: its length, 0 if it has none (or the
@@ -609,8 +598,8 @@ static int mirror_make(struct store *s, int vparent, const char *mirror, int tfd
 static int mirror_step(struct store *s, const char *comp, bool create, int *tcur, int *vcur,
 		       char **vrel)
 {
-	char mbuf[260], *nrel;
-	const char *mirror = mirror_name(comp, mbuf, sizeof(mbuf));
+	char mbuf[NAME_MAX + 1], *nrel;
+	const char *mirror = names_mirror(comp, mbuf, sizeof(mbuf));
 	struct stat tst;
 	int err, vnext, tnext = store_open_dir(*tcur, comp, O_PATH);
 
@@ -756,8 +745,8 @@ out:
 
 void store_mirror_settle(struct store *s, int dirfd, const char *name, bool gone)
 {
-	char mbuf[260];
-	const char *mirror = mirror_name(name, mbuf, sizeof(mbuf));
+	char mbuf[NAME_MAX + 1];
+	const char *mirror = names_mirror(name, mbuf, sizeof(mbuf));
 	struct stat tst;
 	int vparent, vfd, tfd;
 

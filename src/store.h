@@ -44,7 +44,7 @@ struct store {
 	char *(*dir_path)(dev_t dev, ino_t ino);
 	/* set by main: asked by retention for each version beyond `keep` (st: the version;
 	 * vdirfd/vname: where it is): true if it is in use; its user's node then removes it once
-	 * unused (store_remove_version) */
+	 * unused (retention_remove_version) */
 	bool (*in_use)(const struct stat *st, const char *vrel, int vdirfd, const char *vname);
 };
 
@@ -68,34 +68,8 @@ char *store_join(const char *rel, const char *name);
 int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, char **rel);
 /* The end of a batch (s->batch): store_versions_dir forgets the mirror it remembered. */
 void store_batch_end(struct store *s);
-void store_change_done(struct store_change *ch);
-int store_list_versions(int vdirfd, const char *name, uint32_t **ns, size_t *count);
 int store_stage_create(struct store *s, int srcfd, const struct stat *base, off_t len, int *out);
-int store_copy(int srcfd, int dstfd, off_t len);
-int store_same_content(int a, int b, off_t size);
 
-/* The callers below hold s->lock. keep.c: keep the file that rm or mv is about to remove at
- * dirfd/name as its next version; below the reserve, the removal frees what
- * it removes, as natively (older unused versions yield first, then its own version).
- * uid: the user the change is made for; space it lacks is yielded only by that user's
- * versions (root's: anyone's; space_yield). */
-int store_keep_removed(struct store *s, int dirfd, const char *name, struct store_change *ch,
-		       uid_t uid);
-int store_publish(struct store *s, int dirfd, const char *name, int stfd, struct store_change *ch,
-		  uid_t uid);
-/* retention.c. A prune request (store_prune, called without the store lock) removes at most
- * PRUNE_BATCH versions, and works at most PRUNE_BATCH_NS, in one hold of the store lock; it
- * takes the lock by polling it every PRUNE_PAUSE_NS, and after a batch that another thread
- * waited for, waits up to PRUNE_HANDOFF_NS for that thread to take it. Retention after a new
- * version removes at most PRUNE_BATCH (docs/design.md §6, §9). */
-#define PRUNE_BATCH	 512
-#define PRUNE_BATCH_NS	 (5 * 1000 * 1000)
-#define PRUNE_PAUSE_NS	 (50 * 1000)
-#define PRUNE_HANDOFF_NS (50 * 1000 * 1000)
-int store_prune(struct store *s, int dirfd, const char *name, unsigned keep);
-int store_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino);
-/* unlinkat(vdirfd, vname) of a version of inode ino, counted (links.h). */
-int store_unlink_version(int vdirfd, const char *vname, ino_t ino);
 int store_sync_dir(struct store *s, int dirfd);
 
 /* History is never more open than the file was when kept, nor than it is now
@@ -120,7 +94,5 @@ void store_mirror_settle(struct store *s, int dirfd, const char *name, bool gone
 
 /* Within the store (store.c, keep.c, retention.c): */
 int store_open_dir(int dirfd, const char *name, int flags); /* O_DIRECTORY | O_NOFOLLOW */
-int retention_apply(struct store *s, int vdirfd, const char *rel, const char *name, uint32_t *ns,
-		    size_t cnt, unsigned keep);
 
 #endif

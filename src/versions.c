@@ -1,7 +1,9 @@
 /* versions.c - the .versions/ view: reachable by name at the mount root, hidden from its
  * listing, read-only, and backed directly by the store's .versions/ directory. */
 #define _GNU_SOURCE
+#include "versions.h"
 #include "fs.h"
+#include "inval.h"
 
 #include "log.h"
 
@@ -50,5 +52,5 @@ void versions_after_change(const struct store_change *ch)
 	 * inode that had one name still counts it for whoever holds it from before (a reader, a
 	 * stat() in flight), as after an in-place write: node.replaced, design.md §3. */
 	if (ch->old.st_nlink >= 2 && (id = node_known(ch->old.st_dev, ch->old.st_ino)))
-		fuse_lowlevel_notify_inval_inode(fs.se, id, -1, 0);
+		inval_attrs(id);
 }

@@ -63,7 +63,8 @@ TSAN_MODULES = ("test_races", "test_writers", "test_restart", "test_handles", "t
 # read path stays tested. Everything else runs as users get it (passthrough=auto).
 OFF_MODULES = ("test_publish", "test_writers", "test_versions", "test_races", "test_crash",
                "test_restart", "test_handles", "test_limits", "test_fidelity", "test_stop",
-               "test_inplace", "test_fidelity_xfs", "test_acl", "test_locks")
+               "test_inplace", "test_fidelity_xfs", "test_acl", "test_locks", "test_tmpfile",
+               "test_file_handles")
 OFF = "#passthrough=off"
 
 
@@ -316,7 +317,7 @@ def loopfs(binary, workdir):
         mkfs = {"ext4": ["mkfs.ext4", "-q", "-F", "-m", "0"],
                 "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"]}[kind]
         if not shutil.which(mkfs[0]):
-            pytest.skip(f"{mkfs[0]} is missing (scripts/deps installs it)")
+            pytest.skip(f"{mkfs[0]} is missing (scripts/deps --test installs it)")
         fsdir = os.path.join(workdir, f"{kind}{len(made)}")
         img = fsdir + ".img"
         with open(img, "wb") as f:

@@ -361,7 +361,7 @@ def setfacl(*args):
 @pytest.fixture
 def acl_tools():
     if not shutil.which("setfacl"):
-        pytest.skip("setfacl is missing (scripts/deps installs acl)")
+        pytest.skip("setfacl is missing (scripts/deps --test installs acl)")
 
 
 def test_acl_entry_on_a_directory_closes_its_history(mounter, workdir, team, acl_tools):

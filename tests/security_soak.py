@@ -30,7 +30,6 @@ daemon's or binvfsctl's doing. At the end:
 A failure lists every finding, each saying exactly what changed or leaked.
 """
 import errno
-import hashlib
 import json
 import os
 import random
@@ -43,15 +42,11 @@ import time
 import traceback
 
 from conftest import ctl_path, program
-from util import Actor, open_world, write
+from util import Actor, open_world, sha, write
 
 SECONDS = float(os.environ.get("BINVFS_HOSTILE_SECONDS", "50"))
 ROOT = Actor("root", 0, 0)
 NVER = 3  # contents per deployed name
-
-
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
 
 
 def sha_of(path):

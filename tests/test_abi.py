@@ -140,7 +140,7 @@ def writers(tmp_path_factory):
         if r.returncode != 0:
             out[abi] = None
             out["why_" + abi] = (f"gcc {flags[0]} -static cannot build here (scripts/deps "
-                                 f"installs gcc-12-multilib): {r.stderr.strip()[-300:]}")
+                                 f"--test installs gcc-12-multilib): {r.stderr.strip()[-300:]}")
         else:
             out[abi] = str(exe)
     return out

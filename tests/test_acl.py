@@ -15,8 +15,9 @@ import pytest
 from util import (CAP_MKNOD, NOBODY, as_actor, as_user, attempt, open_world, read, run,
                   same_on_both, versions, write)
 
-pytestmark = pytest.mark.skipif(not shutil.which("setfacl"),
-                                reason="setfacl/getfacl missing (Debian's acl; scripts/deps)")
+pytestmark = pytest.mark.skipif(
+    not shutil.which("setfacl"),
+    reason="setfacl/getfacl missing (Debian's acl; scripts/deps --test)")
 
 
 def setfacl(*args, user=None):

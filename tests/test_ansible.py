@@ -26,7 +26,7 @@ def ansible(binary, workdir):
     """ansible(args..., json=True) -> CompletedProcess of /usr/bin/ansible or ansible-playbook
     (the first argument says which), with its state and temp files in workdir."""
     if not os.path.exists("/usr/bin/ansible"):
-        pytest.skip("ansible-core is not installed (scripts/deps installs it)")
+        pytest.skip("ansible-core is not installed (scripts/deps --test installs it)")
     home = os.path.join(workdir, "ansible-home")
     os.makedirs(home)
     env = dict(os.environ, ANSIBLE_HOME=home, ANSIBLE_LOCAL_TEMP=os.path.join(home, "tmp"),

@@ -4,7 +4,6 @@ systemd unit.
 
 binvfsctl is the one built next to the binvfs under test (build/ or build-asan/).
 """
-import hashlib
 import json
 import os
 import re
@@ -14,11 +13,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT, ctl_path, program
-from util import cp, is_mounted, read, run, versions, wait_for, write
-
-
-def sha(path):
-    return hashlib.sha256(read(path)).hexdigest()
+from util import cp, is_mounted, read, run, sha, versions, wait_for, write
 
 
 def start(procs, path, version):
@@ -119,7 +114,7 @@ def test_log_shows_every_version_with_the_right_pid(mnt, procs, cbuild, ctl, ctl
     assert all("exe" in p["how"] for v in vs for p in v["pids"])
     for v in vs:
         prog = program(cbuild, v["n"])
-        assert v["sha256"] == sha(prog)
+        assert v["sha256"] == sha(read(prog))
         assert v["size"] == os.path.getsize(prog)
         assert v["inode"] == os.stat(v["path"]).st_ino
         if build_id(prog):
@@ -133,7 +128,7 @@ def test_log_shows_every_version_with_the_right_pid(mnt, procs, cbuild, ctl, ctl
     assert "current" in rows["3"]
     for n, p in (("1", p1), ("2", p2), ("3", p3)):
         assert f"{p.pid}(app)" in rows[n]
-        assert sha(program(cbuild, int(n)))[:12] in rows[n]
+        assert sha(read(program(cbuild, int(n))))[:12] in rows[n]
     p2.kill()
     p2.wait()
     assert [v["pids"] for v in ctlj("log", app)["versions"] if v["n"] == 2] == [[]]
@@ -174,7 +169,7 @@ def test_rollback_makes_the_next_exec_run_the_old_build(mnt, procs, cbuild, ctl,
     assert run([app]).stdout == "version 2\n"
     ctl("rollback", app, "1")
     assert run([app]).stdout == "version 1\n"
-    assert sha(app) == sha(program(cbuild, 1))
+    assert sha(read(app)) == sha(read(program(cbuild, 1)))
     assert [v["n"] for v in ctlj("log", app)["versions"]] == [5, 4, 3, 2, 1]
     # rolling back to what is already current changes nothing
     j = ctlj("rollback", app, "3")
@@ -219,13 +214,13 @@ def test_diff_binary_summary(mnt, cbuild, ctl, ctlj):
     cp(program(cbuild, 2), app)
     out = ctl("diff", app).stdout
     assert f"{app}: version 1 -> version 2 (current), binary" in out
-    assert sha(program(cbuild, 1)) in out and sha(program(cbuild, 2)) in out
+    assert sha(read(program(cbuild, 1))) in out and sha(read(program(cbuild, 2))) in out
     if build_id(program(cbuild, 1)):
         assert f"build-id:  {build_id(program(cbuild, 1))} -> " in out
     assert re.search(r"changed:   \d+ bytes in \d+ ranges?", out)
     j = ctlj("diff", app)
     assert j["binary"] is True and j["identical"] is False
-    assert j["a"]["sha256"] == sha(program(cbuild, 1))
+    assert j["a"]["sha256"] == sha(read(program(cbuild, 1)))
     a, b = read(program(cbuild, 1)), read(program(cbuild, 2))
     diffs = [i for i in range(min(len(a), len(b))) if a[i] != b[i]]
     assert j["changed_bytes"] == len(diffs) + abs(len(a) - len(b))

@@ -7,11 +7,7 @@ import time
 import pytest
 
 from conftest import program
-from util import Mount, is_mounted
-
-
-def daemon_fds(m):
-    return len(os.listdir(f"/proc/{m.proc.pid}/fd"))
+from util import Mount, daemon_fds, is_mounted
 
 
 def daemon_rss_kb(m):

@@ -227,7 +227,7 @@ def test_vim_saves(both, case):
     """Debian's vim, scripted: two saves in one session (the second after a sleep, so its
     timestamp check is exercised), a third save that changes nothing, then :wq."""
     if not shutil.which("vim.basic"):
-        pytest.skip("vim is not installed (scripts/deps installs it)")
+        pytest.skip("vim is not installed (scripts/deps --test installs it)")
     cmds = []
     for c in VIM_CASES[case] + ["normal Goone", "w", "sleep 20m", "normal Gotwo", "w", "w",
                                 "normal Gothree", "wq"]:
@@ -293,7 +293,7 @@ def nano_append(path, text):
 
 def test_nano_save(both):
     if not shutil.which("nano"):
-        pytest.skip("nano is not installed (scripts/deps installs it)")
+        pytest.skip("nano is not installed (scripts/deps --test installs it)")
 
     def seq(p):
         f = p("n.txt")

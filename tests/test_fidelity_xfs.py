@@ -70,9 +70,11 @@ def test_xattrs_of_symlinks_and_devices_as_natively(both):
     same_on_both(both, seq)
 
 
-# generic/683, 684, 685: fallocate, punch hole, zero range (and a write) by a user without
-# CAP_FSETID drop setuid, and setgid when the group may execute or the user is not in the group
-@pytest.mark.parametrize("op", ["falloc", "falloc_keep_size", "punch", "zero", "write"])
+# generic/683, 684, 685: fallocate, punch hole, zero range (and a write, a truncate by path or
+# fd, an open with O_TRUNC) by a user without CAP_FSETID drop setuid, and setgid when the group
+# may execute or the user is not in the group
+@pytest.mark.parametrize("op", ["falloc", "falloc_keep_size", "punch", "zero", "write",
+                                "truncate", "ftruncate", "o_trunc"])
 def test_setuid_setgid_dropped_by_a_change_as_natively(both, workdir, op):
     open_world(workdir)
     os.chmod(both[1].p(), 0o777)
@@ -81,8 +83,14 @@ def test_setuid_setgid_dropped_by_a_change_as_natively(both, workdir, op):
 
     def change(path):
         def fn():
-            fd = os.open(path, os.O_RDWR)
-            if op == "write":
+            if op == "truncate":
+                return os.truncate(path, 100)
+            fd = os.open(path, os.O_RDWR | (os.O_TRUNC if op == "o_trunc" else 0))
+            if op == "ftruncate":
+                os.ftruncate(fd, 100)
+            elif op == "o_trunc":
+                pass
+            elif op == "write":
                 os.pwrite(fd, b"z", 10)
             else:
                 mode, off, length = {"falloc": (0, 0, 65536),

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import program
 from conftest import ctl_path
-from util import read, run, versions, write
+from util import daemon_fds, read, run, versions, write
 
 # 20 levels of 250-byte names: a path of about 5,000 bytes, beyond PATH_MAX (4096)
 DEEP = [f"d{i:02d}" + "x" * 247 for i in range(20)]
@@ -105,10 +105,6 @@ def test_path_beyond_path_max_overwrite_rename_remove(mnt, workdir):
     r = run(["rm", "-rf", mnt.p(DEEP[0])])
     assert r.returncode == 0, r.stderr
     assert os.listdir(mnt.path) == []
-
-
-def daemon_fds(m):
-    return len(os.listdir(f"/proc/{m.proc.pid}/fd"))
 
 
 def lower_nofile(m, n):

@@ -75,8 +75,8 @@ def package():
         pytest.skip("the package test installs a package: it runs as root")
     missing = [t for t in TOOLS if not shutil.which(t)]
     if missing:
-        pytest.skip(f"package build tools missing: {' '.join(missing)} (scripts/deps installs "
-                    "debhelper, lintian, dpkg-dev)")
+        pytest.skip(f"package build tools missing: {' '.join(missing)} (scripts/deps --test "
+                    "installs debhelper, lintian, dpkg-dev)")
     r = run(["dpkg-checkbuilddeps", os.path.join(ROOT, "debian", "control")])
     if r.returncode != 0:
         pytest.skip(f"build dependencies missing: {r.stderr.strip()}")

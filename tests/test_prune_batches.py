@@ -14,7 +14,7 @@ import util
 from util import versions, wait_for, write
 
 NAMES, NVER, KEEP = 250, 200, 5  # 50,000 versions in one directory; 48,750 go
-BATCH = 512  # PRUNE_BATCH (src/store.h)
+BATCH = 512  # PRUNE_BATCH (src/retention.h)
 
 
 def names():

@@ -22,10 +22,6 @@ from conftest import program
 from util import read, run, wait_for
 
 
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
-
-
 def read_elsewhere(path):
     """The content as another process (cat) sees it."""
     r = run(["cat", path], text=False)

@@ -3,19 +3,14 @@ run from the mount. The old daemon serves its detached mount until its last user
 new one serves DIR. Two daemons on one store never hurt each other: each has its own staging,
 version numbers never collide, a publish through either is a proper version, the old daemon's
 exit leaves the new one working, and binvfsctl status names the live daemon."""
-import hashlib
 import json
 import os
 import subprocess
 
 from conftest import program
-from util import Mount, is_mounted, read, run, wait_for
+from util import Mount, is_mounted, read, run, sha, wait_for
 
 RESTARTS = int(os.environ.get("BINVFS_RESTARTS", "6"))  # more for a soak
-
-
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
 
 
 def test_restart_loop_under_exec_and_write_load(binary, workdir, procs, cbuild):

@@ -8,14 +8,13 @@ succeeds, and no current file or kept version is ever damaged. Each test runs on
 loop-mounted filesystem of its own, so the space it measures is nobody else's.
 """
 import errno
-import hashlib
 import os
 import re
 import time
 
 import pytest
 
-from util import cp, read, run, versions, wait_for, write
+from util import cp, read, run, sha, versions, wait_for, write
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -179,10 +178,6 @@ def wait_freed(path, before, want):
     while before - used(path) < want and time.monotonic() < deadline:
         time.sleep(0.05)
     return before - used(path)
-
-
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
 
 
 def check_versions_complete(m, contents, sub=""):

@@ -50,12 +50,8 @@ def fuse_connection(path):
     """The number of the FUSE connection mounted at path (fusectl's directory name)."""
     for e in mountinfo():
         if e.point == path and e.fstype.startswith("fuse"):
-            with open("/proc/self/mountinfo") as f:
-                for line in f:
-                    fields = line.split()
-                    if fields[4] == path:
-                        major, minor = map(int, fields[2].split(":"))
-                        return (major << 20) | minor
+            major, minor = map(int, e.dev.split(":"))
+            return (major << 20) | minor
     return None
 
 

@@ -2,7 +2,9 @@
 (ops_*.c) call down to the modules below them and never each other, and the modules below
 them (everything but ops_*.c, main.c, passthrough.c, inval.c, locks.c) take no FUSE request.
 locks.c parks a blocked F_SETLKW or flock request and answers it when the range frees or an
-interrupt comes: the request is the waiter (design.md §12)."""
+interrupt comes: the request is the waiter (design.md §12). Each header declares the functions
+of its namesake only (node.h: node.c's), so a reader finds a function's file by its header.
+Only inval.c notifies the kernel (design.md §10)."""
 import glob
 import os
 import re
@@ -47,3 +49,85 @@ def test_no_fuse_request_below_the_ops_files():
         with open(f) as fh:
             text = fh.read()
         assert "fuse_req_t" not in text, f"{os.path.basename(f)} takes a FUSE request"
+
+
+def header_declarations(path):
+    """The functions a header declares: comments, preprocessor lines and every {...} (struct
+    bodies, inline functions) removed, then the name before the first "(" of a statement."""
+    with open(path) as fh:
+        text = fh.read()
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    text = re.sub(r"^\s*#(?:[^\n]*\\\n)*[^\n]*", " ", text, flags=re.M)
+    while True:
+        flat = re.sub(r"\{[^{}]*\}", ";", text)
+        if flat == text:
+            break
+        text = flat
+    return {m.group(1) for st in text.split(";")
+            if (m := re.match(r"[^()]*?\b(\w+)\s*\(", st))}
+
+
+def test_a_header_declares_its_own_module_only(objects):
+    defined = {}
+    for mod, obj in objects.items():
+        for name in symbols(obj, "T"):
+            defined[name] = mod
+    headers = glob.glob(os.path.join(ROOT, "src", "*.h"))
+    assert "node_get" in header_declarations(os.path.join(ROOT, "src", "node.h"))
+    wrong = []
+    for h in headers:
+        mod = os.path.basename(h)[:-len(".h")]
+        for name in sorted(header_declarations(h)):
+            if name in defined and defined[name] != mod:
+                wrong.append(f"{mod}.h declares {defined[name]}.c's {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_only_inval_c_notifies_the_kernel(objects):
+    """Every notification (FUSE_NOTIFY_*) and the fs.gen bump that goes with them are sent from
+    inval.c, as the kernel keeps them in notify.c."""
+    assert any(s.startswith("fuse_lowlevel_notify_") for s in symbols(objects["inval"], "U"))
+    for mod, obj in objects.items():
+        notify = sorted(s for s in symbols(obj, "U") if s.startswith("fuse_lowlevel_notify_"))
+        assert mod == "inval" or not notify, f"{mod}.c notifies the kernel: {notify}"
+    for f in glob.glob(os.path.join(ROOT, "src", "*.c")):
+        if os.path.basename(f) != "inval.c":
+            with open(f) as fh:
+                assert not re.search(r"(add|sub|fetch|store)\w*\(\s*&fs\.gen\b", fh.read()), \
+                    f"{os.path.basename(f)} bumps fs.gen"
+
+
+# The store's names on disk (docs/format.md) and the names composed from them are written in
+# names.c and names.h only; the other files use their macros and functions. A message may
+# mention a name in prose (a literal with a space in it); a literal without one builds a name.
+STORE_NAMES = (".versions", ".binvfs-format", ".binvfs-staging", "binvfs store format",
+               ".~~", ".~gone-", "trusted.binvfs.", "user.binvfs.", ".~%")
+
+
+def literals(text):
+    """The string literals of C source text, comments left out."""
+    out = []
+    for m in re.finditer(r'/\*.*?\*/|//[^\n]*|"((?:[^"\\\n]|\\.)*)"|\'(?:[^\'\\\n]|\\.)*\'',
+                         text, re.S):
+        if m.group(1) is not None:
+            out.append(m.group(1))
+    return out
+
+
+def test_literals_sees_names_and_skips_comments():
+    text = '/* ".versions" */ x = "%s/.~~"; // ".~gone-"\n c = \'"\'; y = "a \\" b";'
+    assert literals(text) == ["%s/.~~", 'a \\" b']
+
+
+def test_no_store_name_outside_names_c():
+    files = [f for f in glob.glob(os.path.join(ROOT, "src", "**", "*.[ch]"), recursive=True)
+             if not re.search(r"/src/names\.[ch]$", f)]
+    assert len(files) > 20
+    found = []
+    for f in files:
+        with open(f) as fh:
+            for lit in literals(fh.read()):
+                if " " not in lit and \
+                        any(n in lit for n in STORE_NAMES):
+                    found.append(f"{os.path.relpath(f, ROOT)}: \"{lit}\"")
+    assert not found, "store names written outside names.c/names.h:\n" + "\n".join(found)

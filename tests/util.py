@@ -2,6 +2,7 @@
 mount table, and a binvfs daemon mounted for real (`Mount`)."""
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -23,6 +24,16 @@ def write(path, data, mode=None):
         f.write(data)
     if mode is not None:
         os.chmod(path, mode)
+
+
+def sha(data):
+    """The SHA-256 of bytes, in hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def daemon_fds(m):
+    """How many fds the daemon of Mount m has open now."""
+    return len(os.listdir(f"/proc/{m.proc.pid}/fd"))
 
 
 def run(cmd, text=True, timeout=60, **kw):
@@ -160,6 +171,7 @@ class MountEntry(NamedTuple):
     fstype: str
     source: str
     super_opts: str  # the filesystem's (for FUSE, the connection's)
+    dev: str = ""  # major:minor of the filesystem (for FUSE, its connection)
 
 
 def _unescape(field):
@@ -176,7 +188,7 @@ def mountinfo(fstype=None):
             left, right = line.rstrip("\n").split(" - ", 1)
             fields, tail = left.split(), right.split()
             e = MountEntry(_unescape(fields[4]), fields[5], tail[0], _unescape(tail[1]),
-                           tail[2] if len(tail) > 2 else "")
+                           tail[2] if len(tail) > 2 else "", fields[2])
             if fstype is None or e.fstype == fstype:
                 out.append(e)
     return out

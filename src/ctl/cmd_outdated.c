@@ -7,6 +7,7 @@
 #include "ctl.h"
 #include "json.h"
 #include "mounts.h"
+#include "names.h"
 #include "vlist.h"
 
 #include <fcntl.h>
@@ -74,7 +75,8 @@ int outdated_collect(char **dirs, int ndirs, struct orows *out)
 		if (target_resolve(dirs[i], &t) == 0) {
 			if (!t.exists)
 				ctl_err("%s: no such file or directory", dirs[i]);
-			else if (!strcmp(t.rel, ".versions") || !strncmp(t.rel, ".versions/", 10))
+			else if (!strcmp(t.rel, STORE_DIR) ||
+				 !strncmp(t.rel, STORE_DIR "/", sizeof(STORE_DIR)))
 				ctl_err("%s: inside .versions/; give the path in the tree",
 					dirs[i]);
 			else

@@ -145,9 +145,9 @@ static int parse_keep(int *argc, char **argv, unsigned *keep, bool *given)
 		char *end;
 		errno = 0;
 		unsigned long k = strtoul(v, &end, 10);
-		if (errno || !*v || *end || *v == '-' || k > 1000000)
-			return ctl_err("--keep %s: expected a number of old versions, 0..1000000",
-				       v);
+		if (errno || !*v || *end || *v == '-' || k > NAMES_KEEP_MAX)
+			return ctl_err("--keep %s: expected a number of old versions, 0..%u", v,
+				       NAMES_KEEP_MAX);
 		*keep = (unsigned)k;
 		*given = true;
 	}
@@ -199,7 +199,7 @@ static void settle(const struct plan *p, const struct target *t, struct vcount *
 	}
 }
 
-/* keep= from the command line of the mount's daemon; 1 after printing that it is not found. */
+/* The keep= of the mount's daemon, as it says; 1 after printing that it is not found. */
 static int daemon_keep(const struct target *t, unsigned *keep)
 {
 	struct daemon d;
@@ -207,7 +207,7 @@ static int daemon_keep(const struct target *t, unsigned *keep)
 	daemon_find(&t->mnt, &d);
 	*keep = d.keep;
 	daemon_free(&d);
-	if (!d.pid)
+	if (!d.pid || !d.keep_known)
 		return ctl_err("%s: cannot find the daemon's keep=; give --keep N", t->arg);
 	return 0;
 }

@@ -81,7 +81,7 @@ static void show(const struct bmount *m)
 		json_key("daemon_pid");
 		d.pid ? json_int(d.pid) : json_null();
 		json_key("keep");
-		d.pid ? json_int(d.keep) : json_null();
+		d.pid &&d.keep_known ? json_int(d.keep) : json_null();
 		json_kstr("options", d.opts);
 		json_kstr("passthrough", d.passthrough);
 		json_kstr("mount_options", m->mntopts);
@@ -98,9 +98,12 @@ static void show(const struct bmount *m)
 		char *mntopts = esc(m->mntopts), *superopts = esc(m->superopts);
 		printf("mount     %s\n", point);
 		printf("source    %s\n", source);
-		if (d.pid)
+		if (d.pid && d.keep_known)
 			printf("daemon    pid %d, keep=%u%s%s\n", (int)d.pid, d.keep,
 			       d.nosync ? ", nosync" : "", d.debug ? ", debug" : "");
+		else if (d.pid) /* it did not answer STATUS_XATTR */
+			printf("daemon    pid %d, keep=?%s\n", (int)d.pid,
+			       d.debug ? ", debug" : "");
 		else
 			printf("daemon    not found in /proc (another pid namespace?)\n");
 		printf("options   %s (mount: %s; fuse: %s)\n", opts, mntopts, superopts);

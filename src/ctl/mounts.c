@@ -344,11 +344,7 @@ static void parse_cmdline(struct daemon *d, const char *source, pid_t pid, bool 
 		d->opts = o;
 		char *copy = xstrdup(list), *save = NULL;
 		for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-			if (!strncmp(t, "keep=", 5))
-				d->keep = (unsigned)strtoul(t + 5, NULL, 10);
-			else if (!strcmp(t, "nosync"))
-				d->nosync = true;
-			else if (!strcmp(t, "debug"))
+			if (!strcmp(t, "debug"))
 				d->debug = true;
 		}
 		free(copy);
@@ -400,7 +396,7 @@ static bool daemon_check(pid_t pid, void *arg)
 	closedir(dir);
 	if (!fuse)
 		return false;
-	struct daemon d = {.keep = 10};
+	struct daemon d = {0};
 	parse_cmdline(&d, s->m->source, pid, &names_binvfs, &names_src);
 	if (!stage && !(names_binvfs && names_src) && pid != s->want) {
 		daemon_free(&d);
@@ -412,38 +408,46 @@ static bool daemon_check(pid_t pid, void *arg)
 	return true;
 }
 
-/* The daemon that serves the mount says who it is: after `umount -l DIR; binvfs DIR`, an
- * older daemon still serving a detached copy holds the same store. */
-static pid_t daemon_ask(const struct bmount *m, struct daemon *d)
-{
-	char buf[512], *save = NULL;
-	ssize_t n = getxattr(m->point, STATUS_XATTR, buf, sizeof(buf) - 1);
-	pid_t pid = 0;
+#define KEY(l, k) (!strncmp(l, k, sizeof(k) - 1) ? l + sizeof(k) - 1 : NULL)
 
+/* The daemon that serves the mount says who it is (after `umount -l DIR; binvfs DIR`, an
+ * older daemon still serving a detached copy holds the same store) and how it runs: its pid
+ * in *pid, keep, nosync and passthrough in *d (names.h, STATUS_XATTR). */
+static void daemon_ask(const struct bmount *m, pid_t *pid, struct daemon *d)
+{
+	char buf[512], *save = NULL, *v;
+	ssize_t n = getxattr(m->point, STATUS_XATTR, buf, sizeof(buf) - 1);
+
+	*pid = 0;
 	if (n <= 0)
-		return 0;
+		return;
 	buf[n] = 0;
 	for (char *l = strtok_r(buf, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-		if (!strncmp(l, "pid=", 4))
-			pid = (pid_t)atoi(l + 4);
-		else if (!strncmp(l, "passthrough=", 12))
-			d->passthrough = xstrdup(l + 12);
+		if ((v = KEY(l, STATUS_PID)))
+			*pid = (pid_t)atoi(v);
+		else if ((v = KEY(l, STATUS_KEEP))) {
+			d->keep = (unsigned)strtoul(v, NULL, 10);
+			d->keep_known = true;
+		} else if ((v = KEY(l, STATUS_NOSYNC)))
+			d->nosync = atoi(v) != 0;
+		else if ((v = KEY(l, STATUS_PASSTHROUGH)))
+			d->passthrough = xstrdup(v);
 	}
-	return pid;
 }
 
 void daemon_find(const struct bmount *m, struct daemon *d)
 {
 	char *vdir = join(m->source, STORE_DIR);
 	struct dsearch s = {.m = m, .stagedir = join(vdir, STORE_STAGING), .d = d};
-	char *pt;
+	struct daemon said = {.keep = NAMES_KEEP_DEFAULT};
 
 	memset(d, 0, sizeof(*d));
-	s.want = daemon_ask(m, d);
-	pt = d->passthrough;
-	d->keep = 10;
-	proc_each(daemon_check, &s);
-	d->passthrough = pt; /* daemon_check filled *d afresh */
+	daemon_ask(m, &s.want, &said);
+	proc_each(daemon_check, &s); /* fills *d afresh */
+	d->keep = said.keep;
+	d->keep_known = said.keep_known;
+	d->nosync = said.nosync;
+	d->passthrough = said.passthrough;
 	if (!d->pid)
 		d->pid = s.want;
 	free(s.stagedir);

@@ -50,9 +50,11 @@ int mount_root(const struct bmount *m);
 /* The daemon serving a mount, from /proc: a process with /dev/fuse open that holds the
  * store's staging directory open (or whose command line names binvfs and SOURCE). */
 struct daemon {
-	pid_t pid;     /* 0 if not found (e.g. another pid namespace) */
-	unsigned keep; /* keep=N from its command line, default 10 */
-	bool nosync, debug;
+	pid_t pid;	   /* 0 if not found (e.g. another pid namespace) */
+	unsigned keep;	   /* keep=N, as the daemon says (STATUS_XATTR) */
+	bool keep_known;   /* the daemon said it */
+	bool nosync;	   /* as the daemon says */
+	bool debug;	   /* -d or -o debug on its command line */
 	char *opts;	   /* its -o options, as given; NULL if none */
 	int staging;	   /* staging copies in progress (its O_TMPFILE fds) */
 	char *passthrough; /* "on" or "off (why)", as the daemon says; NULL if it does not */

@@ -26,8 +26,10 @@ char *vlist_mirror(const char *dir)
 	char *out = xstrdup(""), *copy = xstrdup(dir), *save = NULL;
 
 	for (char *c = strtok_r(copy, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
-		bool esc = names_mirror_escaped(c);
-		char *next = xasprintf("%s/%s%s", out, c, esc ? NAMES_MIRROR_SUFFIX : "");
+		size_t len = strlen(c) + sizeof(NAMES_MIRROR_SUFFIX);
+		char *buf = xmalloc(len),
+		     *next = xasprintf("%s/%s", out, names_mirror(c, buf, len));
+		free(buf);
 		free(out);
 		out = next;
 	}
@@ -39,17 +41,19 @@ char *vlist_mirror(const char *dir)
  * its record "<stored>.~~" (names.h); NULL if there is none, or it names another. */
 static char *recorded_name(int dir, const char *stored, size_t len)
 {
-	char *rec = xasprintf("%.*s%s", (int)len, stored, NAMES_MIRROR_SUFFIX);
-	char buf[NAME_MAX + 2], check[NAMES_STORED_MAX + 1];
-	int fd = openat(dir, rec, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	char rec[NAMES_RECORD_MAX + 1], buf[NAME_MAX + 2], check[NAMES_STORED_MAX + 1];
+	int fd;
 	struct stat st;
-	ssize_t n = fd >= 0 && !fstat(fd, &st) && S_ISREG(st.st_mode)
-			? pread(fd, buf, sizeof(buf) - 1, 0)
-			: -1;
+	ssize_t n;
 
+	if (len > NAMES_STORED_MAX)
+		return NULL;
+	names_record_of(stored, len, rec);
+	fd = openat(dir, rec, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	n = fd >= 0 && !fstat(fd, &st) && S_ISREG(st.st_mode) ? pread(fd, buf, sizeof(buf) - 1, 0)
+							      : -1;
 	if (fd >= 0)
 		close(fd);
-	free(rec);
 	if (n <= 0 || n > NAME_MAX || memchr(buf, 0, (size_t)n) || memchr(buf, '/', (size_t)n))
 		return NULL;
 	buf[n] = 0;

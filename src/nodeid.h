@@ -1,0 +1,46 @@
+/* nodeid.h - nodeids: the numbers the kernel knows nodes by, which file handles carry
+ * (name_to_handle_at inside the mount: nodeid + generation, docs/design.md §3). */
+#ifndef BINVFS_NODEID_H
+#define BINVFS_NODEID_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct node;
+struct file_handle;
+
+#define NODEID_ROOT 1
+
+void nodeid_init(struct node *root);
+void nodeid_destroy(void);
+/* Give n (dev, ino, in_versions, kind set) its nodeid in n->id: the one a forgotten node of the
+ * same backing object had (fh: its handle on the backing filesystem, compared), else a new
+ * one. fh NULL: the node cannot be found again once freed (a writer's node, or a filesystem
+ * without handles). Called with the node table's lock held; false: out of memory. */
+bool nodeid_attach(struct node *n, const struct file_handle *fh);
+/* n is freed (table lock held, or n is unreachable): its nodeid keeps its backing handle, so
+ * a file handle that names it can find the object again (nodeid_forgotten); without one, or
+ * when too many are kept, the nodeid is free for another object, with another generation. */
+void nodeid_detach(struct node *n);
+/* The live node of a nodeid, or NULL. The kernel's requests name live nodes; an id from a file
+ * handle (LOOKUP ".") is checked with the table lock held (node_lookup_id). */
+struct node *nodeid_node(uint64_t id);
+/* A copy of the backing handle a forgotten nodeid keeps (malloc'd; *in_versions: a directory of
+ * the .versions/ view), NULL if it keeps none. */
+struct file_handle *nodeid_forgotten(uint64_t id, bool *in_versions);
+/* The object of a forgotten nodeid is gone: the nodeid is free. */
+void nodeid_drop(uint64_t id);
+/* The node of a nodeid from a file handle (LOOKUP "."), with one more kernel lookup: its
+ * live node, or its object found again by its backing handle; NULL with errno ESTALE if the
+ * nodeid names nothing (unknown, stale, forged, a writer's, its object gone). */
+struct node *nodeid_resolve(uint64_t id);
+/* LOOKUP ".." of directory n (the kernel reconnecting a directory found by handle): its
+ * parent with one more kernel lookup, or NULL (errno). Never above the root. */
+struct node *nodeid_parent(struct node *n);
+/* The generation an entry reply gives the kernel (the kernel checks it against a handle's). */
+static inline uint32_t nodeid_gen(uint64_t id)
+{
+	return (uint32_t)(id >> 32);
+}
+
+#endif
