@@ -52,7 +52,8 @@ void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *s
 	/* Directories and symlinks change only through operations the kernel sees, but for a
 	 * mirror in .versions/, which another directory's may replace at its name. A regular
 	 * file's name is answered another nodeid at a publish or for a writer: it is cached only
-	 * when `cache` says so (see cacheable()), else looked up every time (kernel-notes §4). */
+	 * when `cache` says so (route_lookup(), route.c), else looked up every time (kernel-notes
+	 * §4). */
 	e->entry_timeout =
 	    ((n->kind == NODE_DIR && !n->in_versions) || n->kind == NODE_OTHER || cache)
 		? TIMEOUT_LONG

@@ -9,7 +9,7 @@
 double attr_timeout(const struct node *n);
 /* The I/O size cp and stdio size their requests by (st_blksize of a regular file). */
 void attr_set_io_size(struct stat *st);
-/* The entry of a LOOKUP-like reply; `cache`: the kernel may keep the name (cacheable()). */
+/* The entry of a LOOKUP-like reply; `cache`: the kernel may keep the name (route_lookup()). */
 void fill_entry(struct fuse_entry_param *e, struct node *n, const struct stat *st, bool cache);
 /* The stat of a node as the tree shows it (links count tree names only). */
 int node_stat(struct node *n, struct stat *st);

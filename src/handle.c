@@ -18,6 +18,7 @@
 #include "keep.h"
 #include "inval.h"
 #include "versions.h"
+#include "node_open.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -25,7 +26,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/xattr.h>
 #include <unistd.h>
+
+#define CAPS_XATTR "security.capability" /* file capabilities (capabilities(7)) */
 
 /* Open handles (the node's open count is taken by the caller). On unmount the kernel drops
  * RELEASEs it has not sent yet, so the end of the session publishes and frees what is left
@@ -348,19 +352,24 @@ static void history_follows(struct node *stg, int valid)
  * the name. If the name now holds another file (renamed there meanwhile), the change is
  * dropped: natively it went to the writer's own inode, never to whatever took its name.
  * cfd: the current file if the caller has it open (closed here), else -1. */
-static void apply_own_meta(struct handle *h, int cfd)
+static void apply_own_meta(struct handle *h, int cfd, bool wrote)
 {
 	struct node *stg = h->node;
 	struct stat meta, cst;
 	int valid = node_meta_take(stg, &meta), err;
+	/* a write drops file capabilities natively, even one that rewrites the same bytes: the
+	 * copy has none (store_stage_create) unless the writer set them */
+	bool uncap = wrote && fgetxattr(h->fd, CAPS_XATTR, NULL, 0) < 0 && errno == ENODATA;
 
 	if (cfd >= 0 &&
 	    (fstat(cfd, &cst) < 0 || cst.st_dev != h->own_dev || cst.st_ino != h->own_ino)) {
 		close(cfd);
 		cfd = -1;
-	} else if (cfd < 0 && valid) {
+	} else if (cfd < 0 && (valid || uncap)) {
 		cfd = current_if_own(stg, h->own_dev, h->own_ino, &err);
 	}
+	if (uncap && cfd >= 0 && fremovexattr(cfd, CAPS_XATTR) < 0 && errno != ENODATA)
+		log_warn("close %s: drop its file capabilities", stg->name);
 	if (valid && cfd < 0)
 		log_info(
 		    "close %s: another file holds the name now; the writer's chmod/chown/utimes "
@@ -378,7 +387,7 @@ static void apply_own_meta(struct handle *h, int cfd)
  * applies in place. h->lock held. */
 static void publish_unchanged(struct handle *h, int cfd)
 {
-	apply_own_meta(h, cfd);
+	apply_own_meta(h, cfd, true);
 	h->dirty = false;
 	log_debug("close %s: content unchanged, nothing published", h->node->name);
 }
@@ -392,8 +401,9 @@ static void published(struct handle *h, const struct store_change *ch, off_t siz
 	node_meta_take(stg, &meta); /* it is in the published copy */
 	if (!ch->orphaned) {
 		/* The name now answers another version: drop what the kernel caches for it before
-		 * close() returns (cacheable() in ops_entry.c). The closer holds no directory lock,
-		 * and any request that does is served by another worker. */
+		 * close() returns (route_lookup() in route.c, lookup_name() in ops_entry.c). The
+		 * closer holds no directory lock, and any request that does is served by another
+		 * worker. */
 		inval_name_changed(stg->parent, stg->name);
 	}
 	h->published = true;
@@ -478,7 +488,7 @@ static int handle_publish(struct handle *h)
  * current version, which makes no version. */
 static void handle_apply_meta(struct handle *h)
 {
-	apply_own_meta(h, -1);
+	apply_own_meta(h, -1, false);
 }
 
 int staging_truncate(struct node *stg, const struct stat *attr, int valid, uid_t uid)

@@ -32,6 +32,15 @@ struct inval {
 	char name[];
 };
 
+/* Lock order (docs/design.md §9): inval_lock is a leaf. inval_entry_queue takes its reference
+ * on the directory (the table lock) before it, and runs under the store lock (a deferred
+ * prune: store -> inval) or none; the thread drops it before it sends an invalidation and
+ * before it drops that reference (which may free a node: the table lock, then the store lock
+ * for its deferred prune). No notification is sent under a lock of this file. An entry
+ * invalidation waits in the kernel for the directory's inode lock, which a LOOKUP holds while
+ * it waits for us: inval_entry_now's caller holds no lock a LOOKUP may wait for (the publish:
+ * at most its handle's lock). An attribute invalidation (inval_attrs) takes no inode lock: any
+ * caller may send it (a release's commit, under the store lock and old_mu). */
 static pthread_mutex_t inval_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t inval_cond = PTHREAD_COND_INITIALIZER;
 static struct inval *queue; /* protected by inval_lock */

@@ -28,6 +28,12 @@
 
 #define LINKS_WAIT_S 2
 
+/* The links lock (rwlock, writers preferred). Lock order (docs/design.md §9): a leaf. Nothing
+ * is taken under it but done_lock (links_index_done: lock -> done_lock; a reader waiting for
+ * the index drops it first), so callers hold it under their own: the writers (links_begin/end
+ * around each version linkat/unlinkat/rename: keep.c, retention.c, release.c's commit) under
+ * the store lock, the indexer (links_add_read, links_index_done) under none, the readers
+ * (links_fstatat: LOOKUP, GETATTR) under what their request holds. */
 static pthread_rwlock_t lock;
 static dev_t sdev;
 static uint64_t *base; /* what the index read, sorted once done; lock */

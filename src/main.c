@@ -10,7 +10,6 @@
 #include "route.h"
 #include "watchdog.h"
 #include "nodefd.h"
-#include "retention.h"
 #include "inval.h"
 #include "ops_entry.h"
 #include "ops_file.h"
@@ -98,7 +97,7 @@ static void bv_init(void *userdata, struct fuse_conn_info *conn)
 	 * default_permissions it also checks ACL entries itself and drops a node's cached
 	 * attributes and ACLs at every setfacl and chmod */
 	/* open_by_handle_at of a nodeid the kernel forgot asks LOOKUP (nodeid, ".") and a
-	 * directory's parent LOOKUP (nodeid, ".."): ops_entry.c, nodeid.c */
+	 * directory's parent LOOKUP (nodeid, ".."): ops_entry.c, export.c */
 	if (conn->capable & FUSE_CAP_EXPORT_SUPPORT)
 		conn->want |= FUSE_CAP_EXPORT_SUPPORT;
 	if (conn->capable & FUSE_CAP_DONT_MASK)
@@ -154,13 +153,6 @@ static const struct fuse_lowlevel_ops bv_ops = {
     .setxattr = bv_setxattr,
     .removexattr = bv_removexattr,
 };
-
-static void prune_deferred(const char *vrel, dev_t dev, ino_t ino)
-{
-	store_lock(&fs.store);
-	retention_remove_version(&fs.store, vrel, dev, ino);
-	store_unlock(&fs.store);
-}
 
 /* The id of the newest binvfs mount at dir (-1 if none): the last one listed is on top.
  * dev (if not NULL) gets its "major:minor". libmount reads the table and undoes its escapes. */
@@ -449,9 +441,7 @@ static int open_store(const struct options *o)
 		fs.view_ino = vst.st_ino;
 	}
 	store_setup(&fs.store, o);
-	node_table_init(fs.store.rootfd);
-	node_prune_hook = prune_deferred;
-	node_gone_hook = locks_node_gone;
+	node_table_init(&fs.store);
 	node_inval_hook = inval_entry_queue;
 	/* a commit a stop interrupted: forward; an open release: back */
 	release_recover(&fs.store);

@@ -1,15 +1,17 @@
-/* node.c - the node table.
+/* node.c - the node table and the nodes' lifetimes.
  *
  * A nodeid is an index into nodeid.c's table (the root is FUSE_ROOT_ID). Nodes of backing
  * objects are shared by every name that reaches the same inode (its tree name and its
  * .versions/ name), so a version has one nodeid, one kernel inode and one page cache. A node
- * lives while the kernel or we hold a reference, and is never reused before its FORGET. */
+ * lives while the kernel or we hold a reference, or it has opens (node_open.c: the open state,
+ * under the same lock), and is never reused before its FORGET. */
 #define _GNU_SOURCE
 #include "node.h"
 #include "log.h"
 #include "nodeid.h"
-#include "passthrough.h"
 #include "nodefd.h"
+#include "retention.h"
+#include "locks.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,19 +21,29 @@
 #include <string.h>
 #include <unistd.h>
 
-/* The table lock. Lock order: a handle's lock, then the store lock, then this one; a route's
- * lock, then this one (docs/design.md §9). Nothing is taken under it but the ring locks
- * (nodefd.c) and the backing-open ioctl: it is dropped before a prune (the store lock) or an
- * unref of another node. */
+/* The table lock (node_table_lock: node_open.c takes it too). Lock order: a handle's lock,
+ * then the store lock, then this one; a route's lock, then this one (docs/design.md §9).
+ * Nothing is taken under it but the backing-open ioctl and nodefd.c's clones_lock (a node's
+ * first open, node_open.c): it is dropped before a prune (the store lock) or an unref of
+ * another node. */
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct node **buckets; /* protected by table_lock */
 static size_t nbuckets, ncount;
 static struct node root;
 static struct list all = LIST_HEAD_INIT(all); /* every node but the root, table_lock */
 
-void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
-void (*node_gone_hook)(dev_t dev, ino_t ino);
+void node_table_lock(void)
+{
+	pthread_mutex_lock(&table_lock);
+}
+
+void node_table_unlock(void)
+{
+	pthread_mutex_unlock(&table_lock);
+}
+
 void (*node_inval_hook)(struct node *dir, const char *name);
+static struct store *prune_store; /* where a deferred prune removes its version */
 
 static size_t hash(dev_t dev, ino_t ino)
 {
@@ -85,7 +97,7 @@ static struct node *hash_find(dev_t dev, ino_t ino)
 }
 
 /* The directory node of a pending prune's .versions/ entry, with a ref; table_lock held. */
-static struct node *view_entry_locked(struct node *n)
+struct node *node_view_entry_locked(struct node *n)
 {
 	struct node *dir = hash_find(n->prune_vdev, n->prune_vino);
 
@@ -98,7 +110,7 @@ static struct node *view_entry_locked(struct node *n)
 
 /* Its .versions/ entry in the kernel's cache may be all that still holds a version whose
  * prune waits: ask the kernel to drop it (inval.c), then FORGET comes if nobody uses it. */
-static void inval_view_entry(struct node *dir, const char *vrel)
+void node_inval_view_entry(struct node *dir, const char *vrel)
 {
 	const char *vname = strrchr(vrel, '/');
 
@@ -109,8 +121,9 @@ static void inval_view_entry(struct node *dir, const char *vrel)
 	node_unref(dir);
 }
 
-void node_table_init(int rootfd)
+void node_table_init(struct store *s)
 {
+	int rootfd = s->rootfd;
 	struct stat st;
 
 	nbuckets = 1024;
@@ -127,6 +140,7 @@ void node_table_init(int rootfd)
 	root.nlookup = 2;
 	root.id = NODEID_ROOT;
 	nodeid_init(&root);
+	prune_store = s;
 }
 
 static void node_free(struct node *n)
@@ -158,8 +172,8 @@ void node_table_destroy(void)
 		struct node *n = list_entry(l, struct node, all);
 		list_remove(l);
 		/* the session is over: every user of a version whose prune waited is gone */
-		if (n->prune_vrel && node_prune_hook)
-			node_prune_hook(n->prune_vrel, n->dev, n->ino);
+		if (n->prune_vrel)
+			retention_remove_deferred(prune_store, n->prune_vrel, n->dev, n->ino);
 		node_free(n);
 	}
 	free(buckets);
@@ -221,7 +235,7 @@ static bool same_object(const struct node *n, const struct file_handle *fh)
 }
 
 /* A field of a node that the table lock protects, read under it. */
-static int read_locked(const int *field)
+int node_read_locked(const int *field)
 {
 	int v;
 
@@ -456,7 +470,7 @@ void node_add_lookup(struct node *n)
 }
 
 /* Called with table_lock held; unlocks it. */
-static void release_locked(struct node *n)
+void node_release_locked(struct node *n)
 {
 	char *vrel = NULL;
 	struct node *base = NULL, *parent = NULL;
@@ -484,16 +498,15 @@ static void release_locked(struct node *n)
 	parent = n->kind == NODE_STAGING ? n->parent : n->dparent;
 	file = n->kind == NODE_FILE;
 	node_free(n);
-	if (file && node_gone_hook)
-		node_gone_hook(dev, ino);
+	if (file)
+		locks_node_gone(dev, ino);
 	if (base)
 		node_unref(base);
 	if (parent)
 		node_unref(parent);
 prune:
 	if (vrel) {
-		if (node_prune_hook)
-			node_prune_hook(vrel, dev, ino);
+		retention_remove_deferred(prune_store, vrel, dev, ino);
 		free(vrel);
 	}
 }
@@ -501,7 +514,7 @@ prune:
 /* A count would go below zero: a reference was dropped twice, a bug. Said, the count kept at
  * zero (a reference or open count also pins the node: whoever still points to it keeps a valid
  * node); a debug build (the sanitizer builds the tests run) stops here. */
-static void count_broken(const struct node *n, const char *what, uint64_t have, uint64_t drop)
+void node_count_broken(const struct node *n, const char *what, uint64_t have, uint64_t drop)
 {
 	log_warnx("bug: %s of node %llu (inode %llu) dropped by %llu, it had %llu", what,
 		  (unsigned long long)node_id(n), (unsigned long long)n->ino,
@@ -515,11 +528,11 @@ void node_forget(struct node *n, uint64_t nlookup)
 {
 	pthread_mutex_lock(&table_lock);
 	if (nlookup > n->nlookup) {
-		count_broken(n, "lookup count", n->nlookup, nlookup);
+		node_count_broken(n, "lookup count", n->nlookup, nlookup);
 		nlookup = n->nlookup;
 	}
 	n->nlookup -= nlookup;
-	release_locked(n);
+	node_release_locked(n);
 }
 
 void node_ref(struct node *n)
@@ -535,101 +548,10 @@ void node_unref(struct node *n)
 	if (n->refs)
 		n->refs--;
 	else {
-		count_broken(n, "reference count", 0, 1);
+		node_count_broken(n, "reference count", 0, 1);
 		n->pinned = true;
 	}
-	release_locked(n);
-}
-
-/* A backing open that fails (ELOOP on a stacked filesystem, ENOMEM, ...) leaves the node's
- * opens cached until they are all closed: said once per kind of failure. */
-static void backing_failed(const struct node *n, int err)
-{
-	static int said[8]; /* errnos already logged, each slot set once */
-
-	for (size_t i = 0; i < sizeof(said) / sizeof(*said); i++) {
-		int none = 0;
-		if (__atomic_compare_exchange_n(&said[i], &none, err, false, __ATOMIC_RELAXED,
-						__ATOMIC_RELAXED))
-			break; /* first time for err */
-		if (none == err)
-			return;
-	}
-	log_warnx("passthrough: backing open of inode %llu: %s; its opens are served by the daemon "
-		  "(said once per error)",
-		  (unsigned long long)n->ino, strerror(err));
-}
-
-int node_open(struct node *n, bool pt)
-{
-	int id, err = 0, pol = pt && n->kind == NODE_FILE ? nodefd_atime(false) : 0;
-
-	pthread_mutex_lock(&table_lock);
-	if (!n->opens && pt && n->kind == NODE_FILE) {
-		/* the first open decides for all that overlap it; the ioctl is a few µs. A
-		 * handle-only node's fd for it is its own, not the thread's ring's: the kernel
-		 * takes its own reference, and a ring fd would pin the inode for a while. The
-		 * kernel reads the backing file through its fd's mount: one with our atime policy
-		 */
-		int bfd = nodefd_open_atime(pol, false, n->fd, n->fh, O_PATH);
-		if (bfd < -1)
-			bfd = n->fd >= 0 ? n->fd : n->fh ? nodefd_open(n->fh, O_PATH) : -1;
-		id = bfd >= 0 ? pt_backing_open(bfd) : -(n->fh ? errno : EBADF);
-		if (bfd >= 0 && bfd != n->fd)
-			close(bfd);
-		if (id > 0)
-			n->backing_id = id;
-		else
-			err = -id;
-	}
-	n->opens++;
-	id = n->backing_id;
-	pthread_mutex_unlock(&table_lock);
-	if (err)
-		backing_failed(n, err);
-	return id;
-}
-
-/* The RELEASE of an open without a handle (a read or exec open): the read fd it held goes
- * too, unless it was a passthrough open, which never held one (node_open decided). */
-void node_close_read(struct node *n)
-{
-	if (!read_locked(&n->backing_id))
-		node_rdfd_release(n->kind == NODE_STAGING ? n->base : n);
-	node_close(n);
-}
-
-void node_close(struct node *n)
-{
-	struct node *dir = NULL;
-	char *vrel = NULL;
-	int id = 0;
-
-	pthread_mutex_lock(&table_lock);
-	if (n->opens)
-		n->opens--;
-	else {
-		count_broken(n, "open count", 0, 1);
-		n->pinned = true;
-	}
-	if (!n->opens) {
-		/* the kernel has released every file of it: none can still use the id */
-		id = n->backing_id;
-		n->backing_id = 0;
-	}
-	if (!n->opens && n->nlookup && n->prune_vrel) {
-		/* the last open is gone; a cached .versions/ entry may still hold it */
-		dir = view_entry_locked(n);
-		vrel = dir ? strdup(n->prune_vrel) : NULL;
-	}
-	release_locked(n);
-	if (id > 0)
-		pt_backing_close(id);
-	if (vrel)
-		inval_view_entry(dir, vrel);
-	else if (dir)
-		node_unref(dir);
-	free(vrel);
+	node_release_locked(n);
 }
 
 int node_fd(struct node *n)
@@ -650,102 +572,6 @@ int node_proc_path(struct node *n, char *buf, size_t len)
 	if (fd < 0)
 		return -errno;
 	return snprintf(buf, len, "/proc/self/fd/%d", fd) < (int)len ? 0 : -ENAMETOOLONG;
-}
-
-/* n's object opened for a read (flags: O_RDONLY, maybe O_DIRECTORY) under atime policy pol
- * (nodefd.c). */
-static int reopen(struct node *n, int flags, int pol)
-{
-	bool dir = n->kind == NODE_DIR;
-	int fd = nodefd_open_atime(pol, dir, n->fd, n->fh, flags), pfd;
-	char proc[64];
-
-	if (fd >= 0 || fd == -1)
-		return fd;
-	if (fd == -3) { /* noatime without a clone: O_NOATIME, if we own the file or are root */
-		fd = reopen(n, flags | O_NOATIME, nodefd_atime_source(dir));
-		if (fd >= 0 || errno != EPERM)
-			return fd;
-	}
-	if (dir)
-		return (pfd = node_fd(n)) < 0 ? -1 : openat(pfd, ".", flags | O_CLOEXEC);
-	if (n->fd < 0)
-		return n->fh ? nodefd_open(n->fh, flags) : (errno = EBADF, -1);
-	fd = node_proc_path(n, proc, sizeof(proc));
-	if (fd) {
-		errno = -fd;
-		return -1;
-	}
-	return open(proc, flags | O_CLOEXEC);
-}
-
-int node_open_dir(struct node *n)
-{
-	return reopen(n, O_RDONLY | O_DIRECTORY, nodefd_atime(true));
-}
-
-/* A read fd per node, shared by its opens. It is held by every open and copy that reads it,
- * and when the last lets go it is closed unless the node is pinned and the daemon is well
- * below its fd limit (nodefd.c), so read fds do not bound the names known either. */
-int node_rdfd_hold(struct node *n)
-{
-	int fd, old = -1, pol = nodefd_atime(false);
-
-	pthread_mutex_lock(&table_lock);
-	if (n->rdfd >= 0 && !n->rdholds && n->rdfd_atime != pol) {
-		/* cached under another atime policy (a remount since): not for this open */
-		old = n->rdfd;
-		__atomic_store_n(&n->rdfd, -1, __ATOMIC_RELEASE);
-	}
-	if (n->rdfd >= 0) {
-		n->rdholds++;
-		fd = n->rdfd;
-		pthread_mutex_unlock(&table_lock);
-		return fd;
-	}
-	pthread_mutex_unlock(&table_lock);
-	if (old >= 0) {
-		close(old);
-		nodefd_count(-1);
-	}
-	fd = reopen(n, O_RDONLY, pol);
-	if (fd < 0)
-		return -errno;
-	pthread_mutex_lock(&table_lock);
-	if (n->rdfd >= 0) {
-		close(fd); /* another open was first */
-	} else {
-		__atomic_store_n(&n->rdfd, fd, __ATOMIC_RELEASE);
-		n->rdfd_atime = pol;
-		nodefd_count(1);
-	}
-	n->rdholds++;
-	fd = n->rdfd;
-	pthread_mutex_unlock(&table_lock);
-	return fd;
-}
-
-void node_rdfd_release(struct node *n)
-{
-	int fd = -1;
-
-	pthread_mutex_lock(&table_lock);
-	if (n->rdholds && !--n->rdholds && n->rdfd >= 0 && !(n->fd >= 0 && nodefd_may_cache())) {
-		fd = n->rdfd;
-		__atomic_store_n(&n->rdfd, -1, __ATOMIC_RELEASE);
-	}
-	pthread_mutex_unlock(&table_lock);
-	if (fd >= 0) {
-		close(fd);
-		nodefd_count(-1);
-	}
-}
-
-int node_rdfd(struct node *n)
-{
-	int fd = __atomic_load_n(&n->rdfd, __ATOMIC_ACQUIRE);
-
-	return fd >= 0 ? fd : -EBADF;
 }
 
 bool node_busy(dev_t dev, ino_t ino)
@@ -820,11 +646,11 @@ bool node_defer_prune(const struct stat *st, const char *vrel, int vdirfd, const
 		if (used && fstat(vdirfd, &dst) == 0) {
 			n->prune_vdev = dst.st_dev;
 			n->prune_vino = dst.st_ino;
-			dir = view_entry_locked(n);
+			dir = node_view_entry_locked(n);
 		}
 	}
 	pthread_mutex_unlock(&table_lock);
-	inval_view_entry(dir, vname);
+	node_inval_view_entry(dir, vname);
 	return used;
 }
 
@@ -899,5 +725,5 @@ int node_meta_take(struct node *n, struct stat *meta)
 
 int node_cur_fd(struct node *n)
 {
-	return read_locked(&n->cur_fd);
+	return node_read_locked(&n->cur_fd);
 }

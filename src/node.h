@@ -1,5 +1,6 @@
-/* node.h - the node table: nodeid <-> backing inode (a version, a directory, ...) or a
- * writer's staging node; kernel lookup counts, internal references, forget. */
+/* node.h - the node table (node.c): nodeid <-> backing inode (a version, a directory, ...) or
+ * a writer's staging node; kernel lookup counts, internal references, forget. A node's open
+ * state is node_open.h's, how it reaches its object nodefd.h's. */
 #ifndef BINVFS_NODE_H
 #define BINVFS_NODE_H
 
@@ -10,6 +11,8 @@
 
 #include "list.h"
 
+struct store;
+
 enum node_kind {
 	NODE_DIR,
 	NODE_FILE,    /* one immutable published version of a regular file */
@@ -17,17 +20,13 @@ enum node_kind {
 	NODE_STAGING, /* a writer's private nodeid; opens for writing get a staging copy */
 };
 
+/* The fields by role, each group with what guards it. "Table lock": node.c's mutex
+ * (node_table_lock); "atomic": read and written with __atomic_*, no lock. */
 struct node {
+	/* identity, fixed at creation (no lock) */
 	uint64_t id; /* its nodeid (nodeid.c), fixed while it lives */
 	enum node_kind kind;
-	bool in_versions; /* directory inside the read-only .versions/ view; set at creation */
-	bool old;	  /* file: no longer current at any tree name; node_old() */
-	bool replaced;	  /* file: replaced at its one name by a publish, and not looked up in
-			   * .versions/ since: still counts that link (node_stat); atomic */
-	bool locked;	  /* file: a lock was asked through an open of it; its reader opens get
-			   * FLUSH from now on (locks.h); atomic */
-	bool pinned;	  /* a reference or open count was dropped below zero (a bug): never
-			   * freed, a leak rather than a use after free; table lock */
+	bool in_versions; /* directory inside the read-only .versions/ view */
 	dev_t dev;
 	ino_t ino;
 	/* How the node reaches its backing object (nodefd.c): a pinned node keeps an O_PATH fd;
@@ -35,40 +34,59 @@ struct node {
 	 * fixed at creation; use node_fd(). Staging nodes have neither. */
 	int fd;
 	struct file_handle *fh;
-	unsigned inrings; /* handle-only: slots of per-thread fd rings holding it (atomic) */
-	int rdfd;	  /* files: O_RDONLY while held (node_rdfd_hold), or cached if pinned */
-	unsigned rdholds; /* opens and copies using rdfd, table lock */
-	int rdfd_atime;	  /* the atime policy rdfd was opened under (nodefd_open_atime) */
-	/* protected by the table lock: */
-	uint64_t nlookup; /* the kernel's references (LOOKUP replies minus FORGET) */
-	unsigned refs;	  /* ours: a staging node's base and parent, a directory's dparent, a
-			   * route, a queued invalidation (not opens: those are `opens`) */
-	unsigned opens;	  /* open files on this nodeid (read, exec, write): node_open/close */
-	unsigned writers_in_place; /* open handles writing the file itself (a new file's
-				    * creator, those who join it): handle.c, atomic */
-	int backing_id;	  /* passthrough id shared by all its opens (kernel-notes §10), 0 none */
-	char *prune_vrel; /* version to remove from the store once unused */
-	uint64_t cached_dir; /* the name the kernel may cache for it (tree LOOKUP), table lock */
-	char *cached_name;
-	dev_t prune_vdev; /* the .versions/ directory holding it */
-	ino_t prune_vino;
-	int cur_fd;	   /* staging: fd of the newest staging copy, -1 if none */
-	int meta_valid;	   /* staging: FUSE_SET_ATTR_* set by the writer, kept in meta */
-	struct stat *meta; /* applied in place if the content turns out unchanged (allocated at
-			    * the first: most nodes never need one) */
-	/* staging nodes, immutable after creation: */
+	/* staging nodes, fixed at creation (no lock): */
 	struct node *base;   /* the version the writer copies (holds a ref) */
 	struct node *parent; /* the directory it publishes into (holds a ref) */
 	char *name;
+
+	/* flags and counts of other modules, atomic */
+	bool old;		   /* file: no longer current at any tree name; node_old() */
+	bool replaced;		   /* file: replaced at its one name by a publish, and not looked
+				    * up in .versions/ since: still counts that link (node_stat) */
+	bool locked;		   /* file: a lock was asked through an open of it; its reader
+				    * opens get FLUSH from now on (locks.h) */
+	unsigned writers_in_place; /* open handles writing the file itself (a new file's
+				    * creator, those who join it): handle.c */
+	unsigned inrings;	   /* handle-only: slots of per-thread fd rings holding it
+				    * (nodefd.c) */
+
+	/* lifetime (node.c), table lock */
+	uint64_t nlookup;   /* the kernel's references (LOOKUP replies minus FORGET) */
+	unsigned refs;	    /* ours: a staging node's base and parent, a directory's dparent, a
+			     * route, a queued invalidation (not opens: those are `opens`) */
+	bool pinned;	    /* a reference or open count was dropped below zero (a bug): never
+			     * freed, a leak rather than a use after free */
+	struct node *hnext; /* hash chain */
+	struct list all;    /* every node but the root */
+	/* a version whose removal waits for its last user (node_defer_prune), table lock */
+	char *prune_vrel;
+	dev_t prune_vdev; /* the .versions/ directory holding it */
+	ino_t prune_vino;
 	/* directories: where the kernel last found it (holds a ref on dparent), table lock; gives
 	 * the path of a directory deeper than /proc/self/fd can say (node_dir_path) */
 	struct node *dparent;
 	char *dname;
-	struct node *hnext; /* hash chain, table lock */
-	struct list all;    /* every node but the root, table lock */
+	/* the name the kernel may cache for it (tree LOOKUP), table lock */
+	uint64_t cached_dir;
+	char *cached_name;
+
+	/* the open state (node_open.c), table lock */
+	unsigned opens;	  /* open files on this nodeid (read, exec, write): node_open/close */
+	int backing_id;	  /* passthrough id shared by all its opens (kernel-notes §10), 0 none */
+	int rdfd;	  /* files: O_RDONLY while held (node_rdfd_hold), or cached if pinned;
+			   * set under the table lock, read atomically (node_rdfd) */
+	unsigned rdholds; /* opens and copies using rdfd */
+	int rdfd_atime;	  /* the atime policy rdfd was opened under (nodefd_open_atime) */
+
+	/* staging: the writer's state, table lock */
+	int cur_fd;	   /* fd of the newest staging copy, -1 if none */
+	int meta_valid;	   /* FUSE_SET_ATTR_* set by the writer, kept in meta */
+	struct stat *meta; /* applied in place if the content turns out unchanged (allocated at
+			    * the first: most nodes never need one) */
 };
 
-void node_table_init(int rootfd);
+/* The table of the store s (its root, SOURCE; deferred prunes remove versions from it). */
+void node_table_init(struct store *s);
 void node_table_destroy(void);
 struct node *node_root(void);
 struct node *node_get(uint64_t nodeid);
@@ -101,30 +119,18 @@ struct node *node_new_staging(struct node *base, struct node *parent, const char
 void node_add_lookup(struct node *n);
 
 /* Drop references; the last one frees the node. Either may then remove a version whose
- * prune waited for it (node_prune_hook: takes the store lock, deletes the file): so a FORGET,
+ * prune waited for it (retention_remove_deferred: takes the store lock, deletes the file),
+ * and a file's end is told to locks.c (locks_node_gone): so a FORGET,
  * the end of a LOOKUP or a route, or a RELEASE (node_close) can delete a file. Call them
  * holding neither the store lock nor the table lock. */
 void node_forget(struct node *n, uint64_t nlookup);
 void node_ref(struct node *n);
 void node_unref(struct node *n);
-/* An open of n. With pt, the open is answered through a passthrough backing id (returned,
- * > 0) when the node's other opens are (or it has none and the kernel takes its file);
- * otherwise 0: a cached open, served by READs. While a node has opens they are all of one
- * kind, as the kernel requires. node_close of its last open frees the id. */
-int node_open(struct node *n, bool pt);
-void node_close(struct node *n);
-void node_close_read(struct node *n);
 
 /* An fd of the backing object (O_PATH), valid until the end of the current request: the pin,
  * or a handle-only node's fd from this thread's ring. -1 with errno set if it is gone. */
 int node_fd(struct node *n);
-/* The node's read fd while held: hold it for an open or a copy, release it after. */
-int node_rdfd_hold(struct node *n);
-void node_rdfd_release(struct node *n);
-int node_rdfd(struct node *n); /* the read fd of a node that is held (READ of an open file) */
 int node_proc_path(struct node *n, char *buf, size_t len);
-/* A directory opened O_RDONLY for a listing, under the atime policy of the mount. */
-int node_open_dir(struct node *n);
 
 /* For the store: a replaced or removed inode becomes an old version. */
 void node_mark_old(dev_t dev, ino_t ino, bool old);
@@ -135,7 +141,9 @@ void node_mark_replaced(dev_t dev, ino_t ino, bool replaced);
 uint64_t node_known(dev_t dev, ino_t ino);
 /* For retention: true if a node of that inode is in use; it then removes vrel when unused. */
 bool node_defer_prune(const struct stat *st, const char *vrel, int vdirfd, const char *vname);
-/* Set by main: asks the kernel to drop a cached entry (inval.c). */
+/* Asks the kernel to drop a cached entry: inval_entry_queue (inval.c), set by main.c's
+ * open_store. A pointer, not a call: inval.c calls node.c (node_id, node_ref, node_unref),
+ * and the modules' calls form no cycle (tests/test_structure.py). */
 extern void (*node_inval_hook)(struct node *dir, const char *name);
 void node_set_cur_fd(struct node *n, int fd);
 void node_set_cached_name(struct node *n, uint64_t dir, const char *name);
@@ -144,12 +152,24 @@ void node_meta_add(struct node *n, int valid, const struct stat *resolved);
 int node_meta_take(struct node *n, struct stat *meta);
 int node_cur_fd(struct node *n);
 
-/* Set by main: removes a deferred version (store lock taken inside). */
-extern void (*node_prune_hook)(const char *vrel, dev_t dev, ino_t ino);
-/* Set by main: the node of a file (dev, ino) is freed (locks_node_gone); no lock held. */
-extern void (*node_gone_hook)(dev_t dev, ino_t ino);
 /* Is there a node of that file, held by anyone (the kernel, an open, a writer's base)? */
 bool node_held(dev_t dev, ino_t ino);
+
+/* For node_open.c, whose open counts keep nodes alive as the table's references do: the
+ * table lock (lock order: handle -> store -> table, route -> table; docs/design.md §9), a
+ * field read under it, a count dropped below zero (a bug), and the end of a change of counts:
+ * node_release_locked frees the node if nothing holds it any more, or runs its deferred
+ * prune once only internal references are left; it drops the table lock. */
+void node_table_lock(void);
+void node_table_unlock(void);
+int node_read_locked(const int *field);
+void node_count_broken(const struct node *n, const char *what, uint64_t have, uint64_t drop);
+void node_release_locked(struct node *n);
+/* A version whose prune waits may be held by its .versions/ entry in the kernel's cache
+ * alone: that directory's node (with a ref; table lock held), and the invalidation of its
+ * entry (no lock held; drops the ref). */
+struct node *node_view_entry_locked(struct node *n);
+void node_inval_view_entry(struct node *dir, const char *vrel);
 
 static inline bool node_old(const struct node *n)
 {

@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,10 @@ struct ring {
 
 static pthread_key_t ring_key;
 static pthread_once_t ring_once = PTHREAD_ONCE_INIT;
+/* Lock order (docs/design.md §9): rings_lock -> a ring's lock (ring_free, nodefd_forget);
+ * nodefd_ring_get takes them one at a time. Nothing is taken under either (closes and opens by
+ * handle), so node_fd may run under any lock of its caller (a handle's, the store's);
+ * nodefd_forget runs when a node is freed, with no lock held. */
 static pthread_mutex_t rings_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct list rings = LIST_HEAD_INIT(rings);
 
@@ -259,8 +264,11 @@ out:
  * So a read (a read fd, a passthrough backing file, a directory listing) opens its object
  * through a private clone of SOURCE's mount that has our mount's policy (open_tree,
  * mount_setattr; as root), when the two differ; else, for noatime, with O_NOATIME. Our
- * policy is read from the kernel at each such open (statmount, Linux 6.8), so that a remount
- * counts at once; without statmount, the flags the mount was made with. */
+ * policy is read from the kernel (statmount, Linux 6.8) again whenever the mount table has
+ * changed since the last read, so that a remount counts at once: poll() on
+ * /proc/self/mountinfo tells such a change (a remount, mount_setattr or any mount in our
+ * namespace), at under half the cost of a statmount, which a passthrough OPEN paid before.
+ * Without statmount, the flags the mount was made with. */
 #ifndef SYS_statmount
 #define SYS_statmount 457
 #endif
@@ -284,11 +292,18 @@ struct mnt_stat { /* the start of the kernel's struct statmount */
 	uint64_t mnt_attr;
 };
 
-static uint64_t our_mnt;	     /* unique id of the binvfs mount, 0 if unknown */
+static uint64_t our_mnt;  /* unique id of the binvfs mount, 0 if unknown */
+static int table_fd = -1; /* /proc/self/mountinfo, to poll for changes */
+static pthread_mutex_t our_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool our_known;		     /* our_lock: our_attr and our_sb hold the last statmount */
+static uint64_t our_attr;	     /* our_lock: its mnt_attr */
+static uint32_t our_sb;		     /* our_lock: its sb_flags */
 static unsigned long made_flags;     /* its MS_* flags at mount */
 static int source_pol[2];	     /* SOURCE's mount: policy of files [0], directories [1] */
 static int clones[3] = {-1, -1, -1}; /* per policy, a clone of SOURCE's mount (O_RDONLY) */
 static bool clones_failed[3];
+/* Taken under the table lock (a node's first open: its backing file, node_open.c) and alone;
+ * nothing is taken under it. */
 static pthread_mutex_t clones_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int policy_of(bool ro, bool noatime, bool nodiratime, bool strict, bool dir)
@@ -304,6 +319,8 @@ void nodefd_atime_init(const char *mountpoint, unsigned long flags)
 	struct statvfs sf;
 
 	made_flags = flags;
+	/* before the first statmount: a change from then on shows */
+	table_fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
 	/* DONT_SYNC: the mount's root is not asked for (the request loop may not run yet) */
 	if (statx(AT_FDCWD, mountpoint, AT_STATX_DONT_SYNC | AT_NO_AUTOMOUNT, STATX_MNT_ID_UNIQUE,
 		  &stx) == 0 &&
@@ -317,23 +334,47 @@ void nodefd_atime_init(const char *mountpoint, unsigned long flags)
 	}
 }
 
-int nodefd_atime(bool dir)
+/* Our mount's attributes and superblock flags as statmount gives them now: false if it
+ * cannot. our_lock held. */
+static bool read_our_mount(void)
 {
 	union {
 		struct mnt_stat st;
 		char buf[4096];
 	} u;
 	struct mnt_req req = {.size = 24, .mnt_id = our_mnt, .param = 3}; /* SB_, MNT_BASIC */
-	unsigned long f = made_flags;
 
-	if (our_mnt && syscall(SYS_statmount, &req, &u, sizeof(u), 0) == 0 &&
-	    (u.st.mask & 3) == 3) {
-		uint64_t a = u.st.mnt_attr;
-		return policy_of((a & MOUNT_ATTR_RDONLY) || (u.st.sb_flags & MS_RDONLY),
+	if (!our_mnt || syscall(SYS_statmount, &req, &u, sizeof(u), 0) != 0 || (u.st.mask & 3) != 3)
+		return false;
+	our_attr = u.st.mnt_attr;
+	our_sb = u.st.sb_flags;
+	return true;
+}
+
+int nodefd_atime(bool dir)
+{
+	struct pollfd p = {.fd = table_fd, .events = POLLPRI};
+	unsigned long f = made_flags;
+	bool known, sb_ro;
+	uint64_t a;
+
+	pthread_mutex_lock(&our_lock);
+	/* a poll that sees a change also acknowledges it: the read that follows is done under
+	 * the same lock, so no other thread takes the old value for current meanwhile */
+	if (!our_known || poll(&p, 1, 0) != 0) {
+		known = read_our_mount();
+		our_known = known && table_fd >= 0;
+	} else {
+		known = true;
+	}
+	a = our_attr;
+	sb_ro = our_sb & MS_RDONLY;
+	pthread_mutex_unlock(&our_lock);
+	if (known)
+		return policy_of((a & MOUNT_ATTR_RDONLY) || sb_ro,
 				 (a & MOUNT_ATTR__ATIME) == MOUNT_ATTR_NOATIME,
 				 a & MOUNT_ATTR_NODIRATIME,
 				 (a & MOUNT_ATTR__ATIME) == MOUNT_ATTR_STRICTATIME, dir);
-	}
 	return policy_of(f & MS_RDONLY, f & MS_NOATIME, f & MS_NODIRATIME, f & MS_STRICTATIME, dir);
 }
 
@@ -393,6 +434,9 @@ int nodefd_atime_source(bool dir)
 
 static void atime_destroy(void)
 {
+	if (table_fd >= 0)
+		close(table_fd);
+	table_fd = -1;
 	pthread_mutex_lock(&clones_lock);
 	for (int i = 0; i < 3; i++) {
 		if (clones[i] >= 0)

@@ -8,7 +8,7 @@
  *
  * When a node is freed (its FORGET), its slot keeps the backing object's file handle: a LOOKUP
  * "." of that nodeid reopens the object by handle and makes its node again with the same
- * nodeid (node_lookup_id's caller), and a LOOKUP by name of the same object gets that nodeid
+ * nodeid (export.c), and a LOOKUP by name of the same object gets that nodeid
  * back too (nodeid_attach). At most MAX_KEPT slots are kept so, oldest given up first; a slot
  * given up is reused for another object with the next generation, which the kernel compares
  * with the handle's (ESTALE). Generations start at a random value per daemon, so a handle made
@@ -25,11 +25,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
-#include <linux/openat2.h>
 #include <sys/random.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -296,140 +293,4 @@ void nodeid_drop(uint64_t id)
 		release_slot((uint32_t)id);
 	}
 	pthread_mutex_unlock(&lock);
-}
-
-struct node *nodeid_resolve(uint64_t id)
-{
-	struct node *n = node_lookup_id(id);
-	struct file_handle *fh;
-	struct stat st;
-	bool in_versions = false;
-	int fd;
-
-	if (n)
-		return n;
-	fh = nodeid_forgotten(id, &in_versions);
-	if (!fh) {
-		errno = ESTALE;
-		return NULL;
-	}
-	fd = nodefd_open(fh, O_PATH);
-	free(fh);
-	if (fd < 0) {
-		if (errno == ESTALE || errno == ENOENT)
-			nodeid_drop(id); /* the object is gone: the nodeid is free */
-		errno = ESTALE;
-		return NULL;
-	}
-	n = node_lookup_fd(NULL, NULL, fd, &st, in_versions, false);
-	if (n)
-		log_debug("nodeid %llu found again by handle: inode %llu", (unsigned long long)id,
-			  (unsigned long long)n->ino);
-	if (n && node_id(n) != id) {
-		/* given up meanwhile, and the object got another nodeid: not the handle's */
-		node_forget(n, 1);
-		n = NULL;
-		errno = ESTALE;
-	}
-	return n;
-}
-
-#define MAX_DEPTH 4096
-
-/* The parent of directory fd (O_PATH) on the backing filesystem, without crossing a mount:
- * SOURCE's own directory is usually covered by our mount, and ".." from one of its children
- * would land in the mount (a request to ourselves) or above it. Then EXDEV. */
-static int up(int fd)
-{
-	struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
-			       .resolve = RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS};
-
-	return (int)syscall(SYS_openat2, fd, "..", &how, sizeof(how));
-}
-
-/* Is st an entry of the root directory? (Its ".." gave EXDEV: the root is covered.) */
-static bool child_of_root(const struct stat *st)
-{
-	struct node *r = node_root();
-	int rfd = node_fd(r), dfd;
-	struct dirent *d;
-	struct stat cst;
-	bool found = false;
-	DIR *dir;
-
-	if (rfd < 0 || (dfd = openat(rfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
-		return false;
-	if (!(dir = fdopendir(dfd))) {
-		close(dfd);
-		return false;
-	}
-	while (!found && (d = readdir(dir)))
-		found = d->d_ino == st->st_ino &&
-			fstatat(rfd, d->d_name, &cst, AT_SYMLINK_NOFOLLOW) == 0 &&
-			cst.st_dev == st->st_dev && cst.st_ino == st->st_ino;
-	closedir(dir);
-	return found;
-}
-
-/* Is directory fd (O_PATH, its stat st) the root or below it, at most MAX_DEPTH levels? */
-static bool below_root(int fd, struct stat st)
-{
-	const struct node *r = node_root();
-	struct stat pst;
-	int cur = fd, next;
-	bool below = false;
-
-	for (int i = 0; i < MAX_DEPTH; i++) {
-		if (st.st_dev == r->dev && st.st_ino == r->ino) {
-			below = true;
-			break;
-		}
-		next = up(cur);
-		if (next < 0 && errno == EXDEV)
-			below = child_of_root(&st);
-		if (cur != fd)
-			close(cur);
-		cur = next;
-		if (cur < 0 || fstat(cur, &pst) < 0 ||
-		    (pst.st_dev == st.st_dev && pst.st_ino == st.st_ino))
-			break; /* (the filesystem's root: outside the tree) */
-		st = pst;
-	}
-	if (cur >= 0 && cur != fd)
-		close(cur);
-	return below;
-}
-
-struct node *nodeid_parent(struct node *n)
-{
-	const struct node *r = node_root();
-	struct node *p;
-	struct stat st;
-	int fd, pfd;
-
-	if (n->kind != NODE_DIR) {
-		errno = ENOTDIR;
-		return NULL;
-	}
-	if ((p = node_dparent_lookup(n)))
-		return p;
-	/* found by handle, not yet by name: its parent on the backing filesystem, if that is in
-	 * the tree (a directory moved out of SOURCE behind the mount is not) */
-	if ((fd = node_fd(n)) < 0)
-		return NULL;
-	pfd = up(fd);
-	if (pfd < 0 && errno == EXDEV && fstat(fd, &st) == 0 && child_of_root(&st))
-		return node_dparent_lookup(node_root());
-	if (pfd < 0 || fstat(pfd, &st) < 0 || !below_root(pfd, st)) {
-		if (pfd >= 0)
-			close(pfd);
-		errno = ESTALE;
-		return NULL;
-	}
-	if (st.st_dev == r->dev && st.st_ino == r->ino) {
-		close(pfd);
-		return node_dparent_lookup(node_root());
-	}
-	/* below the view's root, its directories are the view's */
-	return node_lookup_fd(NULL, NULL, pfd, &st, n->in_versions, false);
 }

@@ -30,13 +30,6 @@ struct node *nodeid_node(uint64_t id);
 struct file_handle *nodeid_forgotten(uint64_t id, bool *in_versions);
 /* The object of a forgotten nodeid is gone: the nodeid is free. */
 void nodeid_drop(uint64_t id);
-/* The node of a nodeid from a file handle (LOOKUP "."), with one more kernel lookup: its
- * live node, or its object found again by its backing handle; NULL with errno ESTALE if the
- * nodeid names nothing (unknown, stale, forged, a writer's, its object gone). */
-struct node *nodeid_resolve(uint64_t id);
-/* LOOKUP ".." of directory n (the kernel reconnecting a directory found by handle): its
- * parent with one more kernel lookup, or NULL (errno). Never above the root. */
-struct node *nodeid_parent(struct node *n);
 /* The generation an entry reply gives the kernel (the kernel checks it against a handle's). */
 static inline uint32_t nodeid_gen(uint64_t id)
 {

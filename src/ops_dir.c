@@ -10,6 +10,7 @@
 #include "passthrough.h"
 #include "retention.h"
 #include "versions.h"
+#include "node_open.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -28,7 +29,12 @@ struct dirh {
 	struct list open; /* dirs_lock */
 };
 
-/* Open directories, freed at the end of the session if the unmount dropped their RELEASEDIR. */
+/* Open directories, freed at the end of the session if the unmount dropped their RELEASEDIR.
+ * Lock order (docs/design.md §9): dirs_lock is a leaf (a directory is closed after it is
+ * dropped). The operations here hold no lock when they call down: acl_history_follows takes
+ * the store lock (store.c takes the table and links locks under it), the prune request lets
+ * retention_prune take it one batch at a time, release_request and release_status take
+ * release.c's own (walk -> store -> mu), and inval_attrs is sent with no lock held. */
 static pthread_mutex_t dirs_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct list dirs = LIST_HEAD_INIT(dirs);
 

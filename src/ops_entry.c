@@ -3,11 +3,11 @@
 #define _GNU_SOURCE
 #include "ops_entry.h"
 #include "attr.h"
+#include "export.h"
 #include "fs.h"
 #include "handle.h"
 #include "links.h"
 #include "log.h"
-#include "nodeid.h"
 #include "release.h"
 #include "route.h"
 #include "space.h"
@@ -30,56 +30,20 @@ static void reply_attr(fuse_req_t req, struct stat *st, const struct node *n)
 	fuse_reply_attr(req, st, attr_timeout(n));
 }
 
-/* May the kernel cache this name -> version answer? Only for a name without any execute bit
- * (it cannot be running, so a writer that lands on its cached entry reaches OPEN, and is
- * routed by ESTALE and a re-walk, kernel-notes §3, §9), in the tree, and only if no publish
- * overlapped this LOOKUP: every publish invalidates its name (handle_publish), and a LOOKUP that
- * raced one answers uncached. A name with an x bit must be looked up every time: a writer
- * landing on a running inode fails with ETXTBSY before we are asked (§1). */
-static bool cacheable(struct node *parent, struct node *n, const struct stat *st, unsigned long gen)
-{
-	return n->kind == NODE_FILE && !parent->in_versions && !(st->st_mode & 0111) &&
-	       __atomic_load_n(&fs.gen, __ATOMIC_ACQUIRE) == gen;
-}
-
-/* A name that is a regular file, found as node n (one lookup): the node this thread gets. A
- * writer's thread is routed to a staging node of its own (kernel-notes §3); `links`: the
- * links the name had when it was read. */
+/* A name that is a regular file, found as node n (one lookup): the node this thread gets
+ * (route_lookup decides: a writer's thread is routed to a staging node of its own) and *cache,
+ * may the kernel keep the answer; `links`: the links the name had when it was read. */
 static struct node *file_for(fuse_req_t req, struct node *parent, const char *name, struct node *n,
-			     const struct stat *st, nlink_t links)
+			     const struct stat *st, nlink_t links, bool *cache)
 {
-	pid_t tid = fuse_req_ctx(req)->pid;
-
-	if (parent->in_versions) {
-		/* A writer sent back here walks to the same node again, and its second open is
-		 * refused (route_arm); an error here would only make the kernel look the name up
-		 * once more. */
-		if (links == 0) { /* no name in the tree */
-			node_set_old(n, true);
-			__atomic_store_n(&n->replaced, false, __ATOMIC_RELEASE);
-		}
-		return n;
-	}
-	/* Only a name with an execute bit can be running (execve needs one, root included), so
-	 * only those need the syscall read (kernel-notes §9). */
-	bool writer = (st->st_mode & 0111) && route_thread_writes(tid);
-	struct node *stg = route_staging(tid, fuse_req_ctx(req)->uid, n, parent, name, writer);
-
-	if (node_old(n))
+	if (parent->in_versions && links == 0) { /* no name in the tree */
+		node_set_old(n, true);
+		__atomic_store_n(&n->replaced, false, __ATOMIC_RELEASE);
+	} else if (!parent->in_versions && node_old(n)) {
 		node_set_old(n, false); /* reachable by name again (a hard link) */
-	if (stg && (node_written_in_place(n) || release_is_created(parent, name, st->st_ino))) {
-		/* its writer writes the file itself: so does this one (node_written_in_place); a
-		 * file made within a release is written in place until the release takes it (an
-		 * mv) or commits, as at its CREATE: nobody else sees it */
-		node_forget(stg, 1);
-		route_in_place(tid, fuse_req_ctx(req)->uid, n);
-		stg = NULL;
 	}
-	if (!stg)
-		return n;
-	log_debug("lookup %s: thread %d routed to staging", name, tid);
-	node_forget(n, 1);
-	return stg;
+	return route_lookup(fuse_req_ctx(req)->pid, fuse_req_ctx(req)->uid, parent, name, n,
+			    st->st_mode, cache);
 }
 
 /* LOOKUP of parent/name for this request's thread: *np (one kernel lookup) and its stat, or
@@ -113,13 +77,16 @@ static int lookup_name(fuse_req_t req, struct node *parent, const char *name, st
 	n = node_lookup(parent, name, st, parent->in_versions || view_root);
 	if (!n)
 		return -errno;
+	bool file_cache = false;
 	if (n->kind == NODE_FILE)
-		n = file_for(req, parent, name, n, st, links);
+		n = file_for(req, parent, name, n, st, links, &file_cache);
 	if (view_root || st->st_ino != ino)
 		node_stat(n, st); /* the node's own (the name changed meanwhile) */
 	else
 		st->st_nlink = links; /* (node_lookup stats again when it makes a node) */
-	*cache = !nocache && cacheable(parent, n, st, gen);
+	/* only if no publish overlapped this LOOKUP: every publish invalidates its name
+	 * (handle_publish), and a LOOKUP that raced one answers uncached */
+	*cache = !nocache && file_cache && __atomic_load_n(&fs.gen, __ATOMIC_ACQUIRE) == gen;
 	if (*cache)
 		node_set_cached_name(n, node_id(parent), name);
 	*np = n;
@@ -128,9 +95,9 @@ static int lookup_name(fuse_req_t req, struct node *parent, const char *name, st
 
 /* LOOKUP (nodeid, ".") and (nodeid, ".."): only the kernel's file handle code asks them
  * (FUSE_CAP_EXPORT_SUPPORT): open_by_handle_at of a nodeid it no longer caches, and a directory
- * found so reconnected to the root. The nodeid of "." comes from user space: nodeid.c checks it.
- * A regular file that has no name in the tree any more (removed, or replaced by a publish and
- * kept only in .versions/) is stale, as an unlinked file is natively (design.md §3). */
+ * found so reconnected to the root. The nodeid of "." comes from user space: export.c and nodeid.c
+ * check it. A regular file that has no name in the tree any more (removed, or replaced by a publish
+ * and kept only in .versions/) is stale, as an unlinked file is natively (design.md §3). */
 static void lookup_by_handle(fuse_req_t req, fuse_ino_t ino, bool dotdot)
 {
 	struct fuse_entry_param e;
@@ -140,9 +107,9 @@ static void lookup_by_handle(fuse_req_t req, fuse_ino_t ino, bool dotdot)
 
 	if (dotdot) {
 		child = node_get(ino); /* the kernel's own inode: live */
-		n = child ? nodeid_parent(child) : (errno = ESTALE, NULL);
+		n = child ? export_parent(child) : (errno = ESTALE, NULL);
 	} else {
-		n = nodeid_resolve(ino);
+		n = export_resolve(ino);
 	}
 	if (!n) {
 		fuse_reply_err(req, errno ? errno : ESTALE);

@@ -19,6 +19,7 @@
 #include "passthrough.h"
 #include "route.h"
 #include "versions.h"
+#include "node_open.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,48 +29,23 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-/* Must this open walk its path again (ESTALE, kernel-notes §3), or fail? 0 if it may go on. */
+/* Must this open walk its path again (ESTALE, kernel-notes §3), or fail? 0 if it may go on
+ * (route_open decides). */
 static int open_refused(fuse_req_t req, struct node *n, int flags)
 {
-	pid_t tid = fuse_req_ctx(req)->pid;
-
-	if (n->kind == NODE_STAGING) {
-		route_done(tid);
-		/* an exec must run a published version: walk again */
-		return (flags & FMODE_EXEC) ? -ESTALE : 0;
-	}
-	/* a file its writer writes in place: join it (handle_join_in_place), also when that
-	 * writer closed, or the name went, since this thread's LOOKUP found it so: the walk had
-	 * resolved it, as natively (a second ESTALE would reach the caller) */
-	if (names_write_flags(flags) && n->kind == NODE_FILE && !(flags & FMODE_EXEC) &&
-	    (route_joins_in_place(tid, n) || (!node_old(n) && node_written_in_place(n))))
+	switch (route_open(fuse_req_ctx(req)->pid, fuse_req_ctx(req)->uid, n, flags)) {
+	case ROUTE_SERVE:
 		return 0;
-	if (names_write_flags(flags)) {
-		/* never write or truncate a published version: send the writer back to walk the
-		 * path again; its LOOKUP answers a staging nodeid for a current name, and EROFS
-		 * inside .versions/ (the version may have been replaced meanwhile, so "old" alone
-		 * cannot tell which) */
-		if (route_arm(tid, fuse_req_ctx(req)->uid, n))
-			return -ESTALE;
-		if (versions_readonly(n))
-			return versions_refuse("write open of", "an old version");
-		log_warnx("write open of a published version without a path walk (by /proc/PID/fd "
-			  "or a file handle) refused: open it by its name");
-		return -EROFS;
+	case ROUTE_REWALK:
+		return -ESTALE;
+	case ROUTE_REFUSE_VIEW:
+		return versions_refuse("write open of", "an old version");
+	case ROUTE_REFUSE_NO_WALK:
+		break;
 	}
-	if ((flags & FMODE_EXEC) && n->kind == NODE_FILE) {
-		uint64_t dir;
-		char *cached = node_take_cached_name(n, &dir);
-		if (cached) {
-			/* It was looked up without an x bit, so the kernel may hold its name for
-			 * long; running, it must be looked up every time (cacheable()). Send the
-			 * exec back once: its re-walk renews the entry, same nodeid, now uncached.
-			 */
-			free(cached);
-			return -ESTALE;
-		}
-	}
-	return 0;
+	log_warnx("write open of a published version without a path walk (by /proc/PID/fd "
+		  "or a file handle) refused: open it by its name");
+	return -EROFS;
 }
 
 /* The file whose locks an open of nodeid ino reaches (locks.h): the version a reader opened, or
@@ -143,6 +119,8 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		err =
 		    handle_open_staging(n, fi->flags & O_TRUNC, opener, fuse_req_ctx(req)->uid, &h);
 		fi->fh = (uintptr_t)h;
+		/* its WRITEs carry the caller's pages, not the FUSE page cache's (passthrough.c) */
+		fi->direct_io = pt_writer_direct();
 	} else if (!err && n->kind == NODE_FILE && names_write_flags(fi->flags)) {
 		err = handle_join_in_place(n, fi->flags, fuse_req_ctx(req)->uid,
 					   closer_tgid(fuse_req_ctx(req)->pid), &h);

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #define INIT2_PASSTHROUGH (1u << (37 - 32)) /* FUSE_PASSTHROUGH, in flags2 */
+#define INIT2_DIO_MMAP	  (1u << (36 - 32)) /* FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6), in flags2 */
 #define FOPEN_PASSTHROUGH (1u << 7)
 
 struct in_header { /* struct fuse_in_header */
@@ -95,11 +96,13 @@ _Static_assert(sizeof(struct backing_map) == 16, "backing_map (not in 7.38)");
 _Static_assert(FUSE_INIT_EXT == 1u << 30, "FUSE_INIT_EXT");
 
 static enum pt_want want;
-static int devfd = -1;	     /* the session's /dev/fuse fd, -1 once detached (pt_detach) */
-static uint64_t init_unique; /* the INIT request, 0 once answered */
-static bool offered;	     /* the kernel's INIT offered passthrough */
-static bool negotiated;	     /* our INIT reply asked for it */
-static bool active;	     /* negotiated and the ioctl works: set before the request loop */
+static int devfd = -1;	      /* the session's /dev/fuse fd, -1 once detached (pt_detach) */
+static uint64_t init_unique;  /* the INIT request, 0 once answered */
+static bool offered;	      /* the kernel's INIT offered passthrough */
+static bool negotiated;	      /* our INIT reply asked for it */
+static bool offered_dio_mmap; /* the kernel's INIT offered shared mmaps of direct_io files */
+static bool dio_mmap;	      /* our INIT reply asked for them */
+static bool active;	      /* negotiated and the ioctl works: set before the request loop */
 static char status[224] = "off (not negotiated yet)";
 static const char *turned_off; /* set once if an OPEN/CREATE reply turned passthrough off */
 static char init_layout[96];   /* how libfuse's INIT reply was not as expected; "" if it was */
@@ -151,6 +154,7 @@ static ssize_t hook_read(int fd, void *buf, size_t len, void *userdata)
 		const struct init_in *arg = (const void *)(in + 1);
 		init_unique = in->unique;
 		offered = (arg->flags & FUSE_INIT_EXT) && (arg->flags2 & INIT2_PASSTHROUGH);
+		offered_dio_mmap = (arg->flags & FUSE_INIT_EXT) && (arg->flags2 & INIT2_DIO_MMAP);
 	}
 	return n;
 }
@@ -163,23 +167,35 @@ static void patch_init(struct iovec *iov, int count)
 	if (iov[0].iov_len != sizeof(*out) || out->unique != init_unique)
 		return;
 	init_unique = 0;
-	if (out->error || !offered || want == PT_OFF)
+	bool pt = offered && want != PT_OFF;
+	if (out->error || (!pt && !offered_dio_mmap))
 		return;
 	arg = count == 2 ? iov[1].iov_base : NULL;
 	if (!arg || iov[1].iov_len != sizeof(*arg) || out->len != sizeof(*out) + sizeof(*arg)) {
-		snprintf(init_layout, sizeof(init_layout), "%d parts, %zu bytes", count,
-			 count == 2 ? iov[1].iov_len : 0);
+		if (pt)
+			snprintf(init_layout, sizeof(init_layout), "%d parts, %zu bytes", count,
+				 count == 2 ? iov[1].iov_len : 0);
 		return;
 	}
 	if (arg->major != FUSE_KERNEL_VERSION || !(arg->flags & FUSE_INIT_EXT) ||
-	    (arg->flags2 & INIT2_PASSTHROUGH) || arg->unused[0]) {
-		snprintf(init_layout, sizeof(init_layout),
-			 "protocol %u.%u, flags %#x, flags2 %#x, max_stack_depth %u", arg->major,
-			 arg->minor, arg->flags, arg->flags2, arg->unused[0]);
+	    (arg->flags2 & (INIT2_PASSTHROUGH | INIT2_DIO_MMAP)) || arg->unused[0]) {
+		if (pt)
+			snprintf(init_layout, sizeof(init_layout),
+				 "protocol %u.%u, flags %#x, flags2 %#x, max_stack_depth %u",
+				 arg->major, arg->minor, arg->flags, arg->flags2, arg->unused[0]);
 		return;
 	}
 	uint32_t *flags = (uint32_t *)((char *)iov[1].iov_base + INIT_OUT_FLAGS);
 	struct init_out_tail *tail = (void *)((char *)iov[1].iov_base + INIT_OUT_TAIL);
+	if (offered_dio_mmap) {
+		/* a writer's copy is a direct_io open (pt_writer_direct): its shared mmaps must
+		 * keep working */
+		*flags |= FUSE_INIT_EXT;
+		tail->flags2 |= INIT2_DIO_MMAP;
+		dio_mmap = true;
+	}
+	if (!pt)
+		return;
 	*flags |= FUSE_INIT_EXT;
 	tail->flags2 |= INIT2_PASSTHROUGH;
 	tail->max_stack_depth = 1; /* 0 makes the kernel ignore the flag */
@@ -333,6 +349,20 @@ const char *pt_status(void)
 	return off ? off : status;
 }
 
+/* A writer's copy (kernel-notes §7): its WRITEs reach the daemon, which copies them into the
+ * staging file. Through the page cache that is three copies of every byte (the caller's buffer
+ * into the FUSE page cache, that into our buffer, that into the staging file), FUSE page cache
+ * that nobody reads again, and a GETXATTR (security.capability) before each WRITE. As a
+ * direct_io open the kernel sends the caller's own pages and asks nothing else: two copies. A
+ * shared mmap of a direct_io file needs FUSE_DIRECT_IO_ALLOW_MMAP (else ENODEV), hence only
+ * where the kernel grants it. (libfuse's splice of WRITEs off /dev/fuse would save one more
+ * copy, but it costs every other request a second syscall, and libfuse 3.14 cannot be switched
+ * to it and back safely: docs/performance.md.) */
+bool pt_writer_direct(void)
+{
+	return dio_mmap;
+}
+
 int pt_backing_open(int fd)
 {
 	struct backing_map map = {.fd = fd};
@@ -355,15 +385,22 @@ void pt_backing_close(int id)
 		log_warn("passthrough: closing backing id %d", id);
 }
 
+/* The reply this thread sends next answers an OPEN or CREATE through backing id (if > 0). */
+static void expect_reply(int id, uint32_t opcode, struct fuse_file_info *fi, uint64_t nodeid)
+{
+	if (id > 0)
+		fi->keep_cache = 0;
+	reply.id = id;
+	reply.opcode = opcode;
+	reply.fh = fi->fh;
+	reply.nodeid = nodeid;
+}
+
 int pt_reply_open(fuse_req_t req, struct fuse_file_info *fi, int id)
 {
 	int ret;
 
-	if (id > 0)
-		fi->keep_cache = 0;
-	reply.id = id;
-	reply.opcode = FUSE_OPEN;
-	reply.fh = fi->fh;
+	expect_reply(id, FUSE_OPEN, fi, 0);
 	ret = fuse_reply_open(req, fi);
 	reply.id = 0;
 	return ret;
@@ -374,12 +411,7 @@ int pt_reply_create(fuse_req_t req, const struct fuse_entry_param *e, struct fus
 {
 	int ret;
 
-	if (id > 0)
-		fi->keep_cache = 0;
-	reply.id = id;
-	reply.opcode = FUSE_CREATE;
-	reply.fh = fi->fh;
-	reply.nodeid = e->ino;
+	expect_reply(id, FUSE_CREATE, fi, e->ino);
 	ret = fuse_reply_create(req, e, fi);
 	reply.id = 0;
 	return ret;

@@ -42,4 +42,7 @@ int pt_reply_open(fuse_req_t req, struct fuse_file_info *fi, int id);
 int pt_reply_create(fuse_req_t req, const struct fuse_entry_param *e, struct fuse_file_info *fi,
 		    int id);
 
+/* May a writer's copy be a direct_io open (the kernel keeps its shared mmaps working)? */
+bool pt_writer_direct(void);
+
 #endif

@@ -205,7 +205,7 @@ static void drop_entry(struct release *R, struct rentry *x, struct node ***unref
 			R->tail = pp;
 		break;
 	}
-	if (x->dnode) /* unref'd once the locks are dropped (it may run the prune hook) */
+	if (x->dnode) /* unref'd once the locks are dropped (it may run a deferred prune) */
 		(*unrefs)[(*nunrefs)++] = x->dnode;
 	free(x->dir);
 	free(x->name);
@@ -648,7 +648,7 @@ static void old_start(void)
 }
 
 /* Forget the old release (its refs are dropped: call holding no store or table lock... the
- * unref of a directory node runs no prune hook: directories have none). */
+ * unref of a directory node runs no deferred prune: directories have none). */
 static void old_reset(void)
 {
 	pthread_mutex_lock(&old_mu);

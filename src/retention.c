@@ -349,3 +349,10 @@ int retention_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t
 	free(path);
 	return err;
 }
+
+void retention_remove_deferred(struct store *s, const char *vrel, dev_t dev, ino_t ino)
+{
+	store_lock(s);
+	retention_remove_version(s, vrel, dev, ino);
+	store_unlock(s);
+}

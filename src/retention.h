@@ -19,6 +19,9 @@ struct store;
 #define PRUNE_HANDOFF_NS (50 * 1000 * 1000)
 int retention_prune(struct store *s, int dirfd, const char *name, unsigned keep);
 int retention_remove_version(struct store *s, const char *vrel, dev_t dev, ino_t ino);
+/* The same for a version whose removal waited for its last user (node_defer_prune), called
+ * by the node table when that user is gone; takes the store lock. */
+void retention_remove_deferred(struct store *s, const char *vrel, dev_t dev, ino_t ino);
 /* unlinkat(vdirfd, vname) of a version of inode ino, counted (links.h). */
 int retention_unlink_version(int vdirfd, const char *vname, ino_t ino);
 int retention_list_versions(int vdirfd, const char *name, uint32_t **ns, size_t *count);

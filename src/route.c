@@ -13,9 +13,13 @@
  * writer's file, at FLUSH, is closer.c. */
 #define _GNU_SOURCE
 #include "route.h"
+#include "fs.h"
 #include "log.h"
+#include "names.h"
 #include "node.h"
+#include "release.h"
 #include "syscall_abi.h"
+#include "versions.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -42,6 +46,13 @@ struct route {
 	bool walked;	       /* a LOOKUP came from the thread since it was sent back */
 };
 
+/* The route lock. Lock order (docs/design.md §9): route -> table: a route's node references
+ * are taken and dropped under it (node_ref, node_unref, node_new_staging, node_add_lookup).
+ * A node_unref here may drop a node's last reference; node.c then drops the table lock and
+ * runs the node's deferred prune (the store lock) and its end (locks.c's mutex): route ->
+ * store, route -> locks. A LOOKUP under an open release's DIR holds release.c's walk (read):
+ * walk -> route. It is never taken under the store, table or a handle's lock (the ops call
+ * route_* holding none); route_thread_writes reads /proc without it. */
 static pthread_mutex_t route_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct route routes[ROUTE_MAX]; /* [0, nroutes) in use; protected by route_lock */
 static int nroutes;		       /* written under route_lock, read without it as a hint */
@@ -293,4 +304,81 @@ void route_clear_all(void)
 	while (nroutes)
 		clear(nroutes - 1);
 	pthread_mutex_unlock(&route_lock);
+}
+
+/* The routing rule (kernel-notes §1-3, §9; design.md §2).
+ *
+ * LOOKUP: only a name with an execute bit can be running (execve needs one, root included), so
+ * only those need the syscall read that tells a writer before it reaches the inode (§9). A
+ * writer's thread, so told or armed by an earlier ESTALE, gets a staging node of its own. The
+ * kernel may cache the answer only for a name without any execute bit, in the tree: a writer
+ * that lands on a cached entry reaches OPEN, where route_open sends it back (§3). A name with
+ * an x bit must be looked up every time: a writer landing on a running inode fails with
+ * ETXTBSY before we are asked (§1). */
+struct node *route_lookup(pid_t tid, uid_t uid, struct node *parent, const char *name,
+			  struct node *n, mode_t mode, bool *cache)
+{
+	*cache = false;
+	if (parent->in_versions)
+		return n; /* a writer sent back here walks to the same node again, and its second
+			   * open is refused (route_arm) */
+	bool writer = (mode & 0111) && route_thread_writes(tid);
+	struct node *stg = route_staging(tid, uid, n, parent, name, writer);
+
+	if (stg && (node_written_in_place(n) || release_is_created(parent, name, n->ino))) {
+		/* its writer writes the file itself: so does this one (node_written_in_place); a
+		 * file made within a release is written in place until the release takes it (an
+		 * mv) or commits, as at its CREATE: nobody else sees it */
+		node_forget(stg, 1);
+		route_in_place(tid, uid, n);
+		stg = NULL;
+	}
+	if (!stg) {
+		*cache = !(mode & 0111);
+		return n;
+	}
+	log_debug("lookup %s: thread %d routed to staging", name, tid);
+	node_forget(n, 1);
+	return stg;
+}
+
+/* OPEN: a write open or truncate never reaches a published version; an exec never runs a
+ * staging node, nor a version whose name the kernel may still cache. */
+enum route_open route_open(pid_t tid, uid_t uid, struct node *n, int flags)
+{
+	bool write = names_write_flags((unsigned long)flags);
+
+	if (n->kind == NODE_STAGING) {
+		route_done(tid);
+		/* an exec must run a published version: walk again */
+		return (flags & FMODE_EXEC) ? ROUTE_REWALK : ROUTE_SERVE;
+	}
+	/* a file its writer writes in place: join it (handle_join_in_place), also when that
+	 * writer closed, or the name went, since this thread's LOOKUP found it so: the walk had
+	 * resolved it, as natively (a second ESTALE would reach the caller) */
+	if (write && n->kind == NODE_FILE && !(flags & FMODE_EXEC) &&
+	    (route_joins_in_place(tid, n) || (!node_old(n) && node_written_in_place(n))))
+		return ROUTE_SERVE;
+	if (write) {
+		/* never write or truncate a published version: send the writer back to walk the
+		 * path again; its LOOKUP answers a staging nodeid for a current name, and EROFS
+		 * inside .versions/ (the version may have been replaced meanwhile, so "old" alone
+		 * cannot tell which) */
+		if (route_arm(tid, uid, n))
+			return ROUTE_REWALK;
+		return versions_readonly(n) ? ROUTE_REFUSE_VIEW : ROUTE_REFUSE_NO_WALK;
+	}
+	if ((flags & FMODE_EXEC) && n->kind == NODE_FILE) {
+		uint64_t dir;
+		char *cached = node_take_cached_name(n, &dir);
+		if (cached) {
+			/* It was looked up without an x bit, so the kernel may hold its name for
+			 * long; running, it must be looked up every time (route_lookup). Send the
+			 * exec back once: its re-walk renews the entry, same nodeid, now uncached.
+			 */
+			free(cached);
+			return ROUTE_REWALK;
+		}
+	}
+	return ROUTE_SERVE;
 }

@@ -8,6 +8,26 @@
 
 struct node;
 
+/* The routing rule, decided here and applied by the ops files (ops_entry.c, ops_file.c). */
+
+/* LOOKUP of a regular file found in the tree or in .versions/ as version node n (one kernel
+ * lookup): the node to answer (n, or a writer's staging node, which then holds the lookup:
+ * n's is dropped), and whether the kernel may cache the name -> node answer (*cache; the
+ * caller still refuses it when a publish overlapped the LOOKUP, design.md §3 Entry caching).
+ * mode: the file's st_mode. */
+struct node *route_lookup(pid_t tid, uid_t uid, struct node *parent, const char *name,
+			  struct node *n, mode_t mode, bool *cache);
+
+/* What an OPEN with these flags of node n gets. */
+enum route_open {
+	ROUTE_SERVE,	      /* open it (a staging node's write open, a join in place, a read) */
+	ROUTE_REWALK,	      /* answer ESTALE: the kernel walks the path again (route armed) */
+	ROUTE_REFUSE_VIEW,    /* a write open of a version in .versions/: read-only view */
+	ROUTE_REFUSE_NO_WALK, /* a write open sent back once that came back without a name walk
+			       * (/proc/PID/fd, a file handle): EROFS */
+};
+enum route_open route_open(pid_t tid, uid_t uid, struct node *n, int flags);
+
 /* LOOKUP of a name whose version could be running: is the requesting thread in the middle of
  * a syscall that opens for writing or truncates? Reads /proc/<tid>/syscall. */
 bool route_thread_writes(pid_t tid);

@@ -36,15 +36,18 @@ struct store {
 	unsigned long long taken; /* times store_lock() took it (atomic): the prune's hand-over */
 	uint64_t seq;		  /* staging link names; protected by lock */
 	uint64_t reserve; /* bytes kept free by pruning unused versions (space.c), 0 = none */
-	/* set by main: does the kernel still hold a node of this inode? (its space cannot be
-	 * freed by removing a name, and a process may use it) */
+	/* What the store asks of the node table, through pointers set by main.c's store_setup:
+	 * node.c calls the store (retention_remove_deferred), so the store's calls back into it
+	 * stay out of the modules' call graph, which has no cycle (tests/test_structure.py). */
+	/* node_busy (node.c): does the kernel still hold a node of this inode? (its space cannot
+	 * be freed by removing a name, and a process may use it); space.c asks */
 	bool (*busy)(dev_t dev, ino_t ino);
-	/* set by main: the path below SOURCE of a directory the kernel knows, malloc'd; for a
-	 * directory deeper than /proc/self/fd can say (PATH_MAX) */
+	/* node_dir_path (node.c): the path below SOURCE of a directory the kernel knows,
+	 * malloc'd; for a directory deeper than /proc/self/fd can say (PATH_MAX); store.c asks */
 	char *(*dir_path)(dev_t dev, ino_t ino);
-	/* set by main: asked by retention for each version beyond `keep` (st: the version;
-	 * vdirfd/vname: where it is): true if it is in use; its user's node then removes it once
-	 * unused (retention_remove_version) */
+	/* node_defer_prune (node.c): asked by retention for each version beyond `keep` (st: the
+	 * version; vdirfd/vname: where it is): true if it is in use; its user's node then removes
+	 * it once unused (retention_remove_deferred) */
 	bool (*in_use)(const struct stat *st, const char *vrel, int vdirfd, const char *vname);
 };
 

@@ -153,3 +153,43 @@ def test_cached_name_sees_a_publish_at_once(mnt):
                 assert g.read() == f"content {i - 1}\n"
         with open(path) as f:
             assert f.read() == f"content {i}\n"
+
+
+
+def test_a_writers_direct_copy_reads_back_and_publishes_whole(mnt):
+    """A writer's open is a direct_io open where the kernel allows shared mmaps of one
+    (passthrough.c): its WRITEs carry the caller's pages, and its reads go to the copy.
+    Unaligned writes, some larger than a WRITE request (1 MiB), read back through the writer's
+    fd (pread, a shared mapping, which also writes) before the close; nobody else sees them
+    before it; published whole, the previous content kept."""
+    import mmap
+    old = os.urandom(3 << 20)
+    new = bytearray(os.urandom((24 << 20) + 12345))
+    path = mnt.p("app")
+    with open(path, "wb") as f:
+        f.write(old)
+    os.chmod(path, 0o755)
+    fd = os.open(path, os.O_RDWR | os.O_TRUNC)
+    try:
+        off, sizes, k = 0, (524288, 777777, (1 << 20) + 3, 4095, 3 << 20), 0
+        while off < len(new):
+            n = min(sizes[k % len(sizes)], len(new) - off)
+            assert os.write(fd, new[off:off + n]) == n
+            off += n
+            k += 1
+        assert os.pread(fd, 100000, 5 << 20) == new[5 << 20:(5 << 20) + 100000]
+        m = mmap.mmap(fd, len(new), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        assert m[(9 << 20) + 7:(11 << 20)] == new[(9 << 20) + 7:(11 << 20)]
+        m[(20 << 20) + 1:(20 << 20) + 9] = b"mmapped!"
+        new[(20 << 20) + 1:(20 << 20) + 9] = b"mmapped!"
+        m.flush()
+        m.close()
+        assert os.pread(fd, 8, (20 << 20) + 1) == b"mmapped!"
+        with open(path, "rb") as f:  # nobody else sees the copy before the close
+            assert f.read() == old
+    finally:
+        os.close(fd)
+    with open(path, "rb") as f:
+        assert f.read() == new
+    with open(mnt.p(".versions", "app.~1~"), "rb") as f:
+        assert f.read() == old
