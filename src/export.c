@@ -25,11 +25,11 @@ struct node *export_resolve(uint64_t id)
 	struct file_handle *fh;
 	struct stat st;
 	bool in_versions = false;
-	int fd;
+	int fd, kind = -1;
 
 	if (n)
 		return n;
-	fh = nodeid_forgotten(id, &in_versions);
+	fh = nodeid_forgotten(id, &in_versions, &kind);
 	if (!fh) {
 		errno = ESTALE;
 		return NULL;
@@ -46,8 +46,10 @@ struct node *export_resolve(uint64_t id)
 	if (n)
 		log_debug("nodeid %llu found again by handle: inode %llu", (unsigned long long)id,
 			  (unsigned long long)n->ino);
-	if (n && node_id(n) != id) {
-		/* given up meanwhile, and the object got another nodeid: not the handle's */
+	if (n && (node_id(n) != id || (int)n->kind != kind)) {
+		/* given up meanwhile, and the object got another nodeid: not the handle's (or,
+		 * from the table of an earlier mount, the handle now names another kind of object)
+		 */
 		node_forget(n, 1);
 		n = NULL;
 		errno = ESTALE;

@@ -10,6 +10,7 @@
 #include "route.h"
 #include "watchdog.h"
 #include "nodefd.h"
+#include "nodeid.h"
 #include "inval.h"
 #include "ops_entry.h"
 #include "ops_file.h"
@@ -429,6 +430,47 @@ static void raise_nofile(void)
 	setrlimit(RLIMIT_NOFILE, &rl);
 }
 
+/* File handles made inside the mount survive a remount (docs/design.md §3, File handles): the
+ * nodeid table a clean stop leaves in the store, taken by the next mount before it serves. */
+static void load_nodeids(void)
+{
+	const char *why = NULL;
+	size_t len = 0;
+	uint32_t n = 0;
+	void *table = store_nodeids_read(&fs.store, nodeid_table_max(), &len, &why);
+
+	if (table)
+		why = nodeid_table_take(table, len, fs.store.rootfd, &n);
+	free(table);
+	if (why)
+		log_warnx("ignoring %s/%s (%s): file handles made before this mount are stale",
+			  STORE_DIR, STORE_NODEIDS, why);
+	else if (table)
+		log_info("%u nodeids of the last mount taken from %s/%s", n, STORE_DIR,
+			 STORE_NODEIDS);
+}
+
+/* After the session, before the store closes: not on the way of any request. */
+static void save_nodeids(void)
+{
+	size_t len = 0;
+	uint32_t n = 0;
+	void *table = nodeid_table_build(fs.store.rootfd, &len, &n);
+	int err;
+
+	if (!table)
+		return; /* no nodeid keeps a handle */
+	err = store_nodeids_write(&fs.store, table, len);
+	free(table);
+	if (err) {
+		errno = -err;
+		log_warn("cannot keep the nodeids for the next mount: its file handles will be "
+			 "stale");
+	} else {
+		log_info("%u nodeids kept for the next mount (%s/%s)", n, STORE_DIR, STORE_NODEIDS);
+	}
+}
+
 /* The store under the mount, and the node table on it. */
 static int open_store(const struct options *o)
 {
@@ -442,6 +484,7 @@ static int open_store(const struct options *o)
 	}
 	store_setup(&fs.store, o);
 	node_table_init(&fs.store);
+	load_nodeids();
 	node_inval_hook = inval_entry_queue;
 	/* a commit a stop interrupted: forward; an open release: back */
 	release_recover(&fs.store);
@@ -549,6 +592,7 @@ static void end_session(const char *mountpoint)
 	dirs_shutdown();
 	log_info("unmounted %s", mountpoint);
 	route_clear_all();
+	save_nodeids();
 	node_table_destroy();
 }
 

@@ -12,11 +12,14 @@
  * back too (nodeid_attach). At most MAX_KEPT slots are kept so, oldest given up first; a slot
  * given up is reused for another object with the next generation, which the kernel compares
  * with the handle's (ESTALE). Generations start at a random value per daemon, so a handle made
- * under an earlier mount is stale here rather than naming whatever now has its index.
- * docs/design.md §3. */
+ * under an earlier mount is stale here rather than naming whatever now has its index; unless
+ * that mount stopped cleanly and left its table (nodeid_table_build), which this one took
+ * (nodeid_table_take): then its slots are forgotten ones here, and its handles find their
+ * objects. docs/design.md §3, docs/format.md "The nodeid table". */
 #define _GNU_SOURCE
 #include "nodeid.h"
 #include "log.h"
+#include "names.h"
 #include "node.h"
 #include "nodefd.h"
 
@@ -25,8 +28,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/evp.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,6 +49,7 @@ struct slot {
 	uint32_t hnext;	     /* kept: chain of kept[] */
 	bool kept;	     /* forgotten, fh finds the object again */
 	bool in_versions;    /* a directory of the .versions/ view */
+	uint8_t kind;	     /* the node's kind (enum node_kind) */
 	dev_t dev;
 	ino_t ino;
 	struct file_handle *fh; /* the object's handle on the backing filesystem, or NULL */
@@ -90,7 +96,9 @@ void nodeid_init(struct node *r)
 
 void nodeid_destroy(void)
 {
-	for (uint32_t i = 0; i < MAX_CHUNKS && chunks[i]; i++) {
+	for (uint32_t i = 0; i < MAX_CHUNKS; i++) {
+		if (!chunks[i])
+			continue; /* (a table taken at mount can have gaps) */
 		for (uint32_t j = 0; j < CHUNK_SLOTS; j++)
 			free(chunks[i][j].fh);
 		free(chunks[i]);
@@ -119,6 +127,24 @@ struct node *nodeid_node(uint64_t id)
 		return root;
 	s = slot_of_id(id);
 	return s ? __atomic_load_n(&s->live, __ATOMIC_ACQUIRE) : NULL;
+}
+
+/* Slot idx (its dev, ino set) is kept, newest: appended to the list, chained in kept[]. */
+static void keep(uint32_t idx)
+{
+	struct slot *s = slot_of(idx);
+
+	s->kept = true;
+	s->prev = kept_tail;
+	s->next = 0;
+	if (kept_tail)
+		slot_of(kept_tail)->next = idx;
+	else
+		kept_head = idx;
+	kept_tail = idx;
+	s->hnext = kept[bucket(s->dev, s->ino)];
+	kept[bucket(s->dev, s->ino)] = idx;
+	nkept++;
 }
 
 static void unkeep(uint32_t idx)
@@ -228,6 +254,7 @@ bool nodeid_attach(struct node *n, const struct file_handle *fh)
 	s->dev = n->dev;
 	s->ino = n->ino;
 	s->in_versions = n->in_versions;
+	s->kind = (uint8_t)n->kind;
 	n->id = (uint64_t)s->gen << 32 | idx;
 	__atomic_store_n(&s->live, n, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&lock);
@@ -245,17 +272,8 @@ void nodeid_detach(struct node *n)
 	s = slot_of(idx);
 	__atomic_store_n(&s->live, NULL, __ATOMIC_RELEASE);
 	if (s->fh) {
-		s->kept = true;
-		s->prev = kept_tail;
-		s->next = 0;
-		if (kept_tail)
-			slot_of(kept_tail)->next = idx;
-		else
-			kept_head = idx;
-		kept_tail = idx;
-		s->hnext = kept[bucket(s->dev, s->ino)];
-		kept[bucket(s->dev, s->ino)] = idx;
-		if (++nkept > MAX_KEPT) {
+		keep(idx);
+		if (nkept > MAX_KEPT) {
 			uint32_t old = kept_head;
 			unkeep(old);
 			release_slot(old);
@@ -267,7 +285,7 @@ void nodeid_detach(struct node *n)
 	n->id = 0;
 }
 
-struct file_handle *nodeid_forgotten(uint64_t id, bool *in_versions)
+struct file_handle *nodeid_forgotten(uint64_t id, bool *in_versions, int *kind)
 {
 	struct file_handle *fh = NULL;
 	struct slot *s;
@@ -277,6 +295,7 @@ struct file_handle *nodeid_forgotten(uint64_t id, bool *in_versions)
 	if (s && s->kept && !s->live) {
 		fh = copy_handle(s->fh);
 		*in_versions = s->in_versions;
+		*kind = s->kind;
 	}
 	pthread_mutex_unlock(&lock);
 	return fh;
@@ -293,4 +312,356 @@ void nodeid_drop(uint64_t id)
 		release_slot((uint32_t)id);
 	}
 	pthread_mutex_unlock(&lock);
+}
+
+/* The table a clean stop leaves for the next mount (docs/format.md, "The nodeid table"), all
+ * numbers little-endian: NODEIDS_MAGIC; SOURCE's identity: u64 f_fsid of its filesystem, u32
+ * type and u32 length of SOURCE's own file handle, its bytes; u32 count (at most MAX_KEPT);
+ * count records of u32 index, u32 generation, u64 inode number, u8 kind ('d', 'f', 'o'), u8
+ * flags (1: a directory of the view), u32 type and u32 length (1 to MAX_HANDLE_SZ) of the
+ * object's handle, its bytes; then the SHA-256 of everything before. Only objects on SOURCE's
+ * own filesystem are written (their handles are opened relative to SOURCE). */
+#define REC_FIXED (4 + 4 + 8 + 1 + 1 + 4 + 4)
+#define SUM_LEN	  32
+#define MAGIC_LEN (sizeof(NODEIDS_MAGIC) - 1)
+#define HEAD_MAX  (MAGIC_LEN + 8 + 4 + 4 + MAX_HANDLE_SZ + 4)
+#define TABLE_MAX (HEAD_MAX + (size_t)MAX_KEPT * (REC_FIXED + MAX_HANDLE_SZ) + SUM_LEN)
+#define FLAG_VIEW 1u
+
+struct wbuf {
+	unsigned char *p;
+	size_t len;
+};
+
+static void put(struct wbuf *b, const void *v, size_t n)
+{
+	memcpy(b->p + b->len, v, n);
+	b->len += n;
+}
+
+static void put32(struct wbuf *b, uint32_t v)
+{
+	unsigned char c[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+			      (unsigned char)(v >> 24)};
+	put(b, c, 4);
+}
+
+static void put64(struct wbuf *b, uint64_t v)
+{
+	put32(b, (uint32_t)v);
+	put32(b, (uint32_t)(v >> 32));
+}
+
+static void put_handle(struct wbuf *b, const struct file_handle *fh)
+{
+	put32(b, (uint32_t)fh->handle_type);
+	put32(b, fh->handle_bytes);
+	put(b, fh->f_handle, fh->handle_bytes);
+}
+
+struct rbuf {
+	const unsigned char *p;
+	size_t len, off;
+	bool short_;
+};
+
+static void get(struct rbuf *r, void *out, size_t n)
+{
+	if (r->len - r->off < n) {
+		r->short_ = true;
+		r->off = r->len;
+		memset(out, 0, n);
+		return;
+	}
+	memcpy(out, r->p + r->off, n);
+	r->off += n;
+}
+
+static uint32_t get32(struct rbuf *r)
+{
+	unsigned char c[4];
+
+	get(r, c, 4);
+	return (uint32_t)c[0] | (uint32_t)c[1] << 8 | (uint32_t)c[2] << 16 | (uint32_t)c[3] << 24;
+}
+
+static uint64_t get64(struct rbuf *r)
+{
+	uint64_t lo = get32(r);
+
+	return lo | (uint64_t)get32(r) << 32;
+}
+
+/* A handle read from the table (malloc'd), NULL if its length is out of range or the table
+ * ends inside it. */
+static struct file_handle *get_handle(struct rbuf *r)
+{
+	uint32_t type = get32(r), len = get32(r);
+	struct file_handle *fh;
+
+	if (r->short_ || !len || len > MAX_HANDLE_SZ || r->len - r->off < len ||
+	    !(fh = malloc(sizeof(*fh) + len)))
+		return NULL;
+	fh->handle_type = (int)type;
+	fh->handle_bytes = len;
+	get(r, fh->f_handle, len);
+	return fh;
+}
+
+/* SOURCE's identity: its filesystem's f_fsid and its own handle (malloc'd). */
+static struct file_handle *source_id(int rootfd, uint64_t *fsid)
+{
+	struct statfs sf;
+	uint32_t v[2];
+
+	if (fstatfs(rootfd, &sf) < 0)
+		return NULL;
+	memcpy(v, &sf.f_fsid, sizeof(v));
+	*fsid = (uint64_t)v[0] | (uint64_t)v[1] << 32;
+	return nodefd_handle(rootfd);
+}
+
+static const char kind_chars[] = {[NODE_DIR] = 'd', [NODE_FILE] = 'f', [NODE_OTHER] = 'o'};
+
+/* Is slot s one to write: it keeps a handle of an object on SOURCE's filesystem? */
+static bool saved(const struct slot *s, dev_t dev)
+{
+	return s->fh && s->dev == dev && s->kind <= NODE_OTHER && (s->kept || s->live);
+}
+
+static void save_slot(struct wbuf *b, uint32_t idx)
+{
+	const struct slot *s = slot_of(idx);
+
+	put32(b, idx);
+	put32(b, s->gen);
+	put64(b, (uint64_t)s->ino);
+	put(b, &kind_chars[s->kind], 1);
+	put(b, &(unsigned char){s->in_versions ? FLAG_VIEW : 0}, 1);
+	put_handle(b, s->fh);
+}
+
+size_t nodeid_table_max(void)
+{
+	return TABLE_MAX;
+}
+
+void *nodeid_table_build(int rootfd, size_t *len, uint32_t *count)
+{
+	struct stat rst = {0};
+	uint64_t fsid = 0;
+	struct file_handle *rfh = fstat(rootfd, &rst) == 0 ? source_id(rootfd, &fsid) : NULL;
+	dev_t dev = rst.st_dev;
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+	uint32_t total = 0, skip;
+	struct wbuf wb = {0}, *b = &wb;
+
+	*count = 0;
+	if (!rfh || !kept) {
+		free(rfh);
+		return NULL; /* no handles on SOURCE's filesystem: no nodeid keeps one */
+	}
+	pthread_mutex_lock(&lock);
+	for (uint32_t k = kept_head; k; k = slot_of(k)->next)
+		total += saved(slot_of(k), dev);
+	for (uint32_t c = 0; c < MAX_CHUNKS && (c << CHUNK_BITS) < used; c++)
+		for (uint32_t j = 0; chunks[c] && j < CHUNK_SLOTS; j++)
+			total += chunks[c][j].live && saved(&chunks[c][j], dev);
+	/* the newest MAX_KEPT: the oldest forgotten ones are given up first, as while running */
+	skip = total > MAX_KEPT ? total - MAX_KEPT : 0;
+	*count = total - skip;
+	b->len = 0;
+	b->p = *count ? malloc(HEAD_MAX + (size_t)*count * (REC_FIXED + MAX_HANDLE_SZ) + SUM_LEN)
+		      : NULL;
+	if (b->p) {
+		put(b, NODEIDS_MAGIC, MAGIC_LEN);
+		put64(b, fsid);
+		put_handle(b, rfh);
+		put32(b, *count);
+		for (uint32_t k = kept_head; k; k = slot_of(k)->next)
+			if (saved(slot_of(k), dev) && (!skip || !skip--))
+				save_slot(b, k);
+		for (uint32_t c = 0; c < MAX_CHUNKS && (c << CHUNK_BITS) < used; c++)
+			for (uint32_t j = 0; chunks[c] && j < CHUNK_SLOTS; j++)
+				if (chunks[c][j].live && saved(&chunks[c][j], dev) &&
+				    (!skip || !skip--))
+					save_slot(b, c << CHUNK_BITS | j);
+	}
+	pthread_mutex_unlock(&lock);
+	free(rfh);
+	if (!b->p)
+		return NULL;
+	if (!EVP_Digest(b->p, b->len, md, &mdlen, EVP_sha256(), NULL) || mdlen != SUM_LEN) {
+		free(b->p);
+		return NULL;
+	}
+	put(b, md, SUM_LEN);
+	*len = b->len;
+	return b->p;
+}
+
+struct rec {
+	uint32_t idx, gen;
+	uint64_t ino;
+	uint8_t kind;
+	bool in_versions;
+	struct file_handle *fh;
+};
+
+static int cmp_idx(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void free_recs(struct rec *recs, uint32_t n)
+{
+	for (uint32_t i = 0; recs && i < n; i++)
+		free(recs[i].fh);
+	free(recs);
+}
+
+/* The records of table p (len bytes), checked; NULL and *why if it is not a whole table of
+ * this SOURCE. */
+static struct rec *parse_table(const unsigned char *p, size_t len, int rootfd, uint32_t *n,
+			       const char **why)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+	struct rbuf r = {.p = p, .len = len - SUM_LEN, .off = MAGIC_LEN};
+	struct file_handle *rfh = NULL, *cur = NULL;
+	uint64_t fsid, cur_fsid = 0;
+	struct rec *recs = NULL;
+	uint32_t *idxs = NULL, count = 0, i = 0;
+
+	*why = "damaged";
+	if (len < MAGIC_LEN + SUM_LEN || memcmp(p, NODEIDS_MAGIC, MAGIC_LEN) != 0) {
+		*why = "not a nodeid table of this version";
+		return NULL;
+	}
+	if (!EVP_Digest(p, len - SUM_LEN, md, &mdlen, EVP_sha256(), NULL) || mdlen != SUM_LEN ||
+	    memcmp(md, p + len - SUM_LEN, SUM_LEN) != 0) {
+		*why = "damaged: its checksum does not match";
+		return NULL;
+	}
+	fsid = get64(&r);
+	rfh = get_handle(&r);
+	cur = source_id(rootfd, &cur_fsid);
+	if (!rfh || !cur || fsid != cur_fsid || !nodefd_same(rfh, cur)) {
+		*why = rfh ? "written for another SOURCE or filesystem" : "damaged";
+		goto bad;
+	}
+	count = get32(&r);
+	if (r.short_ || count > MAX_KEPT || !(recs = calloc(count ? count : 1, sizeof(*recs))) ||
+	    !(idxs = malloc((count ? count : 1) * sizeof(*idxs))))
+		goto bad;
+	for (i = 0; i < count; i++) {
+		struct rec *c = &recs[i];
+		uint8_t kind, flags;
+		const char *k;
+
+		c->idx = idxs[i] = get32(&r);
+		c->gen = get32(&r);
+		c->ino = get64(&r);
+		get(&r, &kind, 1);
+		get(&r, &flags, 1);
+		k = kind ? memchr(kind_chars, kind, sizeof(kind_chars)) : NULL;
+		c->fh = get_handle(&r);
+		if (r.short_ || !c->fh || c->idx < FIRST ||
+		    (uint64_t)c->idx >= (uint64_t)MAX_CHUNKS << CHUNK_BITS || !c->gen || !k ||
+		    (flags & ~FLAG_VIEW) || ((flags & FLAG_VIEW) && *k != 'd')) {
+			i++;
+			goto bad;
+		}
+		c->kind = (uint8_t)(k - kind_chars);
+		c->in_versions = flags & FLAG_VIEW;
+	}
+	if (r.off != r.len)
+		goto bad;
+	qsort(idxs, count, sizeof(*idxs), cmp_idx);
+	for (uint32_t j = 1; j < count; j++)
+		if (idxs[j] == idxs[j - 1])
+			goto bad; /* one nodeid twice */
+	free(idxs);
+	free(rfh);
+	free(cur);
+	*n = count;
+	*why = NULL;
+	return recs;
+bad:
+	free_recs(recs, i);
+	free(idxs);
+	free(rfh);
+	free(cur);
+	return NULL;
+}
+
+/* Take the records as forgotten nodeids; false (nothing taken) if out of memory. */
+static bool take_table(struct rec *recs, uint32_t n, dev_t dev)
+{
+	bool ok = used == FIRST && !nkept; /* (a table that took nothing yet: no chunk) */
+
+	pthread_mutex_lock(&lock);
+	for (uint32_t i = 0; i < n && ok; i++) {
+		uint32_t c = recs[i].idx >> CHUNK_BITS;
+		if (!chunks[c])
+			ok = (chunks[c] = calloc(CHUNK_SLOTS, sizeof(*chunks[c]))) != NULL;
+	}
+	if (!ok) {
+		for (uint32_t c = 0; c < MAX_CHUNKS; c++) {
+			free(chunks[c]);
+			chunks[c] = NULL;
+		}
+		pthread_mutex_unlock(&lock);
+		return false;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t idx = recs[i].idx;
+		struct slot *s = slot_of(idx);
+
+		s->gen = recs[i].gen;
+		s->dev = dev; /* (the device number may differ from the last mount's) */
+		s->ino = (ino_t)recs[i].ino;
+		s->kind = recs[i].kind;
+		s->in_versions = recs[i].in_versions;
+		s->fh = recs[i].fh;
+		recs[i].fh = NULL;
+		/* forgotten, oldest first as written (nodeid_detach's order) */
+		keep(idx);
+		if (idx >= used)
+			used = idx + 1;
+	}
+	/* The indexes between, in the chunks there are, are free: another object there gets this
+	 * daemon's random first generation, as a new index does (the last mount's generation
+	 * of a nodeid it did not keep is unknown). */
+	for (uint32_t idx = FIRST; idx < used; idx++) {
+		struct slot *s = slot_of(idx);
+		if (s && !s->kept) {
+			s->gen = gen_first - 1; /* new_slot takes the next */
+			release_slot(idx);
+		}
+	}
+	pthread_mutex_unlock(&lock);
+	return true;
+}
+
+const char *nodeid_table_take(const void *table, size_t len, int rootfd, uint32_t *count)
+{
+	const char *why = NULL;
+	struct rec *recs;
+	struct stat rst;
+	uint32_t n = 0;
+
+	*count = 0;
+	if (fstat(rootfd, &rst) < 0)
+		return "cannot stat SOURCE";
+	recs = parse_table(table, len, rootfd, &n, &why);
+	if (recs && !take_table(recs, n, rst.st_dev))
+		why = "out of memory";
+	free_recs(recs, n);
+	if (!why)
+		*count = n;
+	return why;
 }

@@ -290,6 +290,82 @@ void store_close(struct store *s)
 	links_free();
 }
 
+void *store_nodeids_read(struct store *s, size_t max, size_t *len, const char **why)
+{
+	unsigned char *data = NULL;
+	struct stat sb;
+	size_t off = 0;
+	ssize_t got = 1;
+	int fd;
+
+	*why = NULL;
+	store_lock(s);
+	fd = openat(s->vfd, STORE_NODEIDS, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT) {
+		store_unlock(s);
+		return NULL; /* a first mount, or the last one did not stop cleanly */
+	}
+	if (fd < 0 || fstat(fd, &sb) < 0)
+		*why = "cannot open it";
+	else if (!S_ISREG(sb.st_mode) || sb.st_uid != geteuid() || (sb.st_mode & 077))
+		*why = "not a regular file of the daemon's, mode 0600";
+	else if ((size_t)sb.st_size > max)
+		*why = "damaged: too large";
+	else if (!(data = malloc(sb.st_size ? (size_t)sb.st_size : 1)))
+		*why = "out of memory";
+	while (!*why && off < (size_t)sb.st_size &&
+	       (got = pread(fd, data + off, (size_t)sb.st_size - off, (off_t)off)) > 0)
+		off += (size_t)got;
+	if (!*why && off < (size_t)sb.st_size)
+		*why = "cannot read it";
+	if (fd >= 0)
+		close(fd);
+	/* read once: a daemon that mounts next (while this one serves a detached mount) starts
+	 * without it, and so does the mount after a crash of this daemon */
+	if (unlinkat(s->vfd, STORE_NODEIDS, 0) == 0)
+		store_sync_dir(s, s->vfd);
+	store_unlock(s);
+	if (*why) {
+		free(data);
+		return NULL;
+	}
+	*len = off;
+	return data;
+}
+
+int store_nodeids_write(struct store *s, const void *table, size_t len)
+{
+	const unsigned char *p = table;
+	size_t off = 0;
+	ssize_t w = 0;
+	int fd, err = 0;
+
+	if (s->stagefd < 0)
+		return -ENOENT;
+	fd = openat(s->stagefd, NODEIDS_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+		    0600);
+	if (fd < 0)
+		return -errno;
+	while (off < len && (w = write(fd, p + off, len - off)) > 0)
+		off += (size_t)w;
+	if (off < len)
+		err = w < 0 ? -errno : -EIO;
+	else if (!s->nosync && fsync(fd) < 0)
+		err = -errno;
+	close(fd);
+	if (!err) {
+		store_lock(s);
+		if (renameat(s->stagefd, NODEIDS_TMP, s->vfd, STORE_NODEIDS) < 0)
+			err = -errno;
+		store_unlock(s);
+	}
+	if (err)
+		unlinkat(s->stagefd, NODEIDS_TMP, 0);
+	else
+		store_sync_dir(s, s->vfd);
+	return err;
+}
+
 /* The one root name the tree cannot have: the store itself. */
 bool store_reserved_root_name(const char *name)
 {

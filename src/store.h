@@ -65,6 +65,14 @@ int store_open(struct store *s, const char *source, unsigned keep, bool nosync);
 void store_lock(struct store *s);
 void store_unlock(struct store *s);
 void store_close(struct store *s);
+/* The nodeid table (docs/format.md, "The nodeid table"; its content is nodeid.c's).
+ * store_nodeids_read, at mount: the table the last clean stop left (malloc'd, *len bytes,
+ * at most max), removed from the store at once (read once: a crash leaves none); NULL with
+ * *why NULL if there is none, or with *why saying what is wrong with it (it is removed too,
+ * unless a directory). store_nodeids_write, after the session: written in this daemon's
+ * staging directory, synced (unless nosync), renamed into place; 0 or -errno. */
+void *store_nodeids_read(struct store *s, size_t max, size_t *len, const char **why);
+int store_nodeids_write(struct store *s, const void *table, size_t len);
 void store_index_start(struct store *s);
 bool store_reserved_root_name(const char *name);
 char *store_join(const char *rel, const char *name);

@@ -6,16 +6,20 @@
   it: the daemon finds the object again by the backing file's own handle;
 - a file that has no name in the tree any more (rm, or replaced by a publish and kept only in
   .versions/) is stale, as an unlinked file is natively; so is a writer's staging nodeid once
-  the writer is gone, and every handle after a remount;
+  the writer is gone;
+- handles survive an unmount and a new mount of the same SOURCE (the nodeid table a clean stop
+  leaves in the store), but not a crash of the daemon, nor a damaged or foreign table;
 - a forged handle (any nodeid) is ESTALE and the daemon survives it (ASan build: clean).
 
 open_by_handle_at needs CAP_DAC_READ_SEARCH: these tests run as root.
 """
 import ctypes
 import errno
+import hashlib
 import os
 import random
 import shutil
+import stat
 import struct
 import time
 
@@ -266,32 +270,230 @@ def test_forged_handles_are_stale_and_the_daemon_survives(dmnt):
     assert dmnt.proc.poll() is None
 
 
-def test_handles_are_stale_after_a_remount(binary, workdir):
-    """nodeids live as long as the daemon: a new daemon answers ESTALE for every handle of the
-    old one, also where an old handle's index is one the new daemon uses (a slot's first
-    generation is random per daemon)."""
+def table(src):
+    """The nodeid table a clean stop leaves in the store (docs/format.md)."""
+    return os.path.join(src, ".versions", ".binvfs-nodeids")
+
+
+def ignored_lines(m):
+    return [ln for ln in m.logtext().splitlines()
+            if "ignoring .versions/.binvfs-nodeids" in ln]
+
+
+def assert_forged_stale(mount, hs):
+    """Every other generation of the handles' nodeids, either way the kernel can be asked
+    (the nodeid carries the daemon's generation; the handle's own is checked by the kernel)."""
+    for h in hs:
+        nid, gen = nodeid(h)
+        idx = nid & 0xFFFFFFFF
+        for g in {(gen + 1) & 0xFFFFFFFF, (gen - 1) & 0xFFFFFFFF, gen ^ 0x80000000, 0}:
+            assert stale(read_by, mount, forged(nid, g))
+            assert stale(read_by, mount, forged(g << 32 | idx, g))
+
+
+def test_handles_survive_a_remount(binary, workdir):
+    """A clean stop writes the nodeid table into the store and the next mount of the same
+    SOURCE takes it (the kernel asks the new daemon LOOKUP (old nodeid, ".")): handles of a
+    file, a directory and a nested file open the same objects again (content, st_ino), and
+    still after a second remount. Other generations of their nodeids stay stale, and so do a
+    file removed and a directory moved out of SOURCE while unmounted."""
+    src = os.path.join(workdir, "src")
+    os.mkdir(src)
+    paths = [("f",), ("a", "b"), ("a", "b", "c", "g")]
+    m = Mount(binary, src).start()
+    try:
+        os.makedirs(m.p("a", "b", "c"))
+        os.mkdir(m.p("out"))
+        write(m.p("f"), "hello\n")
+        write(m.p("a", "b", "c", "g"), "deep\n")
+        write(m.p("gone"), "x\n")
+        hs = [handle_of(m.p(*p)) for p in paths]
+        inos = [os.stat(m.p(*p)).st_ino for p in paths]
+        hgone, hout = handle_of(m.p("gone")), handle_of(m.p("out"))
+        assert read_by(m.path, hgone) == b"x\n" and list_by(m.path, hout) == []
+    finally:
+        m.stop()
+    st = os.stat(table(src))
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+    os.unlink(os.path.join(src, "gone"))  # SOURCE is a plain directory now
+    os.rename(os.path.join(src, "out"), os.path.join(workdir, "out"))
+    for _ in range(2):
+        m = Mount(binary, src).start()
+        try:
+            assert not ignored_lines(m)
+            forget_all()
+            assert read_by(m.path, hs[0]) == b"hello\n"
+            forget_all()
+            assert list_by(m.path, hs[1]) == ["c"]
+            forget_all()
+            assert read_by(m.path, hs[2]) == b"deep\n"
+            for h, ino in zip(hs, inos):
+                fd = open_by(m.path, h)
+                try:
+                    assert os.fstat(fd).st_ino == ino
+                finally:
+                    os.close(fd)
+            # the names give the same nodeids: one per backing inode, as before the remount
+            assert [nodeid(handle_of(m.p(*p))) for p in paths] == [nodeid(h) for h in hs]
+            forget_all()
+            assert stale(read_by, m.path, hgone)
+            assert stale(list_by, m.path, hout)
+            assert_forged_stale(m.path, hs)
+            # a file made now gets a nodeid of its own; the old generations do not name it
+            write(m.p("new"), "new\n")
+            hn = handle_of(m.p("new"))
+            assert nodeid(hn) not in [nodeid(h) for h in hs]
+            forget_all()
+            nidx = nodeid(hn)[0] & 0xFFFFFFFF
+            for h in hs:
+                ogen = nodeid(h)[1]
+                assert stale(read_by, m.path, forged(nidx | ogen << 32, ogen))
+            assert read_by(m.path, hn) == b"new\n"
+            os.unlink(m.p("new"))
+            assert m.proc.poll() is None
+        finally:
+            m.stop()
+
+
+def test_handles_are_stale_after_a_crash(binary, workdir):
+    """A daemon killed (SIGKILL) writes no table, and the one it read at its mount is gone (a
+    table is read once): every handle made before is stale in the next mount, which works."""
+    src = os.path.join(workdir, "src")
+    os.mkdir(src)
+    m = Mount(binary, src).start()
+    try:
+        write(m.p("f"), "f\n")
+        h1 = handle_of(m.p("f"))
+    finally:
+        m.stop()
+    m = Mount(binary, src).start()
+    try:
+        forget_all()
+        assert read_by(m.path, h1) == b"f\n"  # the clean stop's table
+        write(m.p("g"), "g\n")
+        h2 = handle_of(m.p("g"))
+    finally:
+        m.kill()
+    assert not os.path.exists(table(src))
+    m = Mount(binary, src).start()
+    try:
+        forget_all()
+        assert stale(read_by, m.path, h1)
+        assert stale(read_by, m.path, h2)
+        assert_forged_stale(m.path, [h1, h2])
+        assert read(m.p("f")) == b"f\n" and read(m.p("g")) == b"g\n"
+        assert not ignored_lines(m) and m.proc.poll() is None
+    finally:
+        m.stop()
+
+
+def parse_table(data):
+    """The table's header and records (docs/format.md, "The nodeid table")."""
+    magic = b"binvfs nodeids 1\n"
+    assert data.startswith(magic)
+    off = len(magic) + 8
+    _, hlen = struct.unpack_from("<II", data, off)
+    off += 8 + hlen
+    (count,) = struct.unpack_from("<I", data, off)
+    head, off, recs = data[:off], off + 4, []
+    for _ in range(count):
+        idx, gen, ino, kind, flags, htype, hlen = struct.unpack_from("<IIQBBiI", data, off)
+        fh = data[off + 26:off + 26 + hlen]
+        recs.append([idx, gen, ino, kind, flags, htype, hlen, fh])
+        off += 26 + hlen
+    assert off == len(data) - 32 and hashlib.sha256(data[:-32]).digest() == data[-32:]
+    return head, recs
+
+
+def build_table(head, recs):
+    body = head + struct.pack("<I", len(recs)) + b"".join(
+        struct.pack("<IIQBBiI", *r[:7]) + r[7] for r in recs)
+    return body + hashlib.sha256(body).digest()
+
+
+def with_recs(change):
+    """A table whose checksum is right but whose records were changed."""
+    def damage(data):
+        head, recs = parse_table(data)
+        change(recs)
+        return build_table(head, recs)
+    return damage
+
+
+DAMAGE = {
+    "byte flipped": lambda d: d[:len(d) // 2] + bytes([d[len(d) // 2] ^ 1]) + d[len(d) // 2 + 1:],
+    "truncated": lambda d: d[:-40],
+    "empty": lambda d: b"",
+    "other version": lambda d: d.replace(b"binvfs nodeids 1\n", b"binvfs nodeids 9\n", 1),
+    "index 0": with_recs(lambda r: r[0].__setitem__(0, 0)),
+    "index 1 (the root)": with_recs(lambda r: r[0].__setitem__(0, 1)),
+    "index beyond the table": with_recs(lambda r: r[0].__setitem__(0, 1 << 28)),
+    "one index twice": with_recs(lambda r: r[1].__setitem__(0, r[0][0])),
+    "generation 0": with_recs(lambda r: r[0].__setitem__(1, 0)),
+    "unknown kind": with_recs(lambda r: r[0].__setitem__(3, ord("s"))),
+    "unknown flag": with_recs(lambda r: r[0].__setitem__(4, 6)),
+    "handle longer than the file": with_recs(lambda r: r[0].__setitem__(6, 100)),
+    "handle too long": with_recs(lambda r: (r[0].__setitem__(6, 129),
+                                            r[0].__setitem__(7, b"\0" * 129))),
+    "empty handle": with_recs(lambda r: (r[0].__setitem__(6, 0), r[0].__setitem__(7, b""))),
+    "count beyond the records": lambda d: count_plus_one(d),
+}
+
+
+def count_plus_one(data):
+    head, recs = parse_table(data)
+    body = build_table(head, recs)[:-32]
+    body = head + struct.pack("<I", len(recs) + 1) + body[len(head) + 4:]
+    return body + hashlib.sha256(body).digest()
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE) + ["another SOURCE", "mode 0644", "a fifo"])
+def test_damaged_or_foreign_table_is_ignored(binary, workdir, damage):
+    """The table is never trusted: a damaged one, one of another SOURCE, one that is not the
+    daemon's own file are ignored with one log line; every old handle is then stale, and the
+    mount works (ASan build: clean)."""
     src = os.path.join(workdir, "src")
     os.mkdir(src)
     m = Mount(binary, src).start()
     try:
         os.mkdir(m.p("d"))
         write(m.p("f"), "f\n")
-        old = [handle_of(m.p("d")), handle_of(m.p("f"))]
+        write(m.p("d", "g"), "g\n")
+        hs = [handle_of(m.p("f")), handle_of(m.p("d")), handle_of(m.p("d", "g"))]
     finally:
         m.stop()
+    with open(table(src), "rb") as f:
+        data = f.read()
+    if damage == "another SOURCE":  # a store copied over: its table names the other one
+        other = os.path.join(workdir, "other")
+        os.mkdir(other)
+        o = Mount(binary, other).start()
+        try:
+            write(o.p("f"), "o\n")
+        finally:
+            o.stop()
+        shutil.copy(table(other), table(src))
+    elif damage == "mode 0644":
+        os.chmod(table(src), 0o644)
+    elif damage == "a fifo":
+        os.unlink(table(src))
+        os.mkfifo(table(src), 0o600)
+    else:
+        with open(table(src), "wb") as f:
+            f.write(DAMAGE[damage](data))
     m = Mount(binary, src).start()
     try:
-        now = [handle_of(m.p("d")), handle_of(m.p("f"))]
+        assert len(ignored_lines(m)) == 1, m.logtext()
         forget_all()
-        for h in old:
+        for h in hs:
             assert stale(read_by, m.path, h)
-        for h in now:  # the indexes in use now, with the old daemon's generations
-            for o in old:
-                ogen = nodeid(o)[1]
-                assert stale(read_by, m.path, forged(nodeid(h)[0] & 0xFFFFFFFF | ogen << 32, ogen))
-        assert read_by(m.path, now[1]) == b"f\n"
+        assert_forged_stale(m.path, hs)
+        assert read(m.p("f")) == b"f\n" and os.listdir(m.p("d")) == ["g"]
+        assert m.proc.poll() is None
     finally:
         m.stop()
+    # the damaged table is gone; this mount's own took its place
+    parse_table(open(table(src), "rb").read())
 
 
 def test_name_to_handle_inside_versions_dir(dmnt, workdir):

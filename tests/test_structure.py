@@ -148,8 +148,9 @@ def test_the_modules_calls_form_no_cycle(objects):
 # The store's names on disk (docs/format.md) and the names composed from them are written in
 # names.c and names.h only; the other files use their macros and functions. A message may
 # mention a name in prose (a literal with a space in it); a literal without one builds a name.
-STORE_NAMES = (".versions", ".binvfs-format", ".binvfs-staging", "binvfs store format",
-               ".~~", ".~gone-", "trusted.binvfs.", "user.binvfs.", ".~%")
+STORE_NAMES = (".versions", ".binvfs-format", ".binvfs-staging", ".binvfs-nodeids",
+               "binvfs store format", "binvfs nodeids", ".~~", ".~gone-", "trusted.binvfs.",
+               "user.binvfs.", ".~%")
 
 
 def literals(text):
