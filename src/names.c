@@ -178,7 +178,7 @@ bool names_is_aside(const char *entry)
 bool names_store_entry(const char *name)
 {
 	return !strcmp(name, STORE_MARKER) || !strcmp(name, STORE_STAGING) ||
-	       !strcmp(name, STORE_NODEIDS);
+	       !strcmp(name, STORE_NODEIDS) || !strcmp(name, STORE_RELEASES);
 }
 
 bool names_write_flags(unsigned long flags)

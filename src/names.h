@@ -18,6 +18,8 @@
 #define STORE_NODEIDS ".binvfs-nodeids"
 #define NODEIDS_TMP   "nodeids"
 #define NODEIDS_MAGIC "binvfs nodeids 1\n"
+/* the history of releases: one record per committed release (docs/format.md, Releases) */
+#define STORE_RELEASES ".binvfs-releases"
 
 /* the mount table's type of a binvfs mount (the daemon mounts with subtype=binvfs) */
 #define BINVFS_FSTYPE "fuse.binvfs"

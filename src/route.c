@@ -17,6 +17,7 @@
 #include "log.h"
 #include "names.h"
 #include "node.h"
+#include "release.h"
 #include "syscall_abi.h"
 #include "versions.h"
 
@@ -324,8 +325,10 @@ struct node *route_lookup(pid_t tid, uid_t uid, struct node *parent, const char 
 	bool writer = (mode & 0111) && route_thread_writes(tid);
 	struct node *stg = route_staging(tid, uid, n, parent, name, writer);
 
-	if (stg && node_written_in_place(n)) {
-		/* its writer writes the file itself: so does this one (node_written_in_place) */
+	if (stg && (node_written_in_place(n) || release_is_created(parent, name, n->ino))) {
+		/* its writer writes the file itself: so does this one (node_written_in_place); a
+		 * file made within a release is written in place until the release takes it (an
+		 * mv) or commits, as at its CREATE: nobody else sees it */
 		node_forget(stg, 1);
 		route_in_place(tid, uid, n);
 		stg = NULL;
