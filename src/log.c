@@ -21,35 +21,7 @@ bool log_debug_enabled;
  * every byte of no UTF-8 character \xNN; as binvfsctl(8) escapes names. NULL: out of memory. */
 static char *escape_line(const char *s)
 {
-	static const char hex[] = "0123456789abcdef", named[] = "\\\t\n\r", letter[] = "\\tnr";
-	char *out = malloc(4 * strlen(s) + 1), *o = out;
-
-	if (!out)
-		return NULL;
-	for (const unsigned char *p = (const unsigned char *)s; *p;) {
-		int n = *p >= 0x80 ? names_utf8_len(p) : 1;
-		const char *k = strchr(named, *p); /* *p is not 0 here */
-		if (k) {
-			*o++ = '\\';
-			*o++ = letter[k - named];
-			p++;
-		} else if (n == 1 && *p >= 0x20 && *p != 0x7f) {
-			*o++ = (char)*p++;
-		} else if (n > 1 && !(n == 2 && p[0] == 0xc2 && p[1] < 0xa0)) {
-			memcpy(o, p, (size_t)n);
-			o += n;
-			p += n;
-		} else {
-			for (int i = 0; i < (n ? n : 1); i++, p++) {
-				*o++ = '\\';
-				*o++ = 'x';
-				*o++ = hex[*p >> 4];
-				*o++ = hex[*p & 15];
-			}
-		}
-	}
-	*o = 0;
-	return out;
+	return names_escape(s, "\\\t\n\r", "\\tnr");
 }
 
 static void vlog(int pri, const char *fmt, va_list ap, const char *err)

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 uint32_t names_version_parse(const char *entry, size_t *namelen)
@@ -177,7 +178,7 @@ bool names_is_aside(const char *entry)
 bool names_store_entry(const char *name)
 {
 	return !strcmp(name, STORE_MARKER) || !strcmp(name, STORE_STAGING) ||
-	       !strcmp(name, STORE_NODEIDS);
+	       !strcmp(name, STORE_NODEIDS) || !strcmp(name, STORE_RELEASES);
 }
 
 bool names_write_flags(unsigned long flags)
@@ -214,4 +215,39 @@ int names_utf8_len(const unsigned char *p)
 		if ((p[i] & 0xc0) != 0x80)
 			return 0;
 	return n;
+}
+
+char *names_escape(const char *s, const char *named, const char *letter)
+{
+	static const char hex[] = "0123456789abcdef";
+	char *out = malloc(4 * strlen(s) + 1), *o = out;
+
+	if (!out)
+		return NULL;
+	for (const unsigned char *p = (const unsigned char *)s; *p;) {
+		int n = *p >= 0x80 ? names_utf8_len(p) : 1;
+		const char *k = strchr(named, *p);		 /* *p is not 0 here */
+		bool c1 = n == 2 && p[0] == 0xc2 && p[1] < 0xa0; /* U+0080-U+009F: CSI and co. */
+		if (k) {
+			*o++ = '\\';
+			*o++ = letter[k - named];
+			p++;
+		} else if (n == 1 && *p >= 0x20 && *p != 0x7f) {
+			*o++ = (char)*p++;
+		} else if (n > 1 && !c1) {
+			memcpy(o, p, (size_t)n);
+			o += n;
+			p += n;
+		} else {
+			/* a control byte, each byte of a C1 control, or a byte of no character */
+			for (int i = 0; i < (n ? n : 1); i++, p++) {
+				*o++ = '\\';
+				*o++ = 'x';
+				*o++ = hex[*p >> 4];
+				*o++ = hex[*p & 15];
+			}
+		}
+	}
+	*o = 0;
+	return out;
 }

@@ -18,6 +18,8 @@
 #define STORE_NODEIDS ".binvfs-nodeids"
 #define NODEIDS_TMP   "nodeids"
 #define NODEIDS_MAGIC "binvfs nodeids 1\n"
+/* the history of releases: one record per committed release (docs/format.md, Releases) */
+#define STORE_RELEASES ".binvfs-releases"
 
 /* the mount table's type of a binvfs mount (the daemon mounts with subtype=binvfs) */
 #define BINVFS_FSTYPE "fuse.binvfs"
@@ -103,5 +105,10 @@ bool names_write_flags(unsigned long flags);
  * surrogate, nothing above U+10FFFF), 0 if there is none: how the log, binvfsctl's escaping
  * and its JSON tell a name's characters from bytes of no character. */
 int names_utf8_len(const unsigned char *p);
+/* s as one line of printable text (malloc'd, NULL if out of memory): a byte of `named` becomes
+ * a backslash and the letter at the same place in `letter` (the log: \\ \t \n \r; binvfsctl
+ * also \a \b \v \f), every other control byte (C0, DEL, each byte of a C1 control) and every
+ * byte of no UTF-8 character \xNN, well-formed UTF-8 as it is. The log and binvfsctl(8). */
+char *names_escape(const char *s, const char *named, const char *letter);
 
 #endif

@@ -129,6 +129,24 @@ struct node *nodeid_node(uint64_t id)
 	return s ? __atomic_load_n(&s->live, __ATOMIC_ACQUIRE) : NULL;
 }
 
+/* Slot idx (its dev, ino set) is kept, newest: appended to the list, chained in kept[]. */
+static void keep(uint32_t idx)
+{
+	struct slot *s = slot_of(idx);
+
+	s->kept = true;
+	s->prev = kept_tail;
+	s->next = 0;
+	if (kept_tail)
+		slot_of(kept_tail)->next = idx;
+	else
+		kept_head = idx;
+	kept_tail = idx;
+	s->hnext = kept[bucket(s->dev, s->ino)];
+	kept[bucket(s->dev, s->ino)] = idx;
+	nkept++;
+}
+
 static void unkeep(uint32_t idx)
 {
 	struct slot *s = slot_of(idx);
@@ -254,17 +272,8 @@ void nodeid_detach(struct node *n)
 	s = slot_of(idx);
 	__atomic_store_n(&s->live, NULL, __ATOMIC_RELEASE);
 	if (s->fh) {
-		s->kept = true;
-		s->prev = kept_tail;
-		s->next = 0;
-		if (kept_tail)
-			slot_of(kept_tail)->next = idx;
-		else
-			kept_head = idx;
-		kept_tail = idx;
-		s->hnext = kept[bucket(s->dev, s->ino)];
-		kept[bucket(s->dev, s->ino)] = idx;
-		if (++nkept > MAX_KEPT) {
+		keep(idx);
+		if (nkept > MAX_KEPT) {
 			uint32_t old = kept_head;
 			unkeep(old);
 			release_slot(old);
@@ -620,17 +629,7 @@ static bool take_table(struct rec *recs, uint32_t n, dev_t dev)
 		s->fh = recs[i].fh;
 		recs[i].fh = NULL;
 		/* forgotten, oldest first as written (nodeid_detach's order) */
-		s->kept = true;
-		s->prev = kept_tail;
-		s->next = 0;
-		if (kept_tail)
-			slot_of(kept_tail)->next = idx;
-		else
-			kept_head = idx;
-		kept_tail = idx;
-		s->hnext = kept[bucket(s->dev, s->ino)];
-		kept[bucket(s->dev, s->ino)] = idx;
-		nkept++;
+		keep(idx);
 		if (idx >= used)
 			used = idx + 1;
 	}

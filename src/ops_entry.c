@@ -152,6 +152,15 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 	}
 	/* under a release's directory: waits while it commits, and is not cached (release.c) */
 	bool held = release_walk_begin(inode_of(pino));
+	pid_t sid = held ? release_created_sid(inode_of(pino), name) : 0;
+	if (sid && sid != release_sid(fuse_req_ctx(req)->pid)) {
+		/* a file made within the release, by another session: held, no such name yet
+		 * (not cached: the creator's walks and the commit answer otherwise) */
+		memset(&e, 0, sizeof(e));
+		fuse_reply_entry(req, &e);
+		release_walk_end();
+		return;
+	}
 	int err = lookup_name(req, inode_of(pino), name, &n, &st, &cache, held);
 
 	if (err) {
@@ -454,7 +463,8 @@ void bv_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t pino, const char *name)
 		return;
 	}
 	if (first)
-		release_note_created(parent, name, st.st_ino); /* an abort removes it */
+		release_note_created(parent, name, st.st_ino,
+				     fuse_req_ctx(req)->pid); /* as at CREATE */
 	reply_new_entry(req, parent, name);
 }
 

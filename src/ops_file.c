@@ -222,8 +222,9 @@ void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
 		fuse_reply_err(req, -err);
 		return;
 	}
-	if (!tmpfile_name(name)) /* a tmpfile: at its LINK (bv_link) */
-		release_note_created(inode_of(pino), name, st.st_ino); /* an abort removes it */
+	if (!tmpfile_name(name)) /* a tmpfile: at its LINK (bv_link); an abort removes it, and
+				  * other sessions do not see it until the commit */
+		release_note_created(inode_of(pino), name, st.st_ino, fuse_req_ctx(req)->pid);
 	/* a new file is written in place as natively: the kernel may write it itself */
 	int id = node_open(h->node, pt_active());
 	fill_entry(&e, h->node, &st, false);

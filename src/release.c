@@ -50,8 +50,10 @@
 #define INTENT	   "intent"
 #define INTENT_TMP "intent.tmp"
 
-/* E_MOVED: removed by an mv away (the file lives on at its new name: no version of it) */
-enum { E_PLACE = 'P', E_REMOVE = 'R', E_MOVED = 'M' };
+/* E_MOVED: removed by an mv away (the file lives on at its new name: no version of it);
+ * E_NEW: a file made in place within the release (CREATE), added to the entries at the commit
+ * for the history record only (applying it changes nothing) */
+enum { E_PLACE = 'P', E_REMOVE = 'R', E_MOVED = 'M', E_NEW = 'N' };
 
 struct rentry {
 	struct rentry *next;
@@ -61,6 +63,9 @@ struct rentry {
 	char *name;
 	char hold[24];		/* E_PLACE: the held file in the release directory */
 	unsigned long long ino; /* E_REMOVE: the file at the name when the rm was held */
+	/* E_PLACE: the file at the name when the commit began (0: none), for the history
+	 * record of a commit replayed at mount */
+	unsigned long long oldino;
 };
 
 struct rcreated {
@@ -68,14 +73,20 @@ struct rcreated {
 	struct node *dnode; /* a ref */
 	char *name;
 	ino_t ino;
+	pid_t sid; /* its creator's session: only that session sees it before the commit */
 };
 
 static pthread_rwlock_t walk;
 static pthread_once_t walk_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static bool active; /* written holding walk (write), the store lock and mu; read atomically */
+static bool active; /* rels != NULL: written holding walk (write), the store lock and mu;
+		     * read atomically */
 
-static struct {
+/* One open release. The list is changed holding walk (write), the store lock and mu; read
+ * holding walk (read) or mu. Releases cover disjoint trees: none's DIR is another's or
+ * below it (begin: EBUSY). */
+struct release {
+	struct release *next;
 	char name[72];
 	char rdir[80]; /* R<name> in .binvfs-staging */
 	int rfd;       /* that directory, flock()ed while open */
@@ -87,7 +98,8 @@ static struct {
 	struct rentry *entries, **tail;
 	struct rcreated *created;
 	unsigned seq;
-} R = {.rfd = -1};
+};
+static struct release *rels;
 
 static void walk_init(void)
 {
@@ -105,30 +117,33 @@ static bool is_active(void)
 	return __atomic_load_n(&active, __ATOMIC_ACQUIRE);
 }
 
-/* Is path (below SOURCE) DIR or below it? */
-static bool path_under(const char *path)
+/* Is path (below SOURCE) dir or below it? */
+static bool path_under(const char *path, const char *dir)
 {
-	size_t len = strlen(R.dir);
+	size_t len = strlen(dir);
 
 	if (!len)
 		return true;
-	return !strncmp(path, R.dir, len) && (path[len] == 0 || path[len] == '/');
+	return !strncmp(path, dir, len) && (path[len] == 0 || path[len] == '/');
 }
 
-/* The path of directory d if the open release covers it (malloc'd), else NULL. Caller holds
- * walk or mu. */
-static char *covered(struct node *d)
+/* The path of directory d if an open release covers it (malloc'd; *rp gets the release),
+ * else NULL. Caller holds walk or mu. */
+static char *covered(struct node *d, struct release **rp)
 {
 	char *p;
 
 	if (!active || d->kind != NODE_DIR || d->in_versions)
 		return NULL;
 	p = node_dir_path(d->dev, d->ino);
-	if (p && !path_under(p)) {
-		free(p);
-		p = NULL;
-	}
-	return p;
+	for (struct release *r = p ? rels : NULL; r; r = r->next)
+		if (path_under(p, r->dir)) {
+			if (rp)
+				*rp = r;
+			return p;
+		}
+	free(p);
+	return NULL;
 }
 
 bool release_walk_begin(struct node *dir)
@@ -139,7 +154,7 @@ bool release_walk_begin(struct node *dir)
 		return false;
 	pthread_once(&walk_once, walk_init);
 	pthread_rwlock_rdlock(&walk);
-	p = covered(dir);
+	p = covered(dir, NULL);
 	if (p) {
 		free(p);
 		return true;
@@ -153,15 +168,15 @@ void release_walk_end(void)
 	pthread_rwlock_unlock(&walk);
 }
 
-static struct rentry *find_entry(const char *dir, const char *name)
+static struct rentry *find_entry(struct release *R, const char *dir, const char *name)
 {
-	for (struct rentry *e = R.entries; e; e = e->next)
+	for (struct rentry *e = R->entries; e; e = e->next)
 		if (!strcmp(e->name, name) && !strcmp(e->dir, dir))
 			return e;
 	return NULL;
 }
 
-static struct rentry *new_entry(struct node *dnode, char *dir, const char *name)
+static struct rentry *new_entry(struct release *R, struct node *dnode, char *dir, const char *name)
 {
 	struct rentry *e = calloc(1, sizeof(*e));
 
@@ -174,20 +189,20 @@ static struct rentry *new_entry(struct node *dnode, char *dir, const char *name)
 	e->dnode = dnode;
 	if (dnode)
 		node_ref(dnode);
-	*R.tail = e;
-	R.tail = &e->next;
+	*R->tail = e;
+	R->tail = &e->next;
 	return e;
 }
 
 /* An entry that changes nothing any more (a file made and removed within the release). */
-static void drop_entry(struct rentry *x, struct node ***unrefs, size_t *nunrefs)
+static void drop_entry(struct release *R, struct rentry *x, struct node ***unrefs, size_t *nunrefs)
 {
-	for (struct rentry **pp = &R.entries; *pp; pp = &(*pp)->next) {
+	for (struct rentry **pp = &R->entries; *pp; pp = &(*pp)->next) {
 		if (*pp != x)
 			continue;
 		*pp = x->next;
-		if (R.tail == &x->next)
-			R.tail = pp;
+		if (R->tail == &x->next)
+			R->tail = pp;
 		break;
 	}
 	if (x->dnode) /* unref'd once the locks are dropped (it may run a deferred prune) */
@@ -197,17 +212,18 @@ static void drop_entry(struct rentry *x, struct node ***unrefs, size_t *nunrefs)
 	free(x);
 }
 
-static struct rcreated **find_created(struct node *d, const char *name, ino_t ino)
+static struct rcreated **find_created(struct release *R, struct node *d, const char *name,
+				      ino_t ino)
 {
-	for (struct rcreated **pp = &R.created; *pp; pp = &(*pp)->next)
+	for (struct rcreated **pp = &R->created; *pp; pp = &(*pp)->next)
 		if ((*pp)->dnode == d && (*pp)->ino == ino && !strcmp((*pp)->name, name))
 			return pp;
 	return NULL;
 }
 
-static void next_hold(char *buf, size_t len)
+static void next_hold(struct release *R, char *buf, size_t len)
 {
-	snprintf(buf, len, "h%u", ++R.seq);
+	snprintf(buf, len, "h%u", ++R->seq);
 }
 
 /* The kernel may hold dir/name from before: drop it (queued: the caller's caller may hold the
@@ -218,7 +234,7 @@ static void forget_name(struct node *dir, const char *name)
 }
 
 /* Take the locks of a hold; NULL (nothing taken) if no open release covers dir. */
-static char *hold_lock(struct node *dir)
+static char *hold_lock(struct node *dir, struct release **rp)
 {
 	char *p;
 
@@ -226,7 +242,7 @@ static char *hold_lock(struct node *dir)
 		return NULL;
 	store_lock(&fs.store);
 	pthread_mutex_lock(&mu);
-	p = covered(dir);
+	p = covered(dir, rp);
 	if (!p) {
 		pthread_mutex_unlock(&mu);
 		store_unlock(&fs.store);
@@ -245,7 +261,8 @@ static void hold_unlock(char *p, struct node **unrefs, size_t n)
 
 int release_hold_publish(struct node *dir, const char *name, int fd)
 {
-	char proc[64], hold[24], *p = hold_lock(dir);
+	struct release *R = NULL;
+	char proc[64], hold[24], *p = hold_lock(dir, &R);
 	struct node *unrefs[1], **up = unrefs;
 	size_t nun = 0;
 	struct rentry *e;
@@ -253,30 +270,37 @@ int release_hold_publish(struct node *dir, const char *name, int fd)
 
 	if (!p)
 		return RELEASE_NOT_HELD;
-	next_hold(hold, sizeof(hold));
+	next_hold(R, hold, sizeof(hold));
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-	if (linkat(AT_FDCWD, proc, R.rfd, hold, AT_SYMLINK_FOLLOW) < 0)
+	if (linkat(AT_FDCWD, proc, R->rfd, hold, AT_SYMLINK_FOLLOW) < 0)
 		err = -errno;
-	e = err ? NULL : find_entry(p, name);
-	if (!err && !e && !(e = new_entry(dir, p, name)))
+	e = err ? NULL : find_entry(R, p, name);
+	if (!err && !e && !(e = new_entry(R, dir, p, name)))
 		err = -ENOMEM;
 	if (err) {
-		unlinkat(R.rfd, hold, 0);
+		unlinkat(R->rfd, hold, 0);
 	} else {
 		if (e->kind == E_PLACE)
-			unlinkat(R.rfd, e->hold, 0); /* a later write of the name wins */
+			unlinkat(R->rfd, e->hold, 0); /* a later write of the name wins */
 		e->kind = E_PLACE;
 		strcpy(e->hold, hold);
-		log_info("release %s: publish of %s%s%s held", R.name, p, *p ? "/" : "", name);
-		forget_name(dir, name);
+		log_info("release %s: publish of %s%s%s held", R->name, p, *p ? "/" : "", name);
+		inval_gen_bump();
 	}
 	hold_unlock(p, up, nun);
+	/* The kernel may hold dir/name from before the begin (a writer that opened the file
+	 * before it walks no name now): dropped before the writer's close returns, so a commit
+	 * that follows finds nothing of it cached. At once, as a publish does: FLUSH and RELEASE
+	 * hold no directory lock, and no lock of ours is held now. */
+	if (!err)
+		inval_entry_now(node_id(dir), name);
 	return err;
 }
 
 int release_hold_unlink(struct node *dir, const char *name)
 {
-	char *p = hold_lock(dir);
+	struct release *R = NULL;
+	char *p = hold_lock(dir, &R);
 	struct node *unrefs[2], **up = unrefs;
 	size_t nun = 0;
 	struct rcreated **cp;
@@ -287,17 +311,17 @@ int release_hold_unlink(struct node *dir, const char *name)
 	if (!p)
 		return RELEASE_NOT_HELD;
 	dfd = node_fd(dir);
-	e = find_entry(p, name);
+	e = find_entry(R, p, name);
 	if (dfd < 0 || fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
 		err = dfd < 0 ? -errno : -errno;
 		if (err == -ENOENT && e && e->kind == E_PLACE) {
-			unlinkat(R.rfd, e->hold, 0); /* a name the release was to add */
-			drop_entry(e, &up, &nun);
+			unlinkat(R->rfd, e->hold, 0); /* a name the release was to add */
+			drop_entry(R, e, &up, &nun);
 			err = 0;
 		}
 	} else if (S_ISDIR(st.st_mode)) {
 		err = -EISDIR;
-	} else if ((cp = find_created(dir, name, st.st_ino))) {
+	} else if ((cp = find_created(R, dir, name, st.st_ino))) {
 		/* made within the release: nobody had it before, it goes now */
 		struct rcreated *c = *cp;
 		if (unlinkat(dfd, name, 0) < 0) {
@@ -308,14 +332,14 @@ int release_hold_unlink(struct node *dir, const char *name)
 			free(c->name);
 			free(c);
 		}
-	} else if (!e && !(e = new_entry(dir, p, name))) {
+	} else if (!e && !(e = new_entry(R, dir, p, name))) {
 		err = -ENOMEM;
 	} else {
 		if (e->kind == E_PLACE)
-			unlinkat(R.rfd, e->hold, 0);
+			unlinkat(R->rfd, e->hold, 0);
 		e->kind = E_REMOVE;
 		e->ino = st.st_ino;
-		log_info("release %s: rm of %s%s%s held", R.name, p, *p ? "/" : "", name);
+		log_info("release %s: rm of %s%s%s held", R->name, p, *p ? "/" : "", name);
 		forget_name(dir, name);
 	}
 	hold_unlock(p, up, nun);
@@ -325,6 +349,7 @@ int release_hold_unlink(struct node *dir, const char *name)
 int release_hold_rename(struct node *dir, const char *name, struct node *ndir, const char *newname,
 			unsigned flags)
 {
+	struct release *R = NULL, *R2 = NULL;
 	char hold[24], *p = NULL, *np = NULL;
 	struct node *unrefs[3], **up = unrefs;
 	size_t nun = 0;
@@ -338,15 +363,15 @@ int release_hold_rename(struct node *dir, const char *name, struct node *ndir, c
 		return RELEASE_NOT_HELD;
 	store_lock(&fs.store);
 	pthread_mutex_lock(&mu);
-	p = covered(dir);
-	np = covered(ndir);
+	p = covered(dir, &R);
+	np = covered(ndir, &R2);
 	if (!p && !np) {
 		pthread_mutex_unlock(&mu);
 		store_unlock(&fs.store);
 		return RELEASE_NOT_HELD;
 	}
-	if (!p || !np) {
-		err = -EXDEV; /* into or out of the release: mv copies and removes, each held */
+	if (!p || !np || R != R2) {
+		err = -EXDEV; /* into or out of a release: mv copies and removes, each held */
 		goto out;
 	}
 	if (flags & (RENAME_EXCHANGE | RENAME_WHITEOUT)) {
@@ -361,8 +386,8 @@ int release_hold_rename(struct node *dir, const char *name, struct node *ndir, c
 	}
 	src_there = fstatat(sfd, name, &sst, AT_SYMLINK_NOFOLLOW) == 0;
 	dst_there = fstatat(dfd, newname, &dst, AT_SYMLINK_NOFOLLOW) == 0;
-	se = find_entry(p, name);
-	de = find_entry(np, newname);
+	se = find_entry(R, p, name);
+	de = find_entry(R, np, newname);
 	if (!src_there && !(se && se->kind == E_PLACE)) {
 		err = -ENOENT;
 		goto out;
@@ -383,20 +408,20 @@ int release_hold_rename(struct node *dir, const char *name, struct node *ndir, c
 			se->kind = E_REMOVE;
 			se->ino = sst.st_ino;
 		} else {
-			drop_entry(se, &up, &nun);
+			drop_entry(R, se, &up, &nun);
 			se = NULL;
 		}
-	} else if ((cp = find_created(dir, name, sst.st_ino))) {
+	} else if ((cp = find_created(R, dir, name, sst.st_ino))) {
 		/* made within the release (rsync's temporary file): into the release */
 		struct rcreated *c = *cp;
 		int fd;
-		next_hold(hold, sizeof(hold));
-		if (renameat(sfd, name, R.rfd, hold) < 0) {
+		next_hold(R, hold, sizeof(hold));
+		if (renameat(sfd, name, R->rfd, hold) < 0) {
 			err = -errno;
 			goto out;
 		}
 		if (!fs.store.nosync &&
-		    (fd = openat(R.rfd, hold, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)) >=
+		    (fd = openat(R->rfd, hold, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)) >=
 			0) {
 			fdatasync(fd);
 			close(fd);
@@ -407,29 +432,29 @@ int release_hold_rename(struct node *dir, const char *name, struct node *ndir, c
 		free(c);
 	} else {
 		/* a file from before: it stays at its name until the commit */
-		next_hold(hold, sizeof(hold));
-		if (linkat(sfd, name, R.rfd, hold, 0) < 0) {
+		next_hold(R, hold, sizeof(hold));
+		if (linkat(sfd, name, R->rfd, hold, 0) < 0) {
 			err = -errno;
 			goto out;
 		}
-		if (!se && !(se = new_entry(dir, p, name))) {
-			unlinkat(R.rfd, hold, 0);
+		if (!se && !(se = new_entry(R, dir, p, name))) {
+			unlinkat(R->rfd, hold, 0);
 			err = -ENOMEM;
 			goto out;
 		}
 		se->kind = E_MOVED;
 		se->ino = sst.st_ino;
 	}
-	if (!de && !(de = new_entry(ndir, np, newname))) {
+	if (!de && !(de = new_entry(R, ndir, np, newname))) {
 		err = -ENOMEM; /* (what was done for the source stays: the name is kept) */
-		unlinkat(R.rfd, hold, 0);
+		unlinkat(R->rfd, hold, 0);
 		goto out;
 	}
 	if (de->kind == E_PLACE)
-		unlinkat(R.rfd, de->hold, 0);
+		unlinkat(R->rfd, de->hold, 0);
 	de->kind = E_PLACE;
 	strcpy(de->hold, hold);
-	log_info("release %s: mv %s%s%s -> %s%s%s held", R.name, p, *p ? "/" : "", name, np,
+	log_info("release %s: mv %s%s%s -> %s%s%s held", R->name, p, *p ? "/" : "", name, np,
 		 *np ? "/" : "", newname);
 	forget_name(dir, name);
 	forget_name(ndir, newname);
@@ -443,21 +468,81 @@ out:
 	return err;
 }
 
-void release_note_created(struct node *dir, const char *name, ino_t ino)
+pid_t release_sid(pid_t tid)
 {
+	char path[64], buf[512], *rp;
+	int fd, ppid, pgrp, sid;
+	ssize_t n;
+
+	if (tid <= 0)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	rp = strrchr(buf, ')'); /* the command may hold anything but ends at the last ')' */
+	if (!rp || sscanf(rp + 1, " %*c %d %d %d", &ppid, &pgrp, &sid) != 3)
+		return 0;
+	return (pid_t)sid;
+}
+
+pid_t release_created_sid(struct node *dir, const char *name)
+{
+	pid_t sid = 0;
+
+	if (!is_active() || dir->kind != NODE_DIR)
+		return 0;
+	pthread_mutex_lock(&mu);
+	for (struct release *r = rels; r && !sid; r = r->next)
+		for (struct rcreated *c = r->created; c && !sid; c = c->next)
+			if (c->dnode == dir && !strcmp(c->name, name))
+				sid = c->sid ? c->sid : -1;
+	pthread_mutex_unlock(&mu);
+	return sid;
+}
+
+bool release_is_created(struct node *dir, const char *name, ino_t ino)
+{
+	bool found = false;
+
+	if (!is_active() || dir->kind != NODE_DIR)
+		return false;
+	pthread_mutex_lock(&mu);
+	for (struct release *r = rels; r && !found; r = r->next)
+		found = find_created(r, dir, name, ino) != NULL;
+	pthread_mutex_unlock(&mu);
+	return found;
+}
+
+bool release_active(void)
+{
+	return is_active();
+}
+
+void release_note_created(struct node *dir, const char *name, ino_t ino, pid_t tid)
+{
+	struct release *R = NULL;
 	struct rcreated *c;
+	pid_t sid;
 	char *p;
 
 	if (!is_active())
 		return;
+	sid = release_sid(tid);
 	pthread_mutex_lock(&mu);
-	p = covered(dir);
+	p = covered(dir, &R);
 	if (p && (c = calloc(1, sizeof(*c))) && (c->name = strdup(name))) {
 		c->dnode = dir;
 		node_ref(dir);
 		c->ino = ino;
-		c->next = R.created;
-		R.created = c;
+		c->sid = sid;
+		c->next = R->created;
+		R->created = c;
 	} else if (p && c) {
 		free(c);
 	}
@@ -495,7 +580,8 @@ static unsigned long old_answers; /* old_mu */
 /* old_mu held */
 static void old_add(const struct rentry *e, const struct store_change *ch, bool there)
 {
-	if (!e->dnode || e->kind == E_MOVED || (there && (!ch->kept || !ch->vrel)))
+	if (!e->dnode || e->kind == E_MOVED || e->kind == E_NEW ||
+	    (there && (!ch->kept || !ch->vrel)))
 		return; /* no old file to answer (dropped for space; or moved: it lives on) */
 	if (nolds == capolds) {
 		struct oldent *nv =
@@ -645,20 +731,29 @@ static int open_beneath(int rootfd, const char *path)
 	return (int)syscall(SYS_openat2, rootfd, *path ? path : ".", &how, sizeof(how));
 }
 
-/* Apply one entry; idempotent (a replay after a crash redoes only what is left). */
+/* Apply one entry; idempotent (a replay after a crash redoes only what is left): *already
+ * says it was done before. *newino: the file a place put at the name. */
 static int apply_one(struct store *s, int rfd, const struct rentry *e, uid_t uid,
-		     struct store_change *ch, bool *was_there)
+		     struct store_change *ch, bool *was_there, bool *already,
+		     unsigned long long *newino)
 {
 	struct stat st;
 	int dfd = open_beneath(s->rootfd, e->dir), err = 0;
 
 	memset(ch, 0, sizeof(*ch));
 	*was_there = true;
+	*already = false;
+	*newino = 0;
 	if (dfd < 0)
 		return -errno;
 	if (e->kind == E_PLACE) {
-		if (fstatat(rfd, e->hold, &st, AT_SYMLINK_NOFOLLOW) < 0)
-			goto out; /* placed already */
+		if (fstatat(rfd, e->hold, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			*already = true; /* placed already */
+			if (fstatat(dfd, e->name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+				*newino = st.st_ino;
+			goto out;
+		}
+		*newino = st.st_ino;
 		err = store_keep_removed(s, dfd, e->name, ch, uid);
 		if (err == -ENOENT) {
 			err = 0; /* a new name */
@@ -679,10 +774,17 @@ static int apply_one(struct store *s, int rfd, const struct rentry *e, uid_t uid
 			locks_unpublished(ch->old.st_dev, ch->old.st_ino, st.st_dev, st.st_ino);
 		if (!err)
 			store_kept_settle(s, dfd, e->name, ch);
+	} else if (e->kind == E_NEW) {
+		*was_there = false;
+		if (fstatat(dfd, e->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    (unsigned long long)st.st_ino == e->ino)
+			*newino = st.st_ino; /* still there: an addition of the release */
 	} else {
 		if (fstatat(dfd, e->name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
-		    (unsigned long long)st.st_ino != e->ino)
-			goto out; /* removed already */
+		    (unsigned long long)st.st_ino != e->ino) {
+			*already = true; /* removed already */
+			goto out;
+		}
 		if (e->kind == E_REMOVE)
 			err = store_keep_removed(s, dfd, e->name, ch, uid);
 		if (!err && unlinkat(dfd, e->name, 0) < 0)
@@ -704,12 +806,22 @@ static int sync_dir(int dirfd)
 	return err;
 }
 
-/* The intent record: "binvfs release 1\n", then per entry KIND \0 DIR \0 NAME \0 HOLD-or-INO
- * \0, each field NUL-terminated (names may hold any byte but NUL). */
-static int write_intent(struct store *s, int rfd)
+/* The header of an intent record (format 2; format 1 had none: no history record). */
+struct rhead {
+	unsigned id; /* the history record's id; 0: none */
+	char name[72];
+	char *dir;
+	long long begun;
+	uid_t uid;
+};
+
+/* The intent record: "binvfs release 2\n", then five fields (the history record's id, the
+ * release's name, DIR, begin time, begin uid), then per entry KIND, DIR, NAME, HOLD-or-INO,
+ * OLDINO, each field NUL-terminated (names may hold any byte but NUL). */
+static int write_intent(struct store *s, struct release *R, unsigned id)
 {
 	FILE *f;
-	int fd, err = 0;
+	int fd, err = 0, rfd = R->rfd;
 
 	fd = openat(rfd, INTENT_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
@@ -719,13 +831,15 @@ static int write_intent(struct store *s, int rfd)
 		close(fd);
 		return -errno;
 	}
-	fputs("binvfs release 1\n", f);
-	for (struct rentry *e = R.entries; e; e = e->next) {
+	fprintf(f, "binvfs release 2\n%u%c%s%c%s%c%lld%c%u%c", id, 0, R->name, 0, R->dir, 0,
+		(long long)R->started, 0, (unsigned)R->uid, 0);
+	for (struct rentry *e = R->entries; e; e = e->next) {
 		fprintf(f, "%c%c%s%c%s%c", e->kind, 0, e->dir, 0, e->name, 0);
 		if (e->kind == E_PLACE)
 			fprintf(f, "%s%c", e->hold, 0);
 		else
 			fprintf(f, "%llu%c", e->ino, 0);
+		fprintf(f, "%llu%c", e->kind == E_PLACE ? e->oldino : 0, 0);
 	}
 	if (fflush(f) != 0 || ferror(f))
 		err = -(errno ? errno : EIO);
@@ -740,6 +854,214 @@ static int write_intent(struct store *s, int rfd)
 	if (!err && !s->nosync)
 		err = sync_dir(rfd);
 	return err;
+}
+
+/* ---- the history of releases: .versions/.binvfs-releases/<id> (docs/format.md) ---- */
+
+struct rec {
+	char *buf;
+	size_t len, cap;
+	bool oom;
+	unsigned changed, added, removed;
+};
+
+static void rec_field(struct rec *b, const char *v)
+{
+	size_t n = strlen(v) + 1;
+
+	if (b->oom)
+		return;
+	if (b->len + n > b->cap) {
+		size_t cap = b->cap ? b->cap : 4096;
+		while (cap < b->len + n)
+			cap *= 2;
+		char *nb = realloc(b->buf, cap);
+		if (!nb) {
+			b->oom = true;
+			return;
+		}
+		b->buf = nb;
+		b->cap = cap;
+	}
+	memcpy(b->buf + b->len, v, n);
+	b->len += n;
+}
+
+static void rec_num(struct rec *b, unsigned long long v)
+{
+	char n[24];
+
+	snprintf(n, sizeof(n), "%llu", v);
+	rec_field(b, n);
+}
+
+static void rec_head(struct rec *b, const struct rhead *h, long long committed, uid_t cuid)
+{
+	static const char magic[] = "binvfs release record 1\n";
+
+	b->len = 0;
+	if (!b->oom && b->cap < sizeof(magic)) {
+		free(b->buf);
+		b->buf = malloc(b->cap = 4096);
+		b->oom = !b->buf;
+	}
+	if (!b->oom) {
+		memcpy(b->buf, magic, sizeof(magic) - 1);
+		b->len = sizeof(magic) - 1;
+	}
+	rec_num(b, h->id);
+	rec_field(b, h->name);
+	rec_field(b, h->dir);
+	rec_num(b, (unsigned long long)h->begun);
+	rec_num(b, (unsigned long long)committed);
+	rec_num(b, h->uid);
+	rec_num(b, cuid);
+}
+
+/* One change: C (a name replaced; VREL its old file's version), A (added), D (removed; VREL
+ * its version), M (moved away: the file lives on at the name of the C or A entry with the
+ * same inode); INO: the file now at the name (C, A), or the one that left it (D, M). */
+static void rec_entry(struct rec *b, const struct rentry *e, bool there, const char *vrel,
+		      unsigned long long newino)
+{
+	char kind[2] = {0, 0};
+
+	if (e->kind == E_NEW && !newino)
+		return; /* made and gone again within the release */
+	kind[0] = e->kind == E_NEW	? 'A'
+		  : e->kind == E_PLACE	? (there ? 'C' : 'A')
+		  : e->kind == E_REMOVE ? 'D'
+					: 'M';
+	rec_field(b, kind);
+	rec_field(b, e->dir);
+	rec_field(b, e->name);
+	rec_field(b, vrel ? vrel : "");
+	rec_num(b, e->kind == E_PLACE ? newino : e->ino);
+	if (kind[0] == 'C')
+		b->changed++;
+	else if (kind[0] == 'A')
+		b->added++;
+	else
+		b->removed++;
+}
+
+static int records_dir(struct store *s)
+{
+	if (mkdirat(s->vfd, STORE_RELEASES, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	return openat(s->vfd, STORE_RELEASES, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
+/* The next record's id: one past the highest there is. Store lock held. */
+static unsigned next_record_id(struct store *s)
+{
+	int fd = records_dir(s);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+	unsigned max = 0;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	while ((de = readdir(d))) {
+		char *end;
+		unsigned long v = strtoul(de->d_name, &end, 10);
+		if (de->d_name[0] >= '1' && de->d_name[0] <= '9' && !*end && v > max &&
+		    v < UINT_MAX)
+			max = (unsigned)v;
+	}
+	closedir(d);
+	return max + 1;
+}
+
+/* Write record id (not synced: the caller syncs the store after); readable by the classes
+ * that may list DIR (read and search), owned by DIR's owner and group. */
+static void write_record(struct store *s, struct rec *b, unsigned id, const char *dir)
+{
+	char tmp[32], name[16];
+	struct stat st;
+	int rd = -1, fd = -1, dfd = open_beneath(s->rootfd, dir);
+	mode_t mode = 0;
+	ssize_t n;
+
+	if (!id || b->oom) {
+		errno = ENOMEM;
+		goto fail;
+	}
+	if (dfd < 0 || fstat(dfd, &st) < 0 || (rd = records_dir(s)) < 0)
+		goto fail;
+	for (int sh = 0; sh <= 6; sh += 3)
+		if (((st.st_mode >> sh) & 5) == 5)
+			mode |= (mode_t)(4 << sh);
+	snprintf(tmp, sizeof(tmp), "%u.tmp", id);
+	snprintf(name, sizeof(name), "%u", id);
+	fd = openat(rd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0 || (n = write(fd, b->buf, b->len)) != (ssize_t)b->len ||
+	    fchown(fd, st.st_uid, st.st_gid) < 0 || fchmod(fd, mode) < 0 ||
+	    renameat(rd, tmp, rd, name) < 0) {
+		if (fd >= 0)
+			unlinkat(rd, tmp, 0);
+		goto fail;
+	}
+	close(fd);
+	close(rd);
+	close(dfd);
+	return;
+fail:
+	log_warn("release record %u of /%s not written (the release is committed; it is "
+		 "missing from binvfsctl releases)",
+		 id, dir);
+	if (fd >= 0)
+		close(fd);
+	if (rd >= 0)
+		close(rd);
+	if (dfd >= 0)
+		close(dfd);
+}
+
+/* Does record id exist? */
+static bool record_exists(struct store *s, unsigned id)
+{
+	char name[40];
+	struct stat st;
+
+	snprintf(name, sizeof(name), "%s/%u", STORE_RELEASES, id);
+	return fstatat(s->vfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* A replay found an entry done before the crash: the version kept of dir/name then, by its
+ * inode (malloc'd, below .versions/), or NULL. */
+static char *find_kept(struct store *s, const char *dir, const char *name, unsigned long long ino)
+{
+	char stored[NAMES_STORED_MAX + 1], *rel = NULL, *out = NULL;
+	int dfd = open_beneath(s->rootfd, dir), vfd = -1;
+	DIR *d = NULL;
+	struct dirent *de;
+
+	if (!ino || dfd < 0 || store_versions_dir(s, dfd, false, &vfd, &rel) < 0)
+		goto out;
+	names_stored(name, stored);
+	int rd = openat(vfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); /* vfd is O_PATH */
+	d = rd >= 0 ? fdopendir(rd) : NULL;
+	if (!d) {
+		if (rd >= 0)
+			close(rd);
+		goto out;
+	}
+	while (!out && (de = readdir(d)))
+		if (de->d_ino == ino && names_version_of(de->d_name, stored))
+			out = store_join(rel, de->d_name);
+out:
+	if (d)
+		closedir(d);
+	if (vfd >= 0)
+		close(vfd);
+	if (dfd >= 0)
+		close(dfd);
+	free(rel);
+	return out;
 }
 
 static void empty_dir(int dirfd)
@@ -788,28 +1110,37 @@ static void free_all(struct rentry *es, struct rcreated *cs)
 }
 
 /* Close the release directory and forget the release; all locks held. */
-static void end_release(struct store *s)
+static void end_release(struct store *s, struct release *R)
 {
-	empty_dir(R.rfd);
-	unlinkat(s->lockfd, R.rdir, AT_REMOVEDIR);
-	close(R.rfd);
-	R.rfd = -1;
-	free(R.dir);
-	R.dir = NULL;
-	__atomic_store_n(&active, false, __ATOMIC_RELEASE);
+	empty_dir(R->rfd);
+	unlinkat(s->lockfd, R->rdir, AT_REMOVEDIR);
+	close(R->rfd);
+	for (struct release **pp = &rels; *pp; pp = &(*pp)->next)
+		if (*pp == R) {
+			*pp = R->next;
+			break;
+		}
+	free(R->dir);
+	free(R);
+	__atomic_store_n(&active, rels != NULL, __ATOMIC_RELEASE);
 }
 
-static int lock_all(struct node *dir)
+/* Take every lock and find the release on dir: 0 with *rp, -ENOENT (none on dir or above
+ * it) or -EINVAL (dir is below another release's DIR). */
+static int lock_all(struct node *dir, struct release **rp)
 {
 	pthread_once(&walk_once, walk_init);
 	pthread_rwlock_wrlock(&walk);
 	store_lock(&fs.store);
 	pthread_mutex_lock(&mu);
-	if (!active)
-		return -ENOENT;
-	if (dir->dev != R.ddev || dir->ino != R.dino)
-		return -EINVAL; /* the release is on another directory */
-	return 0;
+	for (struct release *r = rels; r; r = r->next)
+		if (dir->dev == r->ddev && dir->ino == r->dino) {
+			*rp = r;
+			return 0;
+		}
+	char *p = covered(dir, NULL);
+	free(p);
+	return p ? -EINVAL : -ENOENT;
 }
 
 static void unlock_all(void)
@@ -819,105 +1150,134 @@ static void unlock_all(void)
 	pthread_rwlock_unlock(&walk);
 }
 
-static int commit(struct node *dir)
+static int commit(struct node *dir, uid_t cuid)
 {
 	struct store *s = &fs.store;
-	struct timespec t0;
+	struct timespec t0, tl;
+	struct release *R = NULL;
 	struct rentry *es;
 	struct rcreated *cs;
+	struct rec rec = {0};
+	struct rhead h = {0};
 	unsigned placed = 0, removed = 0, failed = 0;
 	double locked;
 	int err;
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	err = lock_all(dir);
+	err = lock_all(dir, &R);
+	clock_gettime(CLOCK_MONOTONIC, &tl); /* from here lookups under any release wait */
 	if (err) {
 		unlock_all();
 		return err;
 	}
-	err = write_intent(s, R.rfd);
+	/* the files made in place within the release, for the record */
+	for (struct rcreated *c = R->created; c; c = c->next) {
+		char *dp = node_dir_path(c->dnode->dev, c->dnode->ino);
+		struct rentry *e = dp ? new_entry(R, c->dnode, dp, c->name) : NULL;
+		if (e) {
+			e->kind = E_NEW;
+			e->ino = c->ino;
+		}
+		free(dp);
+	}
+	/* what each place replaces: a replay finds its version by it */
+	for (struct rentry *e = R->entries; e; e = e->next) {
+		struct stat st;
+		int dfd = e->kind == E_PLACE && e->dnode ? node_fd(e->dnode) : -1;
+		e->oldino = dfd >= 0 && fstatat(dfd, e->name, &st, AT_SYMLINK_NOFOLLOW) == 0
+				? st.st_ino
+				: 0;
+	}
+	h.id = next_record_id(s);
+	err = write_intent(s, R, h.id);
 	if (err) {
 		errno = -err;
-		log_warn("release %s: cannot write its intent record; nothing committed", R.name);
+		log_warn("release %s: cannot write its intent record; nothing committed", R->name);
 		unlock_all();
 		return err;
 	}
+	snprintf(h.name, sizeof(h.name), "%s", R->name);
+	h.dir = R->dir;
+	h.begun = R->started;
+	h.uid = R->uid;
+	rec_head(&rec, &h, time(NULL), cuid);
 	bool nosync = s->nosync;
 	s->batch = true; /* one sync of the whole store below, not one per name */
 	old_reset();
 	pthread_mutex_lock(&old_mu);
-	for (struct rentry *e = R.entries; e; e = e->next) {
+	for (struct rentry *e = R->entries; e; e = e->next) {
 		struct store_change ch;
-		bool there;
-		int r = apply_one(s, R.rfd, e, R.uid, &ch, &there);
-		if (!r)
+		unsigned long long newino;
+		bool there, already;
+		int r = apply_one(s, R->rfd, e, R->uid, &ch, &there, &already, &newino);
+		if (!r) {
 			old_add(e, &ch, there);
+			rec_entry(&rec, e, there, ch.kept ? ch.vrel : NULL, newino);
+		}
 		if (r) {
 			errno = -r;
-			log_warn("release %s: %s %s%s%s", R.name,
+			log_warn("release %s: %s %s%s%s", R->name,
 				 e->kind == E_PLACE ? "place" : "remove", e->dir,
 				 *e->dir ? "/" : "", e->name);
 			failed++;
 		} else {
 			if (e->kind == E_PLACE)
 				placed++;
-			else
+			else if (e->kind != E_NEW)
 				removed++;
 		}
 		versions_after_change(&ch);
 		store_change_done(&ch);
 	}
-	s->batch = false;
+	store_batch_end(s);
 	old_start();
 	pthread_mutex_unlock(&old_mu);
 	inval_gen_bump();
+	write_record(s, &rec, h.id, R->dir);
 	if (!nosync)
 		syncfs(s->rootfd);
-	unlinkat(R.rfd, INTENT, 0);
-	log_info("release %s committed: %u placed, %u removed%s in %.1f ms", R.name, placed,
-		 removed, failed ? " (some failed: see above)" : "", ms_since(&t0));
-	es = R.entries;
-	cs = R.created;
-	R.entries = NULL;
-	R.tail = &R.entries;
-	R.created = NULL;
-	end_release(s);
-	locked = ms_since(&t0);
+	unlinkat(R->rfd, INTENT, 0);
+	es = R->entries;
+	cs = R->created;
+	end_release(s, R);
+	locked = ms_since(&tl);
 	unlock_all();
+	log_info("release %s committed: %u placed, %u removed%s in %.1f ms, lookups held %.1f ms "
+		 "(history: release %u)",
+		 h.name, placed, removed, failed ? " (some failed: see above)" : "", ms_since(&t0),
+		 locked, h.id);
+	free(rec.buf);
 	/* names looked up before the release may still be cached: the kernel asks again */
 	for (struct rentry *e = es; e; e = e->next)
 		if (e->dnode)
 			inval_entry_queue(e->dnode, e->name);
-	log_debug("release commit held lookups %.1f ms", locked);
 	free_all(es, cs);
 	return failed ? -EIO : 0;
 }
 
 static int abort_release(struct node *dir)
 {
+	struct release *R = NULL;
 	struct rentry *es;
 	struct rcreated *cs;
 	struct stat st;
-	int err = lock_all(dir);
+	int err = lock_all(dir, &R);
 
 	if (err) {
 		unlock_all();
 		return err;
 	}
 	/* files made within the release go again */
-	for (struct rcreated *c = R.created; c; c = c->next) {
+	for (struct rcreated *c = R->created; c; c = c->next) {
 		int dfd = node_fd(c->dnode);
 		if (dfd >= 0 && fstatat(dfd, c->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 		    st.st_ino == c->ino && unlinkat(dfd, c->name, 0) == 0)
 			store_sync_dir(&fs.store, dfd);
 	}
-	log_info("release %s aborted: its held changes dropped", R.name);
-	es = R.entries;
-	cs = R.created;
-	R.entries = NULL;
-	R.tail = &R.entries;
-	R.created = NULL;
-	end_release(&fs.store);
+	log_info("release %s aborted: its held changes dropped", R->name);
+	es = R->entries;
+	cs = R->created;
+	end_release(&fs.store, R);
 	unlock_all();
 	for (struct rcreated *c = cs; c; c = c->next)
 		inval_entry_queue(c->dnode, c->name);
@@ -941,6 +1301,7 @@ static bool valid_name(const char *n)
 static int begin(struct node *dir, const char *name, uid_t uid)
 {
 	struct store *s = &fs.store;
+	struct release *R = NULL;
 	char gen[72];
 	char *path;
 	int err = 0, fd;
@@ -954,48 +1315,54 @@ static int begin(struct node *dir, const char *name, uid_t uid)
 	path = node_dir_path(dir->dev, dir->ino);
 	if (!path)
 		return -ENOENT;
+	if (!(R = calloc(1, sizeof(*R)))) {
+		free(path);
+		return -ENOMEM;
+	}
 	pthread_once(&walk_once, walk_init);
 	pthread_rwlock_wrlock(&walk);
 	store_lock(s);
 	pthread_mutex_lock(&mu);
-	if (active) {
-		err = -EBUSY; /* one release at a time (on this mount) */
+	for (struct release *r = rels; r; r = r->next)
+		if (path_under(path, r->dir) || path_under(r->dir, path)) {
+			err = -EBUSY; /* one release per tree: DIR, above or below it */
+			goto out;
+		}
+	snprintf(R->rdir, sizeof(R->rdir), "R%s", name);
+	if (mkdirat(s->lockfd, R->rdir, 0700) < 0) {
+		err = errno == EEXIST ? -EBUSY : -errno; /* a release of that name is open */
 		goto out;
 	}
-	snprintf(R.rdir, sizeof(R.rdir), "R%s", name);
-	if (mkdirat(s->lockfd, R.rdir, 0700) < 0) {
-		err = errno == EEXIST ? -EBUSY : -errno;
-		goto out;
-	}
-	fd = openat(s->lockfd, R.rdir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	fd = openat(s->lockfd, R->rdir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		err = -errno;
 		if (fd >= 0)
 			close(fd);
-		unlinkat(s->lockfd, R.rdir, AT_REMOVEDIR);
+		unlinkat(s->lockfd, R->rdir, AT_REMOVEDIR);
 		goto out;
 	}
-	R.rfd = fd;
-	snprintf(R.name, sizeof(R.name), "%s", name);
-	R.dir = path;
+	R->rfd = fd;
+	snprintf(R->name, sizeof(R->name), "%s", name);
+	R->dir = path;
 	path = NULL;
-	R.ddev = dir->dev;
-	R.dino = dir->ino;
-	R.uid = uid;
-	R.started = time(NULL);
-	R.entries = NULL;
-	R.tail = &R.entries;
-	R.created = NULL;
-	R.seq = 0;
+	R->ddev = dir->dev;
+	R->dino = dir->ino;
+	R->uid = uid;
+	R->started = time(NULL);
+	R->tail = &R->entries;
+	R->next = rels;
+	rels = R;
 	inval_gen_bump();
 	__atomic_store_n(&active, true, __ATOMIC_RELEASE);
 	log_info("release %s begun on /%s (held changes do not survive a stop of the daemon)",
-		 R.name, R.dir);
+		 R->name, R->dir);
+	R = NULL;
 out:
 	pthread_mutex_unlock(&mu);
 	store_unlock(s);
 	pthread_rwlock_unlock(&walk);
 	free(path);
+	free(R);
 	return err;
 }
 
@@ -1016,7 +1383,7 @@ int release_request(struct node *dir, const char *value, size_t size, uid_t uid)
 	if (!strncmp(buf, "begin:", 6))
 		return begin(dir, buf + 6, uid);
 	if (!strcmp(buf, "commit"))
-		return commit(dir);
+		return commit(dir, uid);
 	if (!strcmp(buf, "abort"))
 		return abort_release(dir);
 	return -EINVAL;
@@ -1025,14 +1392,18 @@ int release_request(struct node *dir, const char *value, size_t size, uid_t uid)
 int release_status(struct node *dir, char *buf, size_t size)
 {
 	unsigned place = 0, remove = 0;
+	struct release *R = NULL;
 	int n;
 
 	pthread_mutex_lock(&mu);
-	if (!active || dir->dev != R.ddev || dir->ino != R.dino) {
+	for (struct release *r = rels; r && !R; r = r->next)
+		if (dir->dev == r->ddev && dir->ino == r->dino)
+			R = r;
+	if (!R) {
 		pthread_mutex_unlock(&mu);
 		return -ENODATA;
 	}
-	for (struct rentry *e = R.entries; e; e = e->next)
+	for (struct rentry *e = R->entries; e; e = e->next)
 		if (e->kind == E_PLACE)
 			place++;
 		else
@@ -1040,7 +1411,7 @@ int release_status(struct node *dir, char *buf, size_t size)
 	n = snprintf(buf, size,
 		     "open %s since %lld by uid %u: %u to place, %u to remove; held "
 		     "changes do not survive a stop of the daemon\n",
-		     R.name, (long long)R.started, (unsigned)R.uid, place, remove);
+		     R->name, (long long)R->started, (unsigned)R->uid, place, remove);
 	pthread_mutex_unlock(&mu);
 	return n;
 }
@@ -1049,27 +1420,29 @@ void release_shutdown(void)
 {
 	old_reset();
 	pthread_mutex_lock(&mu);
-	if (active) {
-		log_warnx("release %s was open at the stop: its held changes are dropped", R.name);
-		free_all(R.entries, R.created);
-		R.entries = NULL;
-		R.created = NULL;
-		end_release(&fs.store);
+	while (rels) {
+		struct release *R = rels;
+		log_warnx("release %s was open at the stop: its held changes are dropped", R->name);
+		free_all(R->entries, R->created);
+		end_release(&fs.store, R);
 	}
 	pthread_mutex_unlock(&mu);
 }
 
-/* Read an intent record into a list of entries (dnode NULL); -EINVAL if malformed. */
-static int read_intent(int rfd, struct rentry **out)
+/* Read an intent record (format 1 or 2) into a header and a list of entries (dnode NULL);
+ * -EINVAL if malformed. */
+static int read_intent(int rfd, struct rhead *h, struct rentry **out, time_t *when)
 {
 	struct rentry *head = NULL, **tail = &head;
 	char *buf = NULL, *p, *end;
 	size_t cap = 0, len = 0;
 	ssize_t n;
-	int fd = openat(rfd, INTENT, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), err = 0;
+	struct stat st;
+	int fd = openat(rfd, INTENT, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), err = 0, nf = 4;
 
 	if (fd < 0)
 		return -errno;
+	*when = fstat(fd, &st) == 0 ? st.st_mtime : time(NULL);
 	for (;;) {
 		if (len == cap) {
 			char *nb = realloc(buf, cap = cap ? 2 * cap : 65536);
@@ -1089,14 +1462,35 @@ static int read_intent(int rfd, struct rentry **out)
 		len += (size_t)n;
 	}
 	close(fd);
-	static const char magic[] = "binvfs release 1\n";
-	if (!err && (len < sizeof(magic) - 1 || memcmp(buf, magic, sizeof(magic) - 1)))
+	static const char magic1[] = "binvfs release 1\n", magic2[] = "binvfs release 2\n";
+	if (!err && len >= sizeof(magic2) - 1 && !memcmp(buf, magic2, sizeof(magic2) - 1))
+		nf = 5;
+	else if (!err && (len < sizeof(magic1) - 1 || memcmp(buf, magic1, sizeof(magic1) - 1)))
 		err = -EINVAL;
-	p = buf + sizeof(magic) - 1;
+	p = buf + sizeof(magic1) - 1;
 	end = buf + len;
+	if (!err && nf == 5) {
+		char *f[5];
+		for (int i = 0; i < 5 && !err; i++) {
+			char *z = p < end ? memchr(p, 0, (size_t)(end - p)) : NULL;
+			if (!z)
+				err = -EINVAL;
+			f[i] = p;
+			p = z ? z + 1 : p;
+		}
+		if (!err) {
+			h->id = (unsigned)strtoul(f[0], NULL, 10);
+			snprintf(h->name, sizeof(h->name), "%s", f[1]);
+			h->dir = strdup(f[2]);
+			h->begun = strtoll(f[3], NULL, 10);
+			h->uid = (uid_t)strtoul(f[4], NULL, 10);
+			if (!h->dir)
+				err = -ENOMEM;
+		}
+	}
 	while (!err && p < end) {
-		char *f[4];
-		for (int i = 0; i < 4; i++) {
+		char *f[5];
+		for (int i = 0; i < nf; i++) {
 			char *z = p < end ? memchr(p, 0, (size_t)(end - p)) : NULL;
 			if (!z) {
 				err = -EINVAL;
@@ -1108,7 +1502,9 @@ static int read_intent(int rfd, struct rentry **out)
 		if (err)
 			break;
 		struct rentry *e = calloc(1, sizeof(*e));
-		if (!e || (f[0][0] != E_PLACE && f[0][0] != E_REMOVE && f[0][0] != E_MOVED) ||
+		if (!e ||
+		    (f[0][0] != E_PLACE && f[0][0] != E_REMOVE && f[0][0] != E_MOVED &&
+		     f[0][0] != E_NEW) ||
 		    strlen(f[3]) >= 24) {
 			free(e);
 			err = e ? -EINVAL : -ENOMEM;
@@ -1121,6 +1517,8 @@ static int read_intent(int rfd, struct rentry **out)
 			strcpy(e->hold, f[3]);
 		else
 			e->ino = strtoull(f[3], NULL, 10);
+		if (nf == 5)
+			e->oldino = strtoull(f[4], NULL, 10);
 		*tail = e;
 		tail = &e->next;
 		if (!e->dir || !e->name)
@@ -1149,6 +1547,9 @@ void release_recover(struct store *s)
 	store_lock(s);
 	while ((de = readdir(d))) {
 		struct rentry *es = NULL;
+		struct rhead h = {0};
+		struct rec rec = {0};
+		time_t when = 0;
 		unsigned n = 0;
 		if (de->d_name[0] != 'R')
 			continue;
@@ -1161,7 +1562,7 @@ void release_recover(struct store *s)
 			close(rfd);
 			continue;
 		}
-		int err = read_intent(rfd, &es);
+		int err = read_intent(rfd, &h, &es, &when);
 		if (err == -ENOENT) {
 			log_warnx(
 			    "release %s was open when its daemon stopped: its held changes are "
@@ -1172,20 +1573,36 @@ void release_recover(struct store *s)
 			log_warn("release %s: its intent record cannot be read; rolled back",
 				 de->d_name + 1);
 		} else {
-			bool nosync = s->nosync;
+			bool nosync = s->nosync, want = h.id && h.dir && !record_exists(s, h.id);
+			if (want)
+				rec_head(&rec, &h, when, h.uid);
 			s->batch = true;
 			for (struct rentry *e = es; e; e = e->next, n++) {
 				struct store_change ch;
-				bool there;
-				int r = apply_one(s, rfd, e, 0, &ch, &there);
+				unsigned long long newino;
+				bool there, already;
+				int r = apply_one(s, rfd, e, 0, &ch, &there, &already, &newino);
 				if (r) {
 					errno = -r;
 					log_warn("release %s: replay of %s", de->d_name + 1,
 						 e->name);
+				} else if (want && already) {
+					/* done before the crash: its version by inode */
+					unsigned long long was =
+					    e->kind == E_PLACE ? e->oldino : e->ino;
+					char *vrel = e->kind == E_MOVED || e->kind == E_NEW
+							 ? NULL
+							 : find_kept(s, e->dir, e->name, was);
+					rec_entry(&rec, e, e->kind != E_PLACE || was, vrel, newino);
+					free(vrel);
+				} else if (want) {
+					rec_entry(&rec, e, there, ch.kept ? ch.vrel : NULL, newino);
 				}
 				store_change_done(&ch);
 			}
-			s->batch = false;
+			store_batch_end(s);
+			if (want)
+				write_record(s, &rec, h.id, h.dir);
 			if (!nosync)
 				syncfs(s->rootfd);
 			log_warnx("release %s: a commit interrupted by a stop, rolled forward (%u "
@@ -1193,6 +1610,8 @@ void release_recover(struct store *s)
 				  de->d_name + 1, n);
 			free_all(es, NULL);
 		}
+		free(h.dir);
+		free(rec.buf);
 		empty_dir(rfd);
 		unlinkat(s->lockfd, de->d_name, AT_REMOVEDIR);
 		close(rfd);

@@ -26,8 +26,18 @@ int release_hold_rename(struct node *dir, const char *name, struct node *ndir, c
  * 0 with *np the old file (a kernel lookup) or NULL (no file), else 1: look up as usual. */
 int release_old_lookup(struct node *parent, const char *name, pid_t tid, struct node **np,
 		       struct stat *st);
-/* CREATE made dir/name (inode ino) in place: an abort removes it again. */
-void release_note_created(struct node *dir, const char *name, ino_t ino);
+/* CREATE made dir/name (inode ino) in place, for thread tid: an abort removes it again; until
+ * the commit only the creator's session sees it (release_created_sid). */
+void release_note_created(struct node *dir, const char *name, ino_t ino, pid_t tid);
+/* Is dir/name (inode ino) a file made in place within an open release (CREATE)? */
+bool release_is_created(struct node *dir, const char *name, ino_t ino);
+/* Is a release open at all (a hint, read without a lock)? */
+bool release_active(void);
+/* The session of thread tid (from /proc), 0 if unknown. */
+pid_t release_sid(pid_t tid);
+/* dir/name made in place within an open release: its creator's session (-1 if unknown), else
+ * 0. Anyone else is answered no such name: a new file is held as a publish is. */
+pid_t release_created_sid(struct node *dir, const char *name);
 
 /* The xattr requests on DIR: "begin[:NAME]", "commit", "abort"; getxattr: the state. */
 int release_request(struct node *dir, const char *value, size_t size, uid_t uid);

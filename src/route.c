@@ -18,6 +18,7 @@
 #include "log.h"
 #include "names.h"
 #include "node.h"
+#include "release.h"
 #include "syscall_abi.h"
 #include "versions.h"
 
@@ -360,13 +361,17 @@ struct node *route_lookup(pid_t tid, uid_t uid, struct node *parent, const char 
 			   * open is refused (route_arm) */
 	if (x && exec_walk(tid))
 		node_set_hot(n); /* an exec sent back from the alias runs the version's own node */
-	/* (a file written in place changes under its nodeid: one nodeid for it, as before) */
-	idle = x && !node_hot(n) && !node_written_in_place(n);
+	/* (a file written in place changes under its nodeid: one nodeid for it, as before; so
+	 * does a file made within a release until it commits) */
+	idle = x && !node_hot(n) && !node_written_in_place(n) &&
+	       !release_is_created(parent, name, n->ino);
 again:
 	writer = x && !idle && route_thread_writes(tid);
 	stg = route_staging(tid, uid, n, parent, name, writer);
-	if (stg && node_written_in_place(n)) {
-		/* its writer writes the file itself: so does this one (node_written_in_place) */
+	if (stg && (node_written_in_place(n) || release_is_created(parent, name, n->ino))) {
+		/* its writer writes the file itself: so does this one (node_written_in_place); a
+		 * file made within a release is written in place until the release takes it (an
+		 * mv) or commits, as at its CREATE: nobody else sees it */
 		node_forget(stg, 1);
 		route_in_place(tid, uid, n);
 		stg = NULL;

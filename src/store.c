@@ -235,6 +235,10 @@ int store_open(struct store *s, const char *source, unsigned keep, bool nosync)
 			log_warn("cannot write %s/%s/%s", source, STORE_DIR, STORE_MARKER);
 			return -1;
 		}
+		/* the new store's names on disk before anything is kept in it: a power cut must
+		 * not leave a store without its marker (a later mount refuses such a directory) */
+		store_sync_dir(s, s->vfd);
+		store_sync_dir(s, s->rootfd);
 	} else if (check_marker(s->vfd) < 0) {
 		log_warnx("%s/%s exists but is not a binvfs store (no %s marker); rename it first",
 			  source, STORE_DIR, STORE_MARKER);
@@ -719,12 +723,47 @@ static int mirror_step(struct store *s, const char *comp, bool create, int *tcur
  * component at a time, copying each tree directory's mode and owner onto its mirror. rel (if
  * not NULL) gets the mirror's path below .versions/, malloc'd. Any depth: every call takes one
  * component. */
+static void batch_forget(struct store *s)
+{
+	if (s->batch_dir.ino) {
+		close(s->batch_dir.vfd);
+		free(s->batch_dir.rel);
+		s->batch_dir.ino = 0;
+	}
+}
+
+void store_batch_end(struct store *s)
+{
+	s->batch = false;
+	batch_forget(s);
+}
+
 int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, char **rel)
 {
 	char *save = NULL, *comp, *path, *vrel = NULL;
+	struct stat dst = {0};
 	bool from_nodes;
 	int vcur = -1, tcur = -1, err;
 
+	/* A release's commit keeps versions of many names in few directories, holding the store
+	 * lock throughout: the same directory's mirror is found once (and its metadata copied
+	 * once) per commit, not once per name. */
+	if (!s->batch) {
+		batch_forget(s);
+	} else if (fstat(dirfd, &dst) == 0 && s->batch_dir.ino == dst.st_ino &&
+		   s->batch_dir.dev == dst.st_dev) {
+		char *r = rel ? strdup(s->batch_dir.rel) : NULL;
+		int fd = dup(s->batch_dir.vfd);
+		if (fd >= 0 && (!rel || r)) {
+			*vdirfd = fd;
+			if (rel)
+				*rel = r;
+			return 0;
+		}
+		if (fd >= 0)
+			close(fd);
+		free(r);
+	}
 	err = relpath(s, dirfd, &path, &from_nodes);
 	if (err)
 		return err;
@@ -750,6 +789,21 @@ int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, cha
 		    a.st_dev != b.st_dev) {
 			err = -ENOENT;
 			goto out;
+		}
+	}
+	if (s->batch && dst.st_ino) {
+		char *r = strdup(vrel);
+		int fd = dup(vcur);
+		batch_forget(s);
+		if (r && fd >= 0) {
+			s->batch_dir.dev = dst.st_dev;
+			s->batch_dir.ino = dst.st_ino;
+			s->batch_dir.vfd = fd;
+			s->batch_dir.rel = r;
+		} else {
+			free(r);
+			if (fd >= 0)
+				close(fd);
 		}
 	}
 	*vdirfd = vcur;

@@ -21,7 +21,14 @@ struct store {
 	char stagename[32];
 	unsigned keep; /* old versions kept per path, 0 = no limit */
 	bool nosync;
-	bool batch; /* a release's commit: no sync per directory, one syncfs after (store lock) */
+	bool batch; /* a release's commit: no sync per directory, one syncfs after (store lock);
+		     * and store_versions_dir remembers its last answer (batch_*) */
+	struct {
+		dev_t dev;
+		ino_t ino; /* the tree directory; 0: nothing remembered */
+		int vfd;   /* its mirror */
+		char *rel;
+	} batch_dir;
 	pthread_mutex_t lock;	  /* serialises every change to names that keeps a version; taken
 				   * through store_lock(). Lock order: a handle's lock, then this,
 				   * then the node table's and the links lock (docs/design.md §9) */
@@ -70,6 +77,8 @@ void store_index_start(struct store *s);
 bool store_reserved_root_name(const char *name);
 char *store_join(const char *rel, const char *name);
 int store_versions_dir(struct store *s, int dirfd, bool create, int *vdirfd, char **rel);
+/* The end of a batch (s->batch): store_versions_dir forgets the mirror it remembered. */
+void store_batch_end(struct store *s);
 int store_stage_create(struct store *s, int srcfd, const struct stat *base, off_t len, int *out);
 
 int store_sync_dir(struct store *s, int dirfd);

@@ -22,11 +22,12 @@ bool versions_is_view_root(struct node *parent, const char *name)
 	return parent == node_root() && !strcmp(name, STORE_DIR);
 }
 
-/* The store's own entries never show in the view. */
+/* The store's own entries never show in the view, but for the history of releases (read by
+ * binvfsctl releases; each record readable as its directory is). */
 bool versions_hidden(struct node *dir, const char *name)
 {
 	return dir->in_versions && dir->ino == fs.view_ino && dir->dev == fs.view_dev &&
-	       names_store_entry(name);
+	       names_store_entry(name) && strcmp(name, STORE_RELEASES);
 }
 
 /* Nothing in the view can change, and an old version is read-only wherever it is reached. */

@@ -8,6 +8,7 @@ script of the `recorder` fixture.
 """
 import json
 import os
+import tempfile
 
 import pytest
 
@@ -16,7 +17,8 @@ from util import cp, read, run, write
 
 ANSIBLE = os.path.join(ROOT, "contrib", "ansible")
 MODULES = os.path.join(ANSIBLE, "plugins", "modules")
-PLAYBOOK = os.path.join(ANSIBLE, "playbooks", "deploy.yml")
+PLAYBOOK = os.path.join(ANSIBLE, "playbooks", "deploy-file.yml")
+RELEASE_PLAYBOOK = os.path.join(ANSIBLE, "playbooks", "deploy.yml")
 
 
 @pytest.fixture
@@ -34,11 +36,11 @@ def ansible(binary, workdir):
                ANSIBLE_RETRY_FILES_ENABLED="false",
                PATH="/usr/bin:/bin:/usr/sbin:/sbin")
 
-    def call(tool, *args, as_json=True):
+    def call(tool, *args, as_json=True, timeout=60):
         e = dict(env)
         if as_json:
             e.update(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
-        r = run([f"/usr/bin/{tool}", *args], env=e, cwd=workdir)
+        r = run([f"/usr/bin/{tool}", *args], env=e, cwd=workdir, timeout=timeout)
         if as_json:
             assert r.stdout.lstrip().startswith("{"), r.stdout + r.stderr
             r.json = json.loads(r.stdout)
@@ -204,9 +206,116 @@ def test_playbook_deploys_restarts_and_rolls_back(mnt, binary, ansible, cgroups,
 
 
 def test_modules_document_themselves(ansible):
-    """ansible-doc reads DOCUMENTATION, EXAMPLES and RETURN of both modules."""
-    for name in ("binvfs_rollback", "binvfs_outdated"):
+    """ansible-doc reads DOCUMENTATION, EXAMPLES and RETURN of each module."""
+    for name in ("binvfs_rollback", "binvfs_outdated", "binvfs_release"):
         r = ansible("ansible-doc", "-M", MODULES, "--json", name, as_json=False)
         assert r.returncode == 0, r.stderr
         doc = json.loads(r.stdout)[name]
         assert doc["doc"]["module"] == name and doc["examples"] and doc["return"], doc
+
+
+def release_tree(root, version, broken=False):
+    """A small build: bin/app (checks that every lib file is of its own version) and 4 lib
+    files (Ansible copies a tree one module run per file: slow on a loaded machine)."""
+    os.makedirs(os.path.join(root, "bin"))
+    os.makedirs(os.path.join(root, "lib"))
+    for i in range(4):
+        write(os.path.join(root, "lib", f"part{i}"), f"{version}\n")
+    body = "exit 3" if broken else (
+        'd=$(dirname "$0")/../lib; for f in "$d"/part*; do '
+        f'[ "$(cat "$f")" = {version} ] || exit 4; done; echo "app {version}"')
+    write(os.path.join(root, "bin", "app"), f"#!/bin/sh\n{body}\n", 0o755)
+
+
+def test_release_module_begin_commit_abort_check_mode(mnt, binary, ansible, ctlj, workdir):
+    d = mnt.p("app")
+    os.mkdir(d)
+    write(os.path.join(d, "f"), "1")
+
+    def bare(*flags, **args):  # no binvfsctl argument: the module needs none
+        r = ansible("ansible", "localhost", "-c", "local", "-M", MODULES, "-m",
+                    "binvfs_release", "-a", json.dumps(dict({"path": d}, **args)), *flags)
+        [task] = r.json["plays"][0]["tasks"]
+        return r.returncode, task["hosts"]["localhost"]
+
+    rc, res = bare("--check", state="begun", name="r1")
+    assert rc == 0 and res["changed"] is True and res["status"] is None, res
+    assert "no release open" in run([ctl_path(binary), "release", "status", d]).stdout
+    rc, res = bare(state="begun", name="r1")
+    assert rc == 0 and res["changed"] is True and res["name"] == "r1", res
+    assert res["status"].startswith("open r1 since"), res
+    rc, res = bare(state="begun", name="r1")  # open already: no change
+    assert rc == 0 and res["changed"] is False, res
+    rc, res = bare(state="begun", name="other")
+    assert rc != 0 and res["msg"] == f"{d}: release r1 is open, not other", res
+    write(os.path.join(d, "f"), "2")
+    write(os.path.join(d, "g"), "new")
+    rc, res = bare("--check", state="committed")
+    assert rc == 0 and res["changed"] is True and res["held"] == {"place": 1, "remove": 0}, res
+    assert read(os.path.join(d, "f")) == b"1"  # check mode: still held
+    rc, res = bare(state="committed")
+    assert rc == 0 and res["changed"] is True and res["release"] == 1, res
+    assert read(os.path.join(d, "f")) == b"2" and read(os.path.join(d, "g")) == b"new"
+    [r] = ctlj("releases", d)
+    assert (r["id"], r["name"], r["changed"], r["added"]) == (1, "r1", 1, 1), r
+    rc, res = bare(state="committed")
+    assert rc != 0 and "no release is open" in res["msg"], res
+    rc, res = bare(state="aborted")  # nothing open: nothing to drop
+    assert rc == 0 and res["changed"] is False, res
+    rc, res = bare(state="begun")
+    assert rc == 0 and res["changed"] is True and res["name"], res
+    write(os.path.join(d, "f"), "3")
+    rc, res = bare("--check", state="aborted")
+    assert rc == 0 and res["changed"] is True, res
+    rc, res = bare(state="aborted")
+    assert rc == 0 and res["changed"] is True and read(os.path.join(d, "f")) == b"2", res
+    def bare_at(path):
+        r = ansible("ansible", "localhost", "-c", "local", "-M", MODULES, "-m",
+                    "binvfs_release", "-a", json.dumps({"path": path, "state": "begun"}))
+        [task] = r.json["plays"][0]["tasks"]
+        return r.returncode, task["hosts"]["localhost"]
+    rc, res = bare_at(workdir)
+    assert rc != 0 and "not in a binvfs mount" in res["msg"], res
+
+
+def test_release_playbook_deploys_a_tree_at_once_and_aborts_a_broken_one(mnt, binary, ansible,
+                                                                         workdir, ctlj):
+    app = mnt.p("app")
+    release_tree(app, 1)
+    b2, b3 = os.path.join(workdir, "b2"), os.path.join(workdir, "b3")
+    release_tree(b2, 2)
+    release_tree(b3, 3, broken=True)
+    write(os.path.join(b3, "lib", "extra"), "only in 3\n")
+    assert run([os.path.join(app, "bin", "app")]).stdout == "app 1\n"
+
+    def stages():
+        return {x for x in os.listdir(tempfile.gettempdir()) if x.endswith(".binvfs-stage")}
+    stages_before = stages()
+
+    def play(src, name):
+        extra = {"app_dir": app, "src": src + "/", "release": name}
+        r = ansible("ansible-playbook", "-i", "localhost,", "-c", "local", "-e",
+                    json.dumps(extra), RELEASE_PLAYBOOK, timeout=300)
+        tasks = {t["task"]["name"]: t["hosts"].get("localhost", {})
+                 for t in r.json["plays"][0]["tasks"]}
+        return r.returncode, tasks
+
+    rc, tasks = play(b2, "v2")
+    assert rc == 0, tasks
+    assert tasks["Commit the release (every file current at one instant)"]["release"] == 1
+    assert run([os.path.join(app, "bin", "app")]).stdout == "app 2\n"
+    [r] = ctlj("releases", app)
+    assert (r["name"], r["changed"], r["added"], r["removed"]) == ("v2", 5, 0, 0), r
+    versions = sorted(os.walk(mnt.p(".versions")))
+
+    # a build that fails its health check: aborted, nothing of it visible, nothing kept
+    rc, tasks = play(b3, "v3")
+    assert rc == 2, tasks
+    assert tasks["Abort the release (drop every held change)"]["changed"] is True
+    assert "release v3 aborted" in tasks["Fail the deploy"]["msg"], tasks["Fail the deploy"]
+    assert run([os.path.join(app, "bin", "app")]).stdout == "app 2\n"
+    assert not os.path.exists(os.path.join(app, "lib", "extra"))
+    assert sorted(os.walk(mnt.p(".versions"))) == versions
+    assert [x["name"] for x in ctlj("releases", app)] == ["v2"]
+    assert "no release open" in run([ctl_path(binary), "release", "status", app]).stdout
+    assert stages() == stages_before  # the staging copies are gone

@@ -23,6 +23,7 @@ from util import Mount
 
 STAGING = ".versions/.binvfs-staging"
 MARKER = ".versions/.binvfs-format"
+NODEIDS = ".versions/.binvfs-nodeids"
 
 
 def sha_bytes(data):
@@ -121,7 +122,7 @@ def check_store(srcfd, known):
     the format marker is intact."""
     files, dirs = under_tree(srcfd)
     for path, digest in files.items():
-        if path == MARKER:
+        if path in (MARKER, NODEIDS):  # NODEIDS: the nodeid table of a clean stop
             continue
         if path.startswith(STAGING + "/"):
             continue  # checked separately: only right after a (re)mount
@@ -135,15 +136,16 @@ def check_store(srcfd, known):
 
 
 def check_clean_unmount(srcfd, known):
-    """After a clean unmount: the current files, .versions/ with old versions and the marker
-    only (no staging directory, nothing else)."""
+    """After a clean unmount: the current files, .versions/ with old versions, the marker and
+    the nodeid table only (no staging directory, nothing else)."""
     files, dirs = check_store(srcfd, known)
     assert staging_entries(srcfd) is None, "staging directory left after a clean unmount"
-    extra = {p for p in files if p != MARKER and p not in known and not version_of(p)}
+    extra = {p for p in files if p not in (MARKER, NODEIDS) and p not in known and not version_of(p)}
     assert not extra, extra
     assert set(os.listdir(srcfd)) == {".versions"} | {n.split("/")[0] for n in known}
     tree_dirs = {os.path.dirname(n) for n in known} - {""}
     assert dirs <= tree_dirs | {".versions"} | {".versions/" + d for d in tree_dirs}, dirs
+    files.pop(NODEIDS, None)
     return files
 
 

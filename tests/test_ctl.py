@@ -487,7 +487,7 @@ def test_man_page_matches_help(binary):
             cur[1] += " " + line.strip()
         else:
             cur = None
-    assert len(entries) == 11
+    assert len(entries) == 14
     assert all(text for _, text in entries), entries
     for synopsis, text in entries:
         assert " ".join(text.split()) in man, text

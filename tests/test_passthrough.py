@@ -199,7 +199,11 @@ for _ in range(100):
     time.sleep(0.05)
 if p.poll() is not None:
     sys.exit("exit %d" % p.wait())
-print(open(os.path.join(src, "f")).read(), end="")
+try:
+    content = open(os.path.join(src, "f")).read()
+except OSError:  # passthrough=on: the daemon may refuse at INIT, after the mount was seen
+    sys.exit("exit %d" % p.wait(timeout=30))
+print(content, end="")
 print(os.getxattr(src, "user.binvfs.status").decode(), end="")
 subprocess.run(["umount", src], check=True)
 sys.exit(p.wait(timeout=30))

@@ -36,12 +36,12 @@ def daemon_fds(m):
     return len(os.listdir(f"/proc/{m.proc.pid}/fd"))
 
 
-def run(cmd, text=True, **kw):
+def run(cmd, text=True, timeout=60, **kw):
     """cmd's CompletedProcess, output as text (as bytes with text=False); never waits more
-    than 60 s."""
+    than timeout (60 s)."""
     if text:
         kw.setdefault("errors", "replace")
-    return subprocess.run(cmd, capture_output=True, text=text, timeout=60, **kw)
+    return subprocess.run(cmd, capture_output=True, text=text, timeout=timeout, **kw)
 
 
 def cp(src, dst):

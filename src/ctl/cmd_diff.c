@@ -256,7 +256,11 @@ int cmd_diff(int argc, char **argv)
 	struct bdiff *d = NULL;
 	int ret = 1, err, fa = -1, fb = -1;
 
-	if (cmd_args(argc, argv, 1, 3, "diff PATH [N [M]]", pos))
+	unsigned id;
+	int rel = take_release(&argc, argv, &id);
+	if (rel)
+		return rel < 0 ? 1 : release_diff(argc, argv, id);
+	if (cmd_args(argc, argv, 1, 3, "diff PATH [N [M]] | diff --release ID [PATH]", pos))
 		return 1;
 	if (target_resolve(pos[0], &t) || vlist_load(&t, &l) || pick(&l, pos + 1, pos[0], &a, &b))
 		goto out;

@@ -102,7 +102,8 @@ int cmd_release(int argc, char **argv)
 	if (fsetxattr(fd, RELEASE_XATTR, val, strlen(val), 0) < 0) {
 		int err = errno;
 		ctl_err("%s: release %s: %s", pos[1], action,
-			err == EBUSY	? "a release is open already (commit or abort it first)"
+			err == EBUSY	? "a release is open already, on it, above or below it, or "
+					  "with that name (commit or abort it first)"
 			: err == ENOENT ? "no release is open on this directory"
 			: err == EINVAL && !strcmp(action, "begin")
 			    ? "invalid name (letters, digits, . _ -; at most 64)"

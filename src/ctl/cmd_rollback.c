@@ -23,8 +23,7 @@ static bool same_content(int a, int b)
 	return !strcmp(ia.sha256, ib.sha256);
 }
 
-/* Write everything of in (from offset 0) to out; 0 or -errno. */
-static int copy_fd(int in, int out)
+int ctl_copy_fd(int in, int out)
 {
 	char buf[1 << 16];
 	off_t off = 0;
@@ -80,7 +79,7 @@ static int copy_over(const struct vlist *l, int in, const struct stat *cur, mode
 		fchmod(out, mode); /* not the umask's */
 	err = cur && ftruncate(out, 0) < 0 ? -errno : 0;
 	if (!err)
-		err = copy_fd(in, out);
+		err = ctl_copy_fd(in, out);
 	if (close(out) < 0 && !err)
 		err = -errno; /* binvfs reports a failed publish here */
 	if (err)
@@ -97,7 +96,10 @@ int cmd_rollback(int argc, char **argv)
 	unsigned n, was;
 	int ret = 1, vfd = -1, cfd = -1;
 
-	if (cmd_args(argc, argv, 1, 2, "rollback PATH [N]", pos))
+	int rel = take_release(&argc, argv, &n);
+	if (rel)
+		return rel < 0 ? 1 : release_rollback(argc, argv, n);
+	if (cmd_args(argc, argv, 1, 2, "rollback PATH [N] | rollback --release ID DIR", pos))
 		return 1;
 	if (pos[1] && !parse_version(pos[1], &n))
 		return ctl_err("%s: not a version number (1, 2, ...)", pos[1]);

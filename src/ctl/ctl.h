@@ -77,5 +77,13 @@ int cmd_prune(int argc, char **argv);
 int cmd_outdated(int argc, char **argv);
 int cmd_restart(int argc, char **argv);
 int cmd_release(int argc, char **argv);
+int cmd_releases(int argc, char **argv);
+/* cmd_releases.c: "--release ID" out of argv (1 with *id, 0 if absent, -1 after an error);
+ * diff --release ID [PATH] and rollback --release ID DIR. */
+int take_release(int *argc, char **argv, unsigned *id);
+int release_diff(int argc, char **argv, unsigned id);
+int release_rollback(int argc, char **argv, unsigned id);
+/* Write everything of in (from offset 0) to out; 0 or -errno. */
+int ctl_copy_fd(int in, int out);
 
 #endif

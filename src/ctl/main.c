@@ -27,6 +27,8 @@ static const char usage[] =
     "                             build-ids and changed byte ranges otherwise\n"
     "  rollback PATH [N]          make version N (default: the newest old one)\n"
     "                             current again, atomically, as a new version\n"
+    "  rollback --release ID DIR  make the state before release ID current\n"
+    "                             again, as one new release\n"
     "  prune [--keep N] PATH|DIR  remove all but the newest N old versions of\n"
     "                             PATH, or of every file in DIR and below\n"
     "                             (default N: the mount's keep=); never a\n"
@@ -43,9 +45,13 @@ static const char usage[] =
     "                             --dry-run: print the commands only\n"
     "  release begin|commit|abort|status DIR [--name NAME]\n"
     "                             a release on DIR: from begin on, every\n"
-    "                             publish, rm and mv under DIR is held;\n"
-    "                             commit makes them all current at one\n"
-    "                             instant, abort drops them\n"
+    "                             publish, new file, rm and mv under DIR is\n"
+    "                             held; commit makes them all current at\n"
+    "                             one instant, abort drops them\n"
+    "  releases [DIR]             the releases committed on DIR (or touching\n"
+    "                             it): id, name, time, who, files changed,\n"
+    "                             added, removed\n"
+    "  diff --release ID [PATH]   what release ID changed, file by file\n"
     "\n"
     "  --json                     machine-readable output (JSON) on stdout\n"
     "  -h, --help                 this help\n"
@@ -59,7 +65,7 @@ static const struct {
 } commands[] = {
     {"status", cmd_status},	{"log", cmd_log},	  {"diff", cmd_diff},
     {"rollback", cmd_rollback}, {"prune", cmd_prune},	  {"outdated", cmd_outdated},
-    {"restart", cmd_restart},	{"release", cmd_release},
+    {"restart", cmd_restart},	{"release", cmd_release}, {"releases", cmd_releases},
 };
 
 int main(int argc, char **argv)

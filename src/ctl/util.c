@@ -224,36 +224,10 @@ unsigned char entry_type(DIR *d, const struct dirent *e)
 
 char *esc(const char *s)
 {
-	static const char hex[] = "0123456789abcdef";
-	static const char named[] = "\\\a\b\t\n\v\f\r", letter[] = "\\abtnvfr";
-	char *out = xmalloc(4 * strlen(s) + 1), *o = out;
+	char *out = names_escape(s, "\\\a\b\t\n\v\f\r", "\\abtnvfr");
 
-	for (const unsigned char *p = (const unsigned char *)s; *p;) {
-		int n = *p >= 0x80 ? names_utf8_len(p) : 1;
-		const char *k = *p ? strchr(named, *p) : NULL;
-		bool c1 = n == 2 && p[0] == 0xc2 && p[1] < 0xa0; /* U+0080-U+009F: CSI and co. */
-		if (k) {
-			*o++ = '\\';
-			*o++ = letter[k - named];
-			p++;
-		} else if (n == 1 && *p >= 0x20 && *p != 0x7f) {
-			*o++ = (char)*p++;
-		} else if (n > 1 && !c1) {
-			memcpy(o, p, (size_t)n);
-			o += n;
-			p += n;
-		} else {
-			/* a control byte, or each byte of a C1 control, or a byte of no character
-			 */
-			for (int i = 0; i < (n ? n : 1); i++, p++) {
-				*o++ = '\\';
-				*o++ = 'x';
-				*o++ = hex[*p >> 4];
-				*o++ = hex[*p & 15];
-			}
-		}
-	}
-	*o = 0;
+	if (!out)
+		oom();
 	return out;
 }
 
