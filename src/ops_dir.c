@@ -91,7 +91,7 @@ void bv_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct f
 	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
 	char *buf = calloc(1, size), *p = buf;
 	size_t rem = size;
-	pid_t mysid = 0;
+	pid_t mysid = -2; /* not read yet */
 
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
@@ -112,14 +112,14 @@ void bv_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct f
 			if (!d->entry)
 				break;
 		}
-		pid_t csid = release_active() && d->entry->d_type != DT_DIR
-				 ? release_created_sid(dir, d->entry->d_name)
-				 : 0;
-		if (csid && !mysid)
+		pid_t csid;
+		bool held = release_active() && d->entry->d_type != DT_DIR &&
+			    release_created_sid(dir, d->entry->d_name, &csid);
+		if (held && mysid == -2)
 			mysid = release_sid(fuse_req_ctx(req)->pid);
 		if (versions_hidden(dir, d->entry->d_name) ||
 		    (dir == node_root() && !strcmp(d->entry->d_name, STORE_DIR)) ||
-		    (csid && csid != mysid)) { /* made within a release by another session */
+		    (held && (csid < 0 || csid != mysid))) { /* made in a release by another session */
 			d->offset = d->entry->d_off;
 			d->entry = NULL;
 			continue;

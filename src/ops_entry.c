@@ -152,8 +152,9 @@ void bv_lookup(fuse_req_t req, fuse_ino_t pino, const char *name)
 	}
 	/* under a release's directory: waits while it commits, and is not cached (release.c) */
 	bool held = release_walk_begin(inode_of(pino));
-	pid_t sid = held ? release_created_sid(inode_of(pino), name) : 0;
-	if (sid && sid != release_sid(fuse_req_ctx(req)->pid)) {
+	pid_t sid;
+	if (held && release_created_sid(inode_of(pino), name, &sid) &&
+	    (sid < 0 || sid != release_sid(fuse_req_ctx(req)->pid))) {
 		/* a file made within the release, by another session: held, no such name yet
 		 * (not cached: the creator's walks and the commit answer otherwise) */
 		memset(&e, 0, sizeof(e));

@@ -475,35 +475,37 @@ pid_t release_sid(pid_t tid)
 	ssize_t n;
 
 	if (tid <= 0)
-		return 0;
+		return -1;
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)tid);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return 0;
+		return -1;
 	n = read(fd, buf, sizeof(buf) - 1);
 	close(fd);
 	if (n <= 0)
-		return 0;
+		return -1;
 	buf[n] = 0;
 	rp = strrchr(buf, ')'); /* the command may hold anything but ends at the last ')' */
 	if (!rp || sscanf(rp + 1, " %*c %d %d %d", &ppid, &pgrp, &sid) != 3)
-		return 0;
-	return (pid_t)sid;
+		return -1;
+	return (pid_t)sid; /* 0 too: the session of programs started by an init that made none */
 }
 
-pid_t release_created_sid(struct node *dir, const char *name)
+bool release_created_sid(struct node *dir, const char *name, pid_t *sid)
 {
-	pid_t sid = 0;
+	bool found = false;
 
 	if (!is_active() || dir->kind != NODE_DIR)
-		return 0;
+		return false;
 	pthread_mutex_lock(&mu);
-	for (struct release *r = rels; r && !sid; r = r->next)
-		for (struct rcreated *c = r->created; c && !sid; c = c->next)
-			if (c->dnode == dir && !strcmp(c->name, name))
-				sid = c->sid ? c->sid : -1;
+	for (struct release *r = rels; r && !found; r = r->next)
+		for (struct rcreated *c = r->created; c && !found; c = c->next)
+			if (c->dnode == dir && !strcmp(c->name, name)) {
+				*sid = c->sid;
+				found = true;
+			}
 	pthread_mutex_unlock(&mu);
-	return sid;
+	return found;
 }
 
 bool release_is_created(struct node *dir, const char *name, ino_t ino)

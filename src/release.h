@@ -33,11 +33,11 @@ void release_note_created(struct node *dir, const char *name, ino_t ino, pid_t t
 bool release_is_created(struct node *dir, const char *name, ino_t ino);
 /* Is a release open at all (a hint, read without a lock)? */
 bool release_active(void);
-/* The session of thread tid (from /proc), 0 if unknown. */
+/* The session of thread tid (from /proc; 0 is a session too), -1 if unknown. */
 pid_t release_sid(pid_t tid);
-/* dir/name made in place within an open release: its creator's session (-1 if unknown), else
- * 0. Anyone else is answered no such name: a new file is held as a publish is. */
-pid_t release_created_sid(struct node *dir, const char *name);
+/* Is dir/name made in place within an open release? Then *sid is its creator's session (-1 if
+ * unknown: no one's). Anyone else is answered no such name: a new file is held as a publish is. */
+bool release_created_sid(struct node *dir, const char *name, pid_t *sid);
 
 /* The xattr requests on DIR: "begin[:NAME]", "commit", "abort"; getxattr: the state. */
 int release_request(struct node *dir, const char *value, size_t size, uid_t uid);

@@ -633,3 +633,34 @@ def test_names_cached_before_the_begin_are_new_right_after_the_commit(mnt):
             if got != str(rnd):
                 stale.append((rnd, p, got))
     assert not stale, stale
+
+
+def test_a_file_made_in_a_release_by_a_program_without_a_session(binary, workdir):
+    """Programs started by an init that never called setsid (a container's or a CI runner's)
+    are all in session 0: that is their session like any other. A file such a program makes
+    within a release is seen by it and its children (rsync's receiver renames its temporary
+    file), and held for the others until the commit. Run in a new pid namespace, where every session leader
+    is outside and so every process reads session 0, the daemon included."""
+    d = os.path.join(workdir, "bin")
+    os.makedirs(os.path.join(d, "app"))
+    write(os.path.join(d, "app", "old"), "old")
+    src = os.path.join(workdir, "src")
+    os.makedirs(src)
+    write(os.path.join(src, "new"), "new")
+    write(os.path.join(src, "old"), "old 2")
+    script = f"""
+set -e
+test "$(awk '{{print $6}}' /proc/self/stat)" = 0
+{binary} -f {d} & pid=$!
+for i in $(seq 200); do grep -q " {d} fuse.binvfs" /proc/self/mountinfo && break; sleep 0.05; done
+setfattr -n {XATTR} -v begin {d}/app
+rsync -a {src}/ {d}/app/
+test ! -e {d}/app/new; cat {d}/app/old; echo
+setfattr -n {XATTR} -v commit {d}/app
+cat {d}/app/new {d}/app/old; echo
+fusermount3 -u {d}; wait $pid
+"""
+    r = run(["unshare", "--pid", "--fork", "--mount-proc", "bash", "-c", script], timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.split("\n")[:2] == ["old", "newold 2"], r.stdout + r.stderr
+    assert not is_mounted(d)
