@@ -117,9 +117,11 @@ void bv_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct f
 			    release_created_sid(dir, d->entry->d_name, &csid);
 		if (held && mysid == -2)
 			mysid = release_sid(fuse_req_ctx(req)->pid);
+		/* hidden: old versions' names, the store, a file made in a release by another
+		 * session */
 		if (versions_hidden(dir, d->entry->d_name) ||
 		    (dir == node_root() && !strcmp(d->entry->d_name, STORE_DIR)) ||
-		    (held && (csid < 0 || csid != mysid))) { /* made in a release by another session */
+		    (held && (csid < 0 || csid != mysid))) {
 			d->offset = d->entry->d_off;
 			d->entry = NULL;
 			continue;
