@@ -7,6 +7,7 @@
 #include "log.h"
 #include "options.h"
 #include "passthrough.h"
+#include "uring.h"
 #include "route.h"
 #include "watchdog.h"
 #include "nodefd.h"
@@ -523,6 +524,7 @@ static int start_serving(const struct options *o)
 	fs.readahead_kb = o->readahead_kb;
 	fs.readahead_asked = o->readahead_asked;
 	fs.acl_ok = !o->noacl && has_opt(o->fuse_opts, "default_permissions") && source_has_acls();
+	uring_want(o->uring);
 	r = pt_install(fs.se, o->passthrough);
 	if (r < 0) {
 		errno = -r;
@@ -547,6 +549,9 @@ static int start_serving(const struct options *o)
 		log_warnx("no watchdog: a daemon killed at the wrong moment may leave the mount "
 			  "hanging until %s/N/abort",
 			  "/sys/fs/fuse/connections");
+	/* the kernel holds every request from INIT's reply on until the rings are up: here, in
+	 * the process that serves, before anything else touches the mount */
+	uring_start(fs.se);
 	if (stop_handlers_install() < 0)
 		log_warn("cannot install the stop handlers; libfuse's stop at once");
 	inval_init(fs.se);
@@ -556,6 +561,8 @@ static int start_serving(const struct options *o)
 		 o->keep, (unsigned long long)(fs.store.reserve >> 10),
 		 o->nosync ? ", nosync" : "");
 	log_info("passthrough %s", pt_status());
+	if (o->uring)
+		log_info("uring %s", uring_status());
 	store_index_start(&fs.store);
 	systemd_ready();
 	return 0;
@@ -586,6 +593,7 @@ static void end_session(const char *mountpoint)
 	inval_quiesce(500);
 	inval_stop();
 	unmount_if_ours(mountpoint);
+	uring_stop(); /* the unmount failed the requests in the rings */
 	locks_shutdown();
 	handles_shutdown();
 	release_shutdown();

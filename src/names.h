@@ -31,13 +31,14 @@
  * "abort"); getxattr: its state. Write access to DIR is what it takes. */
 #define RELEASE_XATTR "user.binvfs.release"
 /* Read on the mount root, answered by the daemon serving it (not stored): "pid=N", "keep=N",
- * "nosync=0|1" and "passthrough=on|off (why)" lines, for binvfsctl status. The keys, written
- * by ops_dir.c and read by ctl/mounts.c: */
+ * "nosync=0|1", "passthrough=on|off (why)" and "uring=on (N requests...)|off (why)" lines, for
+ * binvfsctl status. The keys, written by ops_dir.c and read by ctl/mounts.c: */
 #define STATUS_XATTR	   "user.binvfs.status"
 #define STATUS_PID	   "pid="
 #define STATUS_KEEP	   "keep="
 #define STATUS_NOSYNC	   "nosync="
 #define STATUS_PASSTHROUGH "passthrough="
+#define STATUS_URING	   "uring="
 
 /* Old versions kept per path (-o keep=N) unless told otherwise; 0 means no limit. The most
  * that -o keep=, binvfsctl prune --keep and a prune request (PRUNE_XATTR) accept. */

@@ -8,6 +8,7 @@
 #include "attr.h"
 #include "release.h"
 #include "passthrough.h"
+#include "uring.h"
 #include "retention.h"
 #include "versions.h"
 #include "node_open.h"
@@ -192,10 +193,11 @@ static void reply_xattr(fuse_req_t req, ssize_t ret, char *value, size_t size)
 static void reply_status(fuse_req_t req, size_t size)
 {
 	char buf[512];
-	int n = snprintf(buf, sizeof(buf),
-			 STATUS_PID "%d\n" STATUS_KEEP "%u\n" STATUS_NOSYNC
-				    "%d\n" STATUS_PASSTHROUGH "%s\n",
-			 (int)getpid(), fs.store.keep, fs.store.nosync, pt_status());
+	int n =
+	    snprintf(buf, sizeof(buf),
+		     STATUS_PID "%d\n" STATUS_KEEP "%u\n" STATUS_NOSYNC "%d\n" STATUS_PASSTHROUGH
+				"%s\n" STATUS_URING "%s\n",
+		     (int)getpid(), fs.store.keep, fs.store.nosync, pt_status(), uring_status());
 
 	if (size && size < (size_t)n)
 		fuse_reply_err(req, ERANGE);

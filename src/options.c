@@ -37,6 +37,9 @@ const char *binvfs_usage =
     "                (default auto: when the kernel offers it; on: refuse to mount without)\n"
     "  -o reserve=SIZE|PCT%  free space kept by removing unused old versions, oldest first\n"
     "                (default 1%; SIZE in bytes or with K, M, G, T; 0 = only when full)\n"
+    "  -o uring      FUSE over io_uring when the kernel offers it (Linux >= 6.14 with\n"
+    "                /sys/module/fuse/parameters/enable_uring Y): requests and replies\n"
+    "                through per-CPU rings in place of /dev/fuse reads and writes\n"
     "  -o noacl      the kernel does not check ACL entries (faster path walks for users\n"
     "                who do not own SOURCE; ACLs stay on SOURCE and are inherited)\n"
     "  -o debug      same as -d\n"
@@ -124,8 +127,8 @@ static bool remount_fixed(const char *o)
 	static const char *const list[] = {
 	    "keep=",	 "readahead=", "passthrough=", "reserve=", "user_id=", "group_id=",
 	    "rootmode=", "max_read=",  "blksize=",     "fsname=",  "subtype=", NULL};
-	if (!strcmp(o, "nosync") || !strcmp(o, "allow_other") || !strcmp(o, "allow_root") ||
-	    !strcmp(o, "default_permissions"))
+	if (!strcmp(o, "nosync") || !strcmp(o, "uring") || !strcmp(o, "allow_other") ||
+	    !strcmp(o, "allow_root") || !strcmp(o, "default_permissions"))
 		return true;
 	for (int i = 0; list[i]; i++)
 		if (!strncmp(o, list[i], strlen(list[i])))
@@ -193,7 +196,7 @@ static int parse_opts(struct options *o, char *list)
 			/* taken from the mount table again, or not changeable: main.c says which */
 			if (!strncmp(opt, "keep=", 5) || !strncmp(opt, "readahead=", 10) ||
 			    !strncmp(opt, "passthrough=", 12) || !strncmp(opt, "reserve=", 8) ||
-			    !strcmp(opt, "nosync"))
+			    !strcmp(opt, "nosync") || !strcmp(opt, "uring"))
 				fprintf(
 				    stderr,
 				    "binvfs: remount: %s is not changed (binvfs keeps the options "
@@ -249,6 +252,8 @@ static int parse_opts(struct options *o, char *list)
 			}
 		} else if (!strcmp(opt, "nosync")) {
 			o->nosync = true;
+		} else if (!strcmp(opt, "uring")) {
+			o->uring = true;
 		} else if (!strcmp(opt, "debug")) {
 			o->debug = o->foreground = true;
 		} else if (o->remount) {

@@ -16,6 +16,7 @@ struct options {
 	bool readahead_asked;
 	enum pt_want passthrough; /* passthrough=auto|on|off, default auto */
 	bool nosync;
+	bool uring; /* -o uring: FUSE over io_uring when the kernel offers it (uring.h) */
 	bool noacl; /* -o noacl: no FUSE_POSIX_ACL (the kernel checks the mode bits only) */
 	bool foreground;
 	bool debug;

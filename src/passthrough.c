@@ -19,6 +19,7 @@
 #include "passthrough.h"
 #include "fs.h"
 #include "log.h"
+#include "uring.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -155,6 +156,7 @@ static ssize_t hook_read(int fd, void *buf, size_t len, void *userdata)
 		init_unique = in->unique;
 		offered = (arg->flags & FUSE_INIT_EXT) && (arg->flags2 & INIT2_PASSTHROUGH);
 		offered_dio_mmap = (arg->flags & FUSE_INIT_EXT) && (arg->flags2 & INIT2_DIO_MMAP);
+		uring_init_offered(arg->flags, arg->flags2);
 	}
 	return n;
 }
@@ -168,7 +170,7 @@ static void patch_init(struct iovec *iov, int count)
 		return;
 	init_unique = 0;
 	bool pt = offered && want != PT_OFF;
-	if (out->error || (!pt && !offered_dio_mmap))
+	if (out->error)
 		return;
 	arg = count == 2 ? iov[1].iov_base : NULL;
 	if (!arg || iov[1].iov_len != sizeof(*arg) || out->len != sizeof(*out) + sizeof(*arg)) {
@@ -194,6 +196,9 @@ static void patch_init(struct iovec *iov, int count)
 		tail->flags2 |= INIT2_DIO_MMAP;
 		dio_mmap = true;
 	}
+	if (uring_negotiate(&tail->flags2, arg->max_write,
+			    (arg->flags & FUSE_MAX_PAGES) ? arg->max_pages : 0))
+		*flags |= FUSE_INIT_EXT;
 	if (!pt)
 		return;
 	*flags |= FUSE_INIT_EXT;
@@ -217,6 +222,16 @@ static struct open_out *open_reply(struct iovec *iov, int count)
 		return NULL;
 	o = (void *)((char *)iov[1].iov_base + entry);
 	return o->fh == reply.fh ? o : NULL;
+}
+
+/* A reply on its way: into the ring entry its request came on (uring.c), else to /dev/fuse. */
+static ssize_t send_reply(int fd, struct iovec *iov, int count)
+{
+	ssize_t n;
+
+	if (uring_reply(iov, count, &n))
+		return n;
+	return writev(fd, iov, count);
 }
 
 /* An OPEN or CREATE reply that does not look like one: passthrough goes off for the opens to
@@ -245,7 +260,7 @@ static ssize_t open_refused(int fd, struct iovec *iov, int count)
 	if (count < 1 || iov[0].iov_len != sizeof(*out))
 		return writev(fd, iov, count); /* not even the header: as it is, unedited */
 	err.unique = out->unique;
-	if (write(fd, &err, sizeof(err)) < 0)
+	if (send_reply(fd, &(struct iovec){&err, sizeof(err)}, 1) < 0)
 		return -1;
 	errno = ENOENT;
 	return -1;
@@ -263,7 +278,7 @@ static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *userdata)
 		o->open_flags = (o->open_flags & ~FOPEN_KEEP_CACHE) | FOPEN_PASSTHROUGH;
 		o->backing_id = reply.id;
 	}
-	return writev(fd, iov, count);
+	return send_reply(fd, iov, count);
 }
 
 /* With custom io, libfuse splices only through these. */
@@ -274,13 +289,25 @@ static ssize_t hook_splice(int fdin, off_t *offin, int fdout, off_t *offout, siz
 	return ended(splice(fdin, offin, fdout, offout, len, flags));
 }
 
+/* libfuse splices a READ reply (FUSE_CAP_SPLICE_WRITE) from a pipe holding its header and data:
+ * one for a ring request is read out of the pipe into its entry. */
+static ssize_t hook_splice_send(int fdin, off_t *offin, int fdout, off_t *offout, size_t len,
+				unsigned int flags, void *userdata)
+{
+	ssize_t n;
+
+	if (uring_splice_reply(fdin, fdout, len, &n))
+		return n;
+	return hook_splice(fdin, offin, fdout, offout, len, flags, userdata);
+}
+
 int pt_install(struct fuse_session *se, enum pt_want w)
 {
 	static const struct fuse_custom_io io = {
 	    .read = hook_read,
 	    .writev = hook_writev,
 	    .splice_receive = hook_splice,
-	    .splice_send = hook_splice,
+	    .splice_send = hook_splice_send,
 	};
 
 	want = w;
