@@ -66,6 +66,12 @@ OFF_MODULES = ("test_publish", "test_writers", "test_versions", "test_races", "t
                "test_inplace", "test_fidelity_xfs", "test_acl", "test_locks", "test_tmpfile",
                "test_file_handles", "test_exec_cache")
 OFF = "#passthrough=off"
+# ... and the lock tests (deferred replies, interrupts), the core and the races over FUSE over
+# io_uring too (-o uring, design.md §14), where the kernel has it: the fixture sets the
+# kernel's global switch (enable_uring) for the test and puts it back.
+URING_MODULES = ("test_locks", "test_publish", "test_races")
+URING = "#uring"
+ENABLE_URING = "/sys/module/fuse/parameters/enable_uring"
 
 
 def build_id(path):
@@ -73,7 +79,7 @@ def build_id(path):
     for k in ("asan", "tsan"):
         if k in os.path.basename(os.path.dirname(path.split("#")[0])):
             kind = k
-    return kind + ("-pt-off" if path.endswith(OFF) else "")
+    return kind + ("-pt-off" if path.endswith(OFF) else "-uring" if path.endswith(URING) else "")
 
 
 def pytest_generate_tests(metafunc):
@@ -83,6 +89,8 @@ def pytest_generate_tests(metafunc):
             bins += TSAN_BINS
         if metafunc.function.__module__ in OFF_MODULES:
             bins += [BINS[0] + OFF]
+        if metafunc.function.__module__ in URING_MODULES:
+            bins += [BINS[0] + URING]
         metafunc.parametrize("binary", bins, ids=[build_id(b) for b in bins], indirect=True)
 
 
@@ -93,9 +101,22 @@ def binary(request):
     if os.geteuid() != 0:
         pytest.skip("binvfs tests run as root")
     path, _, opt = request.param.partition("#")
+    old = None
+    if opt == "uring":
+        if not os.path.exists(ENABLE_URING):
+            pytest.skip("this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING)")
+        with open(ENABLE_URING) as f:
+            old = f.read().strip()
+        with open(ENABLE_URING, "w") as f:
+            f.write("Y")
     Mount.extra = [opt] if opt else []
-    yield path
-    Mount.extra = []
+    try:
+        yield path
+    finally:
+        Mount.extra = []
+        if old is not None:
+            with open(ENABLE_URING, "w") as f:
+                f.write(old)
 
 
 @pytest.fixture
