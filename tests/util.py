@@ -207,6 +207,15 @@ def wait_for(cond, timeout=10.0, what="condition", poll=0.01):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def uring_enabled():
+    """Does the kernel offer FUSE over io_uring now (its global switch, design.md §14)?"""
+    try:
+        with open("/sys/module/fuse/parameters/enable_uring") as f:
+            return f.read().strip() == "Y"
+    except OSError:
+        return False
+
+
 class Mount:
     """A running binvfs over `src` (mounted at `path`, which is `src` unless given), with the
     -o options opts and the further arguments args (such as -s). Another FUSE daemon: a
@@ -246,6 +255,10 @@ class Mount:
             raise
         if self.proc.poll() is not None:
             raise AssertionError(f"{self.name()} exited at startup:\n" + self.logtext())
+        if "uring" in self.opts and self.fstype == "fuse.binvfs" and uring_enabled():
+            # a test run "over io_uring" is one: the rings took requests (design.md §14)
+            st = os.getxattr(self.path, "user.binvfs.status").decode()
+            assert "\nuring=on" in st, "-o uring did not take:\n" + st
         return self
 
     def name(self):
