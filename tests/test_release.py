@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import Mount, ctl_path
+from test_tmpfile import link_proc
 from util import is_mounted, read, run, wait_for, write
 
 XATTR = "user.binvfs.release"
@@ -664,3 +665,36 @@ fusermount3 -u {d}; wait $pid
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.split("\n")[:2] == ["old", "newold 2"], r.stdout + r.stderr
     assert not is_mounted(d)
+
+
+def test_a_tmpfile_linked_within_a_release(mnt):
+    """O_TMPFILE then linkat (an installer's atomic create) within a release: the new name is
+    held like any new file (its creator's session sees it, another does not), an abort removes
+    it, a commit shows it to all."""
+    d = mnt.p("d")
+    os.mkdir(d)
+
+    def make(name):
+        fd = os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, name.encode())
+            link_proc(fd, os.path.join(d, name))
+        finally:
+            os.close(fd)
+
+    def seen_by_another_session(name):
+        r = subprocess.run(["cat", os.path.join(d, name)], capture_output=True,
+                           start_new_session=True)
+        return r.returncode == 0
+
+    for end in ("abort", "commit"):
+        release(d, "begin")
+        make(end)
+        assert read(os.path.join(d, end)) == end.encode()
+        assert end in os.listdir(d)
+        assert not seen_by_another_session(end)
+        release(d, end)
+        assert os.path.exists(os.path.join(d, end)) == (end == "commit")
+        assert seen_by_another_session(end) == (end == "commit")
+    assert sorted(os.listdir(d)) == ["commit"]
+    assert not os.path.exists(mnt.p(".versions", "d"))
