@@ -80,7 +80,7 @@ struct ring_thread {
 	struct io_uring ring;
 	struct queue *q;
 	pthread_t tid;
-	bool registered, ended;
+	bool ring_made, registered, ended;
 	struct uring_req_header hdr;
 	struct iovec iov[2];
 	char *map;	/* one page of room for the headers, then the payload */
@@ -390,6 +390,7 @@ static void *ring_main(void *arg)
 		log_warnx("uring: queue %u: io_uring_setup: %s", t->q->qid, strerror(-e));
 		goto out;
 	}
+	t->ring_made = true;
 	pin(t->q->qid);
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&t->ring);
 	io_uring_prep_poll_add(sqe, stop_fd, POLLIN);
@@ -439,6 +440,7 @@ static void *ring_main(void *arg)
 out:
 	pthread_mutex_lock(&lock);
 	t->ended = true;
+	t->q->threads--; /* a thread whose ring failed may be replaced (spawn) */
 	pthread_cond_broadcast(&cond);
 	pthread_mutex_unlock(&lock);
 	return NULL;
@@ -528,7 +530,8 @@ void uring_stop(void)
 	for (size_t i = 0; i < nthreads; i++) {
 		struct ring_thread *t = threads[i];
 		pthread_join(t->tid, NULL);
-		io_uring_queue_exit(&t->ring);
+		if (t->ring_made)
+			io_uring_queue_exit(&t->ring);
 	}
 	pthread_mutex_lock(&lock);
 	for (size_t i = 0; i < nthreads; i++) {
