@@ -507,13 +507,14 @@ void uring_start(struct fuse_session *s)
 		log_warnx("uring: cannot start the rings: out of resources");
 		abort();
 	}
-	for (unsigned i = 0; i < nqueues; i++) {
+	/* "on" before the first thread: it may answer a status read at once */
+	snprintf(status, sizeof(status), "on");
+	__atomic_store_n(&active, true, __ATOMIC_RELEASE);
+	for (unsigned i = 0; i < nqueues; i++)
 		queues[i].qid = i;
+	for (unsigned i = 0; i < nqueues; i++)
 		for (int k = 0; k < THREADS_START; k++)
 			spawn(&queues[i]);
-	}
-	__atomic_store_n(&active, true, __ATOMIC_RELAXED);
-	snprintf(status, sizeof(status), "on");
 	log_info("uring: %u queues, %d threads each to start with", nqueues, THREADS_START);
 }
 
@@ -554,7 +555,7 @@ const char *uring_status(void)
 {
 	static __thread char buf[sizeof(status) + 48];
 
-	if (!__atomic_load_n(&active, __ATOMIC_RELAXED))
+	if (!__atomic_load_n(&active, __ATOMIC_ACQUIRE))
 		return status;
 	snprintf(buf, sizeof(buf), "on (%llu requests through the rings)",
 		 (unsigned long long)__atomic_load_n(&served, __ATOMIC_RELAXED));
