@@ -47,6 +47,7 @@ static void backing_failed(const struct node *n, int err)
 int node_open(struct node *n, bool pt)
 {
 	int id, err = 0, pol = pt && n->kind == NODE_FILE ? nodefd_atime(false) : 0, drop = 0;
+	bool reused = false;
 
 	node_table_lock();
 	if (!n->opens && n->kept_id > 0 && (!pt || n->kind != NODE_FILE || n->kept_atime != pol)) {
@@ -62,6 +63,7 @@ int node_open(struct node *n, bool pt)
 		n->backing_id = n->kept_id;
 		n->kept_id = 0;
 		pt_backing_unkept();
+		reused = true;
 	} else if (!n->opens && pt && n->kind == NODE_FILE) {
 		/* the first open decides for all that overlap it; the ioctl is a few µs. A
 		 * handle-only node's fd for it is its own, not the thread's ring's: the kernel
@@ -85,6 +87,8 @@ int node_open(struct node *n, bool pt)
 	node_table_unlock();
 	if (drop)
 		pt_backing_unkeep(drop);
+	if (reused)
+		log_debug("open of inode %llu: backing id %d kept", (unsigned long long)n->ino, id);
 	if (err)
 		backing_failed(n, err);
 	return id;

@@ -1,0 +1,146 @@
+"""Opens of versions (node_open.c, ops_file.c; docs/performance.md, "Opens"): a node's
+passthrough backing id stays registered after its last RELEASE for the node's next open, and
+small versions are read cached rather than by passthrough. Whatever is kept, a new exec or open
+after a publish reaches the new version and a running program keeps the one it loaded; with
+passthrough on and off (conftest OFF_MODULES)."""
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+LIB = r"""
+const char *libv_version(void) { return "lib %d"; }
+"""
+
+USE = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+const char *libv_version(void);
+int main(int c, char **v) {
+  printf("prog %d %s\n", VERSION, libv_version()); fflush(stdout);
+  if (c > 1) { sleep(atoi(v[1])); printf("prog %d %s\n", VERSION, libv_version()); }
+  return 0;
+}
+"""
+
+BIG = 256 << 10  # passthrough (ops_file.c's PT_MIN_SIZE is 64 KiB)
+SMALL = 16 << 10  # read cached
+
+
+def build(workdir, version, size):
+    """libv.so of `version` padded to `size` bytes (ld.so ignores bytes past its segments),
+    and a program `use` linked against it that prints both versions."""
+    d = os.path.join(workdir, f"b{version}-{size}")
+    os.makedirs(d)
+    with open(os.path.join(d, "libv.c"), "w") as f:
+        f.write(LIB.replace("%d", str(version)))
+    with open(os.path.join(d, "use.c"), "w") as f:
+        f.write(USE)
+    lib = os.path.join(d, "libv.so")
+    subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", lib, os.path.join(d, "libv.c")],
+                   check=True)
+    with open(lib, "ab") as f:
+        f.write(bytes([version]) * (size - os.path.getsize(lib)))
+    use = os.path.join(d, "use")
+    subprocess.run(["cc", "-O1", f"-DVERSION={version}", "-o", use, os.path.join(d, "use.c"),
+                    "-L" + d, "-lv"], check=True)
+    with open(use, "ab") as f:
+        f.write(bytes([version]) * (size - os.path.getsize(use)))
+    return lib, use
+
+
+def passthrough_on(m):
+    return "passthrough on\n" in m.logtext()
+
+
+def kept_lines(m):
+    return m.logtext().count(" kept\n")
+
+
+def run(m, *args, timeout=30):
+    env = {"LD_LIBRARY_PATH": m.p("lib"), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([m.p("bin", "use"), *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("size", [BIG, SMALL], ids=["big", "small"])
+def test_a_publish_over_a_kept_library_and_program(mounter, workdir, procs, size):
+    """A library and a program (versions in SOURCE) run three times (their backing ids kept,
+    with passthrough, when big), then both published while one copy runs: a new exec runs the
+    new versions, the running one keeps calling the library it loaded."""
+    lib1, use1 = build(workdir, 1, size)
+    lib2, use2 = build(workdir, 2, size)
+
+    def setup(src):
+        os.makedirs(os.path.join(src, "lib"))
+        os.makedirs(os.path.join(src, "bin"))
+        shutil.copy(lib1, os.path.join(src, "lib", "libv.so"))
+        shutil.copy(use1, os.path.join(src, "bin", "use"))
+
+    m = mounter(setup=setup, opts=("nosync", "debug"))
+    for _ in range(3):
+        r = run(m)
+        assert (r.returncode, r.stdout) == (0, "prog 1 lib 1\n"), r.stderr
+    if passthrough_on(m) and size == BIG:
+        assert kept_lines(m) >= 2, "the library's and program's backing ids were not kept"
+    env = {"LD_LIBRARY_PATH": m.p("lib"), "PATH": "/usr/bin:/bin"}
+    old = procs.start([m.p("bin", "use"), "3"], stdout=subprocess.PIPE, text=True, env=env)
+    assert old.stdout.readline() == "prog 1 lib 1\n"
+    # publish both while the old copy runs (cp writes over the names, as a deploy does)
+    subprocess.run(["cp", lib2, m.p("lib", "libv.so")], check=True)
+    subprocess.run(["cp", use2, m.p("bin", "use")], check=True)
+    for _ in range(3):
+        r = run(m)
+        assert (r.returncode, r.stdout) == (0, "prog 2 lib 2\n"), r.stderr
+    out, _ = old.communicate(timeout=30)
+    assert (old.returncode, out) == (0, "prog 1 lib 1\n"), "the running program lost its library"
+    if passthrough_on(m) and size == BIG:
+        before = kept_lines(m)
+        r = run(m)
+        assert r.stdout == "prog 2 lib 2\n"
+        assert kept_lines(m) >= before + 2, "the new versions' backing ids were not kept"
+    # and back: the old versions' nodes (and kept ids) are not what a new exec reaches
+    subprocess.run(["cp", lib1, m.p("lib", "libv.so")], check=True)
+    subprocess.run(["cp", use1, m.p("bin", "use")], check=True)
+    r = run(m)
+    assert (r.returncode, r.stdout) == (0, "prog 1 lib 1\n"), r.stderr
+
+
+def requests(m, op):
+    return m.logtext().count(f"opcode: {op} ")
+
+
+@pytest.mark.parametrize("size", [BIG, SMALL], ids=["big", "small"])
+def test_an_open_read_fstat_of_a_version(mounter, size):
+    """open, read, fstat, close (ld.so's per library): a small version is read cached, so the
+    fstat after the read costs no GETATTR (a passthrough read drops the kernel's atime); a big
+    one is read by passthrough, with no READ; both read their content."""
+    data = os.urandom(size)
+
+    def setup(src):  # a version (a file made through the mount is written in place)
+        with open(os.path.join(src, "f"), "wb") as f:
+            f.write(data)
+
+    m = mounter(setup=setup, opts=("nosync", "debug"))
+    for _ in range(2):  # the first open reads the page cache in (cached) or registers the id
+        with open(m.p("f"), "rb") as f:
+            assert f.read() == data
+            os.fstat(f.fileno())
+    time.sleep(0.2)
+    getattrs, reads = requests(m, "GETATTR"), requests(m, "READ")
+    for _ in range(3):
+        with open(m.p("f"), "rb") as f:
+            assert f.read(832) == data[:832]
+            os.fstat(f.fileno())
+    time.sleep(0.2)
+    if not passthrough_on(m):
+        assert requests(m, "READ") == reads  # keep_cache: the pages stay
+        return
+    if size == SMALL:
+        assert requests(m, "GETATTR") == getattrs, "a small version's fstat asked the daemon"
+        assert requests(m, "READ") == reads
+    else:
+        assert requests(m, "READ") == reads, "a big version was not read by passthrough"
