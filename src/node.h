@@ -52,9 +52,6 @@ struct node {
 				    * are answered with this node, uncached (route_lookup) */
 	unsigned writers_in_place; /* open handles writing the file itself (a new file's
 				    * creator, those who join it): handle.c */
-	bool wrote_in_place;	   /* file: ever opened to be written in place (ops_file.c) */
-	signed char small;	   /* file: 1 if small enough to be read cached rather than
-				    * by passthrough, -1 if not, 0 not known yet (ops_file.c) */
 	unsigned inrings;	   /* handle-only: slots of per-thread fd rings holding it
 				    * (nodefd.c) */
 

@@ -57,47 +57,16 @@ static struct node *lock_node(fuse_ino_t ino)
 	return n->kind == NODE_STAGING ? n->base : n;
 }
 
-/* Versions up to this size are read through the daemon and the FUSE page cache, not by
- * passthrough. Every passthrough read makes the kernel drop the file's atime (6.18's
- * fuse_file_accessed), so the reader's next fstat costs a GETATTR round trip: ld.so opens,
- * reads, fstats and maps each library. A cached open keeps its pages across opens (keep_cache:
- * a version never changes) and costs one READ per page cache life. Per open+read+fstat+close
- * of a 15 KB library: passthrough 55 us, cached 36 us, native 4 us (docs/performance.md). */
-#define PT_MIN_SIZE (64 << 10)
-
-/* Is a read open of version n a passthrough open (when the node's first)? Not for a small file
- * never written in place: a file written in place (bv_create, a writer who joins) changes
- * under its nodeid, and the kernel would keep cached pages from before a passthrough write. */
-static bool pt_worth(struct node *n)
-{
-	signed char small;
-	struct stat st;
-	int fd;
-
-	if (n->kind != NODE_FILE || !pt_active())
-		return false;
-	if (__atomic_load_n(&n->wrote_in_place, __ATOMIC_ACQUIRE))
-		return true;
-	small = __atomic_load_n(&n->small, __ATOMIC_RELAXED);
-	if (!small) { /* a version's size never changes */
-		fd = node_fd(n);
-		small = fd >= 0 && fstat(fd, &st) == 0 && st.st_size <= PT_MIN_SIZE ? 1 : -1;
-		__atomic_store_n(&n->small, small, __ATOMIC_RELAXED);
-	}
-	return small < 0;
-}
-
 /* A read, exec or map of a version, or a read by a writer's thread of the version it copies:
- * a passthrough open (*id > 0) when the node's opens can be (none of them writes) and it is
- * worth it (pt_worth), else one served by READs from the version's read fd, held until
- * RELEASE (node_close_read). */
+ * a passthrough open (*id > 0) when the node's opens can be (none of them writes), else one
+ * served by READs from the version's read fd, held until RELEASE (node_close_read). */
 static int open_version(struct node *n, struct fuse_file_info *fi, int *id)
 {
 	static uint64_t opens;
 	struct node *v = n->kind == NODE_STAGING ? n->base : n;
 	int fd;
 
-	*id = node_open(n, pt_worth(n));
+	*id = node_open(n, n->kind == NODE_FILE && pt_active());
 	if (!*id && (fd = node_rdfd_hold(v)) < 0) {
 		node_close(n);
 		return fd;
@@ -157,7 +126,6 @@ void bv_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		err = handle_join_in_place(n, fi->flags, fuse_req_ctx(req)->uid,
 					   closer_tgid(fuse_req_ctx(req)->pid), &h);
 		if (!err) {
-			__atomic_store_n(&n->wrote_in_place, true, __ATOMIC_RELEASE);
 			id = node_open(n, pt_active()); /* as its creator's open (bv_create) */
 			fi->fh = (uintptr_t)h;
 		}
@@ -258,7 +226,6 @@ void bv_create(fuse_req_t req, fuse_ino_t pino, const char *name, mode_t mode,
 				  * other sessions do not see it until the commit */
 		release_note_created(inode_of(pino), name, st.st_ino, fuse_req_ctx(req)->pid);
 	/* a new file is written in place as natively: the kernel may write it itself */
-	__atomic_store_n(&h->node->wrote_in_place, true, __ATOMIC_RELEASE);
 	int id = node_open(h->node, pt_active());
 	fill_entry(&e, h->node, &st, false);
 	fi->fh = (uintptr_t)h;

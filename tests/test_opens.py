@@ -1,8 +1,7 @@
-"""Opens of versions (node_open.c, ops_file.c; docs/performance.md, "Opens"): a node's
-passthrough backing id stays registered after its last RELEASE for the node's next open, and
-small versions are read cached rather than by passthrough. Whatever is kept, a new exec or open
-after a publish reaches the new version and a running program keeps the one it loaded; with
-passthrough on and off (conftest OFF_MODULES)."""
+"""Opens of versions (node_open.c; docs/performance.md, "Opens: backing ids kept"): a node's
+passthrough backing id stays registered after its last RELEASE for the node's next open. Whatever
+is kept, a new exec or open after a publish reaches the new version and a running program keeps
+the one it loaded; with passthrough on and off (conftest OFF_MODULES)."""
 import os
 import shutil
 import subprocess
@@ -26,8 +25,8 @@ int main(int c, char **v) {
 }
 """
 
-BIG = 256 << 10  # passthrough (ops_file.c's PT_MIN_SIZE is 64 KiB)
-SMALL = 16 << 10  # read cached
+BIG = 256 << 10
+SMALL = 16 << 10
 
 
 def build(workdir, version, size):
@@ -69,7 +68,7 @@ def run(m, *args, timeout=30):
 @pytest.mark.parametrize("size", [BIG, SMALL], ids=["big", "small"])
 def test_a_publish_over_a_kept_library_and_program(mounter, workdir, procs, size):
     """A library and a program (versions in SOURCE) run three times (their backing ids kept,
-    with passthrough, when big), then both published while one copy runs: a new exec runs the
+    with passthrough), then both published while one copy runs: a new exec runs the
     new versions, the running one keeps calling the library it loaded."""
     lib1, use1 = build(workdir, 1, size)
     lib2, use2 = build(workdir, 2, size)
@@ -84,7 +83,7 @@ def test_a_publish_over_a_kept_library_and_program(mounter, workdir, procs, size
     for _ in range(3):
         r = run(m)
         assert (r.returncode, r.stdout) == (0, "prog 1 lib 1\n"), r.stderr
-    if passthrough_on(m) and size == BIG:
+    if passthrough_on(m):
         assert kept_lines(m) >= 2, "the library's and program's backing ids were not kept"
     env = {"LD_LIBRARY_PATH": m.p("lib"), "PATH": "/usr/bin:/bin"}
     old = procs.start([m.p("bin", "use"), "3"], stdout=subprocess.PIPE, text=True, env=env)
@@ -97,7 +96,7 @@ def test_a_publish_over_a_kept_library_and_program(mounter, workdir, procs, size
         assert (r.returncode, r.stdout) == (0, "prog 2 lib 2\n"), r.stderr
     out, _ = old.communicate(timeout=30)
     assert (old.returncode, out) == (0, "prog 1 lib 1\n"), "the running program lost its library"
-    if passthrough_on(m) and size == BIG:
+    if passthrough_on(m):
         before = kept_lines(m)
         r = run(m)
         assert r.stdout == "prog 2 lib 2\n"
@@ -113,34 +112,30 @@ def requests(m, op):
     return m.logtext().count(f"opcode: {op} ")
 
 
-@pytest.mark.parametrize("size", [BIG, SMALL], ids=["big", "small"])
-def test_an_open_read_fstat_of_a_version(mounter, size):
-    """open, read, fstat, close (ld.so's per library): a small version is read cached, so the
-    fstat after the read costs no GETATTR (a passthrough read drops the kernel's atime); a big
-    one is read by passthrough, with no READ; both read their content."""
-    data = os.urandom(size)
+def test_an_open_of_a_kept_id_reads_the_version(mounter):
+    """open, read, fstat, close (ld.so's per library), again and again: with passthrough the
+    node's backing id is kept from the second open on, and no READ reaches the daemon; the
+    content is the version's each time, and after a publish the new version's."""
+    data = os.urandom(SMALL)
 
     def setup(src):  # a version (a file made through the mount is written in place)
         with open(os.path.join(src, "f"), "wb") as f:
             f.write(data)
 
     m = mounter(setup=setup, opts=("nosync", "debug"))
-    for _ in range(2):  # the first open reads the page cache in (cached) or registers the id
+    for _ in range(3):
         with open(m.p("f"), "rb") as f:
             assert f.read() == data
             os.fstat(f.fileno())
     time.sleep(0.2)
-    getattrs, reads = requests(m, "GETATTR"), requests(m, "READ")
-    for _ in range(3):
+    if passthrough_on(m):
+        assert kept_lines(m) >= 2, "the backing id was not kept"
+        assert requests(m, "READ") == 0
+    new = os.urandom(SMALL)
+    with open(m.p("f"), "wb") as f:  # a publish: the name's new version
+        f.write(new)
+    for _ in range(2):
         with open(m.p("f"), "rb") as f:
-            assert f.read(832) == data[:832]
-            os.fstat(f.fileno())
-    time.sleep(0.2)
-    if not passthrough_on(m):
-        assert requests(m, "READ") == reads  # keep_cache: the pages stay
-        return
-    if size == SMALL:
-        assert requests(m, "GETATTR") == getattrs, "a small version's fstat asked the daemon"
-        assert requests(m, "READ") == reads
-    else:
-        assert requests(m, "READ") == reads, "a big version was not read by passthrough"
+            assert f.read() == new
+    with open(m.p(".versions", "f.~1~"), "rb") as f:
+        assert f.read() == data
