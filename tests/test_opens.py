@@ -5,9 +5,10 @@ the one it loaded; with passthrough on and off (conftest OFF_MODULES)."""
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
+
+from util import wait_for
 
 LIB = r"""
 const char *libv_version(void) { return "lib %d"; }
@@ -59,6 +60,17 @@ def kept_lines(m):
     return m.logtext().count(" kept\n")
 
 
+def releases(m):
+    return m.logtext().count("opcode: RELEASE ")
+
+
+def settle(m, before, n):
+    """Wait for n more RELEASEs than `before`: RELEASE is queued in the background after
+    close() or exit (KN §8), and an open that comes before it shares the id, with nothing to
+    take again."""
+    wait_for(lambda: releases(m) >= before + n, what=f"{n} RELEASEs")
+
+
 def run(m, *args, timeout=30):
     env = {"LD_LIBRARY_PATH": m.p("lib"), "PATH": "/usr/bin:/bin"}
     return subprocess.run([m.p("bin", "use"), *args], capture_output=True, text=True,
@@ -81,8 +93,10 @@ def test_a_publish_over_a_kept_library_and_program(mounter, workdir, procs, size
 
     m = mounter(setup=setup, opts=("nosync", "debug"))
     for _ in range(3):
+        n = releases(m)
         r = run(m)
         assert (r.returncode, r.stdout) == (0, "prog 1 lib 1\n"), r.stderr
+        settle(m, n, 2)  # the program's and the library's
     if passthrough_on(m):
         assert kept_lines(m) >= 2, "the library's and program's backing ids were not kept"
     env = {"LD_LIBRARY_PATH": m.p("lib"), "PATH": "/usr/bin:/bin"}
@@ -92,8 +106,10 @@ def test_a_publish_over_a_kept_library_and_program(mounter, workdir, procs, size
     subprocess.run(["cp", lib2, m.p("lib", "libv.so")], check=True)
     subprocess.run(["cp", use2, m.p("bin", "use")], check=True)
     for _ in range(3):
+        n = releases(m)
         r = run(m)
         assert (r.returncode, r.stdout) == (0, "prog 2 lib 2\n"), r.stderr
+        settle(m, n, 2)
     out, _ = old.communicate(timeout=30)
     assert (old.returncode, out) == (0, "prog 1 lib 1\n"), "the running program lost its library"
     if passthrough_on(m):
@@ -124,10 +140,11 @@ def test_an_open_of_a_kept_id_reads_the_version(mounter):
 
     m = mounter(setup=setup, opts=("nosync", "debug"))
     for _ in range(3):
+        n = releases(m)
         with open(m.p("f"), "rb") as f:
             assert f.read() == data
             os.fstat(f.fileno())
-    time.sleep(0.2)
+        settle(m, n, 1)
     if passthrough_on(m):
         assert kept_lines(m) >= 2, "the backing id was not kept"
         assert requests(m, "READ") == 0
