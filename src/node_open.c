@@ -118,7 +118,7 @@ void node_close(struct node *n)
 	}
 	if (!n->opens && n->backing_id > 0) {
 		/* The kernel has released every file of it: none uses the id now. A node with an
-		 * fd of its own keeps it for its next open (design.md §2, "Backing ids kept"): its
+		 * fd of its own keeps it for its next open (design.md §11, "Backing ids kept"): its
 		 * file is the node's for the node's whole life (a publish makes another node), and
 		 * the node's own fd holds the inode anyway, so keeping it holds no space a prune
 		 * would free. It goes with the node (node_free), or here past PT_KEPT_MAX. */

@@ -406,11 +406,6 @@ void pt_backing_unkeep(int id)
 	pt_backing_close(id);
 }
 
-long pt_backing_kept(void)
-{
-	return __atomic_load_n(&kept, __ATOMIC_RELAXED);
-}
-
 /* The reply this thread sends next answers an OPEN or CREATE through backing id (if > 0). */
 static void expect_reply(int id, uint32_t opcode, struct fuse_file_info *fi, uint64_t nodeid)
 {

@@ -43,7 +43,6 @@ void pt_backing_close(int id);
 bool pt_backing_keep(void);
 void pt_backing_unkept(void);
 void pt_backing_unkeep(int id);
-long pt_backing_kept(void); /* how many are kept now (tests, binvfsctl) */
 
 /* fuse_reply_open / fuse_reply_create, answering through backing `id` when id > 0 (libfuse's
  * reply is patched on its way out: FOPEN_PASSTHROUGH and the id; never FOPEN_KEEP_CACHE). */
