@@ -5,6 +5,7 @@
 #include "attr.h"
 #include "links.h"
 #include "nodeid.h"
+#include "procfs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -186,25 +187,16 @@ void give_to(int fd, uid_t uid, gid_t gid)
  * is in that group. From /proc/TID/status; unreadable (the task gone): it keeps them. */
 bool caller_keeps(pid_t tid, gid_t fsgid, gid_t gid, bool by_group)
 {
-	char path[40], buf[4096], *p;
+	char buf[4096];
+	const char *p;
 	bool keep = true;
-	ssize_t len;
-	int fd;
 
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)tid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (procfs_read(tid, "status", buf, sizeof(buf)) <= 0)
 		return true;
-	len = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (len <= 0)
-		return true;
-	buf[len] = 0;
-	p = strstr(buf, "\nCapEff:");
-	if (!p || !(strtoull(p + 8, NULL, 16) & (1ull << 4))) { /* CAP_FSETID */
+	p = procfs_field(buf, "\nCapEff:");
+	if (!p || !(strtoull(p, NULL, 16) & (1ull << 4))) { /* CAP_FSETID */
 		keep = by_group && fsgid == gid;
-		p = strstr(buf, "\nGroups:");
-		for (p = p ? p + 8 : NULL; !keep && p && *p && *p != '\n';) {
+		for (p = procfs_field(buf, "\nGroups:"); !keep && p && *p && *p != '\n';) {
 			char *end;
 			unsigned long g = strtoul(p, &end, 10);
 			if (end == p)

@@ -6,6 +6,7 @@
 #include "closer.h"
 #include "log.h"
 #include "names.h"
+#include "procfs.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -21,23 +22,13 @@
 
 pid_t closer_tgid(pid_t tid)
 {
-	char path[64], buf[512], *p;
-	int fd;
-	ssize_t n;
+	char buf[512];
+	const char *p;
 
-	if (tid <= 0)
+	if (procfs_read(tid, "status", buf, sizeof(buf)) <= 0)
 		return 0;
-	snprintf(path, sizeof(path), "/proc/%d/status", tid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = 0;
-	p = strstr(buf, "\nTgid:");
-	return p ? (pid_t)atoi(p + 6) : 0;
+	p = procfs_field(buf, "\nTgid:");
+	return p ? (pid_t)atoi(p) : 0;
 }
 
 unsigned closer_write_fds(pid_t tid, int mnt_id, ino_t a, ino_t b)
@@ -113,14 +104,8 @@ static void statread_put(struct statread *s)
 static void *statread_main(void *arg)
 {
 	struct statread *s = arg;
-	char path[64];
-	int fd;
+	ssize_t n = procfs_read(s->tid, "stat", s->buf, sizeof(s->buf));
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", s->tid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n = fd < 0 ? -1 : read(fd, s->buf, sizeof(s->buf) - 1);
-	if (fd >= 0)
-		close(fd);
 	pthread_mutex_lock(&s->lock);
 	s->len = n;
 	s->done = true;

@@ -129,19 +129,27 @@ struct node *nodeid_node(uint64_t id)
 	return s ? __atomic_load_n(&s->live, __ATOMIC_ACQUIRE) : NULL;
 }
 
+/* Slot idx goes at the end of the list head..tail (the kept list, or the free list). */
+static void append(uint32_t *head, uint32_t *tail, uint32_t idx)
+{
+	struct slot *s = slot_of(idx);
+
+	s->prev = *tail;
+	s->next = 0;
+	if (*tail)
+		slot_of(*tail)->next = idx;
+	else
+		*head = idx;
+	*tail = idx;
+}
+
 /* Slot idx (its dev, ino set) is kept, newest: appended to the list, chained in kept[]. */
 static void keep(uint32_t idx)
 {
 	struct slot *s = slot_of(idx);
 
 	s->kept = true;
-	s->prev = kept_tail;
-	s->next = 0;
-	if (kept_tail)
-		slot_of(kept_tail)->next = idx;
-	else
-		kept_head = idx;
-	kept_tail = idx;
+	append(&kept_head, &kept_tail, idx);
 	s->hnext = kept[bucket(s->dev, s->ino)];
 	kept[bucket(s->dev, s->ino)] = idx;
 	nkept++;
@@ -176,12 +184,7 @@ static void release_slot(uint32_t idx)
 
 	free(s->fh);
 	s->fh = NULL;
-	s->next = 0;
-	if (free_tail)
-		slot_of(free_tail)->next = idx;
-	else
-		free_head = idx;
-	free_tail = idx;
+	append(&free_head, &free_tail, idx);
 }
 
 static uint32_t new_slot(void)
@@ -194,7 +197,7 @@ static uint32_t new_slot(void)
 		free_head = s->next;
 		if (!free_head)
 			free_tail = 0;
-		s->next = 0;
+		s->next = s->prev = 0;
 		/* another object: a handle of the old one fails the kernel's generation check */
 		uint32_t gen = s->gen + 1 ? s->gen + 1 : 1;
 		__atomic_store_n(&s->gen, gen, __ATOMIC_RELEASE);

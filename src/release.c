@@ -30,6 +30,7 @@
 #include "links.h"
 #include "locks.h"
 #include "log.h"
+#include "procfs.h"
 #include "keep.h"
 #include "inval.h"
 #include "versions.h"
@@ -470,21 +471,11 @@ out:
 
 pid_t release_sid(pid_t tid)
 {
-	char path[64], buf[512], *rp;
-	int fd, ppid, pgrp, sid;
-	ssize_t n;
+	char buf[512], *rp;
+	int ppid, pgrp, sid;
 
-	if (tid <= 0)
+	if (procfs_read(tid, "stat", buf, sizeof(buf)) <= 0)
 		return -1;
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)tid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = 0;
 	rp = strrchr(buf, ')'); /* the command may hold anything but ends at the last ')' */
 	if (!rp || sscanf(rp + 1, " %*c %d %d %d", &ppid, &pgrp, &sid) != 3)
 		return -1;

@@ -16,6 +16,7 @@
 #define _GNU_SOURCE
 #include "watchdog.h"
 #include "log.h"
+#include "procfs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -47,26 +48,20 @@ static long long now_ms(void)
 /* Is the daemon dying: its main thread a zombie (other threads left), or SIGKILL pending? */
 static bool dying(pid_t pid)
 {
-	char path[64], buf[4096], *p;
+	char buf[4096];
+	const char *p;
 	unsigned long long mask;
-	ssize_t n;
-	int fd;
+	ssize_t n = procfs_read(pid, "status", buf, sizeof(buf));
 
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return true; /* reaped meanwhile: the pipe will say so */
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
+	if (n < 0)
+		return errno == ENOENT; /* reaped meanwhile: the pipe will say so */
+	if (n == 0)
 		return false;
-	buf[n] = 0;
-	if ((p = strstr(buf, "\nState:\t")) && (p[8] == 'Z' || p[8] == 'X'))
+	if ((p = procfs_field(buf, "\nState:\t")) && (*p == 'Z' || *p == 'X'))
 		return true;
 	static const char *const pending[] = {"\nSigPnd:\t", "\nShdPnd:\t"};
 	for (size_t i = 0; i < 2; i++) {
-		if ((p = strstr(buf, pending[i])) &&
-		    sscanf(p + strlen(pending[i]), "%llx", &mask) == 1 &&
+		if ((p = procfs_field(buf, pending[i])) && sscanf(p, "%llx", &mask) == 1 &&
 		    (mask & (1ULL << (SIGKILL - 1))))
 			return true;
 	}

@@ -56,7 +56,7 @@ class Procs:
 # The ThreadSanitizer build runs the tests that race threads of the daemon against each other.
 TSAN_BINS = os.environ.get("BINVFS_TSAN_BINS", "").split()
 TSAN_MODULES = ("test_races", "test_writers", "test_restart", "test_handles", "test_stop",
-                "security_daemon", "security_soak", "test_locks")  # (by the test's own module)
+                "security_daemon", "security_soak", "test_locks", "test_exec_cache")  # (by the test's own module)
 
 
 # The core, race and crash tests also run with passthrough=off (plain build): the daemon's own

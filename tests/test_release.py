@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import Mount, ctl_path
+from test_tmpfile import link_proc
 from util import is_mounted, read, run, wait_for, write
 
 XATTR = "user.binvfs.release"
@@ -520,6 +521,51 @@ def test_release_permissions_as_real_users(mounter, workdir, team, binary):
     assert xattr_as(alice, "abort") == 0
 
 
+def test_a_private_directorys_releases_are_not_shown_to_others(mounter, workdir, team, binary):
+    """A release record names the files it changed: for alice's 0700 directory, mallory can
+    neither list them (binvfsctl releases, diff --release) nor read the records in .versions/,
+    while alice can."""
+    from util import as_actor, open_world
+    open_world(workdir)
+    alice, mallory = team["alice"], team["mallory"]
+    m = mounter()
+    os.chmod(m.path, 0o755)
+    d = m.p("priv")
+    os.mkdir(d, 0o700)
+    os.chown(d, alice.uid, alice.gid)
+    ctlp = ctl_path(binary)
+
+    def ctl_as(actor, *args):
+        r = subprocess.run([ctlp, *args], capture_output=True, text=True, **actor.popen_kw())
+        return r.returncode, r.stdout + r.stderr
+
+    def alice_deploys():
+        os.setxattr(d, XATTR, b"begin:secret-release")
+        with open(os.path.join(d, "secret-name"), "w") as f:
+            f.write("s")
+        os.setxattr(d, XATTR, b"commit")
+    as_actor(alice, alice_deploys)
+    rc, out = ctl_as(alice, "releases", d)
+    assert rc == 0 and "secret-release" in out, out
+    rc, out = ctl_as(alice, "diff", "--release", "1", d)
+    assert rc == 0 and "secret-name" in out, out
+    for args in (("releases", m.path), ("releases", d), ("diff", "--release", "1", m.path)):
+        rc, out = ctl_as(mallory, *args)
+        assert "secret" not in out, (args, out)
+    recs = m.p(".versions", ".binvfs-releases")
+
+    def mallory_reads():
+        got = []
+        for name in os.listdir(recs):
+            try:
+                got.append(open(os.path.join(recs, name), "rb").read())
+            except OSError as e:
+                got.append(e.errno)
+        return got
+    got = as_actor(mallory, mallory_reads)
+    assert got and all(x == 13 for x in got), got
+
+
 def test_rollback_of_the_200_file_release_restores_all_at_once(mounter, builds, procs, workdir,
                                                                ctl):
     """After the rsync'ed release of build 2, `rollback --release` brings back all 200 files of
@@ -664,3 +710,36 @@ fusermount3 -u {d}; wait $pid
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.split("\n")[:2] == ["old", "newold 2"], r.stdout + r.stderr
     assert not is_mounted(d)
+
+
+def test_a_tmpfile_linked_within_a_release(mnt):
+    """O_TMPFILE then linkat (an installer's atomic create) within a release: the new name is
+    held like any new file (its creator's session sees it, another does not), an abort removes
+    it, a commit shows it to all."""
+    d = mnt.p("d")
+    os.mkdir(d)
+
+    def make(name):
+        fd = os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, name.encode())
+            link_proc(fd, os.path.join(d, name))
+        finally:
+            os.close(fd)
+
+    def seen_by_another_session(name):
+        r = subprocess.run(["cat", os.path.join(d, name)], capture_output=True,
+                           start_new_session=True)
+        return r.returncode == 0
+
+    for end in ("abort", "commit"):
+        release(d, "begin")
+        make(end)
+        assert read(os.path.join(d, end)) == end.encode()
+        assert end in os.listdir(d)
+        assert not seen_by_another_session(end)
+        release(d, end)
+        assert os.path.exists(os.path.join(d, end)) == (end == "commit")
+        assert seen_by_another_session(end) == (end == "commit")
+    assert sorted(os.listdir(d)) == ["commit"]
+    assert not os.path.exists(mnt.p(".versions", "d"))

@@ -214,6 +214,22 @@ static bool touches(const struct relrec *r, const char *rel)
 	return false;
 }
 
+/* A release's record as the head of a JSON object, left open (releases, diff --release). */
+static void json_release(const struct relrec *r, const char *dir, const char *user)
+{
+	json_obj();
+	json_kint("id", r->id);
+	json_kstr("name", r->name);
+	json_kstr("dir", dir);
+	json_kint("begun", r->begun);
+	json_kint("committed", r->committed);
+	json_kint("uid", r->cuid);
+	json_kstr("user", user);
+	json_kint("changed", r->changed);
+	json_kint("added", r->added);
+	json_kint("removed", r->removed);
+}
+
 int cmd_releases(int argc, char **argv)
 {
 	char *pos[1];
@@ -248,17 +264,7 @@ int cmd_releases(int argc, char **argv)
 		}
 		char *dir = mpath(&t, r.dir, NULL), *user = who(r.cuid);
 		if (ctl_json) {
-			json_obj();
-			json_kint("id", r.id);
-			json_kstr("name", r.name);
-			json_kstr("dir", dir);
-			json_kint("begun", r.begun);
-			json_kint("committed", r.committed);
-			json_kint("uid", r.cuid);
-			json_kstr("user", user);
-			json_kint("changed", r.changed);
-			json_kint("added", r.added);
-			json_kint("removed", r.removed);
+			json_release(&r, dir, user);
 			json_obj_end();
 		} else {
 			fmt_time((time_t)r.committed, when, sizeof(when));
@@ -356,12 +362,7 @@ int release_diff(int argc, char **argv, unsigned id)
 		goto out;
 	char *dir = mpath(&t, r.dir, NULL), *user = who(r.cuid);
 	if (ctl_json) {
-		json_obj();
-		json_kint("id", r.id);
-		json_kstr("name", r.name);
-		json_kstr("dir", dir);
-		json_kint("committed", r.committed);
-		json_kstr("user", user);
+		json_release(&r, dir, user);
 		json_key("changes");
 		json_arr();
 	} else {
