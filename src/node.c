@@ -347,12 +347,23 @@ struct node *node_lookup_fd(struct node *parent, const char *name, int fd, struc
 		free(fh);
 		return found_locked(n, parent, name);
 	}
+	/* the node is whole before nodeid_attach publishes it (a thread that finds it by its
+	 * nodeid reads its fields unlocked) */
 	n = node_alloc();
 	if (n) {
 		n->kind = kind_of(st->st_mode);
 		n->in_versions = in_versions && n->kind == NODE_DIR;
 		n->dev = st->st_dev;
 		n->ino = st->st_ino;
+		if (n->kind == NODE_FILE) {
+			size_t i = hot_slot(n->dev, n->ino);
+			n->hot = hot_files[i].dev == n->dev && hot_files[i].ino == n->ino;
+		}
+		if (pin || !fh)
+			n->fd = fd;
+		else
+			n->fh = fh;
+		n->nlookup = 1;
 	}
 	if (!n || !nodeid_attach(n, fh)) {
 		pthread_mutex_unlock(&table_lock);
@@ -362,20 +373,13 @@ struct node *node_lookup_fd(struct node *parent, const char *name, int fd, struc
 		errno = ENOMEM;
 		return NULL;
 	}
-	if (n->kind == NODE_FILE) {
-		size_t i = hot_slot(n->dev, n->ino);
-		n->hot = hot_files[i].dev == n->dev && hot_files[i].ino == n->ino;
-	}
 	if (pin || !fh) {
-		n->fd = fd;
 		nodefd_count(1);
 		free(fh);
 	} else {
-		n->fh = fh;
 		close(fd);
 		nodefd_note_handles();
 	}
-	n->nlookup = 1;
 	set_dir_parent_locked(n, parent, name);
 	hash_insert(n);
 	list_insert(&all, &n->all);
@@ -488,6 +492,7 @@ struct node *node_alias(struct node *v)
 	made->dev = v->dev;
 	made->ino = v->ino;
 	made->base = v;
+	made->nlookup = 1; /* whole before nodeid_attach publishes it */
 	pthread_mutex_lock(&table_lock);
 	a = v->alias;
 	if (a || !nodeid_attach(made, NULL)) { /* another LOOKUP made it meanwhile */
@@ -499,7 +504,6 @@ struct node *node_alias(struct node *v)
 	}
 	v->refs++;
 	__atomic_store_n(&v->alias, made, __ATOMIC_RELAXED); /* (read unlocked as a hint) */
-	made->nlookup = 1;
 	list_insert(&all, &made->all);
 	pthread_mutex_unlock(&table_lock);
 	return made;

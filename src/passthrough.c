@@ -141,12 +141,29 @@ static void relabel_tmpfile(void *buf, size_t n)
 		in->opcode = FUSE_CREATE;
 }
 
+/* ThreadSanitizer sees no order through /dev/fuse, but the kernel gives one: a request naming
+ * an object (a nodeid, an fh) comes only after the reply that made it, and a RELEASE or FORGET
+ * only after the replies to the requests that used it. The hooks model it for TSan builds:
+ * every reply happens before every request read after it. Races between handlers that overlap
+ * in time are still seen. */
+#ifdef __SANITIZE_THREAD__
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+static char kernel_order;
+#define KERNEL_REPLIED()  __tsan_release(&kernel_order)
+#define KERNEL_RECEIVED() __tsan_acquire(&kernel_order)
+#else
+#define KERNEL_REPLIED()  ((void)0)
+#define KERNEL_RECEIVED() ((void)0)
+#endif
+
 static ssize_t hook_read(int fd, void *buf, size_t len, void *userdata)
 {
 	ssize_t n = ended(read(fd, buf, len));
 	const struct in_header *in = buf;
 
 	(void)userdata;
+	KERNEL_RECEIVED();
 	if (n == (ssize_t)TMPFILE_LEN)
 		relabel_tmpfile(buf, (size_t)n);
 	if (n >= (ssize_t)(sizeof(*in) + sizeof(struct init_in)) && in->opcode == FUSE_INIT &&
@@ -254,6 +271,7 @@ static ssize_t open_refused(int fd, struct iovec *iov, int count)
 static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
 	(void)userdata;
+	KERNEL_REPLIED();
 	if (__builtin_expect(init_unique != 0, 0) && count >= 1)
 		patch_init(iov, count);
 	if (reply.id > 0) {
@@ -270,8 +288,15 @@ static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *userdata)
 static ssize_t hook_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len,
 			   unsigned int flags, void *userdata)
 {
+	ssize_t n;
+
 	(void)userdata;
-	return ended(splice(fdin, offin, fdout, offout, len, flags));
+	if (fdout == devfd)
+		KERNEL_REPLIED();
+	n = ended(splice(fdin, offin, fdout, offout, len, flags));
+	if (fdin == devfd)
+		KERNEL_RECEIVED();
+	return n;
 }
 
 int pt_install(struct fuse_session *se, enum pt_want w)
