@@ -405,6 +405,8 @@ static void published(struct handle *h, const struct store_change *ch, off_t siz
 		 * closer holds no directory lock, and any request that does is served by another
 		 * worker. */
 		inval_name_changed(stg->parent, stg->name);
+		/* and its listing: the name's inode number (d_ino) is the new version's */
+		inval_dir_changed(stg->parent);
 	}
 	h->published = true;
 	h->dirty = false;

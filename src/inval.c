@@ -171,3 +171,70 @@ void inval_attrs(uint64_t nodeid)
 {
 	fuse_lowlevel_notify_inval_inode(fs.se, nodeid, -1, 0);
 }
+
+/* The kernel's cache of directory listings (FOPEN_CACHE_DIR, docs/design.md §3, "Directory
+ * listings"). The kernel fills it from the READDIR replies of opens that were answered with
+ * FOPEN_CACHE_DIR and serves later such opens from it; it drops it itself when a change goes
+ * through the mount (it bumps the directory's version), but not when the daemon changes a
+ * directory by itself (a publish's rename, a release's commit or abort). For those,
+ * inval_dir_changed drops the cached pages (FUSE_NOTIFY_INVAL_INODE from offset 0: no inode
+ * lock is taken, so any caller may send it). A READDIR answered before the change can still
+ * be parsed into the cache after that notification: so every cached open that was already
+ * open at the change drops the pages again at each of its later READDIRs and at its
+ * RELEASEDIR (after which the kernel has parsed every reply it had), and until the last of
+ * those is closed no new open is answered FOPEN_CACHE_DIR (nothing else then completes a
+ * cache such an open began). rdc_lock is a leaf; nothing is sent under it. */
+static pthread_mutex_t rdc_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void inval_dir_pages(struct node *dir)
+{
+	__atomic_add_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
+	if (!__atomic_load_n(&quiet, __ATOMIC_SEQ_CST) && session)
+		fuse_lowlevel_notify_inval_inode(session, node_id(dir), 0, 0);
+	__atomic_sub_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
+}
+
+bool inval_dir_open(struct node *dir, unsigned *gen)
+{
+	bool cache;
+
+	pthread_mutex_lock(&rdc_lock);
+	cache = dir->rdc_stale == 0;
+	if (cache) {
+		dir->rdc_open++;
+		*gen = dir->rdc_gen;
+	}
+	pthread_mutex_unlock(&rdc_lock);
+	return cache;
+}
+
+void inval_dir_read(struct node *dir, unsigned gen)
+{
+	if (__atomic_load_n(&dir->rdc_gen, __ATOMIC_ACQUIRE) != gen)
+		inval_dir_pages(dir);
+}
+
+void inval_dir_closed(struct node *dir, unsigned gen)
+{
+	bool stale;
+
+	pthread_mutex_lock(&rdc_lock);
+	stale = dir->rdc_gen != gen;
+	dir->rdc_open--;
+	if (stale)
+		dir->rdc_stale--;
+	pthread_mutex_unlock(&rdc_lock);
+	if (stale)
+		inval_dir_pages(dir);
+}
+
+void inval_dir_changed(struct node *dir)
+{
+	if (!dir || dir->kind != NODE_DIR)
+		return;
+	pthread_mutex_lock(&rdc_lock);
+	__atomic_add_fetch(&dir->rdc_gen, 1, __ATOMIC_RELEASE);
+	dir->rdc_stale = dir->rdc_open; /* every open from before is stale now */
+	pthread_mutex_unlock(&rdc_lock);
+	inval_dir_pages(dir);
+}

@@ -36,4 +36,14 @@ void inval_name_changed_queued(struct node *dir, const char *name);
  * of the inode for it. */
 void inval_attrs(uint64_t nodeid);
 
+/* The kernel's cache of a directory's listing (FOPEN_CACHE_DIR; inval.c says how it is kept
+ * right). OPENDIR: may this open use and fill it? If so *gen is the directory's change count,
+ * for inval_dir_read at each READDIR and inval_dir_closed at the RELEASEDIR. */
+bool inval_dir_open(struct node *dir, unsigned *gen);
+void inval_dir_read(struct node *dir, unsigned gen);
+void inval_dir_closed(struct node *dir, unsigned gen);
+/* dir's listing changed behind the kernel's back (a publish, a release's commit or abort):
+ * drop the kernel's cache of it now (no inode lock is taken: any caller may). */
+void inval_dir_changed(struct node *dir);
+
 #endif

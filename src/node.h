@@ -74,6 +74,12 @@ struct node {
 	/* the name the kernel may cache for it (tree LOOKUP), table lock */
 	uint64_t cached_dir;
 	char *cached_name;
+	/* directory: the kernel's cache of its listing (FOPEN_CACHE_DIR), inval.c's rdc_lock:
+	 * changes made behind the kernel's back, open handles that may fill the cache, and how
+	 * many of those were opened before the last change (inval_dir_open) */
+	unsigned rdc_gen;
+	unsigned rdc_open;
+	unsigned rdc_stale;
 	/* file: its NODE_ALIAS node, if any (no ref: the alias holds one on this node, and
 	 * clears this when freed); table lock, read atomically as a hint */
 	struct node *alias;

@@ -27,6 +27,9 @@ struct dirh {
 	struct dirent *entry; /* read but not yet returned */
 	off_t offset;
 	struct list open; /* dirs_lock */
+	struct node *dir;
+	bool cached;  /* answered FOPEN_CACHE_DIR: the kernel fills its cache from our replies */
+	unsigned gen; /* dir's change count at the open (inval_dir_open) */
 };
 
 /* Open directories, freed at the end of the session if the unmount dropped their RELEASEDIR.
@@ -50,14 +53,19 @@ static void dirh_free(struct dirh *d)
 	pthread_mutex_lock(&dirs_lock);
 	list_remove(&d->open);
 	pthread_mutex_unlock(&dirs_lock);
+	if (d->cached)
+		inval_dir_closed(d->dir, d->gen);
 	closedir(d->dp);
 	free(d);
 }
 
 void dirs_shutdown(void)
 {
-	for (struct list *l; (l = list_first(&dirs));)
-		dirh_free(list_entry(l, struct dirh, open));
+	for (struct list *l; (l = list_first(&dirs));) {
+		struct dirh *d = list_entry(l, struct dirh, open);
+		d->cached = false; /* the session is over: nothing to tell the kernel */
+		dirh_free(d);
+	}
 }
 
 void bv_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -80,6 +88,15 @@ void bv_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	fi->fh = (uintptr_t)d;
+	d->dir = n;
+	/* The kernel may keep this listing and serve the next opens from it (design.md §3,
+	 * "Directory listings"): not in .versions/ (computed, changed by every publish and
+	 * prune), not while a release is open (its new files are listed for their creator's
+	 * session only), not while an open from before a change behind the kernel's back may
+	 * still fill it (inval_dir_open). */
+	d->cached = !n->in_versions && !release_active() && inval_dir_open(n, &d->gen);
+	fi->cache_readdir = d->cached;
+	fi->keep_cache = d->cached;
 	dirh_link(d);
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		dirh_free(d);
@@ -97,6 +114,10 @@ void bv_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct f
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	if (d->cached)
+		/* changed behind the kernel since the open: what it parsed of our earlier replies
+		 * may be in its cache, dropped again */
+		inval_dir_read(dir, d->gen);
 	if (off != d->offset) {
 		seekdir(d->dp, off);
 		d->entry = NULL;

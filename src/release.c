@@ -1244,6 +1244,12 @@ static int commit(struct node *dir, uid_t cuid)
 	for (struct rentry *e = es; e; e = e->next)
 		if (e->dnode)
 			inval_entry_queue(e->dnode, e->name);
+	/* and so are listings of the directories the commit changed, dropped before the commit
+	 * returns (no inode lock is taken); its new files are everyone's now */
+	for (struct rentry *e = es; e; e = e->next)
+		inval_dir_changed(e->dnode);
+	for (struct rcreated *c = cs; c; c = c->next)
+		inval_dir_changed(c->dnode);
 	free_all(es, cs);
 	return failed ? -EIO : 0;
 }
@@ -1272,8 +1278,10 @@ static int abort_release(struct node *dir)
 	cs = R->created;
 	end_release(&fs.store, R);
 	unlock_all();
-	for (struct rcreated *c = cs; c; c = c->next)
+	for (struct rcreated *c = cs; c; c = c->next) {
 		inval_entry_queue(c->dnode, c->name);
+		inval_dir_changed(c->dnode); /* its listing, before the abort returns */
+	}
 	free_all(es, cs);
 	return 0;
 }
