@@ -12,6 +12,7 @@
 #include "nodefd.h"
 #include "retention.h"
 #include "locks.h"
+#include "passthrough.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -169,6 +170,8 @@ static void node_free(struct node *n)
 		close(n->rdfd);
 		nodefd_count(-1);
 	}
+	if (n->kept_id > 0) /* its backing id kept for a next open (node_open.c) */
+		pt_backing_unkeep(n->kept_id);
 	if (n->fh)
 		nodefd_forget(n);
 	free(n->fh);

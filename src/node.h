@@ -87,6 +87,9 @@ struct node {
 	/* the open state (node_open.c), table lock */
 	unsigned opens;	  /* open files on this nodeid (read, exec, write): node_open/close */
 	int backing_id;	  /* passthrough id shared by all its opens (kernel-notes §10), 0 none */
+	int kept_id;	  /* with no opens: the last one's id, still registered for the next
+			   * open (node_open), 0 none; closed when the node goes (node_free) */
+	int kept_atime;	  /* the atime policy its backing fd was opened under */
 	int rdfd;	  /* files: O_RDONLY while held (node_rdfd_hold), or cached if pinned;
 			   * set under the table lock, read atomically (node_rdfd) */
 	unsigned rdholds; /* opens and copies using rdfd */

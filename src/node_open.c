@@ -1,6 +1,7 @@
 /* node_open.c - the open state of a node: its opens, their passthrough backing id ("the first
  * open decides": while a node has opens they are all of one kind, passthrough or cached, as
- * the kernel requires), the read fd its cached opens share, and opens of its object for a read
+ * the kernel requires; kept registered after the last RELEASE for the next open, until the node
+ * goes), the read fd its cached opens share, and opens of its object for a read
  * under the mount's atime policy (nodefd.c). The node table and the nodes' lifetimes are
  * node.c's; an open is one of the counts that keep a node alive, so all this runs under the
  * table lock (node_table_lock).
@@ -45,10 +46,25 @@ static void backing_failed(const struct node *n, int err)
 
 int node_open(struct node *n, bool pt)
 {
-	int id, err = 0, pol = pt && n->kind == NODE_FILE ? nodefd_atime(false) : 0;
+	int id, err = 0, pol = pt && n->kind == NODE_FILE ? nodefd_atime(false) : 0, drop = 0;
+	bool reused = false;
 
 	node_table_lock();
-	if (!n->opens && pt && n->kind == NODE_FILE) {
+	if (!n->opens && n->kept_id > 0 && (!pt || n->kind != NODE_FILE || n->kept_atime != pol)) {
+		/* kept for a passthrough open under this atime policy: not for this one (a cached
+		 * open must not find it as its backing id; the kernel reads the backing file with
+		 * the policy of the mount it was opened through) */
+		drop = n->kept_id;
+		n->kept_id = 0;
+	}
+	if (!n->opens && n->kept_id > 0) {
+		/* the node's own file, registered at an earlier open (node_close kept it): the
+		 * same id as then, no ioctl */
+		n->backing_id = n->kept_id;
+		n->kept_id = 0;
+		pt_backing_unkept();
+		reused = true;
+	} else if (!n->opens && pt && n->kind == NODE_FILE) {
 		/* the first open decides for all that overlap it; the ioctl is a few µs. A
 		 * handle-only node's fd for it is its own, not the thread's ring's: the kernel
 		 * takes its own reference, and a ring fd would pin the inode for a while. The
@@ -60,14 +76,19 @@ int node_open(struct node *n, bool pt)
 		id = bfd >= 0 ? pt_backing_open(bfd) : -(n->fh ? errno : EBADF);
 		if (bfd >= 0 && bfd != n->fd)
 			close(bfd);
-		if (id > 0)
+		if (id > 0) {
 			n->backing_id = id;
-		else
+			n->kept_atime = pol;
+		} else
 			err = -id;
 	}
 	n->opens++;
 	id = n->backing_id;
 	node_table_unlock();
+	if (drop)
+		pt_backing_unkeep(drop);
+	if (reused)
+		log_debug("open of inode %llu: backing id %d kept", (unsigned long long)n->ino, id);
 	if (err)
 		backing_failed(n, err);
 	return id;
@@ -95,9 +116,16 @@ void node_close(struct node *n)
 		node_count_broken(n, "open count", 0, 1);
 		n->pinned = true;
 	}
-	if (!n->opens) {
-		/* the kernel has released every file of it: none can still use the id */
-		id = n->backing_id;
+	if (!n->opens && n->backing_id > 0) {
+		/* The kernel has released every file of it: none uses the id now. A node with an
+		 * fd of its own keeps it for its next open (design.md §11, "Backing ids kept"): its
+		 * file is the node's for the node's whole life (a publish makes another node), and
+		 * the node's own fd holds the inode anyway, so keeping it holds no space a prune
+		 * would free. It goes with the node (node_free), or here past PT_KEPT_MAX. */
+		if (n->fd >= 0 && !n->pinned && n->kept_id <= 0 && pt_backing_keep())
+			n->kept_id = n->backing_id;
+		else
+			id = n->backing_id;
 		n->backing_id = 0;
 	}
 	if (!n->opens && n->nlookup && n->prune_vrel) {

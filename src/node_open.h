@@ -10,7 +10,8 @@ struct node;
 /* An open of n. With pt, the open is answered through a passthrough backing id (returned,
  * > 0) when the node's other opens are (or it has none and the kernel takes its file);
  * otherwise 0: a cached open, served by READs. While a node has opens they are all of one
- * kind, as the kernel requires. node_close of its last open frees the id. */
+ * kind, as the kernel requires. node_close of its last open keeps the id registered for the
+ * next open (up to PT_KEPT_MAX), or frees it; node_free frees a kept one. */
 int node_open(struct node *n, bool pt);
 void node_close(struct node *n);
 void node_close_read(struct node *n);

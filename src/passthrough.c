@@ -437,6 +437,27 @@ void pt_backing_close(int id)
 		log_warn("passthrough: closing backing id %d", id);
 }
 
+static long kept; /* backing ids kept for a next open (pt_backing_keep), atomic */
+
+bool pt_backing_keep(void)
+{
+	if (__atomic_add_fetch(&kept, 1, __ATOMIC_RELAXED) <= PT_KEPT_MAX)
+		return true;
+	__atomic_sub_fetch(&kept, 1, __ATOMIC_RELAXED);
+	return false;
+}
+
+void pt_backing_unkept(void)
+{
+	__atomic_sub_fetch(&kept, 1, __ATOMIC_RELAXED);
+}
+
+void pt_backing_unkeep(int id)
+{
+	pt_backing_unkept();
+	pt_backing_close(id);
+}
+
 /* The reply this thread sends next answers an OPEN or CREATE through backing id (if > 0). */
 static void expect_reply(int id, uint32_t opcode, struct fuse_file_info *fi, uint64_t nodeid)
 {

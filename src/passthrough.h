@@ -35,6 +35,14 @@ void pt_detach(void);
  * again, with each FUSE file's own flags), > 0, or -errno. */
 int pt_backing_open(int fd);
 void pt_backing_close(int id);
+/* A backing id kept registered after its node's last RELEASE, for that node's next open
+ * (node_open.c): at most PT_KEPT_MAX at a time. pt_backing_keep counts one in (false: the cap
+ * is reached, close it instead); pt_backing_unkept counts one out that an open took again,
+ * pt_backing_unkeep one that goes, and closes it. */
+#define PT_KEPT_MAX 4096
+bool pt_backing_keep(void);
+void pt_backing_unkept(void);
+void pt_backing_unkeep(int id);
 
 /* fuse_reply_open / fuse_reply_create, answering through backing `id` when id > 0 (libfuse's
  * reply is patched on its way out: FOPEN_PASSTHROUGH and the id; never FOPEN_KEEP_CACHE). */

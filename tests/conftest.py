@@ -64,7 +64,7 @@ TSAN_MODULES = ("test_races", "test_writers", "test_restart", "test_handles", "t
 OFF_MODULES = ("test_publish", "test_writers", "test_versions", "test_races", "test_crash",
                "test_restart", "test_handles", "test_limits", "test_fidelity", "test_stop",
                "test_inplace", "test_fidelity_xfs", "test_acl", "test_locks", "test_tmpfile",
-               "test_file_handles", "test_exec_cache", "test_dircache")
+               "test_file_handles", "test_exec_cache", "test_dircache", "test_opens")
 OFF = "#passthrough=off"
 # ... and the lock tests (deferred replies, interrupts), the core and the races over FUSE over
 # io_uring too (-o uring, design.md §14), where the kernel has it: the fixture sets the
