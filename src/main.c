@@ -92,8 +92,11 @@ static void bv_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC; /* O_TRUNC reaches OPEN, before truncating */
 	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
 		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
-	if (conn->capable & FUSE_CAP_SPLICE_READ)
-		conn->want |= FUSE_CAP_SPLICE_READ;
+	/* Requests are read, never spliced: the bridge's read hook must see each one (INIT, the
+	 * O_TMPFILE relabel, passthrough.c), and a spliced one would reach libfuse through a pipe
+	 * it reads itself. libfuse 3.14 splices whenever its pipe can grow to a request's size:
+	 * with CAP_SYS_RESOURCE (a root service) or a large fs.pipe-max-size. */
+	conn->want &= ~(unsigned)FUSE_CAP_SPLICE_READ;
 	/* ACLs as on the backing filesystem (docs/design.md §3, ACLs): the kernel leaves the umask
 	 * to us, which create_mode() applies unless the parent has a default ACL; with
 	 * default_permissions it also checks ACL entries itself and drops a node's cached

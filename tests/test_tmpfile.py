@@ -275,3 +275,30 @@ def test_tmpfile_in_a_setgid_directory(both, workdir, team):
         return as_actor(alice, make)
     r = same_on_both(both, seq)
     assert r[0] == ["0o755", alice.uid, 0, 0, 0, True]
+
+
+def test_tmpfile_where_libfuse_could_splice_requests(mounter):
+    """libfuse 3.14 receives requests by splice whenever its pipe can grow to a request's size:
+    with CAP_SYS_RESOURCE (a root service; CI's runner has it) or a large fs.pipe-max-size. A
+    spliced request bypasses the bridge's read hook, and O_TMPFILE (relabelled there) then
+    failed with EOPNOTSUPP. binvfs asks for no spliced requests: O_TMPFILE, a WRITE of 1 MiB
+    and a publish work with a pipe-max-size of 16 MiB."""
+    knob = "/proc/sys/fs/pipe-max-size"
+    old = open(knob).read().strip()
+    with open(knob, "w") as f:
+        f.write(str(16 << 20))
+    try:
+        m = mounter()
+        fd = tmpfile(m.p())
+        try:
+            os.write(fd, b"x" * (1 << 20))
+            link_proc(fd, m.p("t"))
+        finally:
+            os.close(fd)
+        assert os.path.getsize(m.p("t")) == 1 << 20
+        with open(m.p("t"), "r+b") as f:
+            f.write(b"y" * (1 << 20))
+        assert open(m.p("t"), "rb").read() == b"y" * (1 << 20)
+    finally:
+        with open(knob, "w") as f:
+            f.write(old)
