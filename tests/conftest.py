@@ -4,6 +4,7 @@ Like libfuse's test/util.py (util.Mount): the daemon must exit 0 within 30 s of 
 daemon that hangs or crashes at unmount is a bug the test reports), and its log is scanned for
 sanitizer reports. Processes a test starts go through `procs` and are killed by pid at teardown.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import tempfile
 import pytest
 
 pytest.register_assert_rewrite("util")  # its asserts (same_on_both's) show what differs
-from util import Actor, Mount, mountinfo, run, write  # noqa: E402
+from util import Actor, Mount, mountinfo, run, uring_switched_on, write  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINS = os.environ.get("BINVFS_BINS", os.path.join(ROOT, "build", "binvfs")).split()
@@ -71,7 +72,6 @@ OFF = "#passthrough=off"
 # kernel's global switch (enable_uring) for the test and puts it back.
 URING_MODULES = ("test_locks", "test_publish", "test_races")
 URING = "#uring"
-ENABLE_URING = "/sys/module/fuse/parameters/enable_uring"
 
 
 def build_id(path):
@@ -101,22 +101,12 @@ def binary(request):
     if os.geteuid() != 0:
         pytest.skip("binvfs tests run as root")
     path, _, opt = request.param.partition("#")
-    old = None
-    if opt == "uring":
-        if not os.path.exists(ENABLE_URING):
-            pytest.skip("this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING)")
-        with open(ENABLE_URING) as f:
-            old = f.read().strip()
-        with open(ENABLE_URING, "w") as f:
-            f.write("Y")
-    Mount.extra = [opt] if opt else []
-    try:
-        yield path
-    finally:
-        Mount.extra = []
-        if old is not None:
-            with open(ENABLE_URING, "w") as f:
-                f.write(old)
+    with uring_switched_on() if opt == "uring" else contextlib.nullcontext():
+        Mount.extra = [opt] if opt else []
+        try:
+            yield path
+        finally:
+            Mount.extra = []
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ current at one instant; an abort drops them; a crash in the middle of a commit l
 release or none of it after the next mount."""
 import errno
 import fcntl
+import functools
 import os
 import random
 import re
@@ -484,6 +485,12 @@ def test_releases_on_disjoint_trees_coexist(mnt):
     release(mnt.path, "abort")
 
 
+def run_ctl_as(ctlp, actor, *args):
+    """binvfsctl as a real user: (exit status, stdout + stderr)."""
+    r = subprocess.run([ctlp, *args], capture_output=True, text=True, **actor.popen_kw())
+    return r.returncode, r.stdout + r.stderr
+
+
 def test_release_permissions_as_real_users(mounter, workdir, team, binary):
     """Who may begin, commit or abort follows DIR's permissions (write access), checked by the
     kernel for the user.* xattr: real unprivileged users, through binvfsctl."""
@@ -498,10 +505,7 @@ def test_release_permissions_as_real_users(mounter, workdir, team, binary):
     os.chown(d, alice.uid, alice.gid)
     os.chown(os.path.join(d, "f"), alice.uid, alice.gid)
     ctlp = ctl_path(binary)
-
-    def ctl_as(actor, *args):
-        r = subprocess.run([ctlp, *args], capture_output=True, text=True, **actor.popen_kw())
-        return r.returncode, r.stdout + r.stderr
+    ctl_as = functools.partial(run_ctl_as, ctlp)
 
     def xattr_as(actor, value):
         def fn():
@@ -549,10 +553,7 @@ def test_a_private_directorys_releases_are_not_shown_to_others(mounter, workdir,
     os.mkdir(d, 0o700)
     os.chown(d, alice.uid, alice.gid)
     ctlp = ctl_path(binary)
-
-    def ctl_as(actor, *args):
-        r = subprocess.run([ctlp, *args], capture_output=True, text=True, **actor.popen_kw())
-        return r.returncode, r.stdout + r.stderr
+    ctl_as = functools.partial(run_ctl_as, ctlp)
 
     def alice_deploys():
         os.setxattr(d, XATTR, b"begin:secret-release")

@@ -18,24 +18,14 @@ import time
 import pytest
 
 from conftest import program
-from util import is_mounted, read, run, wait_for, write
+from util import ENABLE_URING, is_mounted, read, run, uring_switched_on, wait_for, write
 
-ENABLE = "/sys/module/fuse/parameters/enable_uring"
 
 
 @pytest.fixture
 def uring():
-    if not os.path.exists(ENABLE):
-        pytest.skip("this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING, Linux >= 6.14)")
-    with open(ENABLE) as f:
-        old = f.read().strip()
-    with open(ENABLE, "w") as f:
-        f.write("Y")
-    try:
+    with uring_switched_on():
         yield
-    finally:
-        with open(ENABLE, "w") as f:
-            f.write(old)
 
 
 def line(p, timeout=10):
@@ -74,9 +64,9 @@ def test_requests_go_through_the_rings(uring, mounter):
 
 def test_off_without_the_kernel_switch(mounter):
     """enable_uring N: one log line says why, and requests keep coming through /dev/fuse."""
-    if not os.path.exists(ENABLE):
+    if not os.path.exists(ENABLE_URING):
         pytest.skip("this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING, Linux >= 6.14)")
-    with open(ENABLE) as f:
+    with open(ENABLE_URING) as f:
         if f.read().strip() != "N":
             pytest.skip("enable_uring is Y on this machine")
     m = mounter(opts=("nosync", "uring"))

@@ -4,6 +4,7 @@ import ctypes
 import errno
 import hashlib
 import json
+import contextlib
 import os
 import re
 import resource
@@ -210,7 +211,7 @@ def wait_for(cond, timeout=10.0, what="condition", poll=0.01):
 def uring_enabled():
     """Does the kernel offer FUSE over io_uring now (its global switch, design.md §14)?"""
     try:
-        with open("/sys/module/fuse/parameters/enable_uring") as f:
+        with open(ENABLE_URING) as f:
             return f.read().strip() == "Y"
     except OSError:
         return False
@@ -362,3 +363,24 @@ def same_on_both(both, fn):
     n, m = on_both(both, fn)
     assert n == m
     return n
+
+
+ENABLE_URING = "/sys/module/fuse/parameters/enable_uring"
+
+
+@contextlib.contextmanager
+def uring_switched_on():
+    """The kernel's switch for FUSE over io_uring set to Y, put back after; skips the test on a
+    kernel without it (CONFIG_FUSE_IO_URING, Linux >= 6.14)."""
+    import pytest
+    if not os.path.exists(ENABLE_URING):
+        pytest.skip("this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING, Linux >= 6.14)")
+    with open(ENABLE_URING) as f:
+        old = f.read().strip()
+    with open(ENABLE_URING, "w") as f:
+        f.write("Y")
+    try:
+        yield
+    finally:
+        with open(ENABLE_URING, "w") as f:
+            f.write(old)
